@@ -1,0 +1,289 @@
+//! The `flowctl` command line: argv in, exit status out.
+//!
+//! **Architecture invariant:** only `cli` (and `server`) know about argv,
+//! terminals and exit codes. Commands turn raw flags into library calls once,
+//! here, and print what the library returns.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::compiler::{self, Compilation};
+use crate::diagnostic::{self, RenderOptions, Severity};
+use crate::graph::{self, GraphFormat};
+use crate::loader;
+
+/// Exit status: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: a workflow, a check or a job failed.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: usage or internal error.
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "flowctl", version, about = "Workflow/DAG engine for scheduled and on-demand report jobs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check .flow files and print every diagnostic.
+    Check {
+        /// .flow files or directories of .flow files composing one workflow.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Format .flow files in place (or check that they are formatted).
+    Fmt {
+        /// Do not write: exit 1 and list the files that are not formatted.
+        #[arg(long)]
+        check: bool,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Draw the dependency graph.
+    Graph {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = GraphFormatArg::Text)]
+        format: GraphFormatArg,
+    },
+    /// Show the next fire times of every schedule, in its zone and in UTC.
+    Schedule {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// How many fire times per schedule.
+        #[arg(long, default_value_t = 5)]
+        next: usize,
+        /// Start instant (RFC 3339, e.g. 2026-03-08T00:00:00Z); default now.
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GraphFormatArg {
+    Text,
+    Dot,
+    Mermaid,
+    Json,
+}
+
+impl From<GraphFormatArg> for GraphFormat {
+    fn from(f: GraphFormatArg) -> Self {
+        match f {
+            GraphFormatArg::Text => GraphFormat::Text,
+            GraphFormatArg::Dot => GraphFormat::Dot,
+            GraphFormatArg::Mermaid => GraphFormat::Mermaid,
+            GraphFormatArg::Json => GraphFormat::Json,
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn run<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { EXIT_ERROR } else { EXIT_OK });
+        }
+    };
+    let code = match cli.command {
+        Command::Check { paths } => check(&paths),
+        Command::Fmt { check, files } => fmt(&files, check),
+        Command::Graph { paths, format } => graph_cmd(&paths, format.into()),
+        Command::Schedule { paths, next, from } => schedule(&paths, next, from.as_deref()),
+    };
+    ExitCode::from(code)
+}
+
+fn render_options() -> RenderOptions {
+    RenderOptions {
+        color: std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        width: 100,
+    }
+}
+
+fn error(message: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {message}");
+    EXIT_ERROR
+}
+
+/// Loads and compiles, printing diagnostics. `None` means the caller should
+/// exit with the returned status.
+pub fn compile_and_report(paths: &[PathBuf], quiet_warnings: bool) -> Result<Compilation, u8> {
+    let compilation = compiler::compile_paths(paths).map_err(error)?;
+    print_diagnostics(&compilation, quiet_warnings);
+    if compilation.has_errors() {
+        return Err(EXIT_FAILURE);
+    }
+    Ok(compilation)
+}
+
+fn print_diagnostics(c: &Compilation, quiet_warnings: bool) {
+    let options = render_options();
+    let stderr = std::io::stderr();
+    let mut err = stderr.lock();
+    for d in &c.diagnostics {
+        if quiet_warnings && d.severity == Severity::Warning {
+            continue;
+        }
+        let _ = write!(err, "{}", diagnostic::render(d, &c.sources, options));
+    }
+}
+
+fn check(paths: &[PathBuf]) -> u8 {
+    let c = match compiler::compile_paths(paths) {
+        Ok(c) => c,
+        Err(e) => return error(e),
+    };
+    print_diagnostics(&c, false);
+    let errors = c.diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = c.diagnostics.len() - errors;
+    match &c.workflow {
+        Some(w) => {
+            println!(
+                "ok: {} reports, {} dependencies, {} schedules{}",
+                w.reports.len(),
+                w.dependencies.len(),
+                w.schedules.len(),
+                plural_suffix(warnings, "warning")
+            );
+            EXIT_OK
+        }
+        None => {
+            eprintln!(
+                "failed: {} error{}{}",
+                errors,
+                if errors == 1 { "" } else { "s" },
+                plural_suffix(warnings, "warning")
+            );
+            EXIT_FAILURE
+        }
+    }
+}
+
+fn plural_suffix(n: usize, word: &str) -> String {
+    match n {
+        0 => String::new(),
+        1 => format!(", 1 {word}"),
+        n => format!(", {n} {word}s"),
+    }
+}
+
+fn fmt(files: &[PathBuf], check_only: bool) -> u8 {
+    let mut status = EXIT_OK;
+    for path in files {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return error(format!("cannot read {}: {e}", path.display())),
+        };
+        let loaded = loader::load_text(path, text.clone());
+        if loaded.diagnostics.iter().any(|d| d.is_error()) {
+            // Never rewrite a file we could not fully parse: we would drop
+            // the declarations that failed.
+            let options = render_options();
+            for d in &loaded.diagnostics {
+                eprint!("{}", diagnostic::render(d, &loaded.sources, options));
+            }
+            status = EXIT_FAILURE;
+            continue;
+        }
+        let Some((_, file)) = loaded.files.first() else {
+            continue;
+        };
+        let formatted = crate::formatter::format(&text, file);
+        if formatted == text {
+            continue;
+        }
+        if check_only {
+            println!("{} is not formatted", path.display());
+            status = EXIT_FAILURE;
+        } else if let Err(e) = write_atomically(path, &formatted) {
+            return error(format!("cannot write {}: {e}", path.display()));
+        } else {
+            println!("formatted {}", path.display());
+        }
+    }
+    status
+}
+
+/// Write to a sibling temporary file and rename over the original, so an
+/// interrupted `fmt` never leaves a half-written workflow.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.fmt-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn graph_cmd(paths: &[PathBuf], format: GraphFormat) -> u8 {
+    let c = match compile_and_report(paths, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(w) = &c.workflow else {
+        return EXIT_FAILURE;
+    };
+    print!("{}", graph::render(w, format));
+    EXIT_OK
+}
+
+fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time such as 2026-03-08T00:00:00Z: {e}"))
+}
+
+fn schedule(paths: &[PathBuf], next: usize, from: Option<&str>) -> u8 {
+    let from = match from.map(parse_instant).transpose() {
+        Ok(t) => t.unwrap_or_else(Utc::now),
+        Err(e) => return error(e),
+    };
+    let c = match compile_and_report(paths, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(w) = &c.workflow else {
+        return EXIT_FAILURE;
+    };
+    let mut out = String::new();
+    for s in &w.schedules {
+        out.push_str(&format!(
+            "{}  \"{}\"  {}  runs {}\n",
+            s.name,
+            s.cron.source(),
+            s.zone.name(),
+            s.reports.join(", ")
+        ));
+        let mut t = from;
+        for _ in 0..next {
+            let Some(fire) = s.cron.next_after(s.zone, t) else {
+                out.push_str("  (no more fire times)\n");
+                break;
+            };
+            let local = fire.with_timezone(&s.zone);
+            out.push_str(&format!(
+                "  {}  {}\n",
+                local.format("%Y-%m-%d %H:%M:%S %Z (%:z)"),
+                fire.format("%Y-%m-%dT%H:%M:%SZ")
+            ));
+            t = fire;
+        }
+    }
+    print!("{out}");
+    EXIT_OK
+}

@@ -1,0 +1,23 @@
+//! flowctl: a workflow/DAG engine for scheduled and on-demand report jobs.
+//!
+//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+
+pub mod ast;
+pub mod cli;
+pub mod compiler;
+pub mod cron_expr;
+pub mod diagnostic;
+pub mod formatter;
+pub mod graph;
+pub mod loader;
+pub mod masking;
+pub mod parser;
+pub mod source_map;
+pub mod workflow;
+
+/// Runs the command line with the process's arguments and returns its exit
+/// status: 0 success, 1 a workflow, check or job failed, 2 usage or internal
+/// error.
+pub fn run() -> std::process::ExitCode {
+    cli::run(std::env::args_os())
+}

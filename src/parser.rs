@@ -1,0 +1,639 @@
+//! Text to [`FlowFile`]: the pest grammar in `grammar/flow.pest` plus error
+//! recovery.
+//!
+//! **Parsing never fails**: it returns the items that parsed and a diagnostic
+//! for each one that did not. Items are parsed one at a time; after a syntax
+//! error the parser skips to the next line that starts with a top-level
+//! keyword, so one typo does not hide the rest of the file's errors.
+
+use pest::error::{ErrorVariant, InputLocation};
+use pest::iterators::Pair;
+use pest::Parser as _;
+
+use crate::ast::{
+    Block, DependencyDecl, Entry, FlowFile, Ident, Item, ItemKind, MaskRule, Setting, Value,
+    ValueKind,
+};
+use crate::diagnostic::{Code, Diagnostic};
+use crate::source_map::{FileId, Span};
+
+#[derive(pest_derive::Parser)]
+#[grammar = "../grammar/flow.pest"]
+struct FlowParser;
+
+/// Top-level keywords: where the parser may resume after an error.
+pub const ITEM_KEYWORDS: [&str; 8] = [
+    "include", "config", "roles", "source", "masking", "report", "schedule", "after",
+];
+
+pub struct Parsed {
+    pub file: FlowFile,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+pub fn parse(file: FileId, text: &str) -> Parsed {
+    let mut items = Vec::new();
+    let mut diagnostics = Vec::new();
+    let mut pos = 0;
+    loop {
+        pos = skip_trivia(text, pos);
+        if pos >= text.len() {
+            break;
+        }
+        let rest = &text[pos..];
+        match FlowParser::parse(Rule::item_line, rest) {
+            Ok(mut pairs) => {
+                let Some(pair) = pairs.next() else { break };
+                let end = pair.as_span().end();
+                let mut builder = Builder {
+                    file,
+                    base: pos,
+                    diagnostics: &mut diagnostics,
+                };
+                items.push(builder.item(pair));
+                // `item_line` also consumed the line end; continue after it.
+                let consumed = pairs.last().map_or(end, |p| p.as_span().end()).max(end);
+                pos += consumed.max(1);
+            }
+            Err(err) => {
+                let at = match err.location {
+                    InputLocation::Pos(p) => p,
+                    InputLocation::Span((p, _)) => p,
+                };
+                diagnostics.push(syntax_error(file, text, pos + at, &err.variant));
+                pos = resume_point(text, pos);
+            }
+        }
+    }
+    Parsed {
+        file: FlowFile { items },
+        diagnostics,
+    }
+}
+
+/// Skips blanks, line ends and comments.
+fn skip_trivia(text: &str, mut pos: usize) -> usize {
+    let bytes = text.as_bytes();
+    while pos < bytes.len() {
+        match bytes[pos] {
+            b' ' | b'\t' | b'\r' | b'\n' => pos += 1,
+            b'#' => {
+                while pos < bytes.len() && bytes[pos] != b'\n' {
+                    pos += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    pos
+}
+
+/// Start of the next line after `from` that begins with a top-level keyword.
+fn resume_point(text: &str, from: usize) -> usize {
+    let mut line_start = match text[from..].find('\n') {
+        Some(i) => from + i + 1,
+        None => return text.len(),
+    };
+    while line_start < text.len() {
+        let line = &text[line_start..];
+        if ITEM_KEYWORDS.iter().any(|kw| {
+            line.starts_with(kw)
+                && !line[kw.len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        }) {
+            return line_start;
+        }
+        line_start = match line.find('\n') {
+            Some(i) => line_start + i + 1,
+            None => text.len(),
+        };
+    }
+    text.len()
+}
+
+fn describe_rule(rule: Rule) -> Option<&'static str> {
+    Some(match rule {
+        Rule::ident | Rule::ident_list | Rule::parents => "a name",
+        Rule::string | Rule::string_inner => "a quoted string",
+        Rule::escape => "an escape (\\\" \\\\ \\n \\t \\r or \\u{...})",
+        Rule::number => "a number",
+        Rule::duration => "a duration such as `30s`",
+        Rule::value_list => "a value",
+        Rule::EOI => "end of file",
+        Rule::block => "`{`",
+        Rule::setting => "a setting",
+        Rule::mask_rule | Rule::kw_mask => "`mask`",
+        Rule::condition | Rule::kw_on => "`on`",
+        Rule::by_roles | Rule::kw_by => "`by`",
+        Rule::as_role | Rule::kw_as => "`as`",
+        Rule::for_roles | Rule::kw_for => "`for`",
+        Rule::except_roles | Rule::kw_except => "`except`",
+        Rule::kw_run => "`run`",
+        Rule::include | Rule::kw_include => "`include`",
+        Rule::config | Rule::kw_config => "`config`",
+        Rule::roles | Rule::kw_roles => "`roles`",
+        Rule::source | Rule::kw_source => "`source`",
+        Rule::masking | Rule::kw_masking => "`masking`",
+        Rule::report | Rule::kw_report => "`report`",
+        Rule::schedule | Rule::kw_schedule => "`schedule`",
+        Rule::dependency | Rule::kw_after => "`after`",
+        _ => return None,
+    })
+}
+
+fn found_at(text: &str, at: usize) -> String {
+    let rest = &text[at.min(text.len())..];
+    let Some(c) = rest.chars().next() else {
+        return "end of file".to_string();
+    };
+    if c == '\n' || c == '\r' {
+        return "end of line".to_string();
+    }
+    if c.is_alphanumeric() || c == '_' {
+        let word: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .take(40)
+            .collect();
+        return format!("`{word}`");
+    }
+    if c == '"' {
+        return "a string".to_string();
+    }
+    format!("`{c}`")
+}
+
+fn syntax_error(file: FileId, text: &str, at: usize, variant: &ErrorVariant<Rule>) -> Diagnostic {
+    let found = found_at(text, at);
+    let mut expected: Vec<&str> = Vec::new();
+    if let ErrorVariant::ParsingError { positives, .. } = variant {
+        for rule in positives {
+            if let Some(d) = describe_rule(*rule) {
+                if !expected.contains(&d) {
+                    expected.push(d);
+                }
+            }
+        }
+    }
+    // A failed item at column 0 is best explained as "a declaration".
+    if expected.len() > 3 || expected.contains(&"`after`") {
+        expected = vec!["a declaration (`config`, `roles`, `source`, `masking`, `report`, `schedule`, `after` or `include`)"];
+    }
+    let message = if expected.is_empty() {
+        format!("unexpected {found}")
+    } else {
+        format!("expected {}, found {found}", join_or(&expected))
+    };
+    let width = match text[at.min(text.len())..].chars().next() {
+        Some(c) if c != '\n' && c != '\r' => c.len_utf8(),
+        _ => 0,
+    };
+    let help = if found == "end of line" && expected.contains(&"`{`") {
+        "a block opens with `{` on the same line as its declaration"
+    } else if found == "end of file" {
+        "is a `}` missing?"
+    } else {
+        "see GRAMMAR.md for the syntax of each declaration"
+    };
+    Diagnostic::error(Code::Syntax, message)
+        .label(Span::new(file, at, at + width), "here")
+        .help(help)
+}
+
+fn join_or(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+struct Builder<'d> {
+    file: FileId,
+    base: usize,
+    diagnostics: &'d mut Vec<Diagnostic>,
+}
+
+impl Builder<'_> {
+    /// The pair's span without trailing blanks and comments. Pest keeps the
+    /// whitespace it skipped before a failed optional or repeated part inside
+    /// the enclosing rule, so the tight end is the end of the last token.
+    fn span(&self, pair: &Pair<'_, Rule>) -> Span {
+        let s = pair.as_span();
+        Span::new(self.file, self.base + s.start(), self.base + tight_end(pair))
+    }
+
+    fn ident(&self, pair: Pair<'_, Rule>) -> Ident {
+        Ident {
+            name: pair.as_str().to_string(),
+            span: self.span(&pair),
+        }
+    }
+
+    fn ident_list(&self, pair: Pair<'_, Rule>) -> Vec<Ident> {
+        pair.into_inner().map(|p| self.ident(p)).collect()
+    }
+
+    fn item(&mut self, pair: Pair<'_, Rule>) -> Item {
+        let span = self.span(&pair);
+        let rule = pair.as_rule();
+        let mut inner = pair.into_inner().filter(|p| !is_keyword(p.as_rule()));
+        let kind = match rule {
+            Rule::include => {
+                let value = inner.next().map(|p| self.value(p));
+                ItemKind::Include(value.unwrap_or(Value {
+                    kind: ValueKind::Str(String::new()),
+                    span,
+                }))
+            }
+            Rule::config => ItemKind::Config(self.block_or_empty(inner.next(), span)),
+            Rule::roles => ItemKind::Roles(inner.next().map_or_else(Vec::new, |p| self.ident_list(p))),
+            Rule::source | Rule::masking | Rule::report | Rule::schedule => {
+                let name = inner.next().map_or_else(
+                    || Ident {
+                        name: String::new(),
+                        span,
+                    },
+                    |p| self.ident(p),
+                );
+                let block = self.block_or_empty(inner.next(), span);
+                match rule {
+                    Rule::source => ItemKind::Source(name, block),
+                    Rule::masking => ItemKind::Masking(name, block),
+                    Rule::report => ItemKind::Report(name, block),
+                    _ => ItemKind::Schedule(name, block),
+                }
+            }
+            _ => ItemKind::Dependency(self.dependency(inner, span)),
+        };
+        Item { kind, span }
+    }
+
+    fn dependency<'i>(
+        &mut self,
+        inner: impl Iterator<Item = Pair<'i, Rule>>,
+        span: Span,
+    ) -> DependencyDecl {
+        let mut dep = DependencyDecl {
+            parents: Vec::new(),
+            condition: None,
+            by_roles: Vec::new(),
+            child: Ident {
+                name: String::new(),
+                span,
+            },
+            as_role: None,
+            block: None,
+        };
+        for p in inner {
+            match p.as_rule() {
+                Rule::parents => {
+                    dep.parents = p.into_inner().flat_map(|l| self.ident_list(l)).collect()
+                }
+                Rule::condition => dep.condition = self.last_ident(p),
+                Rule::by_roles => {
+                    dep.by_roles = p
+                        .into_inner()
+                        .filter(|p| p.as_rule() == Rule::ident_list)
+                        .flat_map(|l| self.ident_list(l))
+                        .collect()
+                }
+                Rule::ident => dep.child = self.ident(p),
+                Rule::as_role => dep.as_role = self.last_ident(p),
+                Rule::block => dep.block = Some(self.block(p)),
+                _ => {}
+            }
+        }
+        dep
+    }
+
+    fn last_ident(&self, pair: Pair<'_, Rule>) -> Option<Ident> {
+        pair.into_inner()
+            .filter(|p| p.as_rule() == Rule::ident)
+            .last()
+            .map(|p| self.ident(p))
+    }
+
+    fn block_or_empty(&mut self, pair: Option<Pair<'_, Rule>>, span: Span) -> Block {
+        match pair {
+            Some(p) => self.block(p),
+            None => Block {
+                entries: Vec::new(),
+                span,
+            },
+        }
+    }
+
+    fn block(&mut self, pair: Pair<'_, Rule>) -> Block {
+        let span = self.span(&pair);
+        let entries = pair
+            .into_inner()
+            .filter_map(|p| match p.as_rule() {
+                Rule::setting => Some(Entry::Setting(self.setting(p))),
+                Rule::mask_rule => Some(Entry::Mask(self.mask_rule(p))),
+                _ => None,
+            })
+            .collect();
+        Block { entries, span }
+    }
+
+    fn setting(&mut self, pair: Pair<'_, Rule>) -> Setting {
+        let span = self.span(&pair);
+        let mut inner = pair.into_inner();
+        let key = inner.next().map_or_else(
+            || Ident {
+                name: String::new(),
+                span,
+            },
+            |p| self.ident(p),
+        );
+        let values = inner
+            .flat_map(|list| list.into_inner())
+            .map(|v| self.value(v))
+            .collect();
+        Setting { key, values, span }
+    }
+
+    fn mask_rule(&mut self, pair: Pair<'_, Rule>) -> MaskRule {
+        let span = self.span(&pair);
+        let mut idents = Vec::new();
+        let mut for_roles = Vec::new();
+        let mut except_roles = Vec::new();
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::ident => idents.push(self.ident(p)),
+                Rule::for_roles => {
+                    for_roles = p
+                        .into_inner()
+                        .filter(|p| p.as_rule() == Rule::ident_list)
+                        .flat_map(|l| self.ident_list(l))
+                        .collect()
+                }
+                Rule::except_roles => {
+                    except_roles = p
+                        .into_inner()
+                        .filter(|p| p.as_rule() == Rule::ident_list)
+                        .flat_map(|l| self.ident_list(l))
+                        .collect()
+                }
+                _ => {}
+            }
+        }
+        let mut idents = idents.into_iter();
+        let empty = Ident {
+            name: String::new(),
+            span,
+        };
+        MaskRule {
+            field: idents.next().unwrap_or_else(|| empty.clone()),
+            method: idents.next().unwrap_or(empty),
+            for_roles,
+            except_roles,
+            span,
+        }
+    }
+
+    fn value(&mut self, pair: Pair<'_, Rule>) -> Value {
+        let span = self.span(&pair);
+        let text = pair.as_str();
+        let kind = match pair.as_rule() {
+            Rule::string => {
+                let raw = pair
+                    .into_inner()
+                    .next()
+                    .map_or("", |p| p.as_str());
+                ValueKind::Str(self.unescape(raw, span))
+            }
+            Rule::number => match text.parse::<i64>() {
+                Ok(n) => ValueKind::Number(n),
+                Err(_) => {
+                    self.diagnostics.push(
+                        Diagnostic::error(Code::OutOfRange, format!("number `{text}` is too large"))
+                            .label(span, "does not fit in 64 bits"),
+                    );
+                    ValueKind::Number(i64::MAX)
+                }
+            },
+            Rule::duration => ValueKind::Duration(text.to_string()),
+            _ => ValueKind::Ident(text.to_string()),
+        };
+        Value { kind, span }
+    }
+
+    /// Decodes `\" \\ \n \t \r \u{...}`. The grammar admits only these forms,
+    /// so the one thing left to check is that a `\u{...}` is a real character.
+    fn unescape(&mut self, raw: &str, span: Span) -> String {
+        let mut out = String::with_capacity(raw.len());
+        let mut chars = raw.char_indices();
+        while let Some((_, c)) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some((_, 'n')) => out.push('\n'),
+                Some((_, 't')) => out.push('\t'),
+                Some((_, 'r')) => out.push('\r'),
+                Some((_, 'u')) => {
+                    let hex: String = chars
+                        .by_ref()
+                        .map(|(_, c)| c)
+                        .skip_while(|c| *c == '{')
+                        .take_while(|c| *c != '}')
+                        .collect();
+                    match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                        Some(ch) => out.push(ch),
+                        None => self.diagnostics.push(
+                            Diagnostic::error(
+                                Code::Syntax,
+                                format!("`\\u{{{hex}}}` is not a valid character"),
+                            )
+                            .label(span, "in this string")
+                            .help("a \\u{...} escape takes a Unicode scalar value in hex, e.g. \\u{e9}"),
+                        ),
+                    }
+                }
+                Some((_, other)) => out.push(other),
+                None => {}
+            }
+        }
+        out
+    }
+}
+
+fn tight_end(pair: &Pair<'_, Rule>) -> usize {
+    // Blocks end at their `}` and strings at their closing quote: both tight.
+    if matches!(pair.as_rule(), Rule::block | Rule::string) {
+        return pair.as_span().end();
+    }
+    match pair.clone().into_inner().last() {
+        Some(last) => tight_end(&last),
+        None => pair.as_span().end(),
+    }
+}
+
+fn is_keyword(rule: Rule) -> bool {
+    matches!(
+        rule,
+        Rule::kw_include
+            | Rule::kw_config
+            | Rule::kw_roles
+            | Rule::kw_source
+            | Rule::kw_masking
+            | Rule::kw_report
+            | Rule::kw_schedule
+            | Rule::kw_after
+            | Rule::kw_on
+            | Rule::kw_by
+            | Rule::kw_run
+            | Rule::kw_as
+            | Rule::kw_mask
+            | Rule::kw_for
+            | Rule::kw_except
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> FlowFile {
+        let parsed = parse(FileId(0), text);
+        assert!(
+            parsed.diagnostics.is_empty(),
+            "unexpected diagnostics: {:?}",
+            parsed.diagnostics
+        );
+        parsed.file
+    }
+
+    #[test]
+    fn parses_every_item_kind() {
+        let file = parse_ok(
+            r#"
+# a comment
+include "other.flow"
+config {
+  poll_interval 5s   # trailing comment
+  worker_pool_size 2
+}
+roles CASE_WORKER, SUPERVISOR,
+      ADMIN
+source cases {
+  path "data/cases.csv"
+}
+masking pii {
+  mask ssn last4 for CASE_WORKER except ADMIN
+}
+report DAILY_REPORT {
+  source cases
+  mask client_name redact
+}
+schedule daily {
+  cron "0 30 5 * * ?"
+}
+after DAILY_REPORT on success by SUPERVISOR run DAILY_SUMMARY as ADMIN {
+  chunk_size 500
+}
+after A, B run C
+"#,
+        );
+        assert_eq!(file.items.len(), 9);
+        let ItemKind::Roles(roles) = &file.items[2].kind else {
+            panic!("roles expected")
+        };
+        assert_eq!(roles.len(), 3);
+        let ItemKind::Dependency(dep) = &file.items[7].kind else {
+            panic!("dependency expected")
+        };
+        assert_eq!(dep.parents[0].name, "DAILY_REPORT");
+        assert_eq!(dep.condition.as_ref().map(|c| c.name.as_str()), Some("success"));
+        assert_eq!(dep.by_roles[0].name, "SUPERVISOR");
+        assert_eq!(dep.child.name, "DAILY_SUMMARY");
+        assert_eq!(dep.as_role.as_ref().map(|c| c.name.as_str()), Some("ADMIN"));
+        assert!(dep.block.is_some());
+        let ItemKind::Dependency(join) = &file.items[8].kind else {
+            panic!("dependency expected")
+        };
+        assert_eq!(join.parents.len(), 2);
+    }
+
+    #[test]
+    fn spans_point_at_the_text() {
+        let text = "report R {\n  source cases\n}\n";
+        let file = parse_ok(text);
+        let ItemKind::Report(name, block) = &file.items[0].kind else {
+            panic!()
+        };
+        assert_eq!(&text[name.span.start as usize..name.span.end as usize], "R");
+        let s = block.settings().next().unwrap();
+        assert_eq!(&text[s.key.span.start as usize..s.key.span.end as usize], "source");
+        assert_eq!(
+            &text[s.values[0].span.start as usize..s.values[0].span.end as usize],
+            "cases"
+        );
+    }
+
+    #[test]
+    fn string_escapes() {
+        let file = parse_ok(r#"include "a\"b\\c\n\t\u{e9}""#);
+        let ItemKind::Include(v) = &file.items[0].kind else {
+            panic!()
+        };
+        assert_eq!(v.kind, ValueKind::Str("a\"b\\c\n\t\u{e9}".into()));
+    }
+
+    #[test]
+    fn values_are_classified() {
+        let file = parse_ok("config {\n a 5s, 1h30m, 12, -3, on, \"x\"\n}");
+        let ItemKind::Config(block) = &file.items[0].kind else {
+            panic!()
+        };
+        let kinds: Vec<_> = block.settings().next().unwrap().values.iter().map(|v| v.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ValueKind::Duration("5s".into()),
+                ValueKind::Duration("1h30m".into()),
+                ValueKind::Number(12),
+                ValueKind::Number(-3),
+                ValueKind::Ident("on".into()),
+                ValueKind::Str("x".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn recovers_after_a_syntax_error() {
+        let text = "report A {\n  source\n}\nreport B {\n  source s\n}\nbogus\nreport C {\n source s\n}\n";
+        let parsed = parse(FileId(0), text);
+        let names: Vec<_> = parsed
+            .file
+            .items
+            .iter()
+            .filter_map(|i| match &i.kind {
+                ItemKind::Report(n, _) => Some(n.name.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, vec!["B", "C"]);
+        assert_eq!(parsed.diagnostics.len(), 2, "{:?}", parsed.diagnostics);
+        assert!(parsed.diagnostics.iter().all(|d| d.code == Code::Syntax));
+    }
+
+    #[test]
+    fn syntax_errors_speak_words_not_rules() {
+        let parsed = parse(FileId(0), "report A\n");
+        let msg = &parsed.diagnostics[0].message;
+        assert!(msg.contains("`{`"), "{msg}");
+        assert!(!msg.contains("Rule"), "{msg}");
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_parse() {
+        assert!(parse_ok("").items.is_empty());
+        assert!(parse_ok("# only a comment\n\n   # another").items.is_empty());
+    }
+}

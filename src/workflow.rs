@@ -1,0 +1,320 @@
+//! The compiled workflow: engine config, sources, report types, schedules and
+//! the dependency DAG. This is what the engine runs; it holds no syntax.
+//!
+//! **Architecture invariant:** a `Workflow` is valid by construction. Every
+//! name in it resolves, every number is in range and the graph is acyclic, so
+//! the engine never re-checks what the compiler proved.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::{Deserialize, Serialize};
+
+use crate::cron_expr::CronExpr;
+use crate::masking::MaskMethod;
+
+/// File format of a source or a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    Csv,
+    Jsonl,
+}
+
+impl DataFormat {
+    pub const NAMES: [&'static str; 2] = ["csv", "jsonl"];
+
+    pub fn from_name(s: &str) -> Option<DataFormat> {
+        match s {
+            "csv" => Some(DataFormat::Csv),
+            "jsonl" => Some(DataFormat::Jsonl),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::Csv => "csv",
+            DataFormat::Jsonl => "jsonl",
+        }
+    }
+
+    /// Extension of result files, also the format's name.
+    pub fn extension(self) -> &'static str {
+        self.name()
+    }
+}
+
+/// The engine `config` block, with defaults for what it leaves out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub scheduler_enabled: bool,
+    pub poll_interval: Duration,
+    pub max_jobs_per_poll: u32,
+    pub worker_pool_size: u32,
+    pub dependencies_enabled: bool,
+    /// Resolved against the directory of the file that declared it.
+    pub results_dir: PathBuf,
+    pub lease: Duration,
+    /// How far back the `all` catch-up policy replays missed fires.
+    pub catch_up_window: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        // The seed's application.yml values.
+        EngineConfig {
+            scheduler_enabled: true,
+            poll_interval: Duration::from_secs(5),
+            max_jobs_per_poll: 3,
+            worker_pool_size: 2,
+            dependencies_enabled: true,
+            results_dir: PathBuf::from("results"),
+            lease: Duration::from_secs(30),
+            catch_up_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: DataFormat,
+    pub county_column: Option<String>,
+}
+
+/// Who a mask rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaskRule {
+    pub field: String,
+    pub method: MaskMethod,
+    /// Roles the rule applies to; `None` means every role.
+    pub for_roles: Option<Vec<String>>,
+    /// Roles that see the field in clear even if `for_roles` is `None`.
+    pub except_roles: Vec<String>,
+}
+
+impl MaskRule {
+    pub fn applies_to(&self, role: &str) -> bool {
+        let listed = self
+            .for_roles
+            .as_ref()
+            .is_none_or(|roles| roles.iter().any(|r| r == role));
+        listed && !self.except_roles.iter().any(|r| r == role)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportType {
+    pub name: String,
+    /// Index into [`Workflow::sources`].
+    pub source: usize,
+    pub format: DataFormat,
+    pub chunk_size: u32,
+    /// Higher runs first.
+    pub priority: u8,
+    pub target: Option<String>,
+    pub retries: u32,
+    pub backoff: Duration,
+    pub timeout: Option<Duration>,
+    /// Inline rules and rules of the `masking` sets it uses, in order.
+    pub masks: Vec<MaskRule>,
+}
+
+impl ReportType {
+    /// The `(field, method)` pairs a principal with `role` gets; the first
+    /// rule for a field wins.
+    pub fn masks_for(&self, role: &str) -> Vec<(String, MaskMethod)> {
+        let mut out: Vec<(String, MaskMethod)> = Vec::new();
+        for rule in &self.masks {
+            if rule.applies_to(role) && !out.iter().any(|(f, _)| *f == rule.field) {
+                out.push((rule.field.clone(), rule.method));
+            }
+        }
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    Skip,
+    Once,
+    All,
+}
+
+impl CatchUp {
+    pub const NAMES: [&'static str; 3] = ["skip", "once", "all"];
+
+    pub fn from_name(s: &str) -> Option<CatchUp> {
+        match s {
+            "skip" => Some(CatchUp::Skip),
+            "once" => Some(CatchUp::Once),
+            "all" => Some(CatchUp::All),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CatchUp::Skip => "skip",
+            CatchUp::Once => "once",
+            CatchUp::All => "all",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: CronExpr,
+    pub zone: Tz,
+    /// Report types created on each fire.
+    pub reports: Vec<String>,
+    /// One job per role (and per county, when counties are listed).
+    pub roles: Vec<String>,
+    pub counties: Vec<String>,
+    pub catch_up: CatchUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    OnSuccess,
+    OnCompletion,
+}
+
+impl Condition {
+    pub fn from_name(s: &str) -> Option<Condition> {
+        match s {
+            "success" => Some(Condition::OnSuccess),
+            "completion" => Some(Condition::OnCompletion),
+            _ => None,
+        }
+    }
+
+    /// As written in the DSL after `on`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Condition::OnSuccess => "success",
+            Condition::OnCompletion => "completion",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleRule {
+    Inherit,
+    Fixed(String),
+}
+
+/// What a dependency changes in the child job's request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub chunk_size: Option<u32>,
+    pub priority: Option<u8>,
+    pub format: Option<DataFormat>,
+    pub target: Option<String>,
+}
+
+/// One `after ... run ...` declaration: a join of `parents.len()` parents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dependency {
+    /// Stable within a workflow: `<index>:<child>`.
+    pub id: String,
+    pub parents: Vec<String>,
+    pub child: String,
+    pub condition: Condition,
+    /// Parent-role filter: only these roles' completions count. Empty = all.
+    pub parent_roles: Vec<String>,
+    pub role: RoleRule,
+    pub overrides: Overrides,
+}
+
+/// Weight of a graph edge parent → child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// Index into [`Workflow::dependencies`].
+    pub dependency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub config: EngineConfig,
+    pub roles: Vec<String>,
+    pub sources: Vec<Source>,
+    pub reports: Vec<ReportType>,
+    pub schedules: Vec<Schedule>,
+    pub dependencies: Vec<Dependency>,
+    /// Node weight: index into `reports`. One edge per (parent, dependency).
+    pub graph: DiGraph<usize, Edge>,
+    pub(crate) report_index: HashMap<String, NodeIndex>,
+}
+
+impl Workflow {
+    pub fn report(&self, name: &str) -> Option<&ReportType> {
+        self.report_index
+            .get(name)
+            .map(|n| &self.reports[self.graph[*n]])
+    }
+
+    pub fn node(&self, name: &str) -> Option<NodeIndex> {
+        self.report_index.get(name).copied()
+    }
+
+    pub fn source_of(&self, report: &ReportType) -> &Source {
+        &self.sources[report.source]
+    }
+
+    /// Dependencies in which `report` is one of the parents.
+    pub fn dependencies_after<'a>(
+        &'a self,
+        report: &'a str,
+    ) -> impl Iterator<Item = &'a Dependency> + 'a {
+        self.dependencies
+            .iter()
+            .filter(move |d| d.parents.iter().any(|p| p == report))
+    }
+
+    /// Schedules that create `report`.
+    pub fn schedules_of<'a>(&'a self, report: &'a str) -> impl Iterator<Item = &'a Schedule> + 'a {
+        self.schedules
+            .iter()
+            .filter(move |s| s.reports.iter().any(|r| r == report))
+    }
+}
+
+impl PartialEq for Workflow {
+    /// Structural equality, independent of declaration spans and of the
+    /// order petgraph assigned edge indexes in.
+    fn eq(&self, other: &Self) -> bool {
+        let edges = |w: &Workflow| {
+            let mut e: Vec<(String, String, usize)> = w
+                .graph
+                .edge_indices()
+                .filter_map(|e| {
+                    let (a, b) = w.graph.edge_endpoints(e)?;
+                    Some((
+                        w.reports[w.graph[a]].name.clone(),
+                        w.reports[w.graph[b]].name.clone(),
+                        w.graph[e].dependency,
+                    ))
+                })
+                .collect();
+            e.sort();
+            e
+        };
+        self.config == other.config
+            && self.roles == other.roles
+            && self.sources == other.sources
+            && self.reports == other.reports
+            && self.schedules == other.schedules
+            && self.dependencies == other.dependencies
+            && edges(self) == edges(other)
+    }
+}
