@@ -12,7 +12,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 
 use crate::ast::{Block, DependencyDecl, FlowFile, Ident, ItemKind, Setting, Value, ValueKind};
 use crate::cron_expr::CronExpr;
-use crate::diagnostic::{Code, Diagnostic};
+use crate::diagnostic::{did_you_mean, Code, Diagnostic};
 use crate::loader::Loaded;
 use crate::masking::MaskMethod;
 use crate::source_map::{FileId, SourceMap, Span};
@@ -50,6 +50,11 @@ pub fn compile(loaded: Loaded) -> Compilation {
     };
     let workflow = compiler.workflow(&files);
     diagnostics.extend(compiler.diags);
+    if syntax_failed {
+        // Declarations that failed to parse are missing, so "unused" and
+        // "never triggered" warnings would be artefacts of the syntax error.
+        diagnostics.retain(Diagnostic::is_error);
+    }
     // Sort by file then position so output is stable and reads top to bottom.
     diagnostics.sort_by_key(|d| d.primary_span().map(|s| (s.file, s.start)));
     let failed = syntax_failed || diagnostics.iter().any(Diagnostic::is_error);
@@ -1262,38 +1267,6 @@ pub fn humanize(d: Duration) -> String {
         }
     }
     out
-}
-
-/// The closest candidate within a small edit distance, if any.
-pub fn did_you_mean<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (name.chars().count() / 3).max(1);
-    let lower = name.to_lowercase();
-    candidates
-        .filter_map(|c| {
-            let d = if c.to_lowercase() == lower {
-                0
-            } else {
-                levenshtein(&lower, &c.to_lowercase())
-            };
-            (d <= limit).then_some((d, c))
-        })
-        .min()
-        .map(|(_, c)| c)
-}
-
-fn levenshtein(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

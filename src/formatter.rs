@@ -144,6 +144,16 @@ impl Printer<'_> {
             self.out.push_str(&c.text);
             self.out.push('\n');
             self.next_comment += 1;
+            // Keep one blank line between a comment and what follows it, if
+            // the source had one (a file header, a section banner).
+            let next = self
+                .comments
+                .get(self.next_comment)
+                .map_or(before, |n| n.start.min(before));
+            let end = c.start + c.text.len();
+            if self.text.get(end..next).is_some_and(|gap| gap.matches('\n').count() >= 2) {
+                self.out.push('\n');
+            }
         }
     }
 

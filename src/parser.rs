@@ -14,7 +14,7 @@ use crate::ast::{
     Block, DependencyDecl, Entry, FlowFile, Ident, Item, ItemKind, MaskRule, Setting, Value,
     ValueKind,
 };
-use crate::diagnostic::{Code, Diagnostic};
+use crate::diagnostic::{did_you_mean, Code, Diagnostic};
 use crate::source_map::{FileId, Span};
 
 #[derive(pest_derive::Parser)]
@@ -60,7 +60,7 @@ pub fn parse(file: FileId, text: &str) -> Parsed {
                     InputLocation::Pos(p) => p,
                     InputLocation::Span((p, _)) => p,
                 };
-                diagnostics.push(syntax_error(file, text, pos + at, &err.variant));
+                diagnostics.push(syntax_error(file, text, pos + at, at == 0, &err.variant));
                 pos = resume_point(text, pos);
             }
         }
@@ -122,7 +122,10 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::duration => "a duration such as `30s`",
         Rule::value_list => "a value",
         Rule::EOI => "end of file",
-        Rule::block => "`{`",
+        Rule::nl => "end of line",
+        Rule::comma => "`,`",
+        Rule::block | Rule::open => "`{`",
+        Rule::close => "`}`",
         Rule::setting => "a setting",
         Rule::mask_rule | Rule::kw_mask => "`mask`",
         Rule::condition | Rule::kw_on => "`on`",
@@ -165,7 +168,16 @@ fn found_at(text: &str, at: usize) -> String {
     format!("`{c}`")
 }
 
-fn syntax_error(file: FileId, text: &str, at: usize, variant: &ErrorVariant<Rule>) -> Diagnostic {
+fn syntax_error(
+    file: FileId,
+    text: &str,
+    at: usize,
+    at_item_start: bool,
+    variant: &ErrorVariant<Rule>,
+) -> Diagnostic {
+    if let Some(d) = unterminated_string(file, text, at) {
+        return d;
+    }
     let found = found_at(text, at);
     let mut expected: Vec<&str> = Vec::new();
     if let ErrorVariant::ParsingError { positives, .. } = variant {
@@ -177,20 +189,38 @@ fn syntax_error(file: FileId, text: &str, at: usize, variant: &ErrorVariant<Rule
             }
         }
     }
-    // A failed item at column 0 is best explained as "a declaration".
-    if expected.len() > 3 || expected.contains(&"`after`") {
+    // Where a declaration should start, list the declarations.
+    if at_item_start {
         expected = vec!["a declaration (`config`, `roles`, `source`, `masking`, `report`, `schedule`, `after` or `include`)"];
+    }
+    if expected.contains(&"end of line") {
+        expected.retain(|e| *e != "end of file");
     }
     let message = if expected.is_empty() {
         format!("unexpected {found}")
     } else {
         format!("expected {}, found {found}", join_or(&expected))
     };
-    let width = match text[at.min(text.len())..].chars().next() {
-        Some(c) if c != '\n' && c != '\r' => c.len_utf8(),
+    let rest = &text[at.min(text.len())..];
+    let word_len: usize = rest
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .map(char::len_utf8)
+        .sum();
+    let width = match rest.chars().next() {
+        Some(c) if c != '\n' && c != '\r' => word_len.max(c.len_utf8()),
         _ => 0,
     };
-    let help = if found == "end of line" && expected.contains(&"`{`") {
+    let keyword_typo = if at_item_start {
+        did_you_mean(&rest[..word_len], ITEM_KEYWORDS.iter().copied())
+    } else {
+        None
+    };
+    let typo_help;
+    let help = if let Some(kw) = keyword_typo {
+        typo_help = format!("did you mean `{kw}`?");
+        typo_help.as_str()
+    } else if found == "end of line" && expected.contains(&"`{`") {
         "a block opens with `{` on the same line as its declaration"
     } else if found == "end of file" {
         "is a `}` missing?"
@@ -200,6 +230,32 @@ fn syntax_error(file: FileId, text: &str, at: usize, variant: &ErrorVariant<Rule
     Diagnostic::error(Code::Syntax, message)
         .label(Span::new(file, at, at + width), "here")
         .help(help)
+}
+
+/// A `"` with no closing quote on its line explains most errors at a string.
+fn unterminated_string(file: FileId, text: &str, at: usize) -> Option<Diagnostic> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let line = &text[line_start..line_end];
+    let mut open: Option<usize> = None;
+    let mut chars = line.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match (c, open) {
+            ('#', None) => break,
+            ('"', None) => open = Some(i),
+            ('"', Some(_)) => open = None,
+            ('\\', Some(_)) => {
+                chars.next();
+            }
+            _ => {}
+        }
+    }
+    let start = line_start + open?;
+    Some(
+        Diagnostic::error(Code::Syntax, "unterminated string")
+            .label(Span::new(file, start, line_end.max(start + 1)), "this string has no closing `\"`")
+            .help("close the string with `\"` on the same line; write a newline inside it as \\n"),
+    )
 }
 
 fn join_or(items: &[&str]) -> String {
@@ -233,7 +289,10 @@ impl Builder<'_> {
     }
 
     fn ident_list(&self, pair: Pair<'_, Rule>) -> Vec<Ident> {
-        pair.into_inner().map(|p| self.ident(p)).collect()
+        pair.into_inner()
+            .filter(|p| p.as_rule() == Rule::ident)
+            .map(|p| self.ident(p))
+            .collect()
     }
 
     fn item(&mut self, pair: Pair<'_, Rule>) -> Item {
@@ -351,6 +410,7 @@ impl Builder<'_> {
         );
         let values = inner
             .flat_map(|list| list.into_inner())
+            .filter(|v| !matches!(v.as_rule(), Rule::comma | Rule::nl))
             .map(|v| self.value(v))
             .collect();
         Setting { key, values, span }
