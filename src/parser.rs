@@ -34,6 +34,25 @@ pub struct Parsed {
 pub fn parse(file: FileId, text: &str) -> Parsed {
     let mut items = Vec::new();
     let mut diagnostics = Vec::new();
+    // Fast path: a valid file parses in one pass.
+    if let Ok(pairs) = FlowParser::parse(Rule::file, text) {
+        let mut builder = Builder {
+            file,
+            base: 0,
+            diagnostics: &mut diagnostics,
+        };
+        for pair in pairs {
+            if !matches!(pair.as_rule(), Rule::nl | Rule::EOI) {
+                items.push(builder.item(pair));
+            }
+        }
+        return Parsed {
+            file: FlowFile { items },
+            diagnostics,
+        };
+    }
+    // Recovery: one item at a time, skipping to the next declaration after
+    // an error.
     let mut pos = 0;
     loop {
         pos = skip_trivia(text, pos);
@@ -281,10 +300,16 @@ impl Builder<'_> {
         Span::new(self.file, self.base + s.start(), self.base + tight_end(pair))
     }
 
+    /// Span of an atomic token: already tight.
+    fn token_span(&self, pair: &Pair<'_, Rule>) -> Span {
+        let s = pair.as_span();
+        Span::new(self.file, self.base + s.start(), self.base + s.end())
+    }
+
     fn ident(&self, pair: Pair<'_, Rule>) -> Ident {
         Ident {
             name: pair.as_str().to_string(),
-            span: self.span(&pair),
+            span: self.token_span(&pair),
         }
     }
 
@@ -456,7 +481,7 @@ impl Builder<'_> {
     }
 
     fn value(&mut self, pair: Pair<'_, Rule>) -> Value {
-        let span = self.span(&pair);
+        let span = self.token_span(&pair);
         let text = pair.as_str();
         let kind = match pair.as_rule() {
             Rule::string => {
