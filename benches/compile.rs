@@ -14,7 +14,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 pub fn generate(n: usize) -> String {
     let mut s = String::with_capacity(n * 120);
     s.push_str("config {\n  worker_pool_size 4\n}\n\nroles CASE_WORKER, SUPERVISOR, ADMIN\n\n");
-    s.push_str("source cases {\n  path          \"data/cases.csv\"\n  county_column county_id\n}\n\n");
+    s.push_str(
+        "source cases {\n  path          \"data/cases.csv\"\n  county_column county_id\n}\n\n",
+    );
     s.push_str("masking pii {\n  mask ssn last4 for CASE_WORKER, SUPERVISOR\n}\n\n");
     for i in 0..n {
         s.push_str(&format!(

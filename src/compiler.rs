@@ -84,7 +84,11 @@ impl std::hash::Hasher for Fnv {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
         for b in bytes {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -231,8 +235,7 @@ impl<'s> Compiler<'s> {
         let mut dep_spans = Vec::with_capacity(decls.dependencies.len());
         for (decl, span) in &decls.dependencies {
             let index = dependencies.len();
-            if let Some((dep, parents, child)) =
-                self.dependency(index, decl, &scope, &report_index)
+            if let Some((dep, parents, child)) = self.dependency(index, decl, &scope, &report_index)
             {
                 triggered[child] = true;
                 for parent in parents {
@@ -338,14 +341,20 @@ impl<'s> Compiler<'s> {
         let mut config = EngineConfig::default();
         if let Some(&(file, _, _)) = configs.first() {
             // `results` is relative to the file that declares the config.
-            config.results_dir = self.sources.get(file).dir().join("results");
+            config.results_dir = resolve(self.sources.get(file).dir(), "results");
         }
         if let [(_, _, first), rest @ ..] = configs {
             for (_, _, span) in rest {
                 self.diags.push(
                     Diagnostic::error(Code::Duplicate, "config is defined more than once")
-                        .label(Span::new(span.file, span.start as usize, span.start as usize + 6), "defined again here")
-                        .label(Span::new(first.file, first.start as usize, first.start as usize + 6), "first defined here")
+                        .label(
+                            Span::new(span.file, span.start as usize, span.start as usize + 6),
+                            "defined again here",
+                        )
+                        .label(
+                            Span::new(first.file, first.start as usize, first.start as usize + 6),
+                            "first defined here",
+                        )
                         .help("a workflow has one config block; merge them"),
                 );
             }
@@ -435,7 +444,10 @@ impl<'s> Compiler<'s> {
                 self.diags.push(
                     Diagnostic::error(
                         Code::MissingSetting,
-                        format!("cannot tell the format of source `{}` from its path", name.name),
+                        format!(
+                            "cannot tell the format of source `{}` from its path",
+                            name.name
+                        ),
                     )
                     .label(*span, "no .csv or .jsonl extension")
                     .help("add `format csv` or `format jsonl`"),
@@ -507,7 +519,9 @@ impl<'s> Compiler<'s> {
                         format!("role `{}` is both masked and in clear", r.name),
                     )
                     .label(r.span, "listed after `except`")
-                    .help("a role goes after `for` (masked) or after `except` (in clear), not both"),
+                    .help(
+                        "a role goes after `for` (masked) or after `except` (in clear), not both",
+                    ),
                 );
             }
         }
@@ -829,15 +843,23 @@ impl<'s> Compiler<'s> {
         if let Some(block) = &decl.block {
             for m in block.masks() {
                 self.diags.push(
-                    Diagnostic::error(Code::UnknownSetting, "mask rules belong in a report, not a dependency")
-                        .label(m.span, "not allowed here")
-                        .help(format!("move it into `report {}`", decl.child.name)),
+                    Diagnostic::error(
+                        Code::UnknownSetting,
+                        "mask rules belong in a report, not a dependency",
+                    )
+                    .label(m.span, "not allowed here")
+                    .help(format!("move it into `report {}`", decl.child.name)),
                 );
             }
             for setting in self.settings(block, OVERRIDE_KEYS, "dependency") {
                 match setting.key.name.as_str() {
-                    "chunk_size" => overrides.chunk_size = self.int_value(setting, 1, MAX_CHUNK_SIZE).map(|n| n as u32),
-                    "priority" => overrides.priority = self.int_value(setting, 0, 255).map(|n| n as u8),
+                    "chunk_size" => {
+                        overrides.chunk_size =
+                            self.int_value(setting, 1, MAX_CHUNK_SIZE).map(|n| n as u32)
+                    }
+                    "priority" => {
+                        overrides.priority = self.int_value(setting, 0, 255).map(|n| n as u8)
+                    }
                     "format" => overrides.format = self.format_value(setting),
                     "target" => overrides.target = self.name_or_string(setting),
                     _ => {}
@@ -890,7 +912,10 @@ impl<'s> Compiler<'s> {
         sccs.sort();
         for scc in sccs {
             let cycle = find_cycle(graph, &scc);
-            let names: Vec<&str> = cycle.iter().map(|n| reports[graph[*n]].name.as_str()).collect();
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|n| reports[graph[*n]].name.as_str())
+                .collect();
             let mut text = names.join(" → ");
             text.push_str(" → ");
             text.push_str(names[0]);
@@ -908,9 +933,9 @@ impl<'s> Compiler<'s> {
                     );
                 }
             }
-            self.diags.push(d.help(
-                "dependencies must form a DAG: remove one of these `after` declarations",
-            ));
+            self.diags.push(
+                d.help("dependencies must form a DAG: remove one of these `after` declarations"),
+            );
         }
     }
 
@@ -1079,7 +1104,10 @@ impl<'s> Compiler<'s> {
             self.diags.push(
                 Diagnostic::error(
                     Code::OutOfRange,
-                    format!("`{}` must be between {min} and {max}, not {n}", setting.key.name),
+                    format!(
+                        "`{}` must be between {min} and {max}, not {n}",
+                        setting.key.name
+                    ),
                 )
                 .label(v.span, "out of range")
                 .help(format!("use a value from {min} to {max}")),
@@ -1107,7 +1135,9 @@ impl<'s> Compiler<'s> {
                 self.diags.push(
                     Diagnostic::error(Code::BadDuration, format!("bad duration `{n}`: no unit"))
                         .label(v.span, "which unit?")
-                        .help(format!("write `{n}s`, `{n}m` or another unit: ms, s, m, h, d")),
+                        .help(format!(
+                            "write `{n}s`, `{n}m` or another unit: ms, s, m, h, d"
+                        )),
                 );
                 return None;
             }
@@ -1133,7 +1163,10 @@ impl<'s> Compiler<'s> {
         let mut d = Diagnostic::error(Code::InvalidValue, format!("unknown {what} `{}`", id.name))
             .label(id.span, format!("not a {what}"));
         d = d.help(match did_you_mean(&id.name, allowed.iter().copied()) {
-            Some(s) => format!("did you mean `{s}`? expected one of: {}", allowed.join(", ")),
+            Some(s) => format!(
+                "did you mean `{s}`? expected one of: {}",
+                allowed.join(", ")
+            ),
             None => format!("expected one of: {}", allowed.join(", ")),
         });
         self.diags.push(d);
@@ -1161,13 +1194,24 @@ impl Scope<'_> {
         }
         if self.role_names.is_empty() {
             diags.push(
-                Diagnostic::error(Code::UnknownReference, format!("unknown role `{}`", id.name))
-                    .label(id.span, "no roles are declared")
-                    .help(format!("declare the workflow's roles, e.g. `roles {}`", id.name)),
+                Diagnostic::error(
+                    Code::UnknownReference,
+                    format!("unknown role `{}`", id.name),
+                )
+                .label(id.span, "no roles are declared")
+                .help(format!(
+                    "declare the workflow's roles, e.g. `roles {}`",
+                    id.name
+                )),
             );
             return false;
         }
-        unknown(diags, id, "role", self.role_names.iter().map(String::as_str));
+        unknown(
+            diags,
+            id,
+            "role",
+            self.role_names.iter().map(String::as_str),
+        );
         false
     }
 }
@@ -1178,8 +1222,11 @@ fn unknown<'a>(
     kind: &str,
     candidates: impl Iterator<Item = &'a str> + Clone,
 ) {
-    let mut d = Diagnostic::error(Code::UnknownReference, format!("unknown {kind} `{}`", id.name))
-        .label(id.span, format!("no {kind} has this name"));
+    let mut d = Diagnostic::error(
+        Code::UnknownReference,
+        format!("unknown {kind} `{}`", id.name),
+    )
+    .label(id.span, format!("no {kind} has this name"));
     if let Some(s) = did_you_mean(&id.name, candidates.clone()) {
         d = d.help(format!("did you mean `{s}`?"));
     } else {
@@ -1201,13 +1248,36 @@ fn index_of<'a>(named: &[Named<'a>]) -> Map<&'a str, usize> {
         .collect()
 }
 
+/// `p` relative to `dir`, with `.` and `..` folded lexically so paths read
+/// well in output (`workflows/../results` is `results`).
 fn resolve(dir: &Path, p: &str) -> std::path::PathBuf {
+    use std::path::Component;
     let path = Path::new(p);
-    if path.is_absolute() {
+    let joined = if path.is_absolute() {
         path.to_path_buf()
     } else {
         dir.join(path)
+    };
+    let mut out = std::path::PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                let last_is_normal =
+                    matches!(out.components().next_back(), Some(Component::Normal(_)));
+                if last_is_normal {
+                    out.pop();
+                } else {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
     }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
 }
 
 /// The shortest cycle through the SCC's first node, by breadth-first search.
@@ -1266,7 +1336,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => 3_600_000,
             "d" => 86_400_000,
             "" => return Err("a number has no unit".into()),
-            other => return Err(format!("unknown unit `{other}` (expected ms, s, m, h or d)")),
+            other => {
+                return Err(format!(
+                    "unknown unit `{other}` (expected ms, s, m, h or d)"
+                ))
+            }
         };
         let part = n
             .checked_mul(millis)
@@ -1283,7 +1357,13 @@ pub fn humanize(d: Duration) -> String {
         return "0s".into();
     }
     let mut out = String::new();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
         if ms >= size {
             out.push_str(&format!("{}{unit}", ms / size));
             ms %= size;
@@ -1301,7 +1381,9 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("5x").unwrap_err().contains("unknown unit `x`"));
+        assert!(parse_duration("5x")
+            .unwrap_err()
+            .contains("unknown unit `x`"));
         assert_eq!(humanize(Duration::from_secs(5400)), "1h30m");
         assert_eq!(humanize(Duration::from_millis(1500)), "1s500ms");
     }
@@ -1309,7 +1391,10 @@ mod tests {
     #[test]
     fn suggestions() {
         let c = ["CASE_WORKER", "SUPERVISOR", "ADMIN"];
-        assert_eq!(did_you_mean("CASE_WORKR", c.iter().copied()), Some("CASE_WORKER"));
+        assert_eq!(
+            did_you_mean("CASE_WORKR", c.iter().copied()),
+            Some("CASE_WORKER")
+        );
         assert_eq!(did_you_mean("admin", c.iter().copied()), Some("ADMIN"));
         assert_eq!(did_you_mean("NOBODY", c.iter().copied()), None);
     }

@@ -230,11 +230,7 @@ pub fn plain(diag: &Diagnostic, sources: &SourceMap) -> String {
         Severity::Error => "error",
         Severity::Warning => "warning",
     };
-    format!(
-        "{location}{kind}[{}]: {}",
-        diag.code.as_str(),
-        diag.message
-    )
+    format!("{location}{kind}[{}]: {}", diag.code.as_str(), diag.message)
 }
 
 /// Adapter from our data to miette's trait. Labels in the primary file are

@@ -9,7 +9,9 @@
 //! never changes the compiled workflow, and formatting formatted text changes
 //! nothing.
 
-use crate::ast::{Block, DependencyDecl, Entry, FlowFile, Ident, ItemKind, MaskRule, Value, ValueKind};
+use crate::ast::{
+    Block, DependencyDecl, Entry, FlowFile, Ident, ItemKind, MaskRule, Value, ValueKind,
+};
 
 struct Comment {
     start: usize,
@@ -151,7 +153,11 @@ impl Printer<'_> {
                 .get(self.next_comment)
                 .map_or(before, |n| n.start.min(before));
             let end = c.start + c.text.len();
-            if self.text.get(end..next).is_some_and(|gap| gap.matches('\n').count() >= 2) {
+            if self
+                .text
+                .get(end..next)
+                .is_some_and(|gap| gap.matches('\n').count() >= 2)
+            {
                 self.out.push('\n');
             }
         }
@@ -160,7 +166,9 @@ impl Printer<'_> {
     /// Comments that start on the line where `end` is, after it: printed at
     /// the end of the current output line.
     fn trailing_comment(&mut self, end: usize) {
-        let line_end = self.text[end..].find('\n').map_or(self.text.len(), |i| end + i);
+        let line_end = self.text[end..]
+            .find('\n')
+            .map_or(self.text.len(), |i| end + i);
         let mut trailing = Vec::new();
         while let Some(c) = self.comments.get(self.next_comment) {
             if c.start >= end && c.start < line_end {
@@ -242,7 +250,11 @@ impl Printer<'_> {
             .max()
             .unwrap_or(0);
         let field_width = block.masks().map(|m| m.field.name.len()).max().unwrap_or(0);
-        let method_width = block.masks().map(|m| m.method.name.len()).max().unwrap_or(0);
+        let method_width = block
+            .masks()
+            .map(|m| m.method.name.len())
+            .max()
+            .unwrap_or(0);
         for (i, entry) in block.entries.iter().enumerate() {
             let start = entry.span().start as usize;
             if i > 0 && self.blank_line_before(start) {
@@ -267,7 +279,10 @@ impl Printer<'_> {
     }
 
     fn mask(&mut self, m: &MaskRule, field_width: usize, method_width: usize) {
-        let mut line = format!("mask {:<field_width$} {:<method_width$}", m.field.name, m.method.name);
+        let mut line = format!(
+            "mask {:<field_width$} {:<method_width$}",
+            m.field.name, m.method.name
+        );
         if !m.for_roles.is_empty() {
             line.push_str(" for ");
             line.push_str(&idents(&m.for_roles));

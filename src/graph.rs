@@ -91,8 +91,18 @@ pub fn text(w: &Workflow) -> String {
     if !w.schedules.is_empty() {
         out.push_str("schedules\n");
         let name_w = w.schedules.iter().map(|s| s.name.len()).max().unwrap_or(0);
-        let cron_w = w.schedules.iter().map(|s| s.cron.source().len()).max().unwrap_or(0);
-        let zone_w = w.schedules.iter().map(|s| s.zone.name().len()).max().unwrap_or(0);
+        let cron_w = w
+            .schedules
+            .iter()
+            .map(|s| s.cron.source().len())
+            .max()
+            .unwrap_or(0);
+        let zone_w = w
+            .schedules
+            .iter()
+            .map(|s| s.zone.name().len())
+            .max()
+            .unwrap_or(0);
         for s in &w.schedules {
             let mut roles = s.roles.join(", ");
             if !s.counties.is_empty() {
@@ -113,7 +123,11 @@ pub fn text(w: &Workflow) -> String {
     out.push_str("reports\n");
     let mut expanded: HashSet<NodeIndex> = HashSet::new();
     for n in w.graph.node_indices() {
-        if w.graph.neighbors_directed(n, Direction::Incoming).next().is_some() {
+        if w.graph
+            .neighbors_directed(n, Direction::Incoming)
+            .next()
+            .is_some()
+        {
             continue;
         }
         // Iterative depth-first walk: (node, prefix, is_last, edge label).
@@ -168,9 +182,19 @@ pub fn dot(w: &Workflow) -> String {
     );
     for n in w.graph.node_indices() {
         let r = &w.reports[w.graph[n]];
-        let mut label = format!("{}\\n{} · chunk {}", dot_escape(&r.name), r.format.name(), r.chunk_size);
+        let mut label = format!(
+            "{}\\n{} · chunk {}",
+            dot_escape(&r.name),
+            r.format.name(),
+            r.chunk_size
+        );
         for s in w.schedules_of(&r.name) {
-            let _ = write!(label, "\\n⏰ {} {}", dot_escape(&s.name), dot_escape(s.cron.source()));
+            let _ = write!(
+                label,
+                "\\n⏰ {} {}",
+                dot_escape(&s.name),
+                dot_escape(s.cron.source())
+            );
         }
         let _ = writeln!(out, "  \"{}\" [label=\"{label}\"];", dot_escape(&r.name));
     }
@@ -211,7 +235,12 @@ pub fn mermaid(w: &Workflow) -> String {
         let r = &w.reports[w.graph[n]];
         let mut label = mermaid_escape(&r.name);
         for s in w.schedules_of(&r.name) {
-            let _ = write!(label, "<br/>⏰ {} {}", mermaid_escape(&s.name), mermaid_escape(s.cron.source()));
+            let _ = write!(
+                label,
+                "<br/>⏰ {} {}",
+                mermaid_escape(&s.name),
+                mermaid_escape(s.cron.source())
+            );
         }
         let _ = writeln!(out, "  {}[\"{label}\"]", id(&r.name));
     }

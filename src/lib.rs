@@ -7,12 +7,19 @@ pub mod cli;
 pub mod compiler;
 pub mod cron_expr;
 pub mod diagnostic;
+pub mod executor;
 pub mod formatter;
 pub mod graph;
+pub mod job;
 pub mod loader;
 pub mod masking;
+pub mod masking_key;
+pub mod metrics;
 pub mod parser;
+pub mod pipeline;
 pub mod source_map;
+pub mod status;
+pub mod store;
 pub mod workflow;
 
 /// Runs the command line with the process's arguments and returns its exit

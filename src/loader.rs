@@ -92,7 +92,9 @@ fn add_file(loaded: &mut Loaded, seen: &mut HashSet<PathBuf>, path: PathBuf, tex
         return;
     }
     let name = display_name(&path);
-    let id = loaded.sources.add(SourceFile::new(path.clone(), name, text));
+    let id = loaded
+        .sources
+        .add(SourceFile::new(path.clone(), name, text));
     let file = loaded.sources.get(id);
     let dir = file.dir().to_path_buf();
     let parsed = parser::parse(id, &file.text);

@@ -272,7 +272,10 @@ fn unterminated_string(file: FileId, text: &str, at: usize) -> Option<Diagnostic
     let start = line_start + open?;
     Some(
         Diagnostic::error(Code::Syntax, "unterminated string")
-            .label(Span::new(file, start, line_end.max(start + 1)), "this string has no closing `\"`")
+            .label(
+                Span::new(file, start, line_end.max(start + 1)),
+                "this string has no closing `\"`",
+            )
             .help("close the string with `\"` on the same line; write a newline inside it as \\n"),
     )
 }
@@ -297,7 +300,11 @@ impl Builder<'_> {
     /// the enclosing rule, so the tight end is the end of the last token.
     fn span(&self, pair: &Pair<'_, Rule>) -> Span {
         let s = pair.as_span();
-        Span::new(self.file, self.base + s.start(), self.base + tight_end(pair))
+        Span::new(
+            self.file,
+            self.base + s.start(),
+            self.base + tight_end(pair),
+        )
     }
 
     /// Span of an atomic token: already tight.
@@ -333,7 +340,9 @@ impl Builder<'_> {
                 }))
             }
             Rule::config => ItemKind::Config(self.block_or_empty(inner.next(), span)),
-            Rule::roles => ItemKind::Roles(inner.next().map_or_else(Vec::new, |p| self.ident_list(p))),
+            Rule::roles => {
+                ItemKind::Roles(inner.next().map_or_else(Vec::new, |p| self.ident_list(p)))
+            }
             Rule::source | Rule::masking | Rule::report | Rule::schedule => {
                 let name = inner.next().map_or_else(
                     || Ident {
@@ -485,18 +494,18 @@ impl Builder<'_> {
         let text = pair.as_str();
         let kind = match pair.as_rule() {
             Rule::string => {
-                let raw = pair
-                    .into_inner()
-                    .next()
-                    .map_or("", |p| p.as_str());
+                let raw = pair.into_inner().next().map_or("", |p| p.as_str());
                 ValueKind::Str(self.unescape(raw, span))
             }
             Rule::number => match text.parse::<i64>() {
                 Ok(n) => ValueKind::Number(n),
                 Err(_) => {
                     self.diagnostics.push(
-                        Diagnostic::error(Code::OutOfRange, format!("number `{text}` is too large"))
-                            .label(span, "does not fit in 64 bits"),
+                        Diagnostic::error(
+                            Code::OutOfRange,
+                            format!("number `{text}` is too large"),
+                        )
+                        .label(span, "does not fit in 64 bits"),
                     );
                     ValueKind::Number(i64::MAX)
                 }
@@ -634,7 +643,10 @@ after A, B run C
             panic!("dependency expected")
         };
         assert_eq!(dep.parents[0].name, "DAILY_REPORT");
-        assert_eq!(dep.condition.as_ref().map(|c| c.name.as_str()), Some("success"));
+        assert_eq!(
+            dep.condition.as_ref().map(|c| c.name.as_str()),
+            Some("success")
+        );
         assert_eq!(dep.by_roles[0].name, "SUPERVISOR");
         assert_eq!(dep.child.name, "DAILY_SUMMARY");
         assert_eq!(dep.as_role.as_ref().map(|c| c.name.as_str()), Some("ADMIN"));
@@ -654,7 +666,10 @@ after A, B run C
         };
         assert_eq!(&text[name.span.start as usize..name.span.end as usize], "R");
         let s = block.settings().next().unwrap();
-        assert_eq!(&text[s.key.span.start as usize..s.key.span.end as usize], "source");
+        assert_eq!(
+            &text[s.key.span.start as usize..s.key.span.end as usize],
+            "source"
+        );
         assert_eq!(
             &text[s.values[0].span.start as usize..s.values[0].span.end as usize],
             "cases"
@@ -676,7 +691,14 @@ after A, B run C
         let ItemKind::Config(block) = &file.items[0].kind else {
             panic!()
         };
-        let kinds: Vec<_> = block.settings().next().unwrap().values.iter().map(|v| v.kind.clone()).collect();
+        let kinds: Vec<_> = block
+            .settings()
+            .next()
+            .unwrap()
+            .values
+            .iter()
+            .map(|v| v.kind.clone())
+            .collect();
         assert_eq!(
             kinds,
             vec![
@@ -692,7 +714,8 @@ after A, B run C
 
     #[test]
     fn recovers_after_a_syntax_error() {
-        let text = "report A {\n  source\n}\nreport B {\n  source s\n}\nbogus\nreport C {\n source s\n}\n";
+        let text =
+            "report A {\n  source\n}\nreport B {\n  source s\n}\nbogus\nreport C {\n source s\n}\n";
         let parsed = parse(FileId(0), text);
         let names: Vec<_> = parsed
             .file
@@ -719,6 +742,8 @@ after A, B run C
     #[test]
     fn empty_and_comment_only_files_parse() {
         assert!(parse_ok("").items.is_empty());
-        assert!(parse_ok("# only a comment\n\n   # another").items.is_empty());
+        assert!(parse_ok("# only a comment\n\n   # another")
+            .items
+            .is_empty());
     }
 }

@@ -82,7 +82,10 @@ impl SourceFile {
         };
         let start = self.line_starts[line] as usize;
         let end = (offset as usize).min(self.text.len());
-        let col = self.text.get(start..end).map_or(1, |s| s.chars().count() + 1);
+        let col = self
+            .text
+            .get(start..end)
+            .map_or(1, |s| s.chars().count() + 1);
         (line + 1, col)
     }
 

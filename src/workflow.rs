@@ -16,37 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::cron_expr::CronExpr;
 use crate::masking::MaskMethod;
 
-/// File format of a source or a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataFormat {
-    Csv,
-    Jsonl,
-}
-
-impl DataFormat {
-    pub const NAMES: [&'static str; 2] = ["csv", "jsonl"];
-
-    pub fn from_name(s: &str) -> Option<DataFormat> {
-        match s {
-            "csv" => Some(DataFormat::Csv),
-            "jsonl" => Some(DataFormat::Jsonl),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            DataFormat::Csv => "csv",
-            DataFormat::Jsonl => "jsonl",
-        }
-    }
-
-    /// Extension of result files, also the format's name.
-    pub fn extension(self) -> &'static str {
-        self.name()
-    }
-}
+pub use crate::pipeline::DataFormat;
 
 /// The engine `config` block, with defaults for what it leaves out.
 #[derive(Debug, Clone, PartialEq)]

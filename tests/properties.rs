@@ -4,17 +4,24 @@
 //! renders each one as `.flow` text with a random layout: blank lines,
 //! own-line and trailing comments (some with `#` and `"` in them), strings
 //! with `#` inside them, irregular spacing, lists split after commas, string
-//! escapes, CRLF line ends, numbers with leading zeros and declarations in
-//! any order. The properties:
+//! escapes, LF, CRLF and mixed line ends, numbers with leading zeros,
+//! one-line blocks, keywords used as role names and declarations in any
+//! order. The properties:
 //!
 //! * generated text compiles without errors, to exactly the modelled workflow;
-//! * `fmt` keeps the compiled workflow, is idempotent and keeps every comment;
+//! * `fmt` keeps the compiled workflow, is idempotent and keeps every comment
+//!   (also for mutated texts that still parse);
+//! * the parser's recovery path builds the same tree as its fast path;
 //! * the dependency graph has one node per report and one edge per (parent,
 //!   dependency), is acyclic, and a back edge yields exactly one `E004` that
 //!   names the cycle;
-//! * arbitrary text, token soup and mutated valid workflows never make the
-//!   parser, the compiler or the formatter panic, every label span lies on
-//!   char boundaries inside its file, and a syntax error always yields `E001`.
+//! * arbitrary text, token soup, mutated valid workflows and random cron
+//!   strings never make the parser, the compiler or the formatter panic,
+//!   every label span lies on char boundaries inside its file, and a syntax
+//!   error always yields `E001`.
+//!
+//! `PROPTEST_CASES=2000 cargo test --test properties` runs a longer soak.
+//! The `known_bug_*` tests are ignored until the bugs they show are fixed.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -37,17 +44,29 @@ use proptest::test_runner::TestCaseError;
 // The model
 // ---------------------------------------------------------------------------
 
-const ROLE_POOL: [&str; 6] = [
+/// Role names, some of them keywords of the dependency and mask syntax
+/// (`after A by run run B`, `mask f redact for except except on`).
+const ROLE_POOL: [&str; 10] = [
     "CASE_WORKER",
     "SUPERVISOR",
     "ADMIN",
     "AUDITOR",
     "clerk",
     "Analyst_2",
+    "on",
+    "run",
+    "except",
+    "mask",
 ];
 const SOURCE_NAMES: [&str; 3] = ["cases", "clients", "visits"];
 const REPORT_PREFIXES: [&str; 5] = ["DAILY_REPORT", "weekly", "Audit", "r", "_x"];
-const FIELDS: [&str; 5] = ["ssn", "client_name", "date_of_birth", "case_status", "phone"];
+const FIELDS: [&str; 5] = [
+    "ssn",
+    "client_name",
+    "date_of_birth",
+    "case_status",
+    "phone",
+];
 const METHODS: [&str; 4] = ["redact", "last4", "hash", "null"];
 const CRONS: [&str; 8] = [
     "0 30 5 * * ?",
@@ -70,7 +89,8 @@ const ZONES: [&str; 7] = [
 ];
 /// Decoded string values: quotes, backslashes, newlines, tabs, `#` and
 /// non-ASCII characters all have to survive escaping and formatting.
-const TEXTS: [&str; 10] = [
+const TEXTS: [&str; 11] = [
+    "q\"#x\\",
     "BI_WAREHOUSE",
     "say \"hi\"",
     "back\\slash",
@@ -230,7 +250,17 @@ struct Layout {
     seed: u64,
     /// 0 = plain, canonical-looking text; 3 = lots of noise.
     noise: u64,
-    crlf: bool,
+    line_ends: LineEnds,
+}
+
+/// Line ends of a generated file. A lone `\r` is a line end for the grammar
+/// too, but `fmt` and the parser's error recovery do not treat it as one
+/// (see `known_bug_lone_cr_line_end`), so it is not generated.
+#[derive(Debug, Clone, Copy)]
+enum LineEnds {
+    Lf,
+    Crlf,
+    Mixed,
 }
 
 #[derive(Debug, Clone)]
@@ -379,8 +409,16 @@ impl MaskRaw {
 }
 
 fn mask() -> impl Strategy<Value = MaskRaw> {
-    (select(FIELDS.to_vec()), select(METHODS.to_vec()), vec(0u8..3, 4))
-        .prop_map(|(field, method, assign)| MaskRaw { field, method, assign })
+    (
+        select(FIELDS.to_vec()),
+        select(METHODS.to_vec()),
+        vec(0u8..3, 4),
+    )
+        .prop_map(|(field, method, assign)| MaskRaw {
+            field,
+            method,
+            assign,
+        })
 }
 
 /// Picks from `roles` by a mask of flags.
@@ -412,7 +450,11 @@ struct ReportRaw {
 
 fn report() -> impl Strategy<Value = ReportRaw> {
     (
-        (0..REPORT_PREFIXES.len(), any::<Index>(), option::of(data_format())),
+        (
+            0..REPORT_PREFIXES.len(),
+            any::<Index>(),
+            option::of(data_format()),
+        ),
         (
             option::of(1u32..=100_000),
             option::of(0u8..=255),
@@ -592,7 +634,10 @@ impl DepsRaw {
 fn dependency() -> impl Strategy<Value = DepRaw> {
     (
         vec(any::<Index>(), 3),
-        option::of(prop_oneof![Just(Condition::OnSuccess), Just(Condition::OnCompletion)]),
+        option::of(prop_oneof![
+            Just(Condition::OnSuccess),
+            Just(Condition::OnCompletion)
+        ]),
         vec(proptest::bool::weighted(0.3), 4),
         option::of(option::of(any::<Index>())),
         prop_oneof![
@@ -614,15 +659,25 @@ fn dependency() -> impl Strategy<Value = DepRaw> {
 }
 
 fn dependencies() -> impl Strategy<Value = DepsRaw> {
-    (0u8..5, dependency(), option::weighted(0.15, dependency()))
-        .prop_map(|(kind, first, second)| DepsRaw { kind, first, second })
+    (0u8..5, dependency(), option::weighted(0.15, dependency())).prop_map(
+        |(kind, first, second)| DepsRaw {
+            kind,
+            first,
+            second,
+        },
+    )
 }
 
 fn layout() -> impl Strategy<Value = Layout> {
-    (any::<u64>(), 0u64..=3, proptest::bool::weighted(0.2)).prop_map(|(seed, noise, crlf)| Layout {
+    let line_ends = prop_oneof![
+        6 => Just(LineEnds::Lf),
+        2 => Just(LineEnds::Crlf),
+        1 => Just(LineEnds::Mixed),
+    ];
+    (any::<u64>(), 0u64..=3, line_ends).prop_map(|(seed, noise, line_ends)| Layout {
         seed,
         noise,
-        crlf,
+        line_ends,
     })
 }
 
@@ -651,52 +706,54 @@ fn spec() -> impl Strategy<Value = Spec> {
         vec(schedule(), 0..=4),
         layout(),
     )
-        .prop_map(|(roles, config, sources, masking, reports, schedules, layout)| {
-            let roles: Vec<String> = roles.iter().map(|s| s.to_string()).collect();
-            let sources: Vec<SourceSpec> = sources
-                .iter()
-                .enumerate()
-                .map(|(i, s)| s.resolve(i))
-                .collect();
-            let n_reports = reports.len();
-            let deps = reports
-                .iter()
-                .enumerate()
-                .flat_map(|(i, r)| r.deps.resolve(i, &roles))
-                .collect();
-            let reports = reports
-                .iter()
-                .enumerate()
-                .map(|(i, r)| ReportSpec {
-                    name: format!("{}_{i}", REPORT_PREFIXES[r.prefix]),
-                    source: r.source.index(sources.len()),
-                    format: r.format,
-                    chunk_size: r.chunk_size,
-                    priority: r.priority,
-                    target: r.target.clone(),
-                    retries: r.retries,
-                    backoff: r.backoff.clone(),
-                    timeout: r.timeout.clone(),
-                    masking: masking.is_some() && r.masking,
-                    masks: r.masks.iter().map(|m| m.resolve(&roles)).collect(),
-                })
-                .collect();
-            let schedules = schedules
-                .iter()
-                .enumerate()
-                .map(|(i, s)| s.resolve(i, &roles, n_reports))
-                .collect();
-            Spec {
-                config,
-                masking: masking.map(|m| m.iter().map(|m| m.resolve(&roles)).collect()),
-                roles,
-                sources,
-                reports,
-                schedules,
-                deps,
-                layout,
-            }
-        })
+        .prop_map(
+            |(roles, config, sources, masking, reports, schedules, layout)| {
+                let roles: Vec<String> = roles.iter().map(|s| s.to_string()).collect();
+                let sources: Vec<SourceSpec> = sources
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| s.resolve(i))
+                    .collect();
+                let n_reports = reports.len();
+                let deps = reports
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, r)| r.deps.resolve(i, &roles))
+                    .collect();
+                let reports = reports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| ReportSpec {
+                        name: format!("{}_{i}", REPORT_PREFIXES[r.prefix]),
+                        source: r.source.index(sources.len()),
+                        format: r.format,
+                        chunk_size: r.chunk_size,
+                        priority: r.priority,
+                        target: r.target.clone(),
+                        retries: r.retries,
+                        backoff: r.backoff.clone(),
+                        timeout: r.timeout.clone(),
+                        masking: masking.is_some() && r.masking,
+                        masks: r.masks.iter().map(|m| m.resolve(&roles)).collect(),
+                    })
+                    .collect();
+                let schedules = schedules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| s.resolve(i, &roles, n_reports))
+                    .collect();
+                Spec {
+                    config,
+                    masking: masking.map(|m| m.iter().map(|m| m.resolve(&roles)).collect()),
+                    roles,
+                    sources,
+                    reports,
+                    schedules,
+                    deps,
+                    layout,
+                }
+            },
+        )
 }
 
 // ---------------------------------------------------------------------------
@@ -723,7 +780,7 @@ impl Rng {
 struct Out {
     rng: Rng,
     noise: u64,
-    crlf: bool,
+    line_ends: LineEnds,
     text: String,
     /// Every comment written, as the formatter should print it.
     comments: Vec<String>,
@@ -772,7 +829,12 @@ impl Out {
     }
 
     fn nl(&mut self) {
-        self.text.push_str(if self.crlf { "\r\n" } else { "\n" });
+        let crlf = match self.line_ends {
+            LineEnds::Lf => false,
+            LineEnds::Crlf => true,
+            LineEnds::Mixed => self.rng.below(2) == 0,
+        };
+        self.text.push_str(if crlf { "\r\n" } else { "\n" });
     }
 
     fn comment(&mut self) {
@@ -865,6 +927,9 @@ impl Out {
                 if self.maybe(12) {
                     self.trailing_comment();
                     self.nl();
+                    if self.maybe(3) {
+                        self.nl();
+                    }
                     if self.maybe(4) {
                         let ind = self.indent();
                         self.text.push_str(ind);
@@ -1007,7 +1072,7 @@ impl Spec {
         let mut o = Out {
             rng: Rng(self.layout.seed),
             noise: self.layout.noise,
-            crlf: self.layout.crlf,
+            line_ends: self.layout.line_ends,
             text: String::new(),
             comments: Vec::new(),
         };
@@ -1025,7 +1090,9 @@ impl Spec {
         let shuffle = o.maybe(15);
         let mut items = Vec::new();
         loop {
-            let live: Vec<usize> = (0..queues.len()).filter(|q| !queues[*q].is_empty()).collect();
+            let live: Vec<usize> = (0..queues.len())
+                .filter(|q| !queues[*q].is_empty())
+                .collect();
             let Some(&first) = live.first() else { break };
             let q = if shuffle { o.pick(&live) } else { first };
             items.extend(queues[q].pop_front());
@@ -1134,7 +1201,10 @@ impl Spec {
                 }
                 e.push(Entry::Set(
                     "run",
-                    s.run.iter().map(|r| Tok::Id(self.report_name(*r))).collect(),
+                    s.run
+                        .iter()
+                        .map(|r| Tok::Id(self.report_name(*r)))
+                        .collect(),
                 ));
                 e.push(Entry::Set(
                     "roles",
@@ -1226,7 +1296,9 @@ fn compile_ok(text: &str) -> Result<(Workflow, Compilation), TestCaseError> {
     let errs = errors(&c);
     prop_assert!(errs.is_empty(), "errors: {errs:#?}\n--- text ---\n{text}");
     let Some(wf) = c.workflow.take() else {
-        return Err(TestCaseError::fail(format!("no workflow and no error for\n{text}")));
+        return Err(TestCaseError::fail(format!(
+            "no workflow and no error for\n{text}"
+        )));
     };
     Ok((wf, c))
 }
@@ -1372,7 +1444,11 @@ fn check_robust(text: &str) -> Result<(), TestCaseError> {
         .filter(|d| d.code.as_str() == "E001")
         .count();
     if !parsed.diagnostics.is_empty() {
-        prop_assert!(c.has_errors(), "parse diagnostics lost: {:?}", parsed.diagnostics);
+        prop_assert!(
+            c.has_errors(),
+            "parse diagnostics lost: {:?}",
+            parsed.diagnostics
+        );
     }
     if let Some((at, ch)) = stray_char_outside_strings(text) {
         prop_assert!(
@@ -1381,6 +1457,42 @@ fn check_robust(text: &str) -> Result<(), TestCaseError> {
             c.diagnostics
         );
     }
+    Ok(())
+}
+
+/// For a text that parses without diagnostics (a mutation that kept the
+/// syntax valid), `fmt` keeps the compilation result (the workflow, or the
+/// same diagnostics), is idempotent and keeps every comment. Texts with a
+/// lone `\r` are left out: see `known_bug_lone_cr_line_end`.
+fn check_fmt_if_clean(text: &str) -> Result<(), TestCaseError> {
+    let lone_cr = text
+        .char_indices()
+        .any(|(i, c)| c == '\r' && !text[i + 1..].starts_with('\n'));
+    let parsed = parser::parse(FileId(0), text);
+    if lone_cr || !parsed.diagnostics.is_empty() {
+        return Ok(());
+    }
+    let once = formatter::format(text, &parsed.file);
+    let context = format!("--- input ---\n{text}\n--- fmt ---\n{once}");
+    let summary = |c: &Compilation| {
+        let mut d: Vec<(Code, String)> = c
+            .diagnostics
+            .iter()
+            .map(|d| (d.code, d.message.clone()))
+            .collect();
+        d.sort();
+        d
+    };
+    let before = compile_text(text);
+    let after = compile_text(&once);
+    prop_assert_eq!(summary(&after), summary(&before), "{}", context);
+    prop_assert!(
+        after.workflow == before.workflow,
+        "workflow changed\n{}",
+        context
+    );
+    prop_assert_eq!(fmt(&once)?, once.clone(), "not idempotent\n{}", context);
+    same_comments(&once, &comment_texts(text), &context)?;
     Ok(())
 }
 
@@ -1434,7 +1546,10 @@ fn check_model(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
             DataFormat::Jsonl
         };
         prop_assert_eq!(s.format, m.format.unwrap_or(inferred));
-        prop_assert_eq!(&s.county_column, &m.county_column.as_ref().map(Tok::as_text));
+        prop_assert_eq!(
+            &s.county_column,
+            &m.county_column.as_ref().map(Tok::as_text)
+        );
     }
 
     // Reports.
@@ -1449,7 +1564,10 @@ fn check_model(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
         prop_assert_eq!(&r.target, &m.target.as_ref().map(Tok::as_text));
         prop_assert_eq!(r.retries, m.retries.unwrap_or(0));
         prop_assert_eq!(r.backoff, ms(&m.backoff, 30_000));
-        prop_assert_eq!(r.timeout, m.timeout.as_ref().map(|d| Duration::from_millis(d.ms)));
+        prop_assert_eq!(
+            r.timeout,
+            m.timeout.as_ref().map(|d| Duration::from_millis(d.ms))
+        );
         let mut masks = expected_masks(&m.masks);
         if m.masking {
             masks.extend(expected_masks(set_masks));
@@ -1503,7 +1621,10 @@ fn check_graph(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
         let n = wf.node(&r.name);
         prop_assert_eq!(n.map(|n| n.index()), Some(i));
         prop_assert_eq!(n.map(|n| wf.graph[n]), Some(i));
-        prop_assert_eq!(wf.report(&r.name).map(|r| r.name.as_str()), Some(r.name.as_str()));
+        prop_assert_eq!(
+            wf.report(&r.name).map(|r| r.name.as_str()),
+            Some(r.name.as_str())
+        );
     }
     let mut expected: Vec<(usize, usize, usize)> = spec
         .deps
@@ -1515,7 +1636,13 @@ fn check_graph(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
     let mut actual: Vec<(usize, usize, usize)> = wf
         .graph
         .edge_references()
-        .map(|e| (e.source().index(), e.target().index(), e.weight().dependency))
+        .map(|e| {
+            (
+                e.source().index(),
+                e.target().index(),
+                e.weight().dependency,
+            )
+        })
         .collect();
     actual.sort_unstable();
     prop_assert_eq!(actual, expected);
@@ -1557,7 +1684,11 @@ fn check_back_edge(spec: &Spec, text: &str, lo: usize, hi: usize) -> Result<(), 
     let (lo_name, hi_name) = (spec.report_name(lo), spec.report_name(hi));
     let with_cycle = format!("{text}\nafter {hi_name} run {lo_name}\n");
     let c = compile_text(&with_cycle);
-    let cycles: Vec<_> = c.diagnostics.iter().filter(|d| d.code == Code::Cycle).collect();
+    let cycles: Vec<_> = c
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == Code::Cycle)
+        .collect();
     let others: Vec<String> = c
         .diagnostics
         .iter()
@@ -1566,7 +1697,10 @@ fn check_back_edge(spec: &Spec, text: &str, lo: usize, hi: usize) -> Result<(), 
         .collect();
     prop_assert!(others.is_empty(), "unexpected errors {others:#?}");
     let Some(path) = path else {
-        prop_assert!(cycles.is_empty(), "{lo_name} does not reach {hi_name}: {cycles:?}");
+        prop_assert!(
+            cycles.is_empty(),
+            "{lo_name} does not reach {hi_name}: {cycles:?}"
+        );
         prop_assert!(c.workflow.is_some());
         return Ok(());
     };
@@ -1580,7 +1714,13 @@ fn check_back_edge(spec: &Spec, text: &str, lo: usize, hi: usize) -> Result<(), 
         .ok_or_else(|| TestCaseError::fail(format!("message: {}", d.message)))?;
     let names: Vec<&str> = listed.split(" → ").collect();
     // LO → … → HI → LO: a shortest path from LO to HI, closed by the back edge.
-    prop_assert_eq!(names.len(), path.len() + 1, "{} vs path {:?}", d.message, path);
+    prop_assert_eq!(
+        names.len(),
+        path.len() + 1,
+        "{} vs path {:?}",
+        d.message,
+        path
+    );
     prop_assert_eq!(names.first(), Some(&lo_name.as_str()));
     prop_assert_eq!(names.last(), Some(&lo_name.as_str()));
     prop_assert_eq!(names[names.len() - 2], hi_name.as_str());
@@ -1615,6 +1755,8 @@ fn runner_config(cases: u32) -> ProptestConfig {
             .unwrap_or(cases),
         // Only this file may be created: no regression files.
         failure_persistence: None,
+        // Generated workflows are large: give shrinking room to cut them down.
+        max_shrink_iters: 4096,
         ..ProptestConfig::default()
     }
 }
@@ -1624,9 +1766,39 @@ fn runner_config(cases: u32) -> ProptestConfig {
 // ---------------------------------------------------------------------------
 
 const SNIPPETS: [&str; 34] = [
-    "after ", "run ", " on ", " by ", " as ", "mask ", "report ", "{", "}", "\"", "\\", "\\u{",
-    "\\u{110000}", "\\u{d800}", "\\u{e9}", "#", "\n", "\r\n", "\r", ",", " ", "\t", "é", "@",
-    "\u{0}", "5x", "-", "99999999999999999999", "1h30m", "}\n{", "\"#\"", "✓", "config {\n",
+    "after ",
+    "run ",
+    " on ",
+    " by ",
+    " as ",
+    "mask ",
+    "report ",
+    "{",
+    "}",
+    "\"",
+    "\\",
+    "\\u{",
+    "\\u{110000}",
+    "\\u{d800}",
+    "\\u{e9}",
+    "#",
+    "\n",
+    "\r\n",
+    "\r",
+    ",",
+    " ",
+    "\t",
+    "é",
+    "@",
+    "\u{0}",
+    "5x",
+    "-",
+    "99999999999999999999",
+    "1h30m",
+    "}\n{",
+    "\"#\"",
+    "✓",
+    "config {\n",
     "include \"__no_such_file__.flow\"\n",
 ];
 
@@ -1690,18 +1862,128 @@ fn mutate(text: &str, m: &Mutation) -> String {
             lines.swap(a, b);
             lines.concat()
         }
-        Mutation::Truncate(i) => chars[..at(i) - 1.min(at(i))].iter().collect(),
+        Mutation::Truncate(i) => chars[..at(i).saturating_sub(1)].iter().collect(),
     }
 }
 
 const TOKENS: [&str; 58] = [
-    "config", "roles", "source", "masking", "report", "schedule", "after", "include", "run", "on",
-    "by", "as", "mask", "for", "except", "{", "}", ",", " ", " ", "\n", "\n", "\r\n", "\t", "#",
-    "\"", "\\", "\\u{", "e9", "A", "B_1", "cases", "5s", "1h30m", "250ms", "5x", "42", "-7",
-    "99999999999999999999", "\"data/x.csv\"", "\"0 30 5 * * ?\"", "\"America/New_York\"",
-    "\"\\u{110000}\"", "success", "completion", "inherit", "csv", "jsonl", "chunk_size",
-    "priority", "path", "cron", "zone", "é", "@", "\u{0}", "\r", "✓",
+    "config",
+    "roles",
+    "source",
+    "masking",
+    "report",
+    "schedule",
+    "after",
+    "include",
+    "run",
+    "on",
+    "by",
+    "as",
+    "mask",
+    "for",
+    "except",
+    "{",
+    "}",
+    ",",
+    " ",
+    " ",
+    "\n",
+    "\n",
+    "\r\n",
+    "\t",
+    "#",
+    "\"",
+    "\\",
+    "\\u{",
+    "e9",
+    "A",
+    "B_1",
+    "cases",
+    "5s",
+    "1h30m",
+    "250ms",
+    "5x",
+    "42",
+    "-7",
+    "99999999999999999999",
+    "\"data/x.csv\"",
+    "\"0 30 5 * * ?\"",
+    "\"America/New_York\"",
+    "\"\\u{110000}\"",
+    "success",
+    "completion",
+    "inherit",
+    "csv",
+    "jsonl",
+    "chunk_size",
+    "priority",
+    "path",
+    "cron",
+    "zone",
+    "é",
+    "@",
+    "\u{0}",
+    "\r",
+    "✓",
 ];
+
+// ---------------------------------------------------------------------------
+// Cron strings
+// ---------------------------------------------------------------------------
+
+/// Valid crons, and soups of cron pieces (most of them invalid), some with
+/// non-ASCII characters and tabs.
+fn cron_text() -> impl Strategy<Value = String> {
+    let pieces = vec![
+        "0",
+        "5",
+        "30",
+        "12",
+        "59",
+        "60",
+        "99999999999",
+        "*",
+        "?",
+        "/",
+        "-",
+        ",",
+        "L",
+        "W",
+        "#",
+        "MON",
+        "fri",
+        "JAN",
+        "dec",
+        " ",
+        " ",
+        " ",
+        "\t",
+        "é",
+        "1",
+        "7",
+        "31",
+        "2",
+        "0/5",
+        "*/2",
+    ];
+    prop_oneof![
+        select(CRONS.to_vec()).prop_map(str::to_string),
+        vec(select(pieces), 0..16).prop_map(|v| v.concat()),
+    ]
+}
+
+/// A workflow whose one schedule has `cron <literal>`; also returns the
+/// byte range of the literal.
+fn with_cron(literal: &str) -> (String, usize, usize) {
+    let head = "roles ADMIN\nsource s {\n  path \"x.csv\"\n}\nreport R {\n  source s\n}\nschedule daily {\n  cron ";
+    let text = format!("{head}{literal}\n  run R\n  roles ADMIN\n}}\n");
+    (text, head.len(), head.len() + literal.len())
+}
+
+/// `s` as a string literal with every space written as `\u{20}`.
+fn escaped_literal(s: &str) -> String {
+    formatter::quote(s).replace(' ', "\\u{20}")
+}
 
 // ---------------------------------------------------------------------------
 // Properties
@@ -1772,6 +2054,7 @@ proptest! {
             text = mutate(&text, m);
         }
         check_robust(&text)?;
+        check_fmt_if_clean(&text)?;
     }
 
     /// A character no token can hold, put outside strings and comments of a
@@ -1814,6 +2097,46 @@ proptest! {
         prop_assert!(c.diagnostics.iter().any(|d| d.code.as_str() == "E001"));
         prop_assert!(c.workflow.is_none());
     }
+
+    /// The one-pass fast path and the item-by-item recovery path build the
+    /// same tree, spans included: a stray line at the end of a valid file
+    /// sends the whole file down the recovery path.
+    #[test]
+    fn recovery_path_parses_like_the_fast_path(spec in spec()) {
+        let (text, _) = spec.render();
+        let fast = parser::parse(FileId(0), &text);
+        prop_assert!(fast.diagnostics.is_empty(), "{:?}", fast.diagnostics);
+        let broken = format!("{text}\n@\n");
+        let slow = parser::parse(FileId(0), &broken);
+        prop_assert_eq!(slow.diagnostics.len(), 1, "{:?}", slow.diagnostics);
+        let d = &slow.diagnostics[0];
+        prop_assert_eq!(d.code.as_str(), "E001");
+        prop_assert_eq!(d.primary_span().map(|s| s.start as usize), Some(text.len() + 1));
+        prop_assert!(slow.file == fast.file, "recovery path built another tree\n--- text ---\n{}", text);
+    }
+
+    /// Any cron text, plain or with escapes, either compiles to itself or
+    /// gets `E006` errors only, labelled inside the string literal.
+    #[test]
+    fn cron_strings_compile_or_get_e006(cron in cron_text(), escaped in any::<bool>()) {
+        let literal = if escaped { escaped_literal(&cron) } else { formatter::quote(&cron) };
+        let (text, lit_start, lit_end) = with_cron(&literal);
+        check_robust(&text)?;
+        let c = compile_text(&text);
+        for d in c.diagnostics.iter().filter(|d| d.is_error()) {
+            prop_assert_eq!(d.code.as_str(), "E006", "{}", diagnostic::plain(d, &c.sources));
+            for l in &d.labels {
+                let (s, e) = (l.span.start as usize, l.span.end as usize);
+                prop_assert!(
+                    lit_start <= s && e <= lit_end,
+                    "label {s}..{e} outside the literal {lit_start}..{lit_end}: {}", d.message
+                );
+            }
+        }
+        if let Some(wf) = &c.workflow {
+            prop_assert_eq!(wf.schedules[0].cron.source(), cron.as_str());
+        }
+    }
 }
 
 proptest! {
@@ -1828,4 +2151,46 @@ proptest! {
     fn token_soup_never_panics(toks in vec(select(TOKENS.to_vec()), 0..80)) {
         check_robust(&toks.concat())?;
     }
+}
+
+// ---------------------------------------------------------------------------
+// Known bugs: run with `cargo test --test properties -- --ignored`
+// ---------------------------------------------------------------------------
+
+/// A lone `\r` ends a line for the grammar (`NEWLINE`), so `# c\rroles B`
+/// is a comment and a declaration. `fmt` reads comments up to `\n` only: it
+/// prints `roles B` once inside the comment and once as code, and its output
+/// no longer compiles (E003). The recovery path's `skip_trivia` has the same
+/// blind spot and silently drops `roles B` after an unrelated syntax error.
+#[test]
+#[ignore = "known bug: fmt and error recovery read comments up to \\n only"]
+fn known_bug_lone_cr_line_end() {
+    let text = "roles A\n# c\rroles B\n";
+    let parsed = parser::parse(FileId(0), text);
+    assert_eq!(parsed.file.items.len(), 2);
+    let out = formatter::format(text, &parsed.file);
+    let errs = errors(&compile_text(&out));
+    assert!(
+        errs.is_empty(),
+        "fmt output {out:?} does not compile: {errs:?}"
+    );
+    let recovered = parser::parse(FileId(0), &format!("{text}@\n"));
+    assert_eq!(recovered.file.items.len(), 2, "recovery dropped `roles B`");
+}
+
+/// `parse_duration` adds its parts with `Duration += Duration`, which panics
+/// on overflow: 1001 parts of `213503982334d` (each just under `u64::MAX`
+/// ms, so `checked_mul` passes) make `compile` panic instead of reporting
+/// E008/E011.
+#[test]
+#[ignore = "known bug: compiler::parse_duration panics on overflow"]
+fn known_bug_duration_overflow_panics() {
+    let parts = "213503982334d".repeat(1001);
+    let text = format!("roles A\nsource s {{\n  path \"x.csv\"\n}}\nreport R {{\n  source s\n  timeout {parts}\n}}\n");
+    let result = std::panic::catch_unwind(|| compile_text(&text).has_errors());
+    assert_eq!(
+        result.ok(),
+        Some(true),
+        "compile panicked or accepted the duration"
+    );
 }

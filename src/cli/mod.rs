@@ -15,6 +15,11 @@ use crate::compiler::{self, Compilation};
 use crate::diagnostic::{self, RenderOptions, Severity};
 use crate::graph::{self, GraphFormat};
 use crate::loader;
+use crate::store::sled_store::{SledConfig, SledStore};
+use crate::store::{Store, StoreError};
+
+mod jobs;
+mod run;
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -24,7 +29,11 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "flowctl", version, about = "Workflow/DAG engine for scheduled and on-demand report jobs")]
+#[command(
+    name = "flowctl",
+    version,
+    about = "Workflow/DAG engine for scheduled and on-demand report jobs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -64,6 +73,10 @@ pub enum Command {
         #[arg(long)]
         from: Option<String>,
     },
+    /// Queue reports and run them and their dependents to completion.
+    Run(run::RunArgs),
+    /// List, show, cancel and retry jobs in the store.
+    Jobs(jobs::JobsArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -95,7 +108,11 @@ where
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            return ExitCode::from(if err.use_stderr() { EXIT_ERROR } else { EXIT_OK });
+            return ExitCode::from(if err.use_stderr() {
+                EXIT_ERROR
+            } else {
+                EXIT_OK
+            });
         }
     };
     let code = match cli.command {
@@ -103,6 +120,8 @@ where
         Command::Fmt { check, files } => fmt(&files, check),
         Command::Graph { paths, format } => graph_cmd(&paths, format.into()),
         Command::Schedule { paths, next, from } => schedule(&paths, next, from.as_deref()),
+        Command::Run(args) => run::run(args),
+        Command::Jobs(args) => jobs::run(args),
     };
     ExitCode::from(code)
 }
@@ -221,8 +240,14 @@ fn fmt(files: &[PathBuf], check_only: bool) -> u8 {
 /// Write to a sibling temporary file and rename over the original, so an
 /// interrupted `fmt` never leaves a half-written workflow.
 fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.fmt-{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
@@ -286,4 +311,25 @@ fn schedule(paths: &[PathBuf], next: usize, from: Option<&str>) -> u8 {
     }
     print!("{out}");
     EXIT_OK
+}
+
+/// Opens the embedded store at `db` and the masking key kept beside it.
+pub(crate) fn open_store(
+    db: &std::path::Path,
+) -> Result<(std::sync::Arc<dyn Store>, [u8; 32]), u8> {
+    let store = match SledStore::open(SledConfig::new(db)) {
+        Ok(s) => s,
+        Err(StoreError::Locked { .. }) => {
+            return Err(error(format!(
+                "the store at {} is in use by another flowctl process (the embedded store is single-process; use --store postgres://... to share a queue)",
+                db.display()
+            )))
+        }
+        Err(e) => return Err(error(format!("cannot open the store at {}: {e}", db.display()))),
+    };
+    let key = match crate::masking_key::load_or_create(db) {
+        Ok(k) => k,
+        Err(e) => return Err(error(e)),
+    };
+    Ok((std::sync::Arc::new(store), key))
 }

@@ -1,0 +1,330 @@
+//! `flowctl jobs`: list, show, cancel and retry jobs in the store.
+
+use std::path::PathBuf;
+
+use chrono::Utc;
+
+use super::{error, open_store, EXIT_FAILURE, EXIT_OK};
+use crate::job::{Job, JobId, JobStatus, NewJob, Principal};
+use crate::store::{CancelOutcome, ListFilter, Store};
+
+#[derive(Debug, clap::Args)]
+pub struct JobsArgs {
+    #[command(subcommand)]
+    pub command: JobsCommand,
+    /// The embedded store's directory.
+    #[arg(long, global = true, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
+    pub db: PathBuf,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first, with a summary by status.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        report: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print the records as JSON lines (the HTTP API's field names).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every field of one job, its parents and its children.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued job at once, or a running one at its next chunk.
+    Cancel { id: String },
+    /// Queue a new attempt of a failed or cancelled job (a new job id).
+    Retry { id: String },
+}
+
+pub fn run(args: JobsArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return error(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let (store, _) = match open_store(&args.db) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        match args.command {
+            JobsCommand::List {
+                status,
+                report,
+                limit,
+                json,
+            } => list(store.as_ref(), status, report, limit, json).await,
+            JobsCommand::Show { id, json } => show(store.as_ref(), &id, json).await,
+            JobsCommand::Cancel { id } => cancel(store.as_ref(), &id).await,
+            JobsCommand::Retry { id } => retry(store.as_ref(), &id).await,
+        }
+    })
+}
+
+fn parse_id(id: &str) -> Result<JobId, u8> {
+    id.parse::<JobId>().map_err(|_| {
+        error(format!(
+            "`{id}` is not a job id (JOB_ followed by 8 characters)"
+        ))
+    })
+}
+
+fn parse_status(s: &str) -> Result<JobStatus, u8> {
+    s.to_uppercase().parse::<JobStatus>().map_err(|_| {
+        error(format!(
+            "unknown status `{s}` (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)"
+        ))
+    })
+}
+
+async fn list(
+    store: &dyn Store,
+    status: Option<String>,
+    report: Option<String>,
+    limit: usize,
+    json: bool,
+) -> u8 {
+    let status = match status.as_deref().map(parse_status).transpose() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut jobs = Vec::new();
+    let mut cursor = None;
+    while jobs.len() < limit {
+        let page = match store
+            .list(ListFilter {
+                status,
+                report_type: report.clone(),
+                limit: (limit - jobs.len()).min(ListFilter::MAX_LIMIT),
+                cursor,
+                ..ListFilter::default()
+            })
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return error(format!("cannot list jobs: {e}")),
+        };
+        jobs.extend(page.jobs);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    if json {
+        for j in &jobs {
+            println!("{}", serde_json::to_string(j).unwrap_or_default());
+        }
+        return EXIT_OK;
+    }
+    println!(
+        "{:<12}  {:<20}  {:<12}  {:<6}  {:<10}  {:>4}  {:>8}  CREATED",
+        "JOB", "REPORT", "ROLE", "COUNTY", "STATUS", "PROG", "ROWS"
+    );
+    for j in &jobs {
+        println!(
+            "{:<12}  {:<20}  {:<12}  {:<6}  {:<10}  {:>3}%  {:>8}  {}",
+            j.job_id.as_str(),
+            j.report_type,
+            j.role,
+            j.county.as_deref().unwrap_or("-"),
+            j.status.as_str(),
+            j.progress,
+            j.rows_written,
+            j.created_at.format("%Y-%m-%d %H:%M:%S")
+        );
+    }
+    if let Ok(counts) = store.counts().await {
+        let summary: Vec<String> = counts
+            .iter()
+            .map(|(s, n)| format!("{} {n}", s.as_str()))
+            .collect();
+        println!("{}", summary.join(" · "));
+    }
+    EXIT_OK
+}
+
+async fn find(store: &dyn Store, id: &str) -> Result<Job, u8> {
+    let id = parse_id(id)?;
+    match store.get(&id).await {
+        Ok(Some(j)) => Ok(j),
+        Ok(None) => Err(error(format!("no job {id}"))),
+        Err(e) => Err(error(format!("cannot read job {id}: {e}"))),
+    }
+}
+
+async fn show(store: &dyn Store, id: &str, json: bool) -> u8 {
+    let job = match find(store, id).await {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
+    let children = store.children(&job.job_id).await.unwrap_or_default();
+    if json {
+        let mut value = serde_json::to_value(&job).unwrap_or_default();
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert(
+                "childJobIds".into(),
+                children
+                    .iter()
+                    .map(|c| serde_json::Value::String(c.job_id.to_string()))
+                    .collect(),
+            );
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+        return EXIT_OK;
+    }
+    let opt = |t: Option<chrono::DateTime<Utc>>| t.map_or("-".to_string(), |t| t.to_rfc3339());
+    let fields = [
+        ("job", job.job_id.to_string()),
+        ("status", job.status.as_str().to_string()),
+        ("report", job.report_type.clone()),
+        (
+            "principal",
+            format!(
+                "{} as {} in {}",
+                job.subject,
+                job.role,
+                job.county.as_deref().unwrap_or("all counties")
+            ),
+        ),
+        ("trigger", job.trigger_id.clone()),
+        (
+            "parents",
+            if job.parent_job_ids.is_empty() {
+                "-".into()
+            } else {
+                job.parent_job_ids
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        (
+            "children",
+            if children.is_empty() {
+                "-".into()
+            } else {
+                children
+                    .iter()
+                    .map(|c| format!("{} ({})", c.job_id, c.report_type))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        (
+            "request",
+            serde_json::to_string(&job.request).unwrap_or_default(),
+        ),
+        ("priority", job.priority.to_string()),
+        (
+            "attempt",
+            format!("{} of {}", job.attempt, job.max_attempts),
+        ),
+        ("progress", format!("{}%", job.progress)),
+        ("rows", job.rows_written.to_string()),
+        (
+            "result",
+            job.result_path.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "sha256",
+            job.result_sha256.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("error", job.error.clone().unwrap_or_else(|| "-".into())),
+        ("created", job.created_at.to_rfc3339()),
+        ("started", opt(job.started_at)),
+        ("completed", opt(job.completed_at)),
+        ("estimated", opt(job.estimated_completion)),
+        (
+            "lease",
+            format!(
+                "{} until {}",
+                job.lease_owner.as_deref().unwrap_or("-"),
+                opt(job.lease_until)
+            ),
+        ),
+        ("version", job.version.to_string()),
+    ];
+    for (k, v) in fields {
+        println!("{k:<10} {v}");
+    }
+    EXIT_OK
+}
+
+async fn cancel(store: &dyn Store, id: &str) -> u8 {
+    let id = match parse_id(id) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
+    match store.cancel(&id, Utc::now()).await {
+        Ok(CancelOutcome::Cancelled(j)) => {
+            println!("{} cancelled", j.job_id);
+            EXIT_OK
+        }
+        Ok(CancelOutcome::Requested(j)) => {
+            println!("{} is running: it stops at its next chunk", j.job_id);
+            EXIT_OK
+        }
+        Ok(CancelOutcome::AlreadyFinished(j)) => {
+            eprintln!("{} already finished ({})", j.job_id, j.status.as_str());
+            EXIT_FAILURE
+        }
+        Ok(CancelOutcome::NotFound) => error(format!("no job {id}")),
+        Err(e) => error(format!("cannot cancel {id}: {e}")),
+    }
+}
+
+async fn retry(store: &dyn Store, id: &str) -> u8 {
+    let job = match find(store, id).await {
+        Ok(j) => j,
+        Err(code) => return code,
+    };
+    if !matches!(job.status, JobStatus::Failed | JobStatus::Cancelled) {
+        eprintln!(
+            "{} is {}: only FAILED or CANCELLED jobs can be retried",
+            job.job_id,
+            job.status.as_str()
+        );
+        return EXIT_FAILURE;
+    }
+    // The status machine has no way back from FAILED: a retry is a new job
+    // with the same request, principal, parents and trigger.
+    let new = NewJob {
+        report_type: job.report_type.clone(),
+        principal: Principal {
+            subject: job.subject.clone(),
+            role: job.role.clone(),
+            county: job.county.clone(),
+        },
+        parent_job_ids: job.parent_job_ids.clone(),
+        trigger_id: job.trigger_id.clone(),
+        request: job.request.clone(),
+        priority: job.priority,
+        max_attempts: job.max_attempts,
+        estimated_completion: None,
+    };
+    match store.enqueue(vec![new], None, Utc::now()).await {
+        Ok(e) => {
+            let ids = e.job_ids();
+            println!(
+                "queued {} (retry of {}); `flowctl run FILE --resume` runs it",
+                ids.first().map(|i| i.to_string()).unwrap_or_default(),
+                job.job_id
+            );
+            EXIT_OK
+        }
+        Err(e) => error(format!("cannot queue the retry: {e}")),
+    }
+}

@@ -1,0 +1,506 @@
+//! `flowctl run`: queue reports, run them and their whole cascade of
+//! dependents to completion against the embedded store, with progress, then
+//! print every job.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::sync::mpsc;
+
+use super::{compile_and_report, error, open_store, EXIT_FAILURE, EXIT_OK};
+use crate::executor::{Engine, ExecEvent, ExecutorConfig};
+use crate::job::{Job, JobRequest, JobStatus, NewJob, Principal};
+use crate::metrics::Metrics;
+use crate::store::{ListFilter, Store};
+use crate::workflow::{DataFormat, Workflow};
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The workflow: .flow files or directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Report types to queue (repeatable). Default: every scheduled report,
+    /// for each role (and county) of its schedules, as if they all fired now.
+    #[arg(long = "report", short = 'r')]
+    pub reports: Vec<String>,
+    /// Role of the principal for `--report` jobs (default: ADMIN if declared,
+    /// else the first declared role).
+    #[arg(long)]
+    pub role: Option<String>,
+    /// County of the principal for `--report` jobs.
+    #[arg(long)]
+    pub county: Option<String>,
+    /// Request parameters: chunk_size=N, format=csv|jsonl, priority=N, target=NAME.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Queue nothing new: finish what an interrupted run left.
+    #[arg(long, conflicts_with_all = ["reports", "set"])]
+    pub resume: bool,
+    /// The embedded store's directory.
+    #[arg(long, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
+    pub db: PathBuf,
+    /// Override the workflow's worker pool size.
+    #[arg(long)]
+    pub workers: Option<u32>,
+}
+
+/// Parses `--set` pairs into a request.
+pub fn request_from_sets(sets: &[String]) -> Result<JobRequest, String> {
+    let mut request = JobRequest::default();
+    for set in sets {
+        let Some((key, value)) = set.split_once('=') else {
+            return Err(format!("--set {set}: expected KEY=VALUE"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        match key {
+            "chunk_size" => {
+                let n: u32 = value.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    format!("--set chunk_size={value}: expected a whole number ≥ 1")
+                })?;
+                request.chunk_size = Some(n);
+            }
+            "format" => {
+                DataFormat::from_name(value)
+                    .ok_or_else(|| format!("--set format={value}: expected csv or jsonl"))?;
+                request.data_format = Some(value.to_string());
+            }
+            "priority" => {
+                let n: u8 = value
+                    .parse()
+                    .map_err(|_| format!("--set priority={value}: expected 0..255"))?;
+                request.priority = Some(n);
+            }
+            "target" => request.target_system = Some(value.to_string()),
+            other => {
+                return Err(format!(
+                    "--set {other}: unknown parameter (chunk_size, format, priority, target)"
+                ))
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// The root jobs of a run.
+fn root_jobs(
+    engine: &Engine,
+    workflow: &Workflow,
+    args: &RunArgs,
+    trigger: &str,
+) -> Result<Vec<NewJob>, String> {
+    let request = request_from_sets(&args.set)?;
+    let mut jobs = Vec::new();
+    if args.reports.is_empty() {
+        for schedule in &workflow.schedules {
+            let counties: Vec<Option<String>> = if schedule.counties.is_empty() {
+                vec![None]
+            } else {
+                schedule.counties.iter().cloned().map(Some).collect()
+            };
+            for report in &schedule.reports {
+                for role in &schedule.roles {
+                    for county in &counties {
+                        let mut principal = Principal::system(role.clone());
+                        principal.county = county.clone();
+                        jobs.extend(engine.new_job(report, principal, trigger, request.clone()));
+                    }
+                }
+            }
+        }
+        return Ok(jobs);
+    }
+    let role = match &args.role {
+        Some(r) if workflow.roles.contains(r) => r.clone(),
+        Some(r) => {
+            let hint =
+                crate::diagnostic::did_you_mean(r, workflow.roles.iter().map(String::as_str))
+                    .map(|s| format!(" (did you mean {s}?)"))
+                    .unwrap_or_default();
+            return Err(format!(
+                "unknown role {r}{hint}; declared: {}",
+                workflow.roles.join(", ")
+            ));
+        }
+        None => workflow
+            .roles
+            .iter()
+            .find(|r| *r == "ADMIN")
+            .or(workflow.roles.first())
+            .cloned()
+            .ok_or("the workflow declares no roles; pass --role")?,
+    };
+    for report in &args.reports {
+        let principal = Principal {
+            subject: "cli".into(),
+            role: role.clone(),
+            county: args.county.clone(),
+        };
+        match engine.new_job(report, principal, trigger, request.clone()) {
+            Some(job) => jobs.push(job),
+            None => {
+                let names = workflow.reports.iter().map(|r| r.name.as_str());
+                let hint = crate::diagnostic::did_you_mean(report, names)
+                    .map(|s| format!(" (did you mean {s}?)"))
+                    .unwrap_or_default();
+                return Err(format!("unknown report {report}{hint}"));
+            }
+        }
+    }
+    Ok(jobs)
+}
+
+pub fn run(args: RunArgs) -> u8 {
+    let compilation = match compile_and_report(&args.paths, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(workflow) = compilation.workflow else {
+        return EXIT_FAILURE;
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return error(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(run_async(Arc::new(workflow), args))
+}
+
+async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
+    let (store, hash_key) = match open_store(&args.db) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
+    if let Some(w) = args.workers {
+        config.pool_size = w.max(1) as usize;
+    }
+    sweep_temp_files(&config.results_dir);
+    let metrics = Arc::new(Metrics::new());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let engine =
+        Arc::new(Engine::new(workflow.clone(), store.clone(), config, metrics).with_events(tx));
+
+    // A single-process store: whatever is PROCESSING was left by a process
+    // that died. Take it back before anything else.
+    match store
+        .requeue_all_processing(Utc::now(), &engine.joins)
+        .await
+    {
+        Ok(expired) if !expired.requeued.is_empty() || !expired.finished.is_empty() => {
+            eprintln!(
+                "recovered {} job(s) left running by an interrupted run",
+                expired.requeued.len() + expired.finished.len()
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return error(format!("cannot recover jobs: {e}")),
+    }
+
+    let triggers: BTreeSet<String> = if args.resume {
+        match unfinished_triggers(store.as_ref()).await {
+            Ok(t) => t,
+            Err(e) => return error(e),
+        }
+    } else {
+        let trigger = format!("run:{:08x}", rand::random::<u32>());
+        let jobs = match root_jobs(&engine, &workflow, &args, &trigger) {
+            Ok(j) => j,
+            Err(e) => return error(e),
+        };
+        if jobs.is_empty() {
+            eprintln!("nothing to run: no --report given and the workflow has no schedules");
+            return EXIT_OK;
+        }
+        if let Err(e) = store.enqueue(jobs, None, Utc::now()).await {
+            return error(format!("cannot queue jobs: {e}"));
+        }
+        BTreeSet::from([trigger])
+    };
+    if triggers.is_empty() {
+        eprintln!("nothing to resume");
+    }
+
+    let display = tokio::spawn(show_progress(rx));
+    let shutdown = shutdown_signal();
+    let result = engine.clone().run(shutdown, true).await;
+    drop(engine);
+    let _ = display.await;
+    if let Err(e) = result {
+        return error(format!("store failure: {e}"));
+    }
+
+    let jobs = match jobs_of(store.as_ref(), &triggers).await {
+        Ok(j) => j,
+        Err(e) => return error(e),
+    };
+    print_table(&jobs);
+    let unfinished = jobs.iter().filter(|j| !j.status.is_terminal()).count();
+    if unfinished > 0 {
+        eprintln!(
+            "interrupted: {unfinished} job(s) not finished; `flowctl run --resume` finishes them"
+        );
+        return EXIT_FAILURE;
+    }
+    if jobs.iter().all(|j| j.status == JobStatus::Completed) {
+        EXIT_OK
+    } else {
+        EXIT_FAILURE
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    eprintln!("shutting down: finishing running jobs (Ctrl-C again to abort)");
+}
+
+async fn all_jobs(store: &dyn Store, status: Option<JobStatus>) -> Result<Vec<Job>, String> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list(ListFilter {
+                status,
+                limit: ListFilter::MAX_LIMIT,
+                cursor,
+                ..ListFilter::default()
+            })
+            .await
+            .map_err(|e| format!("cannot list jobs: {e}"))?;
+        out.extend(page.jobs);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+async fn unfinished_triggers(store: &dyn Store) -> Result<BTreeSet<String>, String> {
+    Ok(all_jobs(store, Some(JobStatus::Queued))
+        .await?
+        .into_iter()
+        .map(|j| j.trigger_id)
+        .collect())
+}
+
+async fn jobs_of(store: &dyn Store, triggers: &BTreeSet<String>) -> Result<Vec<Job>, String> {
+    let mut jobs: Vec<Job> = all_jobs(store, None)
+        .await?
+        .into_iter()
+        .filter(|j| triggers.contains(&j.trigger_id))
+        .collect();
+    jobs.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then(a.job_id.as_str().cmp(b.job_id.as_str()))
+    });
+    Ok(jobs)
+}
+
+/// Removes temporary result files left by a process that died mid-write.
+/// Only files whose writer is not alive are removed, so a concurrent worker
+/// on this machine keeps its own.
+pub fn sweep_temp_files(results: &Path) {
+    let Ok(types) = std::fs::read_dir(results) else {
+        return;
+    };
+    for dir in types.flatten() {
+        let Ok(files) = std::fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            let Some(rest) = name.split(".tmp-").nth(1) else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| {
+                p == std::process::id() || Path::new(&format!("/proc/{p}")).exists()
+            });
+            if !alive {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+    }
+}
+
+async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) {
+    let fancy = std::io::stderr().is_terminal();
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template("{prefix:<40} [{bar:30}] {percent:>3}% {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            ExecEvent::Started(job) => {
+                let label = format!("{} {} {}", job.job_id, job.report_type, scope(&job));
+                if fancy {
+                    let bar = multi.add(ProgressBar::new(100));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(label);
+                    bars.insert(job.job_id.to_string(), bar);
+                } else {
+                    eprintln!("started   {label} (attempt {})", job.attempt);
+                }
+            }
+            ExecEvent::Progress {
+                job_id,
+                rows_read,
+                rows_total,
+            } => {
+                if let Some(bar) = bars.get(job_id.as_str()) {
+                    let pct = if rows_total == 0 {
+                        0
+                    } else {
+                        rows_read * 100 / rows_total
+                    };
+                    bar.set_position(pct.min(100));
+                    bar.set_message(format!("{rows_read}/{rows_total} rows"));
+                }
+            }
+            ExecEvent::Retrying { job } => {
+                let msg = format!(
+                    "retrying {} {}: {}",
+                    job.job_id,
+                    job.report_type,
+                    job.error.as_deref().unwrap_or("failed")
+                );
+                match bars.remove(job.job_id.as_str()) {
+                    Some(bar) => bar.abandon_with_message(msg),
+                    None => eprintln!("{msg}"),
+                }
+            }
+            ExecEvent::Finished { job, children } => {
+                let msg = match job.status {
+                    JobStatus::Completed => format!("{} rows", job.rows_written),
+                    JobStatus::Failed => format!("FAILED: {}", job.error.as_deref().unwrap_or("")),
+                    other => other.as_str().to_string(),
+                };
+                let mut line = format!(
+                    "{:<9} {} {} {} {msg}",
+                    job.status.as_str().to_lowercase(),
+                    job.job_id,
+                    job.report_type,
+                    scope(&job)
+                );
+                if !children.is_empty() {
+                    let names: Vec<String> = children
+                        .iter()
+                        .map(|c| format!("{} {}", c.report_type, c.job_id))
+                        .collect();
+                    line.push_str(&format!(" → {}", names.join(", ")));
+                }
+                match bars.remove(job.job_id.as_str()) {
+                    Some(bar) => {
+                        bar.set_position(100);
+                        bar.finish_with_message(msg);
+                        if !children.is_empty() {
+                            let _ = multi.println(line);
+                        }
+                    }
+                    None => eprintln!("{line}"),
+                }
+            }
+        }
+    }
+}
+
+fn scope(job: &Job) -> String {
+    match &job.county {
+        Some(c) => format!("({} {c})", job.role),
+        None => format!("({})", job.role),
+    }
+}
+
+fn print_table(jobs: &[Job]) {
+    let mut rows: Vec<[String; 8]> = vec![[
+        "JOB".into(),
+        "REPORT".into(),
+        "ROLE".into(),
+        "COUNTY".into(),
+        "STATUS".into(),
+        "ROWS".into(),
+        "DURATION".into(),
+        "RESULT".into(),
+    ]];
+    for j in jobs {
+        let duration = match (j.started_at, j.completed_at) {
+            (Some(s), Some(c)) => {
+                let d = (c - s).to_std().unwrap_or_default();
+                format_duration(d)
+            }
+            _ => "-".into(),
+        };
+        rows.push([
+            j.job_id.to_string(),
+            j.report_type.clone(),
+            j.role.clone(),
+            j.county.clone().unwrap_or_else(|| "-".into()),
+            j.status.as_str().to_string(),
+            j.rows_written.to_string(),
+            duration,
+            j.result_path
+                .clone()
+                .or_else(|| j.error.clone())
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    let mut widths = [0usize; 8];
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if i == 7 {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    let completed = jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Completed)
+        .count();
+    out.push_str(&format!("{completed} of {} jobs completed\n", jobs.len()));
+    print!("{out}");
+}
+
+pub fn format_duration(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else if d < Duration::from_secs(60) {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        crate::compiler::humanize(Duration::from_secs(d.as_secs()))
+    }
+}

@@ -1,0 +1,682 @@
+//! Runs ready jobs: a dispatcher that claims from the store and a bounded
+//! pool of workers that run the report pipeline, renew their lease, observe
+//! cancellation and timeouts, retry with backoff and complete the job (which
+//! fires its dependents in the same store transaction).
+//!
+//! **Architecture invariant:** never more jobs run than `worker_pool_size`:
+//! the dispatcher claims only as many jobs as it has free permits.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
+use crate::metrics::{Finish, Metrics};
+use crate::pipeline::{self, Control, Observer, PipelineError, PipelineSpec, Progress};
+use crate::store::{
+    Cas, ChildTemplate, JoinEdge, JoinRules, Outcome, ProgressUpdate, Store, StoreError,
+};
+use crate::workflow::{DataFormat, Workflow};
+
+/// How often a running job may write its progress to the store.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// Rows per second assumed for estimates before a report type has run.
+const DEFAULT_ROWS_PER_SEC: f64 = 500_000.0;
+
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// Names this process in `lease_owner`.
+    pub worker_id: String,
+    pub pool_size: usize,
+    pub max_jobs_per_poll: usize,
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub dependencies_enabled: bool,
+    pub results_dir: PathBuf,
+    /// Key of the `hash` mask method.
+    pub hash_key: [u8; 32],
+    /// On shutdown, how long running jobs may take to finish before they are
+    /// abandoned to lease recovery.
+    pub grace: Duration,
+}
+
+impl ExecutorConfig {
+    pub fn from_workflow(workflow: &Workflow, hash_key: [u8; 32]) -> ExecutorConfig {
+        let c = &workflow.config;
+        ExecutorConfig {
+            worker_id: default_worker_id(),
+            pool_size: c.worker_pool_size as usize,
+            max_jobs_per_poll: c.max_jobs_per_poll as usize,
+            poll_interval: c.poll_interval,
+            lease: c.lease,
+            dependencies_enabled: c.dependencies_enabled,
+            results_dir: c.results_dir.clone(),
+            hash_key,
+            grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `host:pid:random`, unique per process run.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!(
+        "{host}:{}:{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// What the executor reports while it runs, for progress displays.
+#[derive(Debug, Clone)]
+pub enum ExecEvent {
+    Started(Job),
+    Progress {
+        job_id: JobId,
+        rows_read: u64,
+        rows_total: u64,
+    },
+    Finished {
+        job: Job,
+        children: Vec<Job>,
+    },
+    /// The attempt failed and the job was queued again.
+    Retrying {
+        job: Job,
+    },
+}
+
+/// The dependency edges of the workflow, by parent report type, as the store
+/// needs them.
+pub struct Joins {
+    by_parent: HashMap<String, Vec<JoinEdge>>,
+}
+
+impl Joins {
+    pub fn from_workflow(workflow: &Workflow) -> Joins {
+        let mut by_parent: HashMap<String, Vec<JoinEdge>> = HashMap::new();
+        for dep in &workflow.dependencies {
+            let Some(child) = workflow.report(&dep.child) else {
+                continue;
+            };
+            let o = &dep.overrides;
+            let edge = JoinEdge {
+                join_id: dep.id.clone(),
+                parents: dep.parents.clone(),
+                condition: dep.condition,
+                parent_roles: (!dep.parent_roles.is_empty()).then(|| dep.parent_roles.clone()),
+                child: ChildTemplate {
+                    report_type: dep.child.clone(),
+                    role: dep.role.clone(),
+                    priority: o.priority.unwrap_or(child.priority),
+                    max_attempts: child.retries + 1,
+                    request: JobRequest {
+                        chunk_size: o.chunk_size,
+                        data_format: o.format.map(|f| f.name().to_string()),
+                        priority: o.priority,
+                        target_system: o.target.clone(),
+                        params: Default::default(),
+                    },
+                },
+            };
+            for parent in &dep.parents {
+                by_parent
+                    .entry(parent.clone())
+                    .or_default()
+                    .push(edge.clone());
+            }
+        }
+        Joins { by_parent }
+    }
+
+    pub fn none() -> Joins {
+        Joins {
+            by_parent: HashMap::new(),
+        }
+    }
+}
+
+impl JoinRules for Joins {
+    fn joins_for(&self, report_type: &str) -> &[JoinEdge] {
+        self.by_parent.get(report_type).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Everything a running engine shares: workflow, store, joins, metrics.
+pub struct Engine {
+    pub workflow: Arc<Workflow>,
+    pub store: Arc<dyn Store>,
+    pub joins: Joins,
+    pub config: ExecutorConfig,
+    pub metrics: Arc<Metrics>,
+    events: Option<mpsc::UnboundedSender<ExecEvent>>,
+    /// Observed rows per second per report type (moving average).
+    throughput: Mutex<HashMap<String, f64>>,
+}
+
+impl Engine {
+    pub fn new(
+        workflow: Arc<Workflow>,
+        store: Arc<dyn Store>,
+        config: ExecutorConfig,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
+        let joins = if config.dependencies_enabled {
+            Joins::from_workflow(&workflow)
+        } else {
+            Joins::none()
+        };
+        Metrics::add(&metrics.workers_total, config.pool_size as u64);
+        Engine {
+            workflow,
+            store,
+            joins,
+            config,
+            metrics,
+            events: None,
+            throughput: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends [`ExecEvent`]s to `tx` as jobs start, progress and finish.
+    pub fn with_events(mut self, tx: mpsc::UnboundedSender<ExecEvent>) -> Engine {
+        self.events = Some(tx);
+        self
+    }
+
+    fn emit(&self, event: ExecEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// A root job for `report_type` run as `principal`, with the report's
+    /// priority, attempts and an estimated completion time.
+    pub fn new_job(
+        &self,
+        report_type: &str,
+        principal: Principal,
+        trigger_id: &str,
+        request: JobRequest,
+    ) -> Option<NewJob> {
+        let report = self.workflow.report(report_type)?;
+        let priority = request.priority.unwrap_or(report.priority);
+        Some(NewJob {
+            report_type: report_type.to_string(),
+            principal,
+            parent_job_ids: Vec::new(),
+            trigger_id: trigger_id.to_string(),
+            request,
+            priority,
+            max_attempts: report.retries + 1,
+            estimated_completion: self.estimate(report_type, Utc::now()),
+        })
+    }
+
+    /// Start time + rows to do / throughput observed for this report type.
+    pub fn estimate(&self, report_type: &str, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let report = self.workflow.report(report_type)?;
+        let source = self.workflow.source_of(report);
+        let rows = pipeline::count_rows(&source.path, source.format).ok()?;
+        let rate = self.rate(report_type);
+        let secs = rows as f64 / rate;
+        Some(from + chrono::Duration::milliseconds((secs * 1000.0) as i64))
+    }
+
+    fn rate(&self, report_type: &str) -> f64 {
+        self.throughput
+            .lock()
+            .ok()
+            .and_then(|t| t.get(report_type).copied())
+            .unwrap_or(DEFAULT_ROWS_PER_SEC)
+    }
+
+    fn record_rate(&self, report_type: &str, rows: u64, elapsed: Duration) {
+        if rows == 0 || elapsed.is_zero() {
+            return;
+        }
+        let observed = rows as f64 / elapsed.as_secs_f64();
+        if let Ok(mut t) = self.throughput.lock() {
+            let e = t.entry(report_type.to_string()).or_insert(observed);
+            *e = 0.7 * *e + 0.3 * observed;
+        }
+    }
+
+    /// Takes back jobs whose lease expired, counting them.
+    pub async fn recover_leases(&self) -> Result<usize, StoreError> {
+        let expired = self.store.requeue_expired(Utc::now(), &self.joins).await?;
+        let n = expired.requeued.len() + expired.finished.len();
+        Metrics::add(&self.metrics.lease_recoveries, n as u64);
+        for c in &expired.finished {
+            Metrics::add(
+                &self.metrics.dependents_created,
+                c.children_created.len() as u64,
+            );
+        }
+        if n > 0 {
+            tracing::warn!(
+                requeued = expired.requeued.len(),
+                finished = expired.finished.len(),
+                "lease recovery"
+            );
+        }
+        Ok(n)
+    }
+
+    /// The dispatcher: claims ready jobs and runs them on the pool until
+    /// `shutdown` resolves (or, with `until_idle`, until no job is queued or
+    /// running). On shutdown it stops claiming, gives running jobs the grace
+    /// period, and leaves the rest to lease recovery.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+        until_idle: bool,
+    ) -> Result<(), StoreError> {
+        let permits = Arc::new(Semaphore::new(self.config.pool_size.max(1)));
+        let mut wake = self.store.subscribe();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let sweep_every = (self.config.lease / 2).max(Duration::from_millis(100));
+        let mut next_sweep = Instant::now();
+        let mut store_backoff = Duration::from_millis(50);
+        tokio::pin!(shutdown);
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "worker task panicked");
+                }
+            }
+            if Instant::now() >= next_sweep {
+                if let Err(e) = self.recover_leases().await {
+                    Metrics::add(&self.metrics.store_errors, 1);
+                    tracing::warn!(error = %e, "lease sweep failed; will retry");
+                }
+                next_sweep = Instant::now() + sweep_every;
+            }
+            let free = permits.available_permits();
+            let mut claimed_full = false;
+            if free > 0 {
+                let want = free.min(self.config.max_jobs_per_poll.max(1));
+                match self
+                    .store
+                    .claim(&self.config.worker_id, want, self.config.lease, Utc::now())
+                    .await
+                {
+                    Ok(jobs) => {
+                        store_backoff = Duration::from_millis(50);
+                        claimed_full = jobs.len() == want;
+                        for job in jobs {
+                            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                                // Cannot happen: we claimed no more than the free permits.
+                                tracing::error!(job = %job.job_id, "claimed without a free worker");
+                                break;
+                            };
+                            let engine = self.clone();
+                            tasks.spawn(async move {
+                                engine.run_job(job).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        // The store is unreachable: back off, never fail jobs for it.
+                        Metrics::add(&self.metrics.store_errors, 1);
+                        tracing::warn!(error = %e, "claim failed; retrying");
+                        tokio::time::sleep(store_backoff).await;
+                        store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+            if claimed_full && permits.available_permits() > 0 {
+                continue;
+            }
+            if until_idle && tasks.is_empty() && self.idle().await {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = wake.changed() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "worker task panicked");
+                    }
+                }
+                _ = tokio::time::sleep(self.config.poll_interval.min(sweep_every)) => {}
+            }
+        }
+        // Graceful shutdown: no more claims; let running jobs finish.
+        if !tasks.is_empty() {
+            tracing::info!(running = tasks.len(), grace = ?self.config.grace, "shutting down: waiting for running jobs");
+            let wait_all = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(self.config.grace, wait_all)
+                .await
+                .is_err()
+            {
+                tracing::warn!("grace period over: abandoning running jobs to lease recovery");
+                tasks.abort_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// No job queued or running in the store.
+    async fn idle(&self) -> bool {
+        match self.store.counts().await {
+            Ok(c) => {
+                c.get(&JobStatus::Queued).copied().unwrap_or(0) == 0
+                    && c.get(&JobStatus::Processing).copied().unwrap_or(0) == 0
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn spec_for(&self, job: &Job) -> Result<(PipelineSpec, Option<Duration>), String> {
+        let report = self
+            .workflow
+            .report(&job.report_type)
+            .ok_or_else(|| format!("report type {} is not in the workflow", job.report_type))?;
+        let source = self.workflow.source_of(report);
+        let format = match job.request.data_format.as_deref() {
+            Some(f) => {
+                DataFormat::from_name(f).ok_or_else(|| format!("unknown data format {f}"))?
+            }
+            None => report.format,
+        };
+        let chunk_size = job.request.chunk_size.unwrap_or(report.chunk_size).max(1) as usize;
+        let result_path = self.config.results_dir.join(&job.report_type).join(format!(
+            "{}.{}",
+            job.job_id,
+            format.extension()
+        ));
+        Ok((
+            PipelineSpec {
+                source_path: source.path.clone(),
+                source_format: to_pipeline_format(source.format),
+                county_column: source.county_column.clone(),
+                county: job.county.clone(),
+                output_format: to_pipeline_format(format),
+                chunk_size,
+                masks: report.masks_for(&job.role),
+                hash_key: self.config.hash_key,
+                result_path,
+            },
+            report.timeout,
+        ))
+    }
+
+    fn backoff_for(&self, job: &Job) -> Option<DateTime<Utc>> {
+        if job.attempt >= job.max_attempts {
+            return None;
+        }
+        let base = self
+            .workflow
+            .report(&job.report_type)
+            .map_or(Duration::from_secs(30), |r| r.backoff);
+        let factor = 1u32 << (job.attempt.saturating_sub(1)).min(16);
+        let delay = base.saturating_mul(factor).min(Duration::from_secs(3600));
+        Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
+    }
+
+    /// One attempt of one claimed job, start to completion.
+    async fn run_job(self: Arc<Self>, job: Job) {
+        Metrics::add(&self.metrics.workers_busy, 1);
+        let started = Instant::now();
+        tracing::info!(job = %job.job_id, report = %job.report_type, role = %job.role, attempt = job.attempt, "job started");
+        self.emit(ExecEvent::Started(job.clone()));
+        let outcome = match self.spec_for(&job) {
+            Ok((spec, timeout)) => self.execute(&job, spec, timeout).await,
+            Err(e) => Some((
+                Outcome::Failure {
+                    error: e,
+                    retry_at: None,
+                },
+                job.version,
+            )),
+        };
+        if let Some((outcome, version)) = outcome {
+            self.finish(job, outcome, version, started).await;
+        }
+        self.metrics.workers_busy.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Runs the pipeline next to the lease heartbeat. `None` means the lease
+    /// was lost: another worker owns the job now and this one must not write.
+    async fn execute(
+        &self,
+        job: &Job,
+        spec: PipelineSpec,
+        timeout: Option<Duration>,
+    ) -> Option<(Outcome, u64)> {
+        let shared = Arc::new(Shared::default());
+        let observer_state = shared.clone();
+        let run_started = Instant::now();
+        let mut handle = tokio::task::spawn_blocking(move || {
+            let mut observer = SharedObserver(observer_state);
+            pipeline::run(&spec, &mut observer)
+        });
+        let mut version = job.version;
+        let deadline = timeout.map(|t| run_started + t);
+        let renew_every = (self.config.lease / 3).max(Duration::from_millis(50));
+        let mut last_renew = Instant::now();
+        let mut written = (0u64, 0u64);
+        let (mut lost, mut timed_out, mut cancelled) = (false, false, false);
+        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL.min(renew_every));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                r = &mut handle => break r,
+                _ = ticker.tick() => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
+                        timed_out = true;
+                        shared.cancel.store(true, Ordering::Relaxed);
+                    }
+                    let read = shared.rows_read.load(Ordering::Relaxed);
+                    let total = shared.rows_total.load(Ordering::Relaxed);
+                    let rows_written = shared.rows_written.load(Ordering::Relaxed);
+                    let progressed = (read, rows_written) != written;
+                    if progressed {
+                        self.emit(ExecEvent::Progress { job_id: job.job_id.clone(), rows_read: read, rows_total: total });
+                    }
+                    if !(progressed || last_renew.elapsed() >= renew_every) || lost {
+                        continue;
+                    }
+                    let progress = if total == 0 { 0 } else { (read * 100 / total).min(100) as u8 };
+                    let elapsed = run_started.elapsed().as_secs_f64();
+                    let estimated_completion = (read > 0 && elapsed > 0.0).then(|| {
+                        let remaining = total.saturating_sub(read) as f64 / (read as f64 / elapsed);
+                        Utc::now() + chrono::Duration::milliseconds((remaining * 1000.0) as i64)
+                    });
+                    let update = ProgressUpdate { progress, rows_written, estimated_completion };
+                    let lease_until = Utc::now() + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
+                    match self.store.renew(&job.job_id, version, lease_until, Some(update)).await {
+                        Ok(Cas::Applied(j)) => {
+                            version = j.version;
+                            last_renew = Instant::now();
+                            written = (read, rows_written);
+                            if j.cancel_requested && !cancelled {
+                                cancelled = true;
+                                shared.cancel.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(Cas::Conflict { current }) => match current {
+                            Some(c) if c.status == JobStatus::Processing
+                                && c.lease_owner.as_deref() == Some(&self.config.worker_id)
+                                && c.attempt == job.attempt =>
+                            {
+                                // Our job, bumped by a cancel request.
+                                version = c.version;
+                                if c.cancel_requested {
+                                    cancelled = true;
+                                    shared.cancel.store(true, Ordering::Relaxed);
+                                }
+                            }
+                            _ => {
+                                tracing::warn!(job = %job.job_id, "lease lost; stopping without writing");
+                                lost = true;
+                                shared.cancel.store(true, Ordering::Relaxed);
+                            }
+                        },
+                        Err(e) => {
+                            Metrics::add(&self.metrics.store_errors, 1);
+                            tracing::warn!(job = %job.job_id, error = %e, "lease renewal failed; will retry");
+                        }
+                    }
+                }
+            }
+        };
+        if lost {
+            return None;
+        }
+        let rows = shared.rows_read.load(Ordering::Relaxed);
+        self.record_rate(&job.report_type, rows, run_started.elapsed());
+        let outcome = match result {
+            Ok(Ok(out)) => Outcome::Success {
+                result_path: out.path.to_string_lossy().into_owned(),
+                rows_written: out.rows_written,
+                sha256: out.sha256,
+            },
+            Ok(Err(PipelineError::Cancelled)) if timed_out => Outcome::Failure {
+                error: format!(
+                    "timed out after {}",
+                    crate::compiler::humanize(timeout.unwrap_or_default())
+                ),
+                retry_at: self.backoff_for(job),
+            },
+            Ok(Err(PipelineError::Cancelled)) => Outcome::Cancelled,
+            Ok(Err(e)) => Outcome::Failure {
+                error: e.to_string(),
+                retry_at: self.backoff_for(job),
+            },
+            Err(e) => Outcome::Failure {
+                error: format!("worker crashed: {e}"),
+                retry_at: self.backoff_for(job),
+            },
+        };
+        Some((outcome, version))
+    }
+
+    /// Writes the outcome with a CAS at the job's current version. A cancel
+    /// request may bump the version between our last renewal and now: then
+    /// we retry at the new version as long as the job is still ours.
+    async fn finish(&self, job: Job, outcome: Outcome, mut version: u64, started: Instant) {
+        let joins = self.joins.joins_for(&job.report_type);
+        let mut use_joins = true;
+        for _ in 0..5 {
+            let edges: &[JoinEdge] = if use_joins { joins } else { &[] };
+            match self
+                .store
+                .complete(&job.job_id, version, outcome.clone(), edges, Utc::now())
+                .await
+            {
+                Ok(Cas::Applied(done)) => {
+                    self.record_finish(
+                        &done.job,
+                        &done.children_created,
+                        done.join_errors.len(),
+                        started,
+                    );
+                    return;
+                }
+                Ok(Cas::Conflict { current: Some(c) })
+                    if c.status == JobStatus::Processing
+                        && c.lease_owner.as_deref() == Some(&self.config.worker_id)
+                        && c.attempt == job.attempt =>
+                {
+                    version = c.version;
+                }
+                Ok(Cas::Conflict { .. }) => {
+                    tracing::warn!(job = %job.job_id, "job changed hands before completion; result discarded");
+                    return;
+                }
+                Err(e) if use_joins && !joins.is_empty() => {
+                    // Triggering dependents must never change the parent's
+                    // outcome: count the error and complete without joins.
+                    Metrics::add(&self.metrics.join_errors, 1);
+                    tracing::error!(job = %job.job_id, error = %e, "triggering dependents failed; completing the job without them");
+                    use_joins = false;
+                }
+                Err(e) => {
+                    Metrics::add(&self.metrics.store_errors, 1);
+                    tracing::warn!(job = %job.job_id, error = %e, "completion failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        tracing::error!(job = %job.job_id, "could not record completion; lease recovery will run it again");
+    }
+
+    fn record_finish(&self, job: &Job, children: &[Job], join_errors: usize, started: Instant) {
+        let elapsed = started.elapsed();
+        Metrics::add(&self.metrics.dependents_created, children.len() as u64);
+        Metrics::add(&self.metrics.join_errors, join_errors as u64);
+        match job.status {
+            JobStatus::Completed => {
+                self.metrics
+                    .job_finished(&job.report_type, Finish::Completed, elapsed);
+                tracing::info!(job = %job.job_id, report = %job.report_type, rows = job.rows_written, children = children.len(), "job completed");
+            }
+            JobStatus::Failed => {
+                self.metrics
+                    .job_finished(&job.report_type, Finish::Failed, elapsed);
+                let error = job.error.as_deref().unwrap_or("unknown error");
+                self.metrics.failure_reason(error);
+                tracing::warn!(job = %job.job_id, report = %job.report_type, error, "job failed");
+            }
+            JobStatus::Cancelled => {
+                self.metrics
+                    .job_finished(&job.report_type, Finish::Cancelled, elapsed);
+                tracing::info!(job = %job.job_id, "job cancelled");
+            }
+            JobStatus::Queued => {
+                Metrics::add(&self.metrics.retries, 1);
+                tracing::warn!(job = %job.job_id, attempt = job.attempt, error = job.error.as_deref().unwrap_or(""), "job failed; retry queued");
+                self.emit(ExecEvent::Retrying { job: job.clone() });
+                return;
+            }
+            JobStatus::Processing => {}
+        }
+        self.emit(ExecEvent::Finished {
+            job: job.clone(),
+            children: children.to_vec(),
+        });
+    }
+}
+
+/// Counters shared between the blocking pipeline and the async heartbeat.
+#[derive(Default)]
+struct Shared {
+    cancel: AtomicBool,
+    rows_read: AtomicU64,
+    rows_total: AtomicU64,
+    rows_written: AtomicU64,
+}
+
+struct SharedObserver(Arc<Shared>);
+
+impl Observer for SharedObserver {
+    fn on_chunk(&mut self, p: &Progress) -> Control {
+        self.0.rows_read.store(p.rows_read, Ordering::Relaxed);
+        self.0.rows_total.store(p.rows_total, Ordering::Relaxed);
+        self.0.rows_written.store(p.rows_written, Ordering::Relaxed);
+        if self.0.cancel.load(Ordering::Relaxed) {
+            Control::Cancel
+        } else {
+            Control::Continue
+        }
+    }
+}
+
+fn to_pipeline_format(f: DataFormat) -> pipeline::DataFormat {
+    match f {
+        DataFormat::Csv => pipeline::DataFormat::Csv,
+        DataFormat::Jsonl => pipeline::DataFormat::Jsonl,
+    }
+}

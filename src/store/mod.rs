@@ -1,0 +1,580 @@
+//! The job store: the durable queue of jobs, their status changes, and the join rule that turns
+//! completions into dependent jobs (DESIGN.md, "Status machine" and "Dependencies").
+//!
+//! [`Store`] is the one interface the scheduler, the dispatcher, the HTTP API and the CLI use;
+//! `sled_store` is the embedded implementation, and `conformance` is the test suite every
+//! implementation must pass.
+//!
+//! Architecture invariants:
+//! - **Every status change is a compare-and-swap on `version`, checked by
+//!   `status::transition`.** Losing a CAS is the value [`Cas::Conflict`], never an error.
+//! - **A job's completion and the dependent jobs it creates are one atomic step**: two parents
+//!   completing at the same instant create exactly one child.
+//! - **A mutating method returns only once its change is durable** (unless the store was opened
+//!   without flushing, for tests).
+//! - **Callers pass the time** (`now`), so tests control the clock. Stores keep times to the
+//!   microsecond.
+
+pub mod conformance;
+pub mod sled_store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
+use crate::status::StatusError;
+
+pub use sled_store::{SledConfig, SledStore};
+
+/// A boxed future, so that [`Store`] stays usable as `Arc<dyn Store>`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The durable job store. Used as `Arc<dyn Store>`.
+///
+/// Methods that change state return once the change is on disk. Every method that depends on the
+/// time takes `now`; stores truncate every time they are given to the microsecond.
+pub trait Store: Send + Sync + 'static {
+    /// Inserts every job of `batch` as QUEUED (version 1, attempt 1), all or none, and wakes
+    /// [`Store::subscribe`]rs.
+    ///
+    /// With a unique key the batch is inserted at most once ever: a later call with the same key
+    /// inserts nothing and returns [`Enqueued::Existing`] with the first call's job ids. A
+    /// [`UniqueKey::Fire`] also records its fire time for [`Store::last_fire`].
+    fn enqueue(
+        &self,
+        batch: Vec<NewJob>,
+        unique: Option<UniqueKey>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'_, StoreResult<Enqueued>>;
+
+    /// Moves up to `max` claimable jobs QUEUED → PROCESSING for `worker`, highest priority first,
+    /// then oldest first (ties by job id), with a lease until `now + lease`. Jobs whose
+    /// `run_after` is after `now` are not claimable. Returns the claimed jobs with their new
+    /// version, which the worker passes to [`Store::renew`] and [`Store::complete`].
+    fn claim<'a>(
+        &'a self,
+        worker: &'a str,
+        max: usize,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<Vec<Job>>>;
+
+    /// A lease heartbeat, optionally with progress. Returns the job with its new version; its
+    /// `cancel_requested` tells the worker to stop at the next chunk.
+    ///
+    /// A cancel request bumps the version too, so a worker that gets [`Cas::Conflict`] should
+    /// look at `current`: still PROCESSING under its own `lease_owner` with `cancel_requested`
+    /// means "stop", and [`Outcome::Cancelled`] at `current.version` finishes the job.
+    fn renew<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        lease_until: DateTime<Utc>,
+        progress: Option<ProgressUpdate>,
+    ) -> BoxFuture<'a, StoreResult<Cas<Job>>>;
+
+    /// Finishes the attempt of a PROCESSING job:
+    /// - `Success` → COMPLETED;
+    /// - `Failure` with `retry_at`, attempts left and no cancel request → QUEUED with attempt + 1,
+    ///   not claimable before `retry_at`; this is not a completion and emits nothing;
+    /// - `Failure` otherwise → FAILED, the error kept;
+    /// - `Cancelled` → CANCELLED, emitting nothing.
+    ///
+    /// In the same atomic step a final COMPLETED or FAILED applies the join rule to `joins` (the
+    /// dependency edges whose parents include this job's report type; other edges are ignored)
+    /// and creates the children that fire.
+    fn complete<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        outcome: Outcome,
+        joins: &'a [JoinEdge],
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<Cas<Completion>>>;
+
+    /// A user's cancel: a QUEUED job is CANCELLED at once; a PROCESSING one gets
+    /// `cancel_requested` (version + 1) and its worker stops at the next chunk. Repeating it
+    /// changes nothing.
+    fn cancel<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<CancelOutcome>>;
+
+    /// Takes back every PROCESSING job whose lease ended before `now` (its worker died or
+    /// stalled): QUEUED with attempt + 1 while attempts remain; FAILED once they are used up
+    /// (a final failure, so `joins` apply); CANCELLED if a cancel was requested. The stale
+    /// worker's later CAS fails.
+    fn requeue_expired<'a>(
+        &'a self,
+        now: DateTime<Utc>,
+        joins: &'a dyn JoinRules,
+    ) -> BoxFuture<'a, StoreResult<Expired>>;
+
+    /// As [`Store::requeue_expired`] for every PROCESSING job, whatever its lease: for a
+    /// single-process store opened after a crash, when no worker can still be running.
+    fn requeue_all_processing<'a>(
+        &'a self,
+        now: DateTime<Utc>,
+        joins: &'a dyn JoinRules,
+    ) -> BoxFuture<'a, StoreResult<Expired>>;
+
+    fn get<'a>(&'a self, job_id: &'a JobId) -> BoxFuture<'a, StoreResult<Option<Job>>>;
+
+    /// The jobs that name `job_id` among their parents, oldest first.
+    fn children<'a>(&'a self, job_id: &'a JobId) -> BoxFuture<'a, StoreResult<Vec<Job>>>;
+
+    /// Jobs newest first (ties by job id, descending), filtered, one page at a time. A page may
+    /// hold fewer than `limit` jobs and still have a `next_cursor` when a filter had to skip many
+    /// jobs: keep going until `next_cursor` is `None`.
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, StoreResult<Page>>;
+
+    /// The number of jobs in each status (every status present, zeros included). Kept as
+    /// counters, not counted.
+    fn counts(&self) -> BoxFuture<'_, StoreResult<BTreeMap<JobStatus, u64>>>;
+
+    /// The latest fire time recorded by an [`Store::enqueue`] with a [`UniqueKey::Fire`] of this
+    /// schedule.
+    fn last_fire<'a>(
+        &'a self,
+        schedule: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<DateTime<Utc>>>>;
+
+    /// A counter bumped whenever jobs may have become claimable (enqueue, retry, requeue, a
+    /// child created), so a dispatcher waits on `changed()` instead of polling. Delayed retries
+    /// become claimable by the clock alone: poll for those.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+}
+
+/// What makes an enqueue happen at most once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum UniqueKey {
+    /// A schedule fire `(schedule, fire time)`; also recorded for [`Store::last_fire`].
+    Fire {
+        schedule: String,
+        fire_time: DateTime<Utc>,
+    },
+    /// A client's idempotency key, scoped to the subject that sent it.
+    Idempotency { subject: String, key: String },
+}
+
+impl UniqueKey {
+    pub fn fire(schedule: impl Into<String>, fire_time: DateTime<Utc>) -> UniqueKey {
+        UniqueKey::Fire {
+            schedule: schedule.into(),
+            fire_time: store_time(fire_time),
+        }
+    }
+
+    pub fn idempotency(subject: impl Into<String>, key: impl Into<String>) -> UniqueKey {
+        UniqueKey::Idempotency {
+            subject: subject.into(),
+            key: key.into(),
+        }
+    }
+}
+
+/// `fire:<schedule>:<rfc3339>` or `idem:<subject>:<key>`, for people. Stores key on the parts
+/// (a subject may contain `:`), not on this text.
+impl fmt::Display for UniqueKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UniqueKey::Fire {
+                schedule,
+                fire_time,
+            } => write!(f, "fire:{schedule}:{}", fire_time.to_rfc3339()),
+            UniqueKey::Idempotency { subject, key } => write!(f, "idem:{subject}:{key}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The jobs as inserted.
+    Created(Vec<Job>),
+    /// The unique key was used before: nothing was inserted; these are the first call's jobs.
+    Existing(Vec<JobId>),
+}
+
+impl Enqueued {
+    pub fn job_ids(&self) -> Vec<JobId> {
+        match self {
+            Enqueued::Created(jobs) => jobs.iter().map(|job| job.job_id.clone()).collect(),
+            Enqueued::Existing(ids) => ids.clone(),
+        }
+    }
+}
+
+/// The result of a compare-and-swap on a job's version.
+// Returned once per call, never stored in bulk: boxing the job would only cost an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cas<T> {
+    Applied(T),
+    /// The job is not at the expected version (another worker or a lease sweep got there
+    /// first). `current` is the job as it is now, `None` if it does not exist.
+    Conflict {
+        current: Option<Job>,
+    },
+}
+
+impl<T> Cas<T> {
+    pub fn applied(self) -> Option<T> {
+        match self {
+            Cas::Applied(value) => Some(value),
+            Cas::Conflict { .. } => None,
+        }
+    }
+
+    pub fn is_applied(&self) -> bool {
+        matches!(self, Cas::Applied(_))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgressUpdate {
+    /// 0–100; larger values are stored as 100.
+    pub progress: u8,
+    pub rows_written: u64,
+    pub estimated_completion: Option<DateTime<Utc>>,
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success {
+        result_path: String,
+        rows_written: u64,
+        sha256: String,
+    },
+    /// `retry_at`: the worker's backoff decision; `None` means do not retry.
+    Failure {
+        error: String,
+        retry_at: Option<DateTime<Utc>>,
+    },
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The job after the change.
+    pub job: Job,
+    /// Dependent jobs created by the join rule in the same atomic step.
+    pub children_created: Vec<Job>,
+    /// Join edges that could not be applied (never changes the job's own outcome). Already
+    /// logged; the caller counts them.
+    pub join_errors: Vec<JoinError>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was QUEUED: CANCELLED at once.
+    Cancelled(Job),
+    /// It is PROCESSING: `cancel_requested` is set; the worker stops at its next chunk.
+    Requested(Job),
+    /// It had already finished; nothing changed.
+    AlreadyFinished(Job),
+    NotFound,
+}
+
+/// What a lease sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Jobs queued again for another attempt.
+    pub requeued: Vec<JobId>,
+    /// Jobs that ended instead: FAILED (no attempts left; joins applied) or CANCELLED (a cancel
+    /// was requested).
+    pub finished: Vec<Completion>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListFilter {
+    pub status: Option<JobStatus>,
+    pub report_type: Option<String>,
+    pub county: Option<String>,
+    /// Page size, 1..=[`ListFilter::MAX_LIMIT`] (values outside are clamped).
+    pub limit: usize,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl ListFilter {
+    pub const DEFAULT_LIMIT: usize = 50;
+    pub const MAX_LIMIT: usize = 1000;
+}
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        ListFilter {
+            status: None,
+            report_type: None,
+            county: None,
+            limit: Self::DEFAULT_LIMIT,
+            cursor: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job store I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("job store (sled) failed: {0}")]
+    Sled(sled::Error),
+    #[error("job store is corrupt at key {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("job {job} cannot go from {from} to {to}")]
+    IllegalTransition {
+        job: JobId,
+        from: JobStatus,
+        to: JobStatus,
+    },
+    #[error("job {0} not found")]
+    NotFound(JobId),
+    #[error(
+        "the job store at {} is in use by another flowctl (or another store in this process); \
+         stop it first, or use --store postgres://… to share one queue between processes",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "the job store was written with on-disk format {found}, this flowctl reads format \
+         {expected}"
+    )]
+    FormatVersion { found: u32, expected: u32 },
+    #[error("invalid list cursor {0:?}")]
+    InvalidCursor(String),
+}
+
+impl StoreError {
+    pub(crate) fn illegal(job: &JobId, error: StatusError) -> StoreError {
+        let StatusError::Illegal { from, to } = error;
+        StoreError::IllegalTransition {
+            job: job.clone(),
+            from,
+            to,
+        }
+    }
+}
+
+/// Truncates a time to the microsecond, the precision every store keeps.
+pub fn store_time(time: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(time.timestamp_micros()).unwrap_or(time)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The join rule
+// ---------------------------------------------------------------------------------------------
+
+// The dependency condition and child-role rule are the workflow's own types:
+// the store applies exactly what the compiler produced.
+pub use crate::workflow::{Condition, RoleRule};
+
+/// One dependency declaration, as the completing job's store sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinEdge {
+    /// Stable id of the dependency declaration (e.g. `dep3:WEEKLY_DIGEST`); join state is kept
+    /// per (join_id, scope), so changing it forgets pending events.
+    pub join_id: String,
+    /// All parent report types of this dependency, k ≥ 1, distinct.
+    pub parents: Vec<String>,
+    pub condition: Condition,
+    /// Events from jobs of other roles are ignored.
+    pub parent_roles: Option<Vec<String>>,
+    pub child: ChildTemplate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildTemplate {
+    pub report_type: String,
+    pub role: RoleRule,
+    pub priority: u8,
+    pub max_attempts: u32,
+    /// The child's request (the dependency's overrides, e.g. `chunk_size`).
+    pub request: JobRequest,
+}
+
+/// A completion event, as the join rule sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Success,
+    Failure,
+}
+
+impl Event {
+    /// The event a job in `status` emits: only COMPLETED and FAILED jobs emit one.
+    pub fn of(status: JobStatus) -> Option<Event> {
+        match status {
+            JobStatus::Completed => Some(Event::Success),
+            JobStatus::Failed => Some(Event::Failure),
+            _ => None,
+        }
+    }
+}
+
+impl JoinEdge {
+    /// Whether this edge takes `event` of `job`: it names the job's report type as a parent, its
+    /// condition takes the event, and its role filter takes the job's role.
+    pub fn accepts(&self, job: &Job, event: Event) -> bool {
+        self.parents.contains(&job.report_type)
+            && (event == Event::Success || self.condition == Condition::OnCompletion)
+            && self
+                .parent_roles
+                .as_ref()
+                .is_none_or(|roles| roles.contains(&job.role))
+    }
+
+    /// Checks what the compiler should already have checked; a store refuses a bad edge as a
+    /// join error rather than corrupting join state.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.join_id.is_empty() {
+            return Err("join edge has an empty join_id".into());
+        }
+        if self.parents.is_empty() {
+            return Err(format!("join {} has no parents", self.join_id));
+        }
+        for (i, parent) in self.parents.iter().enumerate() {
+            if self.parents[..i].contains(parent) {
+                return Err(format!("join {} names parent {parent} twice", self.join_id));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ChildTemplate {
+    /// The child a join fires, in the scope of `completing` (the job whose event fired it).
+    pub fn instantiate(&self, completing: &Job, parent_job_ids: Vec<JobId>) -> NewJob {
+        let role = match &self.role {
+            RoleRule::Inherit => completing.role.clone(),
+            RoleRule::Fixed(role) => role.clone(),
+        };
+        NewJob {
+            report_type: self.report_type.clone(),
+            principal: Principal {
+                subject: completing.subject.clone(),
+                role,
+                county: completing.county.clone(),
+            },
+            parent_job_ids,
+            trigger_id: completing.trigger_id.clone(),
+            request: self.request.clone(),
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            estimated_completion: None,
+        }
+    }
+}
+
+/// An edge the store could not apply. Logged by the store and returned for counting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinError {
+    pub join_id: String,
+    pub message: String,
+}
+
+/// The unconsumed accepted events of one join in one scope: for each parent report type, how
+/// many and the newest. Only the newest is ever used (it becomes the child's parent), so the
+/// state stays this small however many events wait.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinState {
+    pub pending: BTreeMap<String, Pending>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub newest: JobId,
+    pub count: u64,
+}
+
+impl JoinState {
+    /// Records `job`'s accepted event for `edge`. When every parent then has an event, consumes
+    /// all of them and returns the newest job of each parent, in `edge.parents` order: the
+    /// caller creates the child in the same atomic step, and stores the state (now empty).
+    ///
+    /// Events of report types that are no longer parents of the edge are dropped.
+    pub fn record(&mut self, edge: &JoinEdge, job: &Job) -> Option<Vec<JobId>> {
+        self.pending
+            .retain(|report_type, _| edge.parents.contains(report_type));
+        let pending = self
+            .pending
+            .entry(job.report_type.clone())
+            .or_insert_with(|| Pending {
+                newest: job.job_id.clone(),
+                count: 0,
+            });
+        pending.newest = job.job_id.clone();
+        pending.count += 1;
+        if !edge
+            .parents
+            .iter()
+            .all(|parent| self.pending.contains_key(parent))
+        {
+            return None;
+        }
+        let fired = edge
+            .parents
+            .iter()
+            .filter_map(|parent| self.pending.remove(parent))
+            .map(|pending| pending.newest)
+            .collect();
+        Some(fired)
+    }
+}
+
+/// The dependency edges of a workflow, by parent report type: what a lease sweep needs to apply
+/// the join rule to the jobs it fails.
+pub trait JoinRules: Send + Sync {
+    /// The edges whose parents include `report_type` (extra edges are ignored by the store).
+    fn joins_for(&self, report_type: &str) -> &[JoinEdge];
+}
+
+/// No dependencies at all.
+pub struct NoJoins;
+
+impl JoinRules for NoJoins {
+    fn joins_for(&self, _report_type: &str) -> &[JoinEdge] {
+        &[]
+    }
+}
+
+/// The same edges for every report type; the store keeps those that name it.
+impl JoinRules for [JoinEdge] {
+    fn joins_for(&self, _report_type: &str) -> &[JoinEdge] {
+        self
+    }
+}
+
+impl JoinRules for Vec<JoinEdge> {
+    fn joins_for(&self, _report_type: &str) -> &[JoinEdge] {
+        self
+    }
+}
+
+impl JoinRules for BTreeMap<String, Vec<JoinEdge>> {
+    fn joins_for(&self, report_type: &str) -> &[JoinEdge] {
+        self.get(report_type).map_or(&[], Vec::as_slice)
+    }
+}
+
+impl JoinRules for std::collections::HashMap<String, Vec<JoinEdge>> {
+    fn joins_for(&self, report_type: &str) -> &[JoinEdge] {
+        self.get(report_type).map_or(&[], Vec::as_slice)
+    }
+}

@@ -1,0 +1,2444 @@
+//! The embedded job store, on sled: the default store (`--db PATH`), for one process.
+//!
+//! # Architecture invariants
+//!
+//! - **sled holds the truth; every index is derived.** sled stores the job records, join state,
+//!   unique keys, fire times and the parent → child index. The claim queue, the retry and lease
+//!   indexes, the newest-first list index and the status counters live in memory ([`State`]),
+//!   are rebuilt from the records when the store opens, and are changed only after the records
+//!   they follow are written. A crash can therefore never leave an index disagreeing with a
+//!   record.
+//! - **One writer.** Every change runs under one mutex, reading the records it needs, writing
+//!   them back in one sled call (`insert`, or `apply_batch` when it touches several keys, which
+//!   sled recovers all or nothing), then updating the indexes. sled holds an exclusive file lock,
+//!   so this process is the only writer there is, and changes are serializable: two parents of
+//!   one join completing at the same instant are two turns of this mutex, and exactly one of
+//!   them fires the child.
+//! - **Durable before returning.** A change is applied in memory at once; the method then waits
+//!   for a flusher thread that calls `Db::flush` (write + fsync) for everything applied before
+//!   that flush started. Callers that arrive while a flush runs share the next one (group
+//!   commit). A failed fsync poisons the store: every later durable write fails.
+//!
+//! Why not sled transactions and persistent index trees: in sled 0.34 every transaction or batch
+//! writes out the log buffer twice (`pin_log` rolls it before and after), and inserting or
+//! removing an index key costs 5–9 µs (leaf splits and merges at 16 entries), against ~2 µs to
+//! rewrite an existing record. Persistent queue, lease and status indexes made ~12 structural
+//! writes per job, for about 5,000 jobs/s; records alone make one insert and two rewrites per
+//! job. The price is an open that reads every record (about a second per million jobs) and
+//! ~60 bytes of memory per job.
+//!
+//! # Layout (version [`LAYOUT_VERSION`])
+//!
+//! One sled tree; the first byte of a key says what it holds. Keys are big-endian so that
+//! ranges sort; job ids are their 12 ASCII bytes. Values start with a format byte, then bincode
+//! 2 (serde, standard config).
+//!
+//! | key                                                     | value                    |
+//! |---------------------------------------------------------|--------------------------|
+//! | `j` job id                                              | the job record           |
+//! | `c` parent id, child id                                 | empty                    |
+//! | `J` join id, role, county (each length-prefixed)        | [`JoinState`]            |
+//! | `u` `f` schedule, fire time / `i` subject, key          | the job ids it created   |
+//! | `f` schedule                                            | last fire time (µs, BE)  |
+//! | `m` `layout`                                            | layout version (u32, BE) |
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{
+    store_time, BoxFuture, CancelOutcome, Cas, Completion, Enqueued, Event, Expired, JoinEdge,
+    JoinError, JoinRules, JoinState, ListFilter, Outcome, Page, ProgressUpdate, Store, StoreError,
+    StoreResult, UniqueKey,
+};
+use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob};
+use crate::status;
+
+/// Version of the key layout and value encodings above. Bump it with any change to them.
+pub const LAYOUT_VERSION: u32 = 1;
+/// First byte of every value but the layout version and fire times.
+const RECORD_FORMAT: u8 = 1;
+/// Jobs changed per sled batch by a lease sweep.
+const SWEEP_CHUNK: usize = 1024;
+/// Index entries a filtered `list` examines (in memory) before it returns a short page with a
+/// cursor.
+const LIST_SCAN_BUDGET: usize = 100_000;
+
+const JOB: u8 = b'j';
+const CHILD: u8 = b'c';
+const JOIN: u8 = b'J';
+const UNIQUE: u8 = b'u';
+const FIRE: u8 = b'f';
+const META_LAYOUT: &[u8] = b"mlayout";
+
+/// How to open a [`SledStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SledConfig {
+    /// A directory; created if missing.
+    pub path: PathBuf,
+    /// sled's page cache. Resident memory is this, plus sled's bookkeeping, plus ~60 bytes per
+    /// job for the indexes.
+    pub cache_capacity_bytes: u64,
+    /// Wait for fsync before a mutating method returns (group commit). Turn off only for tests
+    /// and throwaway stores: sled then flushes every 500 ms, and on close.
+    pub flush: bool,
+}
+
+impl SledConfig {
+    pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+    pub fn new(path: impl Into<PathBuf>) -> SledConfig {
+        SledConfig {
+            path: path.into(),
+            cache_capacity_bytes: Self::DEFAULT_CACHE_CAPACITY_BYTES,
+            flush: true,
+        }
+    }
+}
+
+/// The embedded store. See the module docs.
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    path: PathBuf,
+    /// Its key in [`OPEN_STORES`].
+    registered: PathBuf,
+    /// The indexes, and the writer's turn: every change holds this lock from its first read to
+    /// its index update.
+    state: Mutex<State>,
+    wake: watch::Sender<u64>,
+    flusher: Option<Flusher>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `config.path` and rebuilds the indexes from its records.
+    ///
+    /// Fails with [`StoreError::Locked`] if another process, or another open store in this
+    /// process, holds it; with [`StoreError::FormatVersion`] if it was written with another
+    /// layout.
+    pub fn open(config: SledConfig) -> StoreResult<SledStore> {
+        let sled_config = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity_bytes)
+            .flush_every_ms(if config.flush { None } else { Some(500) });
+        let db = open_db(&sled_config, &config.path)?;
+        let tree = db.open_tree("flowctl").map_err(StoreError::Sled)?;
+        check_layout(&tree)?;
+        let state = State::rebuild(&tree)?;
+        let flusher = config.flush.then(|| Flusher::start(db.clone()));
+        let registered = canonical(&config.path);
+        lock(&OPEN_STORES).insert(registered.clone(), Held::Open);
+        Ok(SledStore {
+            db,
+            tree,
+            path: config.path,
+            registered,
+            state: Mutex::new(state),
+            wake: watch::Sender::new(0),
+            flusher,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many fsyncs the group commit has done: compare with the number of changes to see
+    /// how many share one.
+    pub fn flushes(&self) -> u64 {
+        self.flusher
+            .as_ref()
+            .map_or(0, |flusher| flusher.shared.flushes.load(Ordering::Relaxed))
+    }
+
+    /// Waits until everything applied so far is on disk.
+    async fn durable(&self) -> StoreResult<()> {
+        match &self.flusher {
+            Some(flusher) => flusher.wait().await,
+            None => Ok(()),
+        }
+    }
+
+    fn wake(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn change(&self) -> Change<'_> {
+        Change {
+            tree: &self.tree,
+            writes: BTreeMap::new(),
+            jobs: Vec::new(),
+        }
+    }
+
+    fn read_job(&self, job_id: &JobId) -> StoreResult<Option<Job>> {
+        let key = job_key(&id_bytes(job_id));
+        match self.tree.get(&key).map_err(StoreError::Sled)? {
+            Some(bytes) => decode_job(&key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn enqueue_sync(
+        &self,
+        batch: Vec<NewJob>,
+        unique: Option<&UniqueKey>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Enqueued> {
+        let mut state = lock(&self.state);
+        let mut change = self.change();
+        let unique_key = unique.map(unique_key);
+        if let Some(key) = &unique_key {
+            if let Some(bytes) = change.get(key)? {
+                return Ok(Enqueued::Existing(decode_value(key, &bytes)?));
+            }
+        }
+        let mut jobs = Vec::with_capacity(batch.len());
+        for mut new in batch {
+            new.estimated_completion = new.estimated_completion.map(store_time);
+            jobs.push(change.insert_new(new, now)?);
+        }
+        if let Some(key) = unique_key {
+            let ids: Vec<&JobId> = jobs.iter().map(|job| &job.job_id).collect();
+            change.put(key, encode_value(&ids));
+        }
+        if let Some(UniqueKey::Fire {
+            schedule,
+            fire_time,
+        }) = unique
+        {
+            let key = [&[FIRE][..], schedule.as_bytes()].concat();
+            let fire_time = time_key(*fire_time);
+            let newer = match change.get(&key)? {
+                Some(old) => old.as_ref() < fire_time.as_slice(),
+                None => true,
+            };
+            if newer {
+                change.put(key, fire_time.to_vec());
+            }
+        }
+        change.commit(&mut state)?;
+        Ok(Enqueued::Created(jobs))
+    }
+
+    /// Returns the claimed jobs, and whether due retries were moved to the queue.
+    fn claim_sync(
+        &self,
+        worker: &str,
+        max: usize,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Vec<Job>, bool)> {
+        let lease_until = add(now, lease);
+        let mut state = lock(&self.state);
+        let promoted = state.promote_due(now) > 0;
+        let candidates: Vec<QueueKey> = state.queue.iter().take(max).copied().collect();
+        let mut change = self.change();
+        let mut claimed = Vec::with_capacity(candidates.len());
+        for key in candidates {
+            let Some(old) = state.indexed(&change, &key.2, JobStatus::Queued) else {
+                continue;
+            };
+            let mut job = old.clone();
+            job.status = JobStatus::Processing;
+            job.started_at = Some(now);
+            job.lease_owner = Some(worker.to_owned());
+            job.lease_until = Some(lease_until);
+            job.version += 1;
+            change.put_job(Some(old), job.clone());
+            claimed.push(job);
+        }
+        change.commit(&mut state)?;
+        Ok((claimed, promoted))
+    }
+
+    fn renew_sync(
+        &self,
+        job_id: &JobId,
+        expected_version: u64,
+        lease_until: DateTime<Utc>,
+        progress: Option<ProgressUpdate>,
+    ) -> StoreResult<Cas<Job>> {
+        let lease_until = store_time(lease_until);
+        let mut state = lock(&self.state);
+        let mut change = self.change();
+        let old = match change.job_at(job_id, expected_version)? {
+            Ok(old) => old,
+            Err(current) => return Ok(Cas::Conflict { current }),
+        };
+        if old.status != JobStatus::Processing {
+            return Err(StoreError::IllegalTransition {
+                job: job_id.clone(),
+                from: old.status,
+                to: JobStatus::Processing,
+            });
+        }
+        let mut job = old.clone();
+        job.lease_until = Some(lease_until);
+        if let Some(update) = progress {
+            job.progress = update.progress.min(100);
+            job.rows_written = update.rows_written;
+            job.estimated_completion = update.estimated_completion.map(store_time);
+        }
+        job.version += 1;
+        change.put_job(Some(old), job.clone());
+        change.commit(&mut state)?;
+        Ok(Cas::Applied(job))
+    }
+
+    fn complete_sync(
+        &self,
+        job_id: &JobId,
+        expected_version: u64,
+        outcome: Outcome,
+        joins: &[JoinEdge],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Cas<Completion>> {
+        let mut state = lock(&self.state);
+        let mut change = self.change();
+        let old = match change.job_at(job_id, expected_version)? {
+            Ok(old) => old,
+            Err(current) => return Ok(Cas::Conflict { current }),
+        };
+        let mut job = old.clone();
+        let (to, retry_at) = match outcome {
+            Outcome::Success {
+                result_path,
+                rows_written,
+                sha256,
+            } => {
+                job.result_path = Some(result_path);
+                job.rows_written = rows_written;
+                job.result_sha256 = Some(sha256);
+                job.progress = 100;
+                (JobStatus::Completed, None)
+            }
+            Outcome::Failure { error, retry_at } => {
+                job.error = Some(error);
+                let retry = retry_at
+                    .map(store_time)
+                    .filter(|_| old.attempt < old.max_attempts && !old.cancel_requested);
+                match retry {
+                    Some(at) => (JobStatus::Queued, Some(at)),
+                    None => (JobStatus::Failed, None),
+                }
+            }
+            Outcome::Cancelled => (JobStatus::Cancelled, None),
+        };
+        if old.status != JobStatus::Processing {
+            // Only a running attempt can end, whatever the outcome; a finished job is refused
+            // its final status, not only the retry.
+            let to = if to == JobStatus::Queued {
+                JobStatus::Failed
+            } else {
+                to
+            };
+            return Err(StoreError::IllegalTransition {
+                job: job_id.clone(),
+                from: old.status,
+                to,
+            });
+        }
+        status::transition(old.status, to).map_err(|e| StoreError::illegal(job_id, e))?;
+        if to == JobStatus::Queued {
+            requeue(&mut job);
+            // A retry already due goes straight to the queue.
+            job.run_after = retry_at.filter(|at| *at > now);
+        } else {
+            finish(&mut job, to, now);
+        }
+        job.version += 1;
+        change.put_job(Some(old), job.clone());
+        let (children_created, join_errors) = change.apply_joins(&job, joins, now)?;
+        change.commit(&mut state)?;
+        Ok(Cas::Applied(Completion {
+            job,
+            children_created,
+            join_errors,
+        }))
+    }
+
+    fn cancel_sync(&self, job_id: &JobId, now: DateTime<Utc>) -> StoreResult<CancelOutcome> {
+        let mut state = lock(&self.state);
+        let mut change = self.change();
+        let Some(old) = change.job(job_id)? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let mut job = old.clone();
+        let outcome = match old.status {
+            JobStatus::Queued => {
+                finish(&mut job, JobStatus::Cancelled, now);
+                job.version += 1;
+                CancelOutcome::Cancelled(job.clone())
+            }
+            JobStatus::Processing if !old.cancel_requested => {
+                job.cancel_requested = true;
+                job.version += 1;
+                CancelOutcome::Requested(job.clone())
+            }
+            JobStatus::Processing => return Ok(CancelOutcome::Requested(old)),
+            _ => return Ok(CancelOutcome::AlreadyFinished(old)),
+        };
+        change.put_job(Some(old), job);
+        change.commit(&mut state)?;
+        Ok(outcome)
+    }
+
+    /// A lease sweep: every PROCESSING job whose lease ended before `before` (all of them with
+    /// `None`), a chunk per sled batch.
+    fn requeue_sync(
+        &self,
+        now: DateTime<Utc>,
+        before: Option<DateTime<Utc>>,
+        rules: &dyn JoinRules,
+    ) -> StoreResult<Expired> {
+        let mut expired = Expired::default();
+        loop {
+            let mut state = lock(&self.state);
+            let ended: Vec<Id> = match before {
+                Some(before) => state
+                    .leases
+                    .range(..(before.timestamp_micros(), [0; JobId::LEN]))
+                    .take(SWEEP_CHUNK)
+                    .map(|(_, id)| *id)
+                    .collect(),
+                None => state
+                    .leases
+                    .iter()
+                    .take(SWEEP_CHUNK)
+                    .map(|(_, id)| *id)
+                    .collect(),
+            };
+            if ended.is_empty() {
+                return Ok(expired);
+            }
+            let mut change = self.change();
+            for id in &ended {
+                let Some(old) = state.indexed(&change, id, JobStatus::Processing) else {
+                    continue;
+                };
+                let mut job = old.clone();
+                let to = if old.cancel_requested {
+                    JobStatus::Cancelled
+                } else if old.attempt < old.max_attempts {
+                    JobStatus::Queued
+                } else {
+                    JobStatus::Failed
+                };
+                status::transition(old.status, to)
+                    .map_err(|e| StoreError::illegal(&old.job_id, e))?;
+                if to == JobStatus::Queued {
+                    requeue(&mut job);
+                } else {
+                    if to == JobStatus::Failed {
+                        job.error = Some(format!(
+                            "lease of worker {} expired on attempt {} of {}",
+                            old.lease_owner.as_deref().unwrap_or("?"),
+                            old.attempt,
+                            old.max_attempts
+                        ));
+                    }
+                    finish(&mut job, to, now);
+                }
+                job.version += 1;
+                change.put_job(Some(old), job.clone());
+                if to == JobStatus::Queued {
+                    expired.requeued.push(job.job_id);
+                } else {
+                    let joins = rules.joins_for(&job.report_type);
+                    let (children_created, join_errors) = change.apply_joins(&job, joins, now)?;
+                    expired.finished.push(Completion {
+                        job,
+                        children_created,
+                        join_errors,
+                    });
+                }
+            }
+            change.commit(&mut state)?;
+            // Every lease taken above has left the index (the job moved on, or the entry was
+            // dropped), so this ends.
+            if ended.len() < SWEEP_CHUNK {
+                return Ok(expired);
+            }
+        }
+    }
+
+    fn children_sync(&self, job_id: &JobId) -> StoreResult<Vec<Job>> {
+        let mut children = Vec::new();
+        let prefix = [&[CHILD][..], job_id.as_str().as_bytes()].concat();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(StoreError::Sled)?;
+            let child_id = job_id_at(&key, prefix.len())?;
+            if let Some(child) = self.read_job(&child_id)? {
+                children.push(child);
+            }
+        }
+        children.sort_by(|a, b| (a.created_at, &a.job_id).cmp(&(b.created_at, &b.job_id)));
+        Ok(children)
+    }
+
+    fn list_sync(&self, filter: &ListFilter) -> StoreResult<Page> {
+        let limit = filter.limit.clamp(1, ListFilter::MAX_LIMIT);
+        let below = filter.cursor.as_deref().map(parse_cursor).transpose()?;
+        let (found, next) = {
+            let state = lock(&self.state);
+            let report_type = match &filter.report_type {
+                Some(name) => match state.names.find(name) {
+                    Some(id) => Some(id),
+                    None => return Ok(empty_page()),
+                },
+                None => None,
+            };
+            let county = match &filter.county {
+                Some(name) => match state.names.find(name) {
+                    Some(id) => Some(id),
+                    None => return Ok(empty_page()),
+                },
+                None => None,
+            };
+            let mut found = Vec::with_capacity(limit);
+            let mut next = None;
+            let range = match below {
+                Some(below) => state.jobs.range(..below),
+                None => state.jobs.range(..),
+            };
+            for (examined, (position, entry)) in range.rev().enumerate() {
+                if found.len() == limit || examined == LIST_SCAN_BUDGET {
+                    // The page is full (or the budget spent) and more entries remain.
+                    next = Some(found.last().copied().unwrap_or(*position));
+                    if found.len() < limit {
+                        // Resume at (and including) this unexamined entry.
+                        next = Some(next_after(*position));
+                    }
+                    break;
+                }
+                let wanted = filter.status.is_none_or(|status| entry.status == status)
+                    && report_type.is_none_or(|id| entry.report_type == id)
+                    && county.is_none_or(|id| entry.county == id);
+                if wanted {
+                    found.push(*position);
+                }
+            }
+            (found, next)
+        };
+        let mut jobs = Vec::with_capacity(found.len());
+        for (_, id) in found {
+            // Read after the lock: the job may have moved on since, so the filter is checked
+            // again on the record.
+            if let Some(job) = self.read_job(&job_id_from(&id)?)? {
+                let wanted = filter.status.is_none_or(|status| job.status == status)
+                    && filter
+                        .report_type
+                        .as_ref()
+                        .is_none_or(|r| *r == job.report_type)
+                    && filter
+                        .county
+                        .as_ref()
+                        .is_none_or(|c| Some(c) == job.county.as_ref());
+                if wanted {
+                    jobs.push(job);
+                }
+            }
+        }
+        Ok(Page {
+            jobs,
+            next_cursor: next.map(|(micros, id)| cursor(micros, &id)),
+        })
+    }
+}
+
+fn empty_page() -> Page {
+    Page {
+        jobs: Vec::new(),
+        next_cursor: None,
+    }
+}
+
+/// The smallest position after `position`, as an exclusive upper bound that still includes it.
+fn next_after((micros, id): ListKey) -> ListKey {
+    let mut id = id;
+    for byte in id.iter_mut().rev() {
+        if *byte == u8::MAX {
+            *byte = 0;
+        } else {
+            *byte += 1;
+            return (micros, id);
+        }
+    }
+    (micros + 1, id)
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if let Some(mut flusher) = self.flusher.take() {
+            flusher.stop();
+        }
+        if let Err(error) = self.db.flush() {
+            tracing::error!(path = %self.path.display(), %error, "flushing the job store on close failed");
+        }
+        // sled lets go of the file just after the handles below drop.
+        lock(&OPEN_STORES).insert(self.registered.clone(), Held::ClosedAt(Instant::now()));
+    }
+}
+
+impl Store for SledStore {
+    fn enqueue(
+        &self,
+        batch: Vec<NewJob>,
+        unique: Option<UniqueKey>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'_, StoreResult<Enqueued>> {
+        Box::pin(async move {
+            if batch.is_empty() && unique.is_none() {
+                return Ok(Enqueued::Created(Vec::new()));
+            }
+            let enqueued = self.enqueue_sync(batch, unique.as_ref(), store_time(now))?;
+            // Existing jobs too: the first call may still be waiting for its fsync, and a
+            // caller told "already done" must be able to rely on it.
+            self.durable().await?;
+            if matches!(&enqueued, Enqueued::Created(jobs) if !jobs.is_empty()) {
+                self.wake();
+            }
+            Ok(enqueued)
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        worker: &'a str,
+        max: usize,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<Vec<Job>>> {
+        Box::pin(async move {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            let (claimed, promoted) = self.claim_sync(worker, max, lease, store_time(now))?;
+            if promoted {
+                // Other dispatchers may find the rest.
+                self.wake();
+            }
+            if !claimed.is_empty() {
+                self.durable().await?;
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        lease_until: DateTime<Utc>,
+        progress: Option<ProgressUpdate>,
+    ) -> BoxFuture<'a, StoreResult<Cas<Job>>> {
+        Box::pin(async move {
+            let cas = self.renew_sync(job_id, expected_version, lease_until, progress)?;
+            if cas.is_applied() {
+                self.durable().await?;
+            }
+            Ok(cas)
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        outcome: Outcome,
+        joins: &'a [JoinEdge],
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<Cas<Completion>>> {
+        Box::pin(async move {
+            let cas =
+                self.complete_sync(job_id, expected_version, outcome, joins, store_time(now))?;
+            if let Cas::Applied(completion) = &cas {
+                log_join_errors(completion);
+                self.durable().await?;
+                if completion.job.status == JobStatus::Queued
+                    || !completion.children_created.is_empty()
+                {
+                    self.wake();
+                }
+            }
+            Ok(cas)
+        })
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
+        Box::pin(async move {
+            let outcome = self.cancel_sync(job_id, store_time(now))?;
+            // Unchanged outcomes too: what they report may still be waiting for its fsync.
+            self.durable().await?;
+            Ok(outcome)
+        })
+    }
+
+    fn requeue_expired<'a>(
+        &'a self,
+        now: DateTime<Utc>,
+        joins: &'a dyn JoinRules,
+    ) -> BoxFuture<'a, StoreResult<Expired>> {
+        Box::pin(async move {
+            let now = store_time(now);
+            let expired = self.requeue_sync(now, Some(now), joins)?;
+            self.after_sweep(&expired).await?;
+            Ok(expired)
+        })
+    }
+
+    fn requeue_all_processing<'a>(
+        &'a self,
+        now: DateTime<Utc>,
+        joins: &'a dyn JoinRules,
+    ) -> BoxFuture<'a, StoreResult<Expired>> {
+        Box::pin(async move {
+            let expired = self.requeue_sync(store_time(now), None, joins)?;
+            self.after_sweep(&expired).await?;
+            Ok(expired)
+        })
+    }
+
+    fn get<'a>(&'a self, job_id: &'a JobId) -> BoxFuture<'a, StoreResult<Option<Job>>> {
+        Box::pin(async move { self.read_job(job_id) })
+    }
+
+    fn children<'a>(&'a self, job_id: &'a JobId) -> BoxFuture<'a, StoreResult<Vec<Job>>> {
+        Box::pin(async move { self.children_sync(job_id) })
+    }
+
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, StoreResult<Page>> {
+        Box::pin(async move { self.list_sync(&filter) })
+    }
+
+    fn counts(&self) -> BoxFuture<'_, StoreResult<BTreeMap<JobStatus, u64>>> {
+        Box::pin(async move {
+            let counts = lock(&self.state).counts;
+            Ok(JobStatus::ALL.into_iter().zip(counts).collect())
+        })
+    }
+
+    fn last_fire<'a>(
+        &'a self,
+        schedule: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<DateTime<Utc>>>> {
+        Box::pin(async move {
+            let key = [&[FIRE][..], schedule.as_bytes()].concat();
+            match self.tree.get(&key).map_err(StoreError::Sled)? {
+                Some(bytes) => Ok(Some(time_from_key(&key, &bytes)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+}
+
+impl SledStore {
+    async fn after_sweep(&self, expired: &Expired) -> StoreResult<()> {
+        if expired.requeued.is_empty() && expired.finished.is_empty() {
+            return Ok(());
+        }
+        expired.finished.iter().for_each(log_join_errors);
+        self.durable().await?;
+        if !expired.requeued.is_empty()
+            || expired
+                .finished
+                .iter()
+                .any(|c| !c.children_created.is_empty())
+        {
+            self.wake();
+        }
+        Ok(())
+    }
+}
+
+fn log_join_errors(completion: &Completion) {
+    for error in &completion.join_errors {
+        tracing::error!(
+            job_id = %completion.job.job_id,
+            join_id = %error.join_id,
+            message = %error.message,
+            "triggering a dependent job failed; the parent's outcome stands"
+        );
+    }
+}
+
+/// Clears what belongs to a finished attempt, for a job going back to QUEUED (due at once; the
+/// caller sets `run_after` for a delayed retry).
+fn requeue(job: &mut Job) {
+    job.status = JobStatus::Queued;
+    job.run_after = None;
+    job.attempt += 1;
+    job.progress = 0;
+    job.rows_written = 0;
+    job.started_at = None;
+    job.lease_owner = None;
+    job.lease_until = None;
+}
+
+/// Marks a job finished in status `to` (COMPLETED, FAILED or CANCELLED).
+fn finish(job: &mut Job, to: JobStatus, now: DateTime<Utc>) {
+    job.status = to;
+    job.completed_at = Some(now);
+    job.lease_owner = None;
+    job.lease_until = None;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One change: reads through its own writes, then one sled call
+// ---------------------------------------------------------------------------------------------
+
+/// The writes of one change, made under the state lock. Reads see the change's own writes;
+/// `commit` writes them all in one sled call, then moves the indexes.
+struct Change<'s> {
+    tree: &'s sled::Tree,
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Every record written, before and after, in order, for the indexes.
+    jobs: Vec<(Option<Job>, Job)>,
+}
+
+impl Change<'_> {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Cow<'_, [u8]>>> {
+        if let Some(write) = self.writes.get(key) {
+            return Ok(write.as_deref().map(Cow::Borrowed));
+        }
+        let value = self.tree.get(key).map_err(StoreError::Sled)?;
+        Ok(value.map(|bytes| Cow::Owned(bytes.to_vec())))
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    fn job(&self, job_id: &JobId) -> StoreResult<Option<Job>> {
+        let key = job_key(&id_bytes(job_id));
+        match self.get(&key)? {
+            Some(bytes) => decode_job(&key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The job if it is at `expected_version`, else `Err(current)` for a CAS conflict.
+    fn job_at(
+        &self,
+        job_id: &JobId,
+        expected_version: u64,
+    ) -> StoreResult<Result<Job, Option<Job>>> {
+        match self.job(job_id)? {
+            Some(job) if job.version == expected_version => Ok(Ok(job)),
+            current => Ok(Err(current)),
+        }
+    }
+
+    /// Writes `new` over `old` (`None`: a new job).
+    fn put_job(&mut self, old: Option<Job>, new: Job) {
+        let id = id_bytes(&new.job_id);
+        if old.is_none() {
+            for parent in &new.parent_job_ids {
+                let key = [&[CHILD][..], parent.as_str().as_bytes(), &id].concat();
+                self.put(key, Vec::new());
+            }
+        }
+        self.put(job_key(&id), encode_job(&new));
+        self.jobs.push((old, new));
+    }
+
+    /// Inserts a new QUEUED job under a fresh id (drawn again on a collision).
+    fn insert_new(&mut self, new: NewJob, now: DateTime<Utc>) -> StoreResult<Job> {
+        let job_id = loop {
+            let candidate = JobId::generate();
+            if self.get(&job_key(&id_bytes(&candidate)))?.is_none() {
+                break candidate;
+            }
+            tracing::debug!(job_id = %candidate, "job id collision; drawing again");
+        };
+        let job = new.into_job(job_id, now);
+        self.put_job(None, job.clone());
+        Ok(job)
+    }
+
+    /// The join rule for `job`'s completion event (if it emits one): records the event for
+    /// every edge that accepts it, and creates the children that fire.
+    fn apply_joins(
+        &mut self,
+        job: &Job,
+        joins: &[JoinEdge],
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Vec<Job>, Vec<JoinError>)> {
+        let mut children = Vec::new();
+        let mut errors = Vec::new();
+        let Some(event) = Event::of(job.status) else {
+            return Ok((children, errors));
+        };
+        for (i, edge) in joins.iter().enumerate() {
+            if !edge.accepts(job, event)
+                || joins[..i].iter().any(|seen| seen.join_id == edge.join_id)
+            {
+                continue;
+            }
+            if let Err(message) = edge.validate() {
+                errors.push(JoinError {
+                    join_id: edge.join_id.clone(),
+                    message,
+                });
+                continue;
+            }
+            let key = join_key(&edge.join_id, &job.role, job.county.as_deref());
+            let stored = self.get(&key)?.map(Cow::into_owned);
+            let mut state = match &stored {
+                None => JoinState::default(),
+                Some(bytes) => decode_value(&key, bytes).unwrap_or_else(|error| {
+                    errors.push(JoinError {
+                        join_id: edge.join_id.clone(),
+                        message: format!("pending events of this scope were lost: {error}"),
+                    });
+                    JoinState::default()
+                }),
+            };
+            let fired = state.record(edge, job);
+            // A state emptied by firing leaves no key behind.
+            if !state.pending.is_empty() {
+                self.put(key, encode_value(&state));
+            } else if stored.is_some() {
+                self.remove(key);
+            }
+            if let Some(parent_job_ids) = fired {
+                let child = edge.child.instantiate(job, parent_job_ids);
+                children.push(self.insert_new(child, now)?);
+            }
+        }
+        Ok((children, errors))
+    }
+
+    /// Writes everything in one sled call (recovered all or nothing), then moves the indexes.
+    fn commit(self, state: &mut State) -> StoreResult<()> {
+        let mut writes = self.writes.into_iter();
+        match (writes.next(), writes.len()) {
+            (None, _) => {}
+            (Some((key, Some(value))), 0) => {
+                self.tree.insert(key, value).map_err(StoreError::Sled)?;
+            }
+            (Some((key, None)), 0) => {
+                self.tree.remove(key).map_err(StoreError::Sled)?;
+            }
+            (Some(first), _) => {
+                let mut batch = sled::Batch::default();
+                for (key, value) in std::iter::once(first).chain(writes) {
+                    match value {
+                        Some(value) => batch.insert(key, value),
+                        None => batch.remove(key),
+                    }
+                }
+                self.tree.apply_batch(batch).map_err(StoreError::Sled)?;
+            }
+        }
+        for (old, new) in &self.jobs {
+            state.apply(old.as_ref(), new);
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The indexes
+// ---------------------------------------------------------------------------------------------
+
+/// A job id as its 12 bytes.
+type Id = [u8; JobId::LEN];
+/// (255 − priority, created_at µs, id): claim order.
+type QueueKey = (u8, i64, Id);
+/// (created_at µs, id): list order (reversed).
+type ListKey = (i64, Id);
+
+/// Everything derived from the records. Rebuilt at open; changed only by `Change::commit`, after
+/// the records are written.
+#[derive(Default)]
+struct State {
+    /// Claimable QUEUED jobs.
+    queue: BTreeSet<QueueKey>,
+    /// QUEUED jobs with a `run_after`, by it; a claim moves the due ones to `queue`.
+    delayed: BTreeSet<(i64, QueueKey)>,
+    /// PROCESSING jobs by lease end.
+    leases: BTreeSet<(i64, Id)>,
+    /// Every job, with what `list` filters on.
+    jobs: BTreeMap<ListKey, Entry>,
+    /// Jobs per status, in `JobStatus::ALL` order.
+    counts: [u64; 5],
+    names: Names,
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    status: JobStatus,
+    report_type: u32,
+    /// `Names::NONE` for no county.
+    county: u32,
+}
+
+/// Report types and counties, interned: a job's list entry holds two numbers, not two strings.
+#[derive(Default)]
+struct Names {
+    ids: HashMap<String, u32>,
+}
+
+impl Names {
+    const NONE: u32 = u32::MAX;
+
+    fn intern(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(self.ids.len()).expect("fewer than 4 billion names");
+        self.ids.insert(name.to_owned(), id);
+        id
+    }
+
+    fn find(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+}
+
+fn queue_key(job: &Job) -> QueueKey {
+    (
+        255 - job.priority,
+        job.created_at.timestamp_micros(),
+        id_bytes(&job.job_id),
+    )
+}
+
+impl State {
+    fn rebuild(tree: &sled::Tree) -> StoreResult<State> {
+        let mut state = State::default();
+        let mut unreadable = 0;
+        for entry in tree.scan_prefix([JOB]) {
+            let (key, bytes) = entry.map_err(StoreError::Sled)?;
+            match decode_job(&key, &bytes) {
+                Ok(job) => state.apply(None, &job),
+                Err(error) => {
+                    // One bad record must not keep every other job from running; `get` still
+                    // reports it.
+                    tracing::error!(%error, "skipping an unreadable job record");
+                    unreadable += 1;
+                }
+            }
+        }
+        if unreadable > 0 {
+            tracing::error!(
+                unreadable,
+                "job records that could not be read were left out of the queue"
+            );
+        }
+        Ok(state)
+    }
+
+    /// Moves `old`'s index entries to where `new` belongs (`old` is `None` for a new job).
+    fn apply(&mut self, old: Option<&Job>, new: &Job) {
+        let id = id_bytes(&new.job_id);
+        if let Some(old) = old {
+            match old.status {
+                JobStatus::Queued => {
+                    // Promotion moves a retry from `delayed` to `queue` without touching the
+                    // record, so a QUEUED job leaves both.
+                    let key = queue_key(old);
+                    self.queue.remove(&key);
+                    if let Some(at) = old.run_after {
+                        self.delayed.remove(&(at.timestamp_micros(), key));
+                    }
+                }
+                JobStatus::Processing => {
+                    if let Some(until) = old.lease_until {
+                        self.leases.remove(&(until.timestamp_micros(), id));
+                    }
+                }
+                _ => {}
+            }
+        }
+        match new.status {
+            JobStatus::Queued => match new.run_after {
+                Some(at) => {
+                    self.delayed.insert((at.timestamp_micros(), queue_key(new)));
+                }
+                None => {
+                    self.queue.insert(queue_key(new));
+                }
+            },
+            JobStatus::Processing => {
+                if let Some(until) = new.lease_until {
+                    self.leases.insert((until.timestamp_micros(), id));
+                }
+            }
+            _ => {}
+        }
+        let old_status = old.map(|old| old.status);
+        if old_status == Some(new.status) {
+            return;
+        }
+        if let Some(status) = old_status {
+            self.counts[status_index(status)] -= 1;
+        }
+        self.counts[status_index(new.status)] += 1;
+        let position = (new.created_at.timestamp_micros(), id);
+        match self.jobs.get_mut(&position) {
+            Some(entry) => entry.status = new.status,
+            None => {
+                let entry = Entry {
+                    status: new.status,
+                    report_type: self.names.intern(&new.report_type),
+                    county: new
+                        .county
+                        .as_deref()
+                        .map_or(Names::NONE, |county| self.names.intern(county)),
+                };
+                self.jobs.insert(position, entry);
+            }
+        }
+    }
+
+    /// Moves retries whose `run_after` has come to the queue; returns how many.
+    fn promote_due(&mut self, now: DateTime<Utc>) -> usize {
+        let now = now.timestamp_micros();
+        let mut promoted = 0;
+        while let Some(&(at, key)) = self.delayed.first() {
+            if at > now {
+                break;
+            }
+            self.delayed.pop_first();
+            self.queue.insert(key);
+            promoted += 1;
+        }
+        promoted
+    }
+
+    /// The record an index entry points to, if it is in `status` as the index says. An entry
+    /// that disagrees (only possible through a bug or an unreadable record) is dropped, so
+    /// that it cannot block the queue.
+    fn indexed(&mut self, change: &Change<'_>, id: &Id, status: JobStatus) -> Option<Job> {
+        let job = job_id_from(id).and_then(|job_id| change.job(&job_id));
+        match job {
+            Ok(Some(job)) if job.status == status => return Some(job),
+            Ok(found) => tracing::error!(
+                job_id = %String::from_utf8_lossy(id),
+                found = ?found.map(|job| job.status),
+                expected = %status,
+                "an index entry disagreed with its job record; dropped it"
+            ),
+            Err(error) => {
+                tracing::error!(%error, "an indexed job record is unreadable; dropped it from the index")
+            }
+        }
+        self.queue.retain(|key| key.2 != *id);
+        self.delayed.retain(|(_, key)| key.2 != *id);
+        self.leases.retain(|(_, lease)| lease != id);
+        None
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+// ---------------------------------------------------------------------------------------------
+
+fn id_bytes(job_id: &JobId) -> Id {
+    job_id
+        .as_str()
+        .as_bytes()
+        .try_into()
+        .expect("a job id is 12 ASCII bytes")
+}
+
+fn job_id_from(id: &[u8]) -> StoreResult<JobId> {
+    std::str::from_utf8(id)
+        .ok()
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| corrupt(id, "not a job id"))
+}
+
+/// The job id `at` bytes into `key`.
+fn job_id_at(key: &[u8], at: usize) -> StoreResult<JobId> {
+    match key.get(at..at + JobId::LEN) {
+        Some(id) => job_id_from(id),
+        None => Err(corrupt(key, "no job id where the layout puts one")),
+    }
+}
+
+fn job_key(id: &Id) -> Vec<u8> {
+    [&[JOB][..], id].concat()
+}
+
+/// Microseconds since the epoch, sign bit flipped, big-endian: sorts as the times do.
+fn time_key(time: DateTime<Utc>) -> [u8; 8] {
+    ((time.timestamp_micros() as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn time_from_key(key: &[u8], bytes: &[u8]) -> StoreResult<DateTime<Utc>> {
+    let raw: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(key, "a time is not 8 bytes"))?;
+    let micros = (u64::from_be_bytes(raw) ^ (1 << 63)) as i64;
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| corrupt(key, "a time is out of range"))
+}
+
+/// Status codes on disk. Fixed here, apart from the enum's order.
+fn status_code(status: JobStatus) -> u8 {
+    match status {
+        JobStatus::Queued => 1,
+        JobStatus::Processing => 2,
+        JobStatus::Completed => 3,
+        JobStatus::Failed => 4,
+        JobStatus::Cancelled => 5,
+    }
+}
+
+fn status_from_code(code: u8) -> Option<JobStatus> {
+    JobStatus::ALL.into_iter().find(|s| status_code(*s) == code)
+}
+
+/// A status's place in `JobStatus::ALL` (and in `State::counts`).
+fn status_index(status: JobStatus) -> usize {
+    JobStatus::ALL
+        .iter()
+        .position(|s| *s == status)
+        .expect("every status is in ALL")
+}
+
+fn push_part(key: &mut Vec<u8>, part: &[u8]) {
+    // u32 length prefix: parts are names and keys, which can hold any character.
+    key.extend_from_slice(&(part.len() as u32).to_be_bytes());
+    key.extend_from_slice(part);
+}
+
+fn join_key(join_id: &str, role: &str, county: Option<&str>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(16 + join_id.len() + role.len());
+    key.push(JOIN);
+    push_part(&mut key, join_id.as_bytes());
+    push_part(&mut key, role.as_bytes());
+    match county {
+        Some(county) => {
+            key.push(1);
+            push_part(&mut key, county.as_bytes());
+        }
+        None => key.push(0),
+    }
+    key
+}
+
+fn unique_key(unique: &UniqueKey) -> Vec<u8> {
+    let mut key = vec![UNIQUE];
+    match unique {
+        UniqueKey::Fire {
+            schedule,
+            fire_time,
+        } => {
+            key.push(b'f');
+            push_part(&mut key, schedule.as_bytes());
+            key.extend_from_slice(&time_key(*fire_time));
+        }
+        UniqueKey::Idempotency { subject, key: idem } => {
+            key.push(b'i');
+            push_part(&mut key, subject.as_bytes());
+            push_part(&mut key, idem.as_bytes());
+        }
+    }
+    key
+}
+
+/// A list position as a cursor: `<created_at µs>.<job id>`, the first position not yet shown
+/// being the one just below it.
+fn cursor(micros: i64, id: &Id) -> String {
+    format!("{micros}.{}", String::from_utf8_lossy(id))
+}
+
+fn parse_cursor(text: &str) -> StoreResult<ListKey> {
+    let invalid = || StoreError::InvalidCursor(text.to_owned());
+    let (micros, id) = text.split_once('.').ok_or_else(invalid)?;
+    let micros: i64 = micros.parse().map_err(|_| invalid())?;
+    let id: JobId = id.parse().map_err(|_| invalid())?;
+    Ok((micros, id_bytes(&id)))
+}
+
+fn add(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|delta| now.checked_add_signed(delta))
+        .map(store_time)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values
+// ---------------------------------------------------------------------------------------------
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+fn corrupt(key: &[u8], message: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: message.into(),
+    }
+}
+
+fn encode_value<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    let mut bytes = vec![RECORD_FORMAT];
+    bincode::serde::encode_into_std_write(value, &mut bytes, bincode_config())
+        .expect("encoding into a Vec cannot fail");
+    bytes
+}
+
+fn decode_value<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> StoreResult<T> {
+    match bytes.split_first() {
+        Some((&RECORD_FORMAT, rest)) => {
+            let (value, read) = bincode::serde::decode_from_slice(rest, bincode_config())
+                .map_err(|error| corrupt(key, error.to_string()))?;
+            if read != rest.len() {
+                return Err(corrupt(key, "trailing bytes after the value"));
+            }
+            Ok(value)
+        }
+        Some((format, _)) => Err(corrupt(key, format!("unknown value format {format}"))),
+        None => Err(corrupt(key, "empty value")),
+    }
+}
+
+/// The job record as stored: its own type, so that the JSON shape of [`Job`] can change without
+/// changing the disk format, and times are compact integers (microseconds).
+#[derive(Serialize, Deserialize)]
+struct Record<'a> {
+    job_id: Cow<'a, str>,
+    status: u8,
+    report_type: Cow<'a, str>,
+    role: Cow<'a, str>,
+    county: Option<Cow<'a, str>>,
+    subject: Cow<'a, str>,
+    parent_job_ids: Vec<Cow<'a, str>>,
+    trigger_id: Cow<'a, str>,
+    request: Cow<'a, JobRequest>,
+    priority: u8,
+    result_path: Option<Cow<'a, str>>,
+    rows_written: u64,
+    result_sha256: Option<Cow<'a, str>>,
+    progress: u8,
+    error: Option<Cow<'a, str>>,
+    attempt: u32,
+    max_attempts: u32,
+    run_after: Option<i64>,
+    cancel_requested: bool,
+    created_at: i64,
+    started_at: Option<i64>,
+    completed_at: Option<i64>,
+    estimated_completion: Option<i64>,
+    lease_owner: Option<Cow<'a, str>>,
+    lease_until: Option<i64>,
+    version: u64,
+}
+
+fn encode_job(job: &Job) -> Vec<u8> {
+    fn borrow(s: &Option<String>) -> Option<Cow<'_, str>> {
+        s.as_deref().map(Cow::Borrowed)
+    }
+    let micros = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_micros());
+    encode_value(&Record {
+        job_id: Cow::Borrowed(job.job_id.as_str()),
+        status: status_code(job.status),
+        report_type: Cow::Borrowed(&job.report_type),
+        role: Cow::Borrowed(&job.role),
+        county: borrow(&job.county),
+        subject: Cow::Borrowed(&job.subject),
+        parent_job_ids: job
+            .parent_job_ids
+            .iter()
+            .map(|id| Cow::Borrowed(id.as_str()))
+            .collect(),
+        trigger_id: Cow::Borrowed(&job.trigger_id),
+        request: Cow::Borrowed(&job.request),
+        priority: job.priority,
+        result_path: borrow(&job.result_path),
+        rows_written: job.rows_written,
+        result_sha256: borrow(&job.result_sha256),
+        progress: job.progress,
+        error: borrow(&job.error),
+        attempt: job.attempt,
+        max_attempts: job.max_attempts,
+        run_after: micros(job.run_after),
+        cancel_requested: job.cancel_requested,
+        created_at: job.created_at.timestamp_micros(),
+        started_at: micros(job.started_at),
+        completed_at: micros(job.completed_at),
+        estimated_completion: micros(job.estimated_completion),
+        lease_owner: borrow(&job.lease_owner),
+        lease_until: micros(job.lease_until),
+        version: job.version,
+    })
+}
+
+fn decode_job(key: &[u8], bytes: &[u8]) -> StoreResult<Job> {
+    let record: Record<'static> = decode_value(key, bytes)?;
+    let bad = |what: &str| corrupt(key, format!("invalid {what}"));
+    let time = |micros: i64| DateTime::from_timestamp_micros(micros).ok_or_else(|| bad("time"));
+    let opt_time = |micros: Option<i64>| micros.map(time).transpose();
+    let owned = |s: Option<Cow<'static, str>>| s.map(Cow::into_owned);
+    Ok(Job {
+        job_id: record.job_id.parse().map_err(|_| bad("job id"))?,
+        status: status_from_code(record.status).ok_or_else(|| bad("status"))?,
+        report_type: record.report_type.into_owned(),
+        role: record.role.into_owned(),
+        county: owned(record.county),
+        subject: record.subject.into_owned(),
+        parent_job_ids: record
+            .parent_job_ids
+            .iter()
+            .map(|id| id.parse().map_err(|_| bad("parent job id")))
+            .collect::<StoreResult<_>>()?,
+        trigger_id: record.trigger_id.into_owned(),
+        request: record.request.into_owned(),
+        priority: record.priority,
+        result_path: owned(record.result_path),
+        rows_written: record.rows_written,
+        result_sha256: owned(record.result_sha256),
+        progress: record.progress,
+        error: owned(record.error),
+        attempt: record.attempt,
+        max_attempts: record.max_attempts,
+        run_after: opt_time(record.run_after)?,
+        cancel_requested: record.cancel_requested,
+        created_at: time(record.created_at)?,
+        started_at: opt_time(record.started_at)?,
+        completed_at: opt_time(record.completed_at)?,
+        estimated_completion: opt_time(record.estimated_completion)?,
+        lease_owner: owned(record.lease_owner),
+        lease_until: opt_time(record.lease_until)?,
+        version: record.version,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opening
+// ---------------------------------------------------------------------------------------------
+
+/// Stores this process has open, or has closed, by canonical path.
+///
+/// sled 0.34 releases its file lock a moment after the last handle drops, once its IO threads
+/// let go of the file (sled issue #1289), so reopening a store this process just closed can
+/// find it still locked. This process knows it closed it, so `open` waits for the lock then, for
+/// up to [`REOPEN_WAIT`]. A store open in this process, or held by another process, is
+/// [`StoreError::Locked`] at once.
+static OPEN_STORES: Mutex<BTreeMap<PathBuf, Held>> = Mutex::new(BTreeMap::new());
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy)]
+enum Held {
+    Open,
+    ClosedAt(Instant),
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn open_db(config: &sled::Config, path: &Path) -> StoreResult<sled::Db> {
+    let held = lock(&OPEN_STORES).get(&canonical(path)).copied();
+    let wait_until = match held {
+        Some(Held::Open) => {
+            return Err(StoreError::Locked {
+                path: path.to_owned(),
+            })
+        }
+        Some(Held::ClosedAt(closed)) => Some(closed + REOPEN_WAIT),
+        None => None,
+    };
+    loop {
+        match config.open().map_err(|error| open_error(error, path)) {
+            Err(StoreError::Locked { .. })
+                if wait_until.is_some_and(|until| Instant::now() < until) =>
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn open_error(error: sled::Error, path: &Path) -> StoreError {
+    match error {
+        // sled takes an exclusive file lock on open and reports a failure to get it only as
+        // this message.
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::Locked {
+                path: path.to_owned(),
+            }
+        }
+        sled::Error::Io(io) => StoreError::Io(io),
+        other => StoreError::Sled(other),
+    }
+}
+
+fn check_layout(tree: &sled::Tree) -> StoreResult<()> {
+    match tree.get(META_LAYOUT).map_err(StoreError::Sled)? {
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| corrupt(META_LAYOUT, "the layout version is not 4 bytes"))?;
+            if found != LAYOUT_VERSION {
+                return Err(StoreError::FormatVersion {
+                    found,
+                    expected: LAYOUT_VERSION,
+                });
+            }
+            Ok(())
+        }
+        // Data without a layout version was written before versions existed.
+        None if !tree.is_empty() => Err(StoreError::FormatVersion {
+            found: 0,
+            expected: LAYOUT_VERSION,
+        }),
+        None => {
+            tree.insert(META_LAYOUT, &LAYOUT_VERSION.to_be_bytes())
+                .map_err(StoreError::Sled)?;
+            Ok(())
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data is `()` or plain counters: a panic elsewhere leaves nothing half-done.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Group commit
+// ---------------------------------------------------------------------------------------------
+
+/// One thread that fsyncs on behalf of every waiting caller.
+struct Flusher {
+    shared: Arc<FlushShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct FlushShared {
+    /// Changes committed and counted so far; a change's number is its place in this sequence.
+    committed: AtomicU64,
+    flushes: AtomicU64,
+    request: Mutex<FlushRequest>,
+    wakeup: Condvar,
+    flushed: watch::Sender<Flushed>,
+}
+
+#[derive(Default)]
+struct FlushRequest {
+    /// The highest change number someone waits for.
+    wanted: u64,
+    stop: bool,
+}
+
+#[derive(Clone, Default)]
+struct Flushed {
+    /// Every change up to this number is on disk.
+    upto: u64,
+    /// Sticky: after a failed fsync nothing written since can be trusted to be on disk.
+    failure: Option<Arc<str>>,
+}
+
+impl Flusher {
+    fn start(db: sled::Db) -> Flusher {
+        let shared = Arc::new(FlushShared {
+            committed: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+            request: Mutex::new(FlushRequest::default()),
+            wakeup: Condvar::new(),
+            flushed: watch::Sender::new(Flushed::default()),
+        });
+        let thread = std::thread::Builder::new()
+            .name("flowctl-store-flush".into())
+            .spawn({
+                let shared = Arc::clone(&shared);
+                move || flush_loop(&shared, &db)
+            })
+            .expect("spawning the store's flush thread");
+        Flusher {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until everything committed before this call is on disk.
+    async fn wait(&self) -> StoreResult<()> {
+        let shared = &self.shared;
+        let change = shared.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = shared.flushed.subscribe();
+        {
+            let mut request = lock(&shared.request);
+            if request.wanted < change {
+                request.wanted = change;
+                shared.wakeup.notify_one();
+            }
+        }
+        let state = flushed
+            .wait_for(|f| f.upto >= change || f.failure.is_some())
+            .await
+            .map_err(|_| std::io::Error::other("the job store's flush thread stopped"))?
+            .clone();
+        match state.failure {
+            Some(message) => Err(StoreError::Io(std::io::Error::other(format!(
+                "the job store could not write to disk ({message}); restart flowctl after \
+                 fixing the disk"
+            )))),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        lock(&self.shared.request).stop = true;
+        self.shared.wakeup.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn flush_loop(shared: &FlushShared, db: &sled::Db) {
+    let mut upto = 0;
+    loop {
+        {
+            let mut request = lock(&shared.request);
+            while request.wanted <= upto && !request.stop {
+                request = shared
+                    .wakeup
+                    .wait(request)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if request.wanted <= upto {
+                return;
+            }
+        }
+        // Every change numbered up to `target` was committed before it was numbered, so this
+        // flush covers it; later ones wait for the next round.
+        let target = shared.committed.load(Ordering::SeqCst);
+        let result = db.flush();
+        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        upto = target;
+        shared.flushed.send_modify(|flushed| {
+            flushed.upto = target;
+            if let Err(error) = &result {
+                tracing::error!(%error, "flushing the job store failed");
+                flushed
+                    .failure
+                    .get_or_insert_with(|| error.to_string().into());
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chrono::{DateTime, TimeDelta, Utc};
+    use proptest::prelude::*;
+    use tempfile::TempDir;
+
+    use super::{SledConfig, SledStore, LAYOUT_VERSION};
+    use crate::job::{JobId, JobStatus, NewJob};
+    use crate::store::conformance::{self, at, new_job};
+    use crate::store::{Cas, Enqueued, ListFilter, NoJoins, Outcome, Store, StoreError};
+
+    /// Fresh stores in temporary directories that live as long as the test.
+    struct Stores {
+        dirs: std::sync::Mutex<Vec<TempDir>>,
+    }
+
+    impl Stores {
+        fn new() -> Stores {
+            Stores {
+                dirs: std::sync::Mutex::new(Vec::new()),
+            }
+        }
+
+        fn open(&self) -> Arc<dyn Store> {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let store = SledStore::open(SledConfig::new(dir.path().join("db"))).expect("open");
+            self.dirs.lock().unwrap().push(dir);
+            Arc::new(store)
+        }
+    }
+
+    macro_rules! conformance {
+        ($($scenario:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $scenario() {
+                let stores = Stores::new();
+                conformance::$scenario(stores.open()).await;
+            }
+        )*};
+    }
+
+    conformance!(
+        enqueue_get_list_paginate,
+        claim_order_priority_then_age,
+        run_after_respected,
+        cas_conflict_on_stale_version,
+        illegal_transitions_refused,
+        cancel_queued_processing_finished,
+        requeue_expired_and_stale_worker,
+        expired_lease_without_attempts_left_fails,
+        requeue_all_processing,
+        unique_key_at_most_once,
+        join_single_parent,
+        join_two_parents_both_orders,
+        join_three_parents,
+        join_on_completion_with_failed_parent,
+        join_on_success_ignores_failed,
+        join_uses_newest_event_of_each_parent,
+        join_retry_emits_nothing,
+        join_cancelled_emits_nothing,
+        join_parent_role_filter,
+        join_role_inherit_and_fixed,
+        join_chain_of_three,
+        join_scopes_kept_apart,
+        join_bad_edge_never_changes_the_parent,
+        children_index,
+        counts_follow_every_change,
+        subscribe_wakes_on_new_work,
+        concurrent_claims_take_each_job_once,
+        concurrent_parents_create_one_child,
+    );
+
+    /// `run_all` is what another store's tests call; it must stay in step with the list above.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_all_covers_every_scenario() {
+        let source = include_str!("conformance.rs");
+        let scenarios = source.matches("\npub async fn ").count() - 1; // minus run_all
+        let called = source.matches("(factory()).await;").count();
+        assert_eq!(called, scenarios, "run_all misses a scenario");
+    }
+
+    /// sled itself, once the store that held `path` has let go of it.
+    fn raw_sled(path: &std::path::Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match sled::open(path) {
+                Ok(db) => return db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+    }
+
+    fn open_at(path: &std::path::Path) -> SledStore {
+        SledStore::open(SledConfig::new(path)).expect("open")
+    }
+
+    #[tokio::test]
+    async fn jobs_persist_and_processing_jobs_are_requeued_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = open_at(&path);
+        let mut job = new_job("R", "S", Some("C1"));
+        job.max_attempts = 2;
+        let Enqueued::Created(jobs) = store.enqueue(vec![job; 3], None, at(0)).await.unwrap()
+        else {
+            panic!()
+        };
+        let running = store
+            .claim("w", 2, Duration::from_secs(3600), at(1))
+            .await
+            .unwrap();
+        let done = store
+            .complete(
+                &running[0].job_id,
+                running[0].version,
+                Outcome::Cancelled,
+                &[],
+                at(2),
+            )
+            .await
+            .unwrap()
+            .applied()
+            .unwrap();
+        let before: Vec<_> = futures_join(jobs.iter().map(|j| store.get(&j.job_id))).await;
+        let counts = store.counts().await.unwrap();
+        drop(store);
+
+        let store = open_at(&path);
+        let after: Vec<_> = futures_join(jobs.iter().map(|j| store.get(&j.job_id))).await;
+        assert_eq!(after, before);
+        assert_eq!(store.counts().await.unwrap(), counts);
+        assert_eq!(
+            store.get(&done.job.job_id).await.unwrap().unwrap(),
+            done.job
+        );
+        // Nothing can still run the PROCESSING job after a restart: it goes back to the queue.
+        let expired = store.requeue_all_processing(at(3), &NoJoins).await.unwrap();
+        assert_eq!(expired.requeued, vec![running[1].job_id.clone()]);
+        let requeued = store.get(&running[1].job_id).await.unwrap().unwrap();
+        assert_eq!((requeued.status, requeued.attempt), (JobStatus::Queued, 2));
+        // And the queue order survived: the oldest (by id among equals) first.
+        let claimed = store
+            .claim("w2", 10, Duration::from_secs(60), at(4))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+    }
+
+    async fn futures_join<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
+    where
+        F: std::future::Future<Output = Result<Option<T>, StoreError>>,
+    {
+        let mut out = Vec::new();
+        for future in futures {
+            out.push(future.await.unwrap().unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn a_second_open_in_this_process_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let _first = open_at(&path);
+        match SledStore::open(SledConfig::new(&path)) {
+            Err(StoreError::Locked { path: locked }) => {
+                assert_eq!(locked, path);
+                let message = StoreError::Locked { path: locked }.to_string();
+                assert!(message.contains("in use"), "{message}");
+            }
+            Err(other) => panic!("expected Locked, got {other}"),
+            Ok(_) => panic!("opened a store twice"),
+        }
+    }
+
+    const PROBE_ENV: &str = "FLOWCTL_STORE_LOCK_PROBE";
+
+    /// Runs in a child process started by `a_second_process_is_locked_out`; does nothing
+    /// otherwise.
+    #[test]
+    fn lock_probe_in_child_process() {
+        if let Ok(path) = std::env::var(PROBE_ENV) {
+            match SledStore::open(SledConfig::new(path)) {
+                Err(StoreError::Locked { .. }) => println!("probe: locked"),
+                Err(other) => println!("probe: other error: {other}"),
+                Ok(_) => println!("probe: opened"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_second_process_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let _held = open_at(&path);
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::sled_store::tests::lock_probe_in_child_process",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(PROBE_ENV, &path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("probe: locked"), "child said: {stdout}");
+    }
+
+    #[test]
+    fn another_layout_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(open_at(&path));
+        {
+            let db = raw_sled(&path);
+            let tree = db.open_tree("flowctl").unwrap();
+            tree.insert(super::META_LAYOUT, &99u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        match SledStore::open(SledConfig::new(&path)) {
+            Err(StoreError::FormatVersion { found, expected }) => {
+                assert_eq!((found, expected), (99, LAYOUT_VERSION));
+            }
+            Err(other) => panic!("expected FormatVersion, got {other}"),
+            Ok(_) => panic!("opened a store of another layout"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_is_reported_not_panicked_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = open_at(&path);
+        let Enqueued::Created(jobs) = store
+            .enqueue(vec![new_job("R", "S", None); 2], None, at(0))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let (bad, good) = (&jobs[0], &jobs[1]);
+        let key = super::job_key(&super::id_bytes(&bad.job_id));
+        store
+            .tree
+            .insert(key.clone(), &[super::RECORD_FORMAT, 0xff, 0xff][..])
+            .unwrap();
+        assert!(matches!(
+            store.get(&bad.job_id).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        store.tree.insert(key, &[42u8][..]).unwrap();
+        match store.get(&bad.job_id).await {
+            Err(StoreError::Corrupt { key, message }) => {
+                assert!(key.ends_with(bad.job_id.as_str()), "{key}");
+                assert!(message.contains("format 42"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A change to it fails the same way, and changes nothing.
+        assert!(matches!(
+            store.cancel(&bad.job_id, at(1)).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        // It does not block the queue, now or after a restart.
+        let claimed = store
+            .claim("w", 5, Duration::from_secs(60), at(2))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].job_id, good.job_id);
+        drop(store);
+        let store = open_at(&path);
+        assert_eq!(store.counts().await.unwrap()[&JobStatus::Processing], 1);
+        assert!(matches!(
+            store.get(&bad.job_id).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn indexes_are_rebuilt_from_the_records_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = open_at(&path);
+        let mut batch = Vec::new();
+        for (priority, county) in [(1, "C1"), (9, "C2"), (5, "C1"), (9, "C1"), (0, "C3")] {
+            let mut job = new_job("R", "S", Some(county));
+            job.priority = priority;
+            job.max_attempts = 3;
+            batch.push(job);
+        }
+        store.enqueue(batch, None, at(0)).await.unwrap();
+        let running = store
+            .claim("w", 3, Duration::from_secs(10), at(1))
+            .await
+            .unwrap();
+        // One retry waiting until at(50), one running with a lease until at(11), one done.
+        store
+            .complete(
+                &running[0].job_id,
+                running[0].version,
+                Outcome::Failure {
+                    error: "e".into(),
+                    retry_at: Some(at(50)),
+                },
+                &[],
+                at(2),
+            )
+            .await
+            .unwrap();
+        store
+            .complete(
+                &running[1].job_id,
+                running[1].version,
+                Outcome::Cancelled,
+                &[],
+                at(2),
+            )
+            .await
+            .unwrap();
+        let counts = store.counts().await.unwrap();
+        let listed = store.list(ListFilter::default()).await.unwrap();
+        let c1 = store
+            .list(ListFilter {
+                county: Some("C1".into()),
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap();
+        drop(store);
+
+        let store = open_at(&path);
+        assert_eq!(store.counts().await.unwrap(), counts);
+        assert_eq!(store.list(ListFilter::default()).await.unwrap(), listed);
+        let c1_again = store
+            .list(ListFilter {
+                county: Some("C1".into()),
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(c1_again, c1);
+        // The queue order, the retry's wait and the lease all survived.
+        let next = store
+            .claim("w", 10, Duration::from_secs(100), at(20))
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 2, "the waiting retry was claimable early");
+        assert!(next[0].priority >= next[1].priority);
+        let expired = store.requeue_expired(at(30), &NoJoins).await.unwrap();
+        assert_eq!(expired.requeued, vec![running[2].job_id.clone()]);
+        let later = store
+            .claim("w", 10, Duration::from_secs(100), at(50))
+            .await
+            .unwrap();
+        let mut got: Vec<JobId> = later.iter().map(|job| job.job_id.clone()).collect();
+        got.sort();
+        let mut want = vec![running[0].job_id.clone(), running[2].job_id.clone()];
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    /// The record encoding is part of the layout: a change to `Job`, `JobRequest` or `Record`
+    /// that changes these bytes needs a new `LAYOUT_VERSION` and a migration.
+    #[test]
+    fn record_encoding_is_pinned() {
+        let mut new = new_job("DAILY_REPORT", "SUPERVISOR", Some("C1"));
+        new.request.chunk_size = Some(500);
+        new.request.params.insert("k".into(), "v".into());
+        new.parent_job_ids = vec!["JOB_PARENT01".parse().unwrap()];
+        new.estimated_completion = Some(at(60));
+        let mut job = new.into_job("JOB_ABCD1234".parse().unwrap(), at(0));
+        job.status = JobStatus::Processing;
+        job.lease_owner = Some("w".into());
+        job.lease_until = Some(at(30));
+        let bytes = super::encode_job(&job);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "010c4a4f425f4142434431323334020c4441494c595f5245504f52540a53555045525649\
+             534f520102433105616c696365010c4a4f425f504152454e5430310b6d616e75616c3a74\
+             65737401fbf40100000001016b017600000000000001010000fd00408e282d740d000000\
+             01fd004eb52f2d740d0001017701fd00c7212c2d740d0001",
+            "the on-disk record layout changed"
+        );
+        assert_eq!(super::decode_job(b"k", &bytes).unwrap(), job);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writers_share_fsyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open_at(&dir.path().join("db")));
+        const WRITERS: usize = 400;
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    store
+                        .enqueue(vec![new_job("R", "S", None)], None, at(0))
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let flushes = store.flushes();
+        assert!(flushes >= 1);
+        assert!(
+            flushes < WRITERS as u64 / 2,
+            "{flushes} fsyncs for {WRITERS} writes"
+        );
+        assert_eq!(
+            store.counts().await.unwrap()[&JobStatus::Queued],
+            WRITERS as u64
+        );
+    }
+
+    #[test]
+    fn list_cursor_round_trips() {
+        let id: JobId = "JOB_ABCD1234".parse().unwrap();
+        let micros = (at(5) + TimeDelta::microseconds(7)).timestamp_micros();
+        let position = super::parse_cursor(&format!("{micros}.{id}")).unwrap();
+        assert_eq!(position, (micros, super::id_bytes(&id)));
+        assert_eq!(
+            super::cursor(position.0, &position.1),
+            format!("{micros}.{id}")
+        );
+        for bad in [
+            "",
+            "1",
+            "x.JOB_ABCD1234",
+            "1.JOB_abcd1234",
+            "1.JOB_ABCD1234.2",
+        ] {
+            assert!(super::parse_cursor(bad).is_err(), "{bad}");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Model-based: random operation sequences, restarts included, against an in-memory model.
+    // -----------------------------------------------------------------------------------------
+
+    const MODEL_LEASE_SECONDS: i64 = 10;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Enqueue {
+            n: usize,
+            priority: u8,
+            max_attempts: u32,
+        },
+        Claim {
+            max: usize,
+        },
+        Succeed {
+            pick: usize,
+        },
+        Fail {
+            pick: usize,
+            retry_in: Option<i64>,
+        },
+        Renew {
+            pick: usize,
+        },
+        Cancel {
+            pick: usize,
+        },
+        Stale {
+            pick: usize,
+        },
+        ExpireLeases {
+            advance: i64,
+        },
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (1..4usize, 0..3u8, 1..4u32)
+                .prop_map(|(n, priority, max_attempts)| Op::Enqueue { n, priority, max_attempts }),
+            3 => (0..4usize).prop_map(|max| Op::Claim { max }),
+            2 => any::<usize>().prop_map(|pick| Op::Succeed { pick }),
+            2 => (any::<usize>(), proptest::option::of(-1..4i64))
+                .prop_map(|(pick, retry_in)| Op::Fail { pick, retry_in }),
+            1 => any::<usize>().prop_map(|pick| Op::Renew { pick }),
+            1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
+            1 => any::<usize>().prop_map(|pick| Op::Stale { pick }),
+            1 => (0..25i64).prop_map(|advance| Op::ExpireLeases { advance }),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    /// What the model knows of a job.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Model {
+        status: JobStatus,
+        version: u64,
+        attempt: u32,
+        max_attempts: u32,
+        priority: u8,
+        created_at: DateTime<Utc>,
+        run_after: Option<DateTime<Utc>>,
+        lease_until: Option<DateTime<Utc>>,
+        cancel_requested: bool,
+    }
+
+    struct Harness {
+        path: std::path::PathBuf,
+        store: Option<SledStore>,
+        jobs: BTreeMap<JobId, Model>,
+        now: DateTime<Utc>,
+    }
+
+    impl Harness {
+        fn store(&self) -> &SledStore {
+            self.store.as_ref().expect("open")
+        }
+
+        fn pick(&self, pick: usize, status: Option<JobStatus>) -> Option<JobId> {
+            let ids: Vec<&JobId> = self
+                .jobs
+                .iter()
+                .filter(|(_, job)| status.is_none_or(|s| job.status == s))
+                .map(|(id, _)| id)
+                .collect();
+            (!ids.is_empty()).then(|| ids[pick % ids.len()].clone())
+        }
+
+        /// The claim order the model expects: due QUEUED jobs, priority desc, age, id.
+        fn claimable(&self) -> Vec<JobId> {
+            let mut due: Vec<(&JobId, &Model)> = self
+                .jobs
+                .iter()
+                .filter(|(_, job)| {
+                    job.status == JobStatus::Queued && job.run_after.is_none_or(|at| at <= self.now)
+                })
+                .collect();
+            due.sort_by_key(|(id, job)| {
+                (
+                    std::cmp::Reverse(job.priority),
+                    job.created_at,
+                    (*id).clone(),
+                )
+            });
+            due.into_iter().map(|(id, _)| id.clone()).collect()
+        }
+
+        fn expire(job: &mut Model) {
+            job.version += 1;
+            job.lease_until = None;
+            if job.cancel_requested {
+                job.status = JobStatus::Cancelled;
+            } else if job.attempt < job.max_attempts {
+                job.status = JobStatus::Queued;
+                job.attempt += 1;
+                job.run_after = None;
+            } else {
+                job.status = JobStatus::Failed;
+            }
+        }
+
+        async fn step(&mut self, op: &Op) {
+            self.now += TimeDelta::seconds(1);
+            let now = self.now;
+            let lease = Duration::from_secs(MODEL_LEASE_SECONDS as u64);
+            match op {
+                Op::Enqueue {
+                    n,
+                    priority,
+                    max_attempts,
+                } => {
+                    let mut job = new_job("R", "S", None);
+                    job.priority = *priority;
+                    job.max_attempts = *max_attempts;
+                    let batch: Vec<NewJob> = vec![job; *n];
+                    let Enqueued::Created(jobs) =
+                        self.store().enqueue(batch, None, now).await.unwrap()
+                    else {
+                        panic!("no unique key, yet Existing")
+                    };
+                    for job in jobs {
+                        self.jobs.insert(
+                            job.job_id,
+                            Model {
+                                status: JobStatus::Queued,
+                                version: 1,
+                                attempt: 1,
+                                max_attempts: *max_attempts,
+                                priority: *priority,
+                                created_at: now,
+                                run_after: None,
+                                lease_until: None,
+                                cancel_requested: false,
+                            },
+                        );
+                    }
+                }
+                Op::Claim { max } => {
+                    let expected: Vec<JobId> = self.claimable().into_iter().take(*max).collect();
+                    let claimed = self.store().claim("w", *max, lease, now).await.unwrap();
+                    let got: Vec<JobId> = claimed.iter().map(|job| job.job_id.clone()).collect();
+                    assert_eq!(got, expected, "claim order");
+                    for id in got {
+                        let job = self.jobs.get_mut(&id).unwrap();
+                        job.status = JobStatus::Processing;
+                        job.version += 1;
+                        job.lease_until = Some(now + TimeDelta::seconds(MODEL_LEASE_SECONDS));
+                    }
+                }
+                Op::Succeed { pick } | Op::Fail { pick, .. } => {
+                    let Some(id) = self.pick(*pick, Some(JobStatus::Processing)) else {
+                        return;
+                    };
+                    let version = self.jobs[&id].version;
+                    let outcome = match op {
+                        Op::Fail { retry_in, .. } => Outcome::Failure {
+                            error: "boom".into(),
+                            retry_at: retry_in.map(|s| now + TimeDelta::seconds(s)),
+                        },
+                        _ => Outcome::Success {
+                            result_path: "p".into(),
+                            rows_written: 1,
+                            sha256: "h".into(),
+                        },
+                    };
+                    let cas = self
+                        .store()
+                        .complete(&id, version, outcome, &[], now)
+                        .await
+                        .unwrap();
+                    assert!(cas.is_applied(), "{cas:?}");
+                    let job = self.jobs.get_mut(&id).unwrap();
+                    job.version += 1;
+                    job.lease_until = None;
+                    match op {
+                        Op::Fail {
+                            retry_in: Some(s), ..
+                        } if job.attempt < job.max_attempts && !job.cancel_requested => {
+                            job.status = JobStatus::Queued;
+                            job.attempt += 1;
+                            job.run_after = (*s > 0).then(|| now + TimeDelta::seconds(*s));
+                        }
+                        Op::Fail { .. } => job.status = JobStatus::Failed,
+                        _ => job.status = JobStatus::Completed,
+                    }
+                }
+                Op::Renew { pick } => {
+                    let Some(id) = self.pick(*pick, Some(JobStatus::Processing)) else {
+                        return;
+                    };
+                    let version = self.jobs[&id].version;
+                    let until = now + TimeDelta::seconds(MODEL_LEASE_SECONDS);
+                    let cas = self.store().renew(&id, version, until, None).await.unwrap();
+                    assert!(cas.is_applied(), "{cas:?}");
+                    let job = self.jobs.get_mut(&id).unwrap();
+                    job.version += 1;
+                    job.lease_until = Some(until);
+                }
+                Op::Cancel { pick } => {
+                    let Some(id) = self.pick(*pick, None) else {
+                        return;
+                    };
+                    self.store().cancel(&id, now).await.unwrap();
+                    let job = self.jobs.get_mut(&id).unwrap();
+                    match job.status {
+                        JobStatus::Queued => {
+                            job.status = JobStatus::Cancelled;
+                            job.version += 1;
+                        }
+                        JobStatus::Processing if !job.cancel_requested => {
+                            job.cancel_requested = true;
+                            job.version += 1;
+                        }
+                        _ => {}
+                    }
+                }
+                Op::Stale { pick } => {
+                    let Some(id) = self.pick(*pick, None) else {
+                        return;
+                    };
+                    let stale = self.jobs[&id].version - 1;
+                    let outcome = Outcome::Success {
+                        result_path: "p".into(),
+                        rows_written: 1,
+                        sha256: "h".into(),
+                    };
+                    let cas = self
+                        .store()
+                        .complete(&id, stale, outcome, &[], now)
+                        .await
+                        .unwrap();
+                    assert!(matches!(cas, Cas::Conflict { current: Some(_) }), "{cas:?}");
+                }
+                Op::ExpireLeases { advance } => {
+                    self.now += TimeDelta::seconds(*advance);
+                    let now = self.now;
+                    let expired = self.store().requeue_expired(now, &NoJoins).await.unwrap();
+                    let mut expected = Vec::new();
+                    for (id, job) in &mut self.jobs {
+                        if job.status == JobStatus::Processing
+                            && job.lease_until.is_some_and(|until| until < now)
+                        {
+                            Self::expire(job);
+                            expected.push(id.clone());
+                        }
+                    }
+                    let mut got: Vec<JobId> = expired.requeued.clone();
+                    got.extend(expired.finished.iter().map(|c| c.job.job_id.clone()));
+                    got.sort();
+                    assert_eq!(got, expected, "expired leases");
+                }
+                Op::Reopen => {
+                    drop(self.store.take());
+                    self.store = Some(SledStore::open(SledConfig::new(&self.path)).unwrap());
+                }
+            }
+        }
+
+        async fn check(&self) {
+            let store = self.store();
+            for (id, model) in &self.jobs {
+                let job = store.get(id).await.unwrap().expect("job lost");
+                let seen = Model {
+                    status: job.status,
+                    version: job.version,
+                    attempt: job.attempt,
+                    max_attempts: job.max_attempts,
+                    priority: job.priority,
+                    created_at: job.created_at,
+                    run_after: if job.status == JobStatus::Queued {
+                        job.run_after
+                    } else {
+                        model.run_after
+                    },
+                    lease_until: job.lease_until,
+                    cancel_requested: job.cancel_requested,
+                };
+                assert_eq!(&seen, model, "job {id}");
+            }
+            let mut counts: BTreeMap<JobStatus, u64> =
+                JobStatus::ALL.iter().map(|s| (*s, 0)).collect();
+            for job in self.jobs.values() {
+                *counts.get_mut(&job.status).unwrap() += 1;
+            }
+            assert_eq!(store.counts().await.unwrap(), counts, "counts");
+            let page = store
+                .list(ListFilter {
+                    limit: ListFilter::MAX_LIMIT,
+                    ..ListFilter::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(page.jobs.len(), self.jobs.len(), "list");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn random_operations_match_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("db");
+                let mut harness = Harness {
+                    store: Some(SledStore::open(SledConfig::new(&path)).unwrap()),
+                    path,
+                    jobs: BTreeMap::new(),
+                    now: at(0),
+                };
+                for op in &ops {
+                    harness.step(op).await;
+                    harness.check().await;
+                }
+            });
+        }
+    }
+}
