@@ -488,7 +488,7 @@ impl Engine {
                     if !(progressed || last_renew.elapsed() >= renew_every) || lost {
                         continue;
                     }
-                    let progress = if total == 0 { 0 } else { (read * 100 / total).min(100) as u8 };
+                    let progress = (read * 100).checked_div(total).unwrap_or(0).min(100) as u8;
                     let elapsed = run_started.elapsed().as_secs_f64();
                     let estimated_completion = (read > 0 && elapsed > 0.0).then(|| {
                         let remaining = total.saturating_sub(read) as f64 / (read as f64 / elapsed);

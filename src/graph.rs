@@ -83,6 +83,9 @@ fn schedule_names(w: &Workflow, report: &str) -> Vec<String> {
     w.schedules_of(report).map(|s| s.name.clone()).collect()
 }
 
+/// (node, line prefix, (is last sibling, edge label) unless a root).
+type Visit = (NodeIndex, String, Option<(bool, String)>);
+
 /// A tree from every root (a report with no parent). A report reached a
 /// second time (the other parent of a join) is named with `(see above)`
 /// instead of being expanded again, so output stays linear in the graph.
@@ -130,9 +133,9 @@ pub fn text(w: &Workflow) -> String {
         {
             continue;
         }
-        // Iterative depth-first walk: (node, prefix, is_last, edge label).
-        let mut stack: Vec<(NodeIndex, String, Option<(bool, String)>)> =
-            vec![(n, String::new(), None)];
+        // Iterative depth-first walk, so a chain of 100k reports cannot
+        // overflow the stack.
+        let mut stack: Vec<Visit> = vec![(n, String::new(), None)];
         while let Some((node, prefix, edge)) = stack.pop() {
             let report = &w.reports[w.graph[node]];
             let mut line = String::new();

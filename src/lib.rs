@@ -17,6 +17,7 @@ pub mod masking_key;
 pub mod metrics;
 pub mod parser;
 pub mod pipeline;
+pub mod scheduler;
 pub mod source_map;
 pub mod status;
 pub mod store;

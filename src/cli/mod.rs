@@ -73,6 +73,21 @@ pub enum Command {
         #[arg(long)]
         from: Option<String>,
     },
+    /// List every fire in a time window and the jobs it would create,
+    /// dependents included, without running anything.
+    Plan {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Window start (RFC 3339); default now.
+        #[arg(long)]
+        from: Option<String>,
+        /// Window end (RFC 3339); default 24 hours after the start.
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many fires.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
     /// Queue reports and run them and their dependents to completion.
     Run(run::RunArgs),
     /// List, show, cancel and retry jobs in the store.
@@ -120,6 +135,12 @@ where
         Command::Fmt { check, files } => fmt(&files, check),
         Command::Graph { paths, format } => graph_cmd(&paths, format.into()),
         Command::Schedule { paths, next, from } => schedule(&paths, next, from.as_deref()),
+        Command::Plan {
+            paths,
+            from,
+            to,
+            limit,
+        } => plan(&paths, from.as_deref(), to.as_deref(), limit),
         Command::Run(args) => run::run(args),
         Command::Jobs(args) => jobs::run(args),
     };
@@ -332,4 +353,64 @@ pub(crate) fn open_store(
         Err(e) => return Err(error(e)),
     };
     Ok((std::sync::Arc::new(store), key))
+}
+
+fn plan(paths: &[PathBuf], from: Option<&str>, to: Option<&str>, limit: usize) -> u8 {
+    let from = match from.map(parse_instant).transpose() {
+        Ok(t) => t.unwrap_or_else(Utc::now),
+        Err(e) => return error(e),
+    };
+    let to = match to.map(parse_instant).transpose() {
+        Ok(t) => t.unwrap_or(from + chrono::Duration::days(1)),
+        Err(e) => return error(e),
+    };
+    if to <= from {
+        return error("--to must be after --from");
+    }
+    let c = match compile_and_report(paths, true) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(w) = &c.workflow else {
+        return EXIT_FAILURE;
+    };
+    let fires = crate::scheduler::plan(w, from, to, limit);
+    let mut out = String::new();
+    let mut total = 0;
+    for f in &fires {
+        let zone = w
+            .schedules
+            .iter()
+            .find(|s| s.name == f.schedule)
+            .map(|s| s.zone)
+            .unwrap_or(chrono_tz::UTC);
+        out.push_str(&format!(
+            "{}  {}  ({})\n",
+            f.at.format("%Y-%m-%dT%H:%M:%SZ"),
+            f.schedule,
+            f.at.with_timezone(&zone).format("%a %Y-%m-%d %H:%M %Z")
+        ));
+        for j in &f.jobs {
+            total += 1;
+            let indent = "  ".repeat(j.depth + 1);
+            let who = match &j.county {
+                Some(c) => format!("{} {c}", j.role),
+                None => j.role.clone(),
+            };
+            let after = if j.after.is_empty() {
+                String::new()
+            } else {
+                format!("  after {}", j.after.join(" + "))
+            };
+            out.push_str(&format!("{indent}{} as {who}{after}\n", j.report));
+        }
+    }
+    out.push_str(&format!(
+        "{} fire(s), {total} job(s) between {} and {}\n",
+        fires.len(),
+        from.format("%Y-%m-%dT%H:%M:%SZ"),
+        to.format("%Y-%m-%dT%H:%M:%SZ")
+    ));
+    print!("{out}");
+    EXIT_OK
 }

@@ -374,11 +374,7 @@ async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) {
                 rows_total,
             } => {
                 if let Some(bar) = bars.get(job_id.as_str()) {
-                    let pct = if rows_total == 0 {
-                        0
-                    } else {
-                        rows_read * 100 / rows_total
-                    };
+                    let pct = (rows_read * 100).checked_div(rows_total).unwrap_or(0);
                     bar.set_position(pct.min(100));
                     bar.set_message(format!("{rows_read}/{rows_total} rows"));
                 }
