@@ -1345,7 +1345,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let part = n
             .checked_mul(millis)
             .ok_or_else(|| "too long".to_string())?;
-        total += Duration::from_millis(part);
+        total = total
+            .checked_add(Duration::from_millis(part))
+            .ok_or_else(|| "too long".to_string())?;
     }
     Ok(total)
 }

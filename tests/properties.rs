@@ -21,7 +21,6 @@
 //!   error always yields `E001`.
 //!
 //! `PROPTEST_CASES=2000 cargo test --test properties` runs a longer soak.
-//! The `known_bug_*` tests are ignored until the bugs they show are fixed.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -102,13 +101,22 @@ const TEXTS: [&str; 11] = [
     "",
     "\u{fc}n\u{ef}\u{a9}\u{f8}d\u{e9} \u{2713}",
 ];
-const PATH_DIRS: [&str; 6] = [
-    "",
-    "we\"ird/",
-    "back\\slash/",
-    "new\nline/",
-    "caf\u{e9}/",
-    "hash#tag/",
+/// Directories of source paths: as written, and as the compiler should
+/// resolve them (relative to the file's directory, `.` and `..` folded
+/// lexically).
+const PATH_DIRS: [(&str, &str); 12] = [
+    ("data/", "data/"),
+    ("data/we\"ird/", "data/we\"ird/"),
+    ("data/back\\slash/", "data/back\\slash/"),
+    ("data/new\nline/", "data/new\nline/"),
+    ("data/caf\u{e9}/", "data/caf\u{e9}/"),
+    ("data/hash#tag/", "data/hash#tag/"),
+    ("", ""),
+    ("./data/", "data/"),
+    ("data/./", "data/"),
+    ("data/tmp/../", "data/"),
+    ("../shared/", "../shared/"),
+    ("/srv/data/", "/srv/data/"),
 ];
 /// Comments as written, `#` included. None ends in blanks (the formatter
 /// trims those).
@@ -189,13 +197,16 @@ struct ConfigSpec {
     catch_up_window: Option<Dur>,
     max_jobs_per_poll: Option<u32>,
     worker_pool_size: Option<u32>,
-    results: Option<String>,
+    /// As written, and as the compiler should resolve it.
+    results: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
 struct SourceSpec {
     name: String,
     path: String,
+    /// `path` as the compiler should resolve it.
+    resolved: String,
     format: Option<DataFormat>,
     county_column: Option<Tok>,
 }
@@ -314,6 +325,24 @@ fn name_or_string() -> impl Strategy<Value = Tok> {
     ]
 }
 
+/// A `results` directory and its expected resolution: `.` and `..` folded,
+/// the empty path being the file's own directory.
+fn results_dir() -> impl Strategy<Value = (String, String)> {
+    let folded = select(vec![
+        ("../results", "../results"),
+        ("./out/../results", "results"),
+        ("out/./x/..", "out"),
+        ("", "."),
+        (".", "."),
+        ("/var/flow/results", "/var/flow/results"),
+    ])
+    .prop_map(|(a, b)| (a.to_string(), b.to_string()));
+    let plain = text_value()
+        .prop_filter("non-empty", |t| !t.is_empty())
+        .prop_map(|t| (t.clone(), t));
+    prop_oneof![folded, plain]
+}
+
 fn config() -> impl Strategy<Value = ConfigSpec> {
     (
         option::of(select(SWITCHES.to_vec())),
@@ -323,7 +352,7 @@ fn config() -> impl Strategy<Value = ConfigSpec> {
         option::of(duration(1_000)),
         option::of(1u32..=10_000),
         option::of(1u32..=1024),
-        option::of(text_value()),
+        option::of(results_dir()),
     )
         .prop_map(
             |(scheduler, dependencies, poll, lease, window, jobs, pool, results)| ConfigSpec {
@@ -341,7 +370,7 @@ fn config() -> impl Strategy<Value = ConfigSpec> {
 
 #[derive(Debug, Clone)]
 struct SourceRaw {
-    dir: &'static str,
+    dir: (&'static str, &'static str),
     ext: &'static str,
     format: Option<DataFormat>,
     county_column: Option<Tok>,
@@ -356,7 +385,8 @@ impl SourceRaw {
             (_, f) => f,
         };
         SourceSpec {
-            path: format!("data/{}{name}.{}", self.dir, self.ext),
+            path: format!("{}{name}.{}", self.dir.0, self.ext),
+            resolved: format!("{}{name}.{}", self.dir.1, self.ext),
             name,
             format,
             county_column: self.county_column.clone(),
@@ -1134,7 +1164,7 @@ impl Spec {
                 num(c.max_jobs_per_poll, "max_jobs_per_poll", &mut e);
                 num(c.worker_pool_size, "worker_pool_size", &mut e);
                 id(c.dependencies.map(|s| s.0), "dependencies", &mut e);
-                if let Some(r) = &c.results {
+                if let Some((r, _)) = &c.results {
                     e.push(Entry::Set("results", vec![Tok::Str(r.clone())]));
                 }
                 dur(&c.lease, "lease", &mut e);
@@ -1500,13 +1530,6 @@ fn check_fmt_if_clean(text: &str) -> Result<(), TestCaseError> {
 // Checking a compiled workflow against its model
 // ---------------------------------------------------------------------------
 
-fn dir() -> PathBuf {
-    Path::new("gen.flow")
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf()
-}
-
 fn expected_masks(m: &[Mask]) -> Vec<flowctl::workflow::MaskRule> {
     m.iter()
         .map(|m| flowctl::workflow::MaskRule {
@@ -1530,8 +1553,8 @@ fn check_model(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
     prop_assert_eq!(cfg.catch_up_window, ms(&c.catch_up_window, 86_400_000));
     prop_assert_eq!(cfg.max_jobs_per_poll, c.max_jobs_per_poll.unwrap_or(3));
     prop_assert_eq!(cfg.worker_pool_size, c.worker_pool_size.unwrap_or(2));
-    let results = c.results.as_deref().unwrap_or("results");
-    prop_assert_eq!(&cfg.results_dir, &dir().join(results));
+    let results = c.results.as_ref().map_or("results", |r| r.1.as_str());
+    prop_assert_eq!(&cfg.results_dir, &PathBuf::from(results));
 
     prop_assert_eq!(&wf.roles, &spec.roles);
 
@@ -1539,7 +1562,7 @@ fn check_model(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
     prop_assert_eq!(wf.sources.len(), spec.sources.len());
     for (s, m) in wf.sources.iter().zip(&spec.sources) {
         prop_assert_eq!(&s.name, &m.name);
-        prop_assert_eq!(&s.path, &dir().join(&m.path));
+        prop_assert_eq!(&s.path, &PathBuf::from(&m.resolved));
         let inferred = if m.path.ends_with(".csv") {
             DataFormat::Csv
         } else {
@@ -2154,28 +2177,25 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// Known bugs: run with `cargo test --test properties -- --ignored`
+// Regressions of bugs these properties found
 // ---------------------------------------------------------------------------
 
-/// A lone `\r` ends a line for the grammar (`NEWLINE`), so `# c\rroles B`
-/// is a comment and a declaration. `fmt` reads comments up to `\n` only: it
-/// prints `roles B` once inside the comment and once as code, and its output
-/// no longer compiles (E003). The recovery path's `skip_trivia` has the same
-/// blind spot and silently drops `roles B` after an unrelated syntax error.
+/// A lone `\r` is a blank, not a line end, for the grammar, the formatter
+/// and the error recovery alike: `# c\rroles B` is one comment.
 #[test]
-#[ignore = "known bug: fmt and error recovery read comments up to \\n only"]
-fn known_bug_lone_cr_line_end() {
+fn lone_cr_is_not_a_line_end() {
     let text = "roles A\n# c\rroles B\n";
     let parsed = parser::parse(FileId(0), text);
-    assert_eq!(parsed.file.items.len(), 2);
+    assert_eq!(parsed.file.items.len(), 1);
     let out = formatter::format(text, &parsed.file);
     let errs = errors(&compile_text(&out));
-    assert!(
-        errs.is_empty(),
-        "fmt output {out:?} does not compile: {errs:?}"
-    );
+    assert!(errs.is_empty(), "fmt output {out:?} does not compile: {errs:?}");
+    assert_eq!(formatter::format(&out, &parser::parse(FileId(0), &out).file), out);
     let recovered = parser::parse(FileId(0), &format!("{text}@\n"));
-    assert_eq!(recovered.file.items.len(), 2, "recovery dropped `roles B`");
+    assert_eq!(recovered.file.items.len(), 1);
+    // `\r\n` still ends lines.
+    let crlf = parser::parse(FileId(0), "roles A\r\nroles B\r\n");
+    assert_eq!(crlf.file.items.len(), 2);
 }
 
 /// `parse_duration` adds its parts with `Duration += Duration`, which panics
@@ -2183,8 +2203,7 @@ fn known_bug_lone_cr_line_end() {
 /// ms, so `checked_mul` passes) make `compile` panic instead of reporting
 /// E008/E011.
 #[test]
-#[ignore = "known bug: compiler::parse_duration panics on overflow"]
-fn known_bug_duration_overflow_panics() {
+fn duration_overflow_is_an_error_not_a_panic() {
     let parts = "213503982334d".repeat(1001);
     let text = format!("roles A\nsource s {{\n  path \"x.csv\"\n}}\nreport R {{\n  source s\n  timeout {parts}\n}}\n");
     let result = std::panic::catch_unwind(|| compile_text(&text).has_errors());
