@@ -160,6 +160,9 @@ pub struct Engine {
     events: Option<mpsc::UnboundedSender<ExecEvent>>,
     /// Observed rows per second per report type (moving average).
     throughput: Mutex<HashMap<String, f64>>,
+    /// Woken when a retry's backoff ends, so the dispatcher claims it then
+    /// rather than at the next poll.
+    retry_due: Arc<tokio::sync::Notify>,
 }
 
 impl Engine {
@@ -183,6 +186,7 @@ impl Engine {
             metrics,
             events: None,
             throughput: Mutex::new(HashMap::new()),
+            retry_due: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -344,6 +348,7 @@ impl Engine {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = wake.changed() => {}
+                _ = self.retry_due.notified() => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = done {
                         tracing::error!(error = %e, "worker task panicked");
@@ -470,14 +475,22 @@ impl Engine {
         let (mut lost, mut timed_out, mut cancelled) = (false, false, false);
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL.min(renew_every));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline_sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline_sleep);
         let result = loop {
             tokio::select! {
                 r = &mut handle => break r,
+                _ = &mut deadline_sleep, if !timed_out => {
+                    // The pipeline stops at its next chunk boundary.
+                    timed_out = true;
+                    shared.cancel.store(true, Ordering::Relaxed);
+                }
                 _ = ticker.tick() => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) && !timed_out {
-                        timed_out = true;
-                        shared.cancel.store(true, Ordering::Relaxed);
-                    }
                     let read = shared.rows_read.load(Ordering::Relaxed);
                     let total = shared.rows_total.load(Ordering::Relaxed);
                     let rows_written = shared.rows_written.load(Ordering::Relaxed);
@@ -637,6 +650,14 @@ impl Engine {
             }
             JobStatus::Queued => {
                 Metrics::add(&self.metrics.retries, 1);
+                if let Some(at) = job.run_after {
+                    let wait = (at - Utc::now()).to_std().unwrap_or_default();
+                    let due = self.retry_due.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        due.notify_one();
+                    });
+                }
                 tracing::warn!(job = %job.job_id, attempt = job.attempt, error = job.error.as_deref().unwrap_or(""), "job failed; retry queued");
                 self.emit(ExecEvent::Retrying { job: job.clone() });
                 return;

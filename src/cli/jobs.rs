@@ -121,16 +121,16 @@ async fn list(
     }
     if json {
         for j in &jobs {
-            println!("{}", serde_json::to_string(j).unwrap_or_default());
+            outln!("{}", serde_json::to_string(j).unwrap_or_default());
         }
         return EXIT_OK;
     }
-    println!(
+    outln!(
         "{:<12}  {:<20}  {:<12}  {:<6}  {:<10}  {:>4}  {:>8}  CREATED",
         "JOB", "REPORT", "ROLE", "COUNTY", "STATUS", "PROG", "ROWS"
     );
     for j in &jobs {
-        println!(
+        outln!(
             "{:<12}  {:<20}  {:<12}  {:<6}  {:<10}  {:>3}%  {:>8}  {}",
             j.job_id.as_str(),
             j.report_type,
@@ -147,7 +147,7 @@ async fn list(
             .iter()
             .map(|(s, n)| format!("{} {n}", s.as_str()))
             .collect();
-        println!("{}", summary.join(" · "));
+        outln!("{}", summary.join(" · "));
     }
     EXIT_OK
 }
@@ -178,7 +178,7 @@ async fn show(store: &dyn Store, id: &str, json: bool) -> u8 {
                     .collect(),
             );
         }
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
@@ -258,7 +258,7 @@ async fn show(store: &dyn Store, id: &str, json: bool) -> u8 {
         ("version", job.version.to_string()),
     ];
     for (k, v) in fields {
-        println!("{k:<10} {v}");
+        outln!("{k:<10} {v}");
     }
     EXIT_OK
 }
@@ -270,11 +270,11 @@ async fn cancel(store: &dyn Store, id: &str) -> u8 {
     };
     match store.cancel(&id, Utc::now()).await {
         Ok(CancelOutcome::Cancelled(j)) => {
-            println!("{} cancelled", j.job_id);
+            outln!("{} cancelled", j.job_id);
             EXIT_OK
         }
         Ok(CancelOutcome::Requested(j)) => {
-            println!("{} is running: it stops at its next chunk", j.job_id);
+            outln!("{} is running: it stops at its next chunk", j.job_id);
             EXIT_OK
         }
         Ok(CancelOutcome::AlreadyFinished(j)) => {
@@ -318,7 +318,7 @@ async fn retry(store: &dyn Store, id: &str) -> u8 {
     match store.enqueue(vec![new], None, Utc::now()).await {
         Ok(e) => {
             let ids = e.job_ids();
-            println!(
+            outln!(
                 "queued {} (retry of {}); `flowctl run FILE --resume` runs it",
                 ids.first().map(|i| i.to_string()).unwrap_or_default(),
                 job.job_id

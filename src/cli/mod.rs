@@ -18,6 +18,23 @@ use crate::loader;
 use crate::store::sled_store::{SledConfig, SledStore};
 use crate::store::{Store, StoreError};
 
+/// `println!` that ignores a closed stdout (`flowctl jobs list | head -1`)
+/// instead of panicking: the reader is gone, there is nobody to tell.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 mod jobs;
 mod run;
 
@@ -192,7 +209,7 @@ fn check(paths: &[PathBuf]) -> u8 {
     let warnings = c.diagnostics.len() - errors;
     match &c.workflow {
         Some(w) => {
-            println!(
+            outln!(
                 "ok: {} reports, {} dependencies, {} schedules{}",
                 w.reports.len(),
                 w.dependencies.len(),
@@ -247,12 +264,12 @@ fn fmt(files: &[PathBuf], check_only: bool) -> u8 {
             continue;
         }
         if check_only {
-            println!("{} is not formatted", path.display());
+            outln!("{} is not formatted", path.display());
             status = EXIT_FAILURE;
         } else if let Err(e) = write_atomically(path, &formatted) {
             return error(format!("cannot write {}: {e}", path.display()));
         } else {
-            println!("formatted {}", path.display());
+            outln!("formatted {}", path.display());
         }
     }
     status
@@ -284,7 +301,7 @@ fn graph_cmd(paths: &[PathBuf], format: GraphFormat) -> u8 {
     let Some(w) = &c.workflow else {
         return EXIT_FAILURE;
     };
-    print!("{}", graph::render(w, format));
+    out!("{}", graph::render(w, format));
     EXIT_OK
 }
 
@@ -330,7 +347,7 @@ fn schedule(paths: &[PathBuf], next: usize, from: Option<&str>) -> u8 {
             t = fire;
         }
     }
-    print!("{out}");
+    out!("{out}");
     EXIT_OK
 }
 
@@ -411,6 +428,6 @@ fn plan(paths: &[PathBuf], from: Option<&str>, to: Option<&str>, limit: usize) -
         from.format("%Y-%m-%dT%H:%M:%SZ"),
         to.format("%Y-%m-%dT%H:%M:%SZ")
     ));
-    print!("{out}");
+    out!("{out}");
     EXIT_OK
 }

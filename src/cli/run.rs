@@ -189,23 +189,41 @@ async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
 
     // A single-process store: whatever is PROCESSING was left by a process
     // that died. Take it back before anything else.
+    let run_started = Utc::now();
+    let mut recovered_triggers = BTreeSet::new();
     match store
-        .requeue_all_processing(Utc::now(), &engine.joins)
+        .requeue_all_processing(run_started, &engine.joins)
         .await
     {
-        Ok(expired) if !expired.requeued.is_empty() || !expired.finished.is_empty() => {
-            eprintln!(
-                "recovered {} job(s) left running by an interrupted run",
-                expired.requeued.len() + expired.finished.len()
-            );
+        Ok(expired) => {
+            let n = expired.requeued.len() + expired.finished.len();
+            if n > 0 {
+                eprintln!("recovered {n} job(s) left running by an interrupted run");
+            }
+            for id in &expired.requeued {
+                if let Ok(Some(j)) = store.get(id).await {
+                    recovered_triggers.insert(j.trigger_id);
+                }
+            }
+            for c in &expired.finished {
+                recovered_triggers.insert(c.job.trigger_id.clone());
+            }
         }
-        Ok(_) => {}
         Err(e) => return error(format!("cannot recover jobs: {e}")),
     }
 
+    // Jobs that count for the exit status: on resume, those unfinished at
+    // the start and those created from then on (a superseded failed attempt
+    // that `jobs retry` replaced does not fail the resumed run).
+    let mut counted: Option<BTreeSet<String>> = None;
     let triggers: BTreeSet<String> = if args.resume {
-        match unfinished_triggers(store.as_ref()).await {
-            Ok(t) => t,
+        match unfinished(store.as_ref()).await {
+            Ok(jobs) => {
+                counted = Some(jobs.iter().map(|j| j.job_id.to_string()).collect());
+                let mut t: BTreeSet<String> = jobs.into_iter().map(|j| j.trigger_id).collect();
+                t.extend(recovered_triggers);
+                t
+            }
             Err(e) => return error(e),
         }
     } else {
@@ -241,14 +259,24 @@ async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
         Err(e) => return error(e),
     };
     print_table(&jobs);
-    let unfinished = jobs.iter().filter(|j| !j.status.is_terminal()).count();
+    let relevant: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| {
+            counted.as_ref().is_none_or(|ids| {
+                ids.contains(j.job_id.as_str())
+                    || j.created_at >= run_started
+                    || j.completed_at.is_some_and(|t| t >= run_started)
+            })
+        })
+        .collect();
+    let unfinished = relevant.iter().filter(|j| !j.status.is_terminal()).count();
     if unfinished > 0 {
         eprintln!(
             "interrupted: {unfinished} job(s) not finished; `flowctl run --resume` finishes them"
         );
         return EXIT_FAILURE;
     }
-    if jobs.iter().all(|j| j.status == JobStatus::Completed) {
+    if relevant.iter().all(|j| j.status == JobStatus::Completed) {
         EXIT_OK
     } else {
         EXIT_FAILURE
@@ -299,12 +327,9 @@ async fn all_jobs(store: &dyn Store, status: Option<JobStatus>) -> Result<Vec<Jo
     }
 }
 
-async fn unfinished_triggers(store: &dyn Store) -> Result<BTreeSet<String>, String> {
-    Ok(all_jobs(store, Some(JobStatus::Queued))
-        .await?
-        .into_iter()
-        .map(|j| j.trigger_id)
-        .collect())
+/// Jobs still queued (after recovery, nothing is left running).
+async fn unfinished(store: &dyn Store) -> Result<Vec<Job>, String> {
+    all_jobs(store, Some(JobStatus::Queued)).await
 }
 
 async fn jobs_of(store: &dyn Store, triggers: &BTreeSet<String>) -> Result<Vec<Job>, String> {
@@ -488,7 +513,7 @@ fn print_table(jobs: &[Job]) {
         .filter(|j| j.status == JobStatus::Completed)
         .count();
     out.push_str(&format!("{completed} of {} jobs completed\n", jobs.len()));
-    print!("{out}");
+    out!("{out}");
 }
 
 pub fn format_duration(d: Duration) -> String {

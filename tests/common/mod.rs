@@ -124,3 +124,11 @@ pub fn flow_files(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+impl Flowctl {
+    /// The command as built so far, for tests that spawn `flowctl` and
+    /// watch it while it runs (pipe its output, kill it, ...).
+    pub fn command(self) -> Command {
+        self.cmd
+    }
+}

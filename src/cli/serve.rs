@@ -1,0 +1,196 @@
+//! `flowctl serve`: the long-running service. Compiles the workflow, opens the store, takes
+//! back jobs an earlier process left running, and runs the dispatcher, the cron scheduler and
+//! the HTTP API together until SIGTERM or Ctrl-C, then shuts all three down gracefully.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use clap::ValueEnum;
+use tokio::sync::watch;
+
+use super::{compile_and_report, error, open_store, EXIT_ERROR, EXIT_FAILURE, EXIT_OK};
+use crate::auth::AuthConfig;
+use crate::executor::{Engine, ExecutorConfig};
+use crate::metrics::Metrics;
+use crate::server::{self, AppState};
+use crate::workflow::Workflow;
+
+/// How long requests in flight (e.g. a large download) may take after shutdown begins.
+const HTTP_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The workflow: .flow files or directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Address to listen on (port 0 picks a free port; the address is printed on stderr).
+    #[arg(long, default_value = "127.0.0.1:8080", env = "FLOWCTL_LISTEN")]
+    pub listen: String,
+    /// The embedded store's directory.
+    #[arg(long, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
+    pub db: PathBuf,
+    /// Override the workflow's worker pool size.
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Log format on stderr (the level comes from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+pub fn run(args: ServeArgs) -> u8 {
+    init_logging(args.log_format);
+    // Refuse to start without a way to verify tokens: every API call would fail.
+    let auth = match AuthConfig::from_env() {
+        Ok(a) => Arc::new(a),
+        Err(e) => return error(e),
+    };
+    let compilation = match compile_and_report(&args.paths, false) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(workflow) = compilation.workflow else {
+        return EXIT_FAILURE;
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return error(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(serve_async(Arc::new(workflow), auth, args))
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A subscriber may already be set (tests calling `run` twice): keep it.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+async fn serve_async(workflow: Arc<Workflow>, auth: Arc<AuthConfig>, args: ServeArgs) -> u8 {
+    let (store, hash_key) = match open_store(&args.db) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
+    if let Some(w) = args.workers {
+        config.pool_size = w.max(1) as usize;
+    }
+    super::run::sweep_temp_files(&config.results_dir);
+    let metrics = Arc::new(Metrics::new());
+    let engine = Arc::new(Engine::new(workflow, store.clone(), config, metrics));
+
+    // The embedded store is single-process: whatever is PROCESSING was left by a process that
+    // died. Take it back before claiming anything.
+    match store
+        .requeue_all_processing(Utc::now(), &engine.joins)
+        .await
+    {
+        Ok(expired) => {
+            let n = expired.requeued.len() + expired.finished.len();
+            if n > 0 {
+                tracing::warn!(
+                    requeued = expired.requeued.len(),
+                    finished = expired.finished.len(),
+                    "recovered jobs left running by an earlier process"
+                );
+            }
+        }
+        Err(e) => return error(format!("cannot recover jobs: {e}")),
+    }
+
+    let listener = match tokio::net::TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => return error(format!("cannot listen on {}: {e}", args.listen)),
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return error(format!("cannot read the listening address: {e}")),
+    };
+    // Tests and scripts read this line.
+    eprintln!("listening on http://{addr}");
+    tracing::info!(%addr, algorithm = ?auth.algorithm(), "serving");
+
+    let (stop, stopped) = watch::channel(false);
+    let stop = Arc::new(stop);
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            super::run::shutdown_signal().await;
+            let _ = stop.send(true);
+            // A second Ctrl-C abandons running jobs to lease recovery.
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("aborting");
+                std::process::exit(EXIT_ERROR as i32);
+            }
+        }
+    });
+
+    let state = AppState::new(engine.clone(), auth);
+    let http = tokio::spawn(stopping_all(
+        stop.clone(),
+        server::serve(listener, state, until(stopped.clone())),
+    ));
+    let dispatcher = tokio::spawn(stopping_all(
+        stop.clone(),
+        engine.clone().run(until(stopped.clone()), false),
+    ));
+    let scheduler = tokio::spawn(stopping_all(
+        stop.clone(),
+        crate::scheduler::run(
+            engine.clone(),
+            crate::scheduler::SystemClock,
+            until(stopped.clone()),
+        ),
+    ));
+
+    let mut code = EXIT_OK;
+    match dispatcher.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => code = error(format!("dispatcher stopped: {e}")),
+        Err(e) => code = error(format!("dispatcher crashed: {e}")),
+    }
+    match scheduler.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => code = error(format!("scheduler stopped: {e}")),
+        Err(e) => code = error(format!("scheduler crashed: {e}")),
+    }
+    // The HTTP server waits for requests in flight; a stuck download must not hold the
+    // process forever.
+    match tokio::time::timeout(HTTP_GRACE, http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => code = error(format!("HTTP server stopped: {e}")),
+        Ok(Err(e)) => code = error(format!("HTTP server crashed: {e}")),
+        Err(_) => tracing::warn!("requests still in flight after the grace period: dropped"),
+    }
+    tracing::info!("stopped");
+    code
+}
+
+/// Resolves once `stopped` turns true (or its sender is gone).
+async fn until(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+/// Runs `component`; when it ends, for any reason, the others are told to stop too.
+async fn stopping_all<T>(stop: Arc<watch::Sender<bool>>, component: impl Future<Output = T>) -> T {
+    let out = component.await;
+    let _ = stop.send(true);
+    out
+}
