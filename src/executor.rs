@@ -92,6 +92,13 @@ pub enum ExecEvent {
     Retrying {
         job: Job,
     },
+    /// The worker is handing its outcome to the store (the job's work is
+    /// done); `Finished` follows once the store has recorded it.
+    Completing {
+        job_id: JobId,
+        report_type: String,
+        at: Instant,
+    },
 }
 
 /// The dependency edges of the workflow, by parent report type, as the store
@@ -163,6 +170,9 @@ pub struct Engine {
     /// Woken when a retry's backoff ends, so the dispatcher claims it then
     /// rather than at the next poll.
     retry_due: Arc<tokio::sync::Notify>,
+    /// Source row counts by path, with the (size, mtime) they were counted at.
+    #[allow(clippy::type_complexity)]
+    row_counts: Mutex<HashMap<PathBuf, ((u64, Option<std::time::SystemTime>), u64)>>,
 }
 
 impl Engine {
@@ -187,6 +197,7 @@ impl Engine {
             events: None,
             throughput: Mutex::new(HashMap::new()),
             retry_due: Arc::new(tokio::sync::Notify::new()),
+            row_counts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -229,10 +240,29 @@ impl Engine {
     pub fn estimate(&self, report_type: &str, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let report = self.workflow.report(report_type)?;
         let source = self.workflow.source_of(report);
-        let rows = pipeline::count_rows(&source.path, source.format).ok()?;
+        let rows = self.source_rows(&source.path, source.format)?;
         let rate = self.rate(report_type);
         let secs = rows as f64 / rate;
         Some(from + chrono::Duration::milliseconds((secs * 1000.0) as i64))
+    }
+
+    /// Rows of a source, counted once per version of the file (size and
+    /// modification time), so estimating a trigger does not read the data.
+    fn source_rows(&self, path: &std::path::Path, format: DataFormat) -> Option<u64> {
+        let meta = std::fs::metadata(path).ok()?;
+        let stamp = (meta.len(), meta.modified().ok());
+        if let Ok(cache) = self.row_counts.lock() {
+            if let Some((s, rows)) = cache.get(path) {
+                if *s == stamp {
+                    return Some(*rows);
+                }
+            }
+        }
+        let rows = pipeline::count_rows(path, format).ok()?;
+        if let Ok(mut cache) = self.row_counts.lock() {
+            cache.insert(path.to_path_buf(), (stamp, rows));
+        }
+        Some(rows)
     }
 
     fn rate(&self, report_type: &str) -> f64 {
@@ -580,6 +610,11 @@ impl Engine {
     /// request may bump the version between our last renewal and now: then
     /// we retry at the new version as long as the job is still ours.
     async fn finish(&self, job: Job, outcome: Outcome, mut version: u64, started: Instant) {
+        self.emit(ExecEvent::Completing {
+            job_id: job.job_id.clone(),
+            report_type: job.report_type.clone(),
+            at: Instant::now(),
+        });
         let joins = self.joins.joins_for(&job.report_type);
         let mut use_joins = true;
         for _ in 0..5 {

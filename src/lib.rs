@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
 pub mod ast;
+pub mod auth;
 pub mod cli;
 pub mod compiler;
 pub mod cron_expr;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod parser;
 pub mod pipeline;
 pub mod scheduler;
+pub mod server;
 pub mod source_map;
 pub mod status;
 pub mod store;

@@ -337,7 +337,7 @@ report R {
                 "finished before it started: {job:?}"
             );
         }
-        ExecEvent::Progress { .. } => {}
+        ExecEvent::Progress { .. } | ExecEvent::Completing { .. } => {}
     })
     .await;
 

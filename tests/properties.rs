@@ -2189,8 +2189,14 @@ fn lone_cr_is_not_a_line_end() {
     assert_eq!(parsed.file.items.len(), 1);
     let out = formatter::format(text, &parsed.file);
     let errs = errors(&compile_text(&out));
-    assert!(errs.is_empty(), "fmt output {out:?} does not compile: {errs:?}");
-    assert_eq!(formatter::format(&out, &parser::parse(FileId(0), &out).file), out);
+    assert!(
+        errs.is_empty(),
+        "fmt output {out:?} does not compile: {errs:?}"
+    );
+    assert_eq!(
+        formatter::format(&out, &parser::parse(FileId(0), &out).file),
+        out
+    );
     let recovered = parser::parse(FileId(0), &format!("{text}@\n"));
     assert_eq!(recovered.file.items.len(), 1);
     // `\r\n` still ends lines.

@@ -902,7 +902,6 @@ fn kinds_sorted(mut v: Vec<(String, String)>) -> Vec<(String, String)> {
 /// failed by `run --resume` ("lease ... expired on attempt 1 of 1"), yet
 /// the resumed run says "nothing to resume" and exits 0.
 #[test]
-#[ignore = "bug: `run --resume` exits 0 (\"nothing to resume\") after failing the jobs a crash left PROCESSING"]
 fn resume_exit_status_reflects_jobs_recovered_from_a_crash() {
     let sb = Sandbox::empty();
     let flow = sb.write(

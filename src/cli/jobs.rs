@@ -127,7 +127,13 @@ async fn list(
     }
     outln!(
         "{:<12}  {:<20}  {:<12}  {:<6}  {:<10}  {:>4}  {:>8}  CREATED",
-        "JOB", "REPORT", "ROLE", "COUNTY", "STATUS", "PROG", "ROWS"
+        "JOB",
+        "REPORT",
+        "ROLE",
+        "COUNTY",
+        "STATUS",
+        "PROG",
+        "ROWS"
     );
     for j in &jobs {
         outln!(

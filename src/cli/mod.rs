@@ -37,6 +37,8 @@ macro_rules! out {
 
 mod jobs;
 mod run;
+mod serve;
+mod token;
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -109,6 +111,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// List, show, cancel and retry jobs in the store.
     Jobs(jobs::JobsArgs),
+    /// Run the scheduler, the dispatcher and the HTTP API until SIGTERM or Ctrl-C.
+    Serve(serve::ServeArgs),
+    /// Print a development JWT signed with FLOWCTL_JWT_SECRET.
+    Token(token::TokenArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -160,6 +166,8 @@ where
         } => plan(&paths, from.as_deref(), to.as_deref(), limit),
         Command::Run(args) => run::run(args),
         Command::Jobs(args) => jobs::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Token(args) => token::run(args),
     };
     ExitCode::from(code)
 }

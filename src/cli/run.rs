@@ -416,6 +416,7 @@ async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) {
                     None => eprintln!("{msg}"),
                 }
             }
+            ExecEvent::Completing { .. } => {}
             ExecEvent::Finished { job, children } => {
                 let msg = match job.status {
                     JobStatus::Completed => format!("{} rows", job.rows_written),

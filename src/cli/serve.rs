@@ -188,9 +188,33 @@ async fn until(mut stopped: watch::Receiver<bool>) {
     let _ = stopped.wait_for(|s| *s).await;
 }
 
-/// Runs `component`; when it ends, for any reason, the others are told to stop too.
-async fn stopping_all<T>(stop: Arc<watch::Sender<bool>>, component: impl Future<Output = T>) -> T {
+/// Runs `component`; if it fails or panics, the others are told to stop too (a component
+/// that ends cleanly, e.g. a scheduler with nothing to schedule, leaves them running).
+async fn stopping_all<E>(
+    stop: Arc<watch::Sender<bool>>,
+    component: impl Future<Output = Result<(), E>>,
+) -> Result<(), E> {
+    let guard = StopOnDrop(Some(stop));
     let out = component.await;
-    let _ = stop.send(true);
+    if out.is_ok() {
+        guard.disarm();
+    }
     out
+}
+
+/// Sends the stop signal when dropped armed: on an error return or during a panic's unwind.
+struct StopOnDrop(Option<Arc<watch::Sender<bool>>>);
+
+impl StopOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(true);
+        }
+    }
 }

@@ -55,7 +55,9 @@ pub fn run(args: TokenArgs) -> u8 {
         var(ENV_JWT_AUDIENCE).as_deref(),
     ) {
         Ok(token) => {
-            println!("{token}");
+            use std::io::Write as _;
+            // A closed stdout (`flowctl token ... | true`) is not worth a panic.
+            let _ = writeln!(std::io::stdout().lock(), "{token}");
             EXIT_OK
         }
         Err(e) => error(e),

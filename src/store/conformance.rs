@@ -736,13 +736,33 @@ pub async fn expired_lease_without_attempts_left_fails(store: Arc<dyn Store>) {
     let store = &*store;
     let joins = vec![edge("dep:AFTER", &["R"], Condition::OnCompletion, "AFTER")];
     let job = start(store, new_job("R", "S", Some("C1")), at(0)).await;
-    let expired = store.requeue_expired(at(31), &joins).await.unwrap();
+    // A dead worker is not the job's failure: it is queued again, beyond its
+    // retries, up to the allowance.
+    let mut now = 0;
+    for attempt in 1..=crate::store::LEASE_RECOVERY_ALLOWANCE {
+        now += 31;
+        let expired = store.requeue_expired(at(now), &joins).await.unwrap();
+        assert_eq!(
+            expired.requeued,
+            vec![job.job_id.clone()],
+            "attempt {attempt}"
+        );
+        assert!(expired.finished.is_empty());
+        let claimed = store.claim("worker-2", 1, LEASE, at(now)).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempt, attempt + 1);
+    }
+    now += 31;
+    let expired = store.requeue_expired(at(now), &joins).await.unwrap();
     assert!(expired.requeued.is_empty());
     assert_eq!(expired.finished.len(), 1);
     let failed = &expired.finished[0];
     assert_eq!(failed.job.job_id, job.job_id);
     assert_eq!(failed.job.status, JobStatus::Failed);
-    assert_eq!(failed.job.attempt, 1);
+    assert_eq!(
+        failed.job.attempt,
+        1 + crate::store::LEASE_RECOVERY_ALLOWANCE
+    );
     assert!(failed.job.error.as_deref().unwrap().contains("lease"));
     // A final failure is a completion event like any other.
     assert_eq!(failed.children_created.len(), 1);

@@ -39,6 +39,17 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Attempts a job gets beyond its declared retries when its worker dies
+/// (its lease expires): a crash is not the job's failure, so it is queued
+/// again and finishes; a job that kills its worker every time still ends
+/// FAILED after these.
+pub const LEASE_RECOVERY_ALLOWANCE: u32 = 2;
+
+/// Whether a job whose lease expired gets another attempt.
+pub fn recovers_after_lease_expiry(attempt: u32, max_attempts: u32) -> bool {
+    attempt < max_attempts.saturating_add(LEASE_RECOVERY_ALLOWANCE)
+}
+
 /// The durable job store. Used as `Arc<dyn Store>`.
 ///
 /// Methods that change state return once the change is on disk. Every method that depends on the

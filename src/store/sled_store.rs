@@ -4,7 +4,7 @@
 //!
 //! - **sled holds the truth; every index is derived.** sled stores the job records, join state,
 //!   unique keys, fire times and the parent → child index. The claim queue, the retry and lease
-//!   indexes, the newest-first list index and the status counters live in memory ([`State`]),
+//!   indexes, the newest-first list index and the status counters live in memory (`State`),
 //!   are rebuilt from the records when the store opens, and are changed only after the records
 //!   they follow are written. A crash can therefore never leave an index disagreeing with a
 //!   record.
@@ -24,8 +24,8 @@
 //! removing an index key costs 5–9 µs (leaf splits and merges at 16 entries), against ~2 µs to
 //! rewrite an existing record. Persistent queue, lease and status indexes made ~12 structural
 //! writes per job, for about 5,000 jobs/s; records alone make one insert and two rewrites per
-//! job. The price is an open that reads every record (about a second per million jobs) and
-//! ~60 bytes of memory per job.
+//! job. The price is an open that reads every record (a few seconds per million jobs) and about
+//! 150 bytes of memory per job for the indexes.
 //!
 //! # Layout (version [`LAYOUT_VERSION`])
 //!
@@ -35,7 +35,7 @@
 //!
 //! | key                                                     | value                    |
 //! |---------------------------------------------------------|--------------------------|
-//! | `j` job id                                              | the job record           |
+//! | `j` created_at (µs), job id                             | the job record           |
 //! | `c` parent id, child id                                 | empty                    |
 //! | `J` join id, role, county (each length-prefixed)        | [`JoinState`]            |
 //! | `u` `f` schedule, fire time / `i` subject, key          | the job ids it created   |
@@ -43,7 +43,7 @@
 //! | `m` `layout`                                            | layout version (u32, BE) |
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -85,8 +85,8 @@ const META_LAYOUT: &[u8] = b"mlayout";
 pub struct SledConfig {
     /// A directory; created if missing.
     pub path: PathBuf,
-    /// sled's page cache. Resident memory is this, plus sled's bookkeeping, plus ~60 bytes per
-    /// job for the indexes.
+    /// sled's page cache. Resident memory is this, plus sled's bookkeeping, plus about 150 bytes
+    /// per job for the indexes.
     pub cache_capacity_bytes: u64,
     /// Wait for fsync before a mutating method returns (group commit). Turn off only for tests
     /// and throwaway stores: sled then flushes every 500 ms, and on close.
@@ -172,17 +172,24 @@ impl SledStore {
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Takes the writer's turn.
     fn change(&self) -> Change<'_> {
         Change {
             tree: &self.tree,
+            state: lock(&self.state),
             writes: BTreeMap::new(),
-            jobs: Vec::new(),
+            moves: Vec::new(),
+            new_ids: HashSet::new(),
         }
     }
 
     fn read_job(&self, job_id: &JobId) -> StoreResult<Option<Job>> {
-        let key = job_key(&id_bytes(job_id));
-        match self.tree.get(&key).map_err(StoreError::Sled)? {
+        let id = id_bytes(job_id);
+        let Some(created) = lock(&self.state).created.get(&id).copied() else {
+            return Ok(None);
+        };
+        let key = job_key(created, &id);
+        match self.tree.get(key).map_err(StoreError::Sled)? {
             Some(bytes) => decode_job(&key, &bytes).map(Some),
             None => Ok(None),
         }
@@ -194,7 +201,6 @@ impl SledStore {
         unique: Option<&UniqueKey>,
         now: DateTime<Utc>,
     ) -> StoreResult<Enqueued> {
-        let mut state = lock(&self.state);
         let mut change = self.change();
         let unique_key = unique.map(unique_key);
         if let Some(key) = &unique_key {
@@ -226,7 +232,7 @@ impl SledStore {
                 change.put(key, fire_time.to_vec());
             }
         }
-        change.commit(&mut state)?;
+        change.commit()?;
         Ok(Enqueued::Created(jobs))
     }
 
@@ -239,25 +245,24 @@ impl SledStore {
         now: DateTime<Utc>,
     ) -> StoreResult<(Vec<Job>, bool)> {
         let lease_until = add(now, lease);
-        let mut state = lock(&self.state);
-        let promoted = state.promote_due(now) > 0;
-        let candidates: Vec<QueueKey> = state.queue.iter().take(max).copied().collect();
         let mut change = self.change();
+        let promoted = change.state.promote_due(now) > 0;
+        let candidates: Vec<QueueKey> = change.state.queue.iter().take(max).copied().collect();
         let mut claimed = Vec::with_capacity(candidates.len());
         for key in candidates {
-            let Some(old) = state.indexed(&change, &key.2, JobStatus::Queued) else {
+            let Some(mut job) = change.indexed(&key.2, JobStatus::Queued) else {
                 continue;
             };
-            let mut job = old.clone();
+            let old = Placement::of(&job);
             job.status = JobStatus::Processing;
             job.started_at = Some(now);
             job.lease_owner = Some(worker.to_owned());
             job.lease_until = Some(lease_until);
             job.version += 1;
-            change.put_job(Some(old), job.clone());
+            change.put_job(Some(old), &job);
             claimed.push(job);
         }
-        change.commit(&mut state)?;
+        change.commit()?;
         Ok((claimed, promoted))
     }
 
@@ -269,7 +274,6 @@ impl SledStore {
         progress: Option<ProgressUpdate>,
     ) -> StoreResult<Cas<Job>> {
         let lease_until = store_time(lease_until);
-        let mut state = lock(&self.state);
         let mut change = self.change();
         let old = match change.job_at(job_id, expected_version)? {
             Ok(old) => old,
@@ -282,7 +286,8 @@ impl SledStore {
                 to: JobStatus::Processing,
             });
         }
-        let mut job = old.clone();
+        let mut job = old;
+        let old = Placement::of(&job);
         job.lease_until = Some(lease_until);
         if let Some(update) = progress {
             job.progress = update.progress.min(100);
@@ -290,8 +295,8 @@ impl SledStore {
             job.estimated_completion = update.estimated_completion.map(store_time);
         }
         job.version += 1;
-        change.put_job(Some(old), job.clone());
-        change.commit(&mut state)?;
+        change.put_job(Some(old), &job);
+        change.commit()?;
         Ok(Cas::Applied(job))
     }
 
@@ -303,13 +308,13 @@ impl SledStore {
         joins: &[JoinEdge],
         now: DateTime<Utc>,
     ) -> StoreResult<Cas<Completion>> {
-        let mut state = lock(&self.state);
         let mut change = self.change();
         let old = match change.job_at(job_id, expected_version)? {
             Ok(old) => old,
             Err(current) => return Ok(Cas::Conflict { current }),
         };
-        let mut job = old.clone();
+        let mut job = old;
+        let old = Placement::of(&job);
         let (to, retry_at) = match outcome {
             Outcome::Success {
                 result_path,
@@ -326,7 +331,7 @@ impl SledStore {
                 job.error = Some(error);
                 let retry = retry_at
                     .map(store_time)
-                    .filter(|_| old.attempt < old.max_attempts && !old.cancel_requested);
+                    .filter(|_| job.attempt < job.max_attempts && !job.cancel_requested);
                 match retry {
                     Some(at) => (JobStatus::Queued, Some(at)),
                     None => (JobStatus::Failed, None),
@@ -357,9 +362,9 @@ impl SledStore {
             finish(&mut job, to, now);
         }
         job.version += 1;
-        change.put_job(Some(old), job.clone());
+        change.put_job(Some(old), &job);
         let (children_created, join_errors) = change.apply_joins(&job, joins, now)?;
-        change.commit(&mut state)?;
+        change.commit()?;
         Ok(Cas::Applied(Completion {
             job,
             children_created,
@@ -368,28 +373,25 @@ impl SledStore {
     }
 
     fn cancel_sync(&self, job_id: &JobId, now: DateTime<Utc>) -> StoreResult<CancelOutcome> {
-        let mut state = lock(&self.state);
         let mut change = self.change();
         let Some(old) = change.job(job_id)? else {
             return Ok(CancelOutcome::NotFound);
         };
-        let mut job = old.clone();
-        let outcome = match old.status {
-            JobStatus::Queued => {
-                finish(&mut job, JobStatus::Cancelled, now);
-                job.version += 1;
-                CancelOutcome::Cancelled(job.clone())
-            }
-            JobStatus::Processing if !old.cancel_requested => {
-                job.cancel_requested = true;
-                job.version += 1;
-                CancelOutcome::Requested(job.clone())
-            }
-            JobStatus::Processing => return Ok(CancelOutcome::Requested(old)),
-            _ => return Ok(CancelOutcome::AlreadyFinished(old)),
+        let mut job = old;
+        let old = Placement::of(&job);
+        match job.status {
+            JobStatus::Queued => finish(&mut job, JobStatus::Cancelled, now),
+            JobStatus::Processing if !job.cancel_requested => job.cancel_requested = true,
+            JobStatus::Processing => return Ok(CancelOutcome::Requested(job)),
+            _ => return Ok(CancelOutcome::AlreadyFinished(job)),
+        }
+        job.version += 1;
+        change.put_job(Some(old), &job);
+        let outcome = match job.status {
+            JobStatus::Cancelled => CancelOutcome::Cancelled(job),
+            _ => CancelOutcome::Requested(job),
         };
-        change.put_job(Some(old), job);
-        change.commit(&mut state)?;
+        change.commit()?;
         Ok(outcome)
     }
 
@@ -403,15 +405,17 @@ impl SledStore {
     ) -> StoreResult<Expired> {
         let mut expired = Expired::default();
         loop {
-            let mut state = lock(&self.state);
+            let mut change = self.change();
             let ended: Vec<Id> = match before {
-                Some(before) => state
+                Some(before) => change
+                    .state
                     .leases
                     .range(..(before.timestamp_micros(), [0; JobId::LEN]))
                     .take(SWEEP_CHUNK)
                     .map(|(_, id)| *id)
                     .collect(),
-                None => state
+                None => change
+                    .state
                     .leases
                     .iter()
                     .take(SWEEP_CHUNK)
@@ -421,36 +425,35 @@ impl SledStore {
             if ended.is_empty() {
                 return Ok(expired);
             }
-            let mut change = self.change();
             for id in &ended {
-                let Some(old) = state.indexed(&change, id, JobStatus::Processing) else {
+                let Some(mut job) = change.indexed(id, JobStatus::Processing) else {
                     continue;
                 };
-                let mut job = old.clone();
-                let to = if old.cancel_requested {
+                let old = Placement::of(&job);
+                let to = if job.cancel_requested {
                     JobStatus::Cancelled
-                } else if old.attempt < old.max_attempts {
+                } else if super::recovers_after_lease_expiry(job.attempt, job.max_attempts) {
                     JobStatus::Queued
                 } else {
                     JobStatus::Failed
                 };
-                status::transition(old.status, to)
-                    .map_err(|e| StoreError::illegal(&old.job_id, e))?;
+                status::transition(job.status, to)
+                    .map_err(|e| StoreError::illegal(&job.job_id, e))?;
                 if to == JobStatus::Queued {
                     requeue(&mut job);
                 } else {
                     if to == JobStatus::Failed {
                         job.error = Some(format!(
                             "lease of worker {} expired on attempt {} of {}",
-                            old.lease_owner.as_deref().unwrap_or("?"),
-                            old.attempt,
-                            old.max_attempts
+                            job.lease_owner.as_deref().unwrap_or("?"),
+                            job.attempt,
+                            job.max_attempts
                         ));
                     }
                     finish(&mut job, to, now);
                 }
                 job.version += 1;
-                change.put_job(Some(old), job.clone());
+                change.put_job(Some(old), &job);
                 if to == JobStatus::Queued {
                     expired.requeued.push(job.job_id);
                 } else {
@@ -463,7 +466,7 @@ impl SledStore {
                     });
                 }
             }
-            change.commit(&mut state)?;
+            change.commit()?;
             // Every lease taken above has left the index (the job moved on, or the entry was
             // dropped), so this ends.
             if ended.len() < SWEEP_CHUNK {
@@ -628,9 +631,11 @@ impl Store for SledStore {
                 // Other dispatchers may find the rest.
                 self.wake();
             }
-            if !claimed.is_empty() {
-                self.durable().await?;
-            }
+            // A claim is not awaited to disk: if the process dies before
+            // sled's next flush, the job is simply QUEUED again after
+            // recovery, which is what lease recovery would do anyway. The
+            // job's completion is flushed, and sled's log orders the claim
+            // before it. This keeps fsync off the dispatch path.
             Ok(claimed)
         })
     }
@@ -643,10 +648,10 @@ impl Store for SledStore {
         progress: Option<ProgressUpdate>,
     ) -> BoxFuture<'a, StoreResult<Cas<Job>>> {
         Box::pin(async move {
+            // Heartbeats and progress need not be on disk: after a crash the
+            // single-process store requeues every PROCESSING job whatever its
+            // lease says, and progress is advisory.
             let cas = self.renew_sync(job_id, expected_version, lease_until, progress)?;
-            if cas.is_applied() {
-                self.durable().await?;
-            }
             Ok(cas)
         })
     }
@@ -664,12 +669,16 @@ impl Store for SledStore {
                 self.complete_sync(job_id, expected_version, outcome, joins, store_time(now))?;
             if let Cas::Applied(completion) = &cas {
                 log_join_errors(completion);
-                self.durable().await?;
+                // Wake dispatchers before the fsync: a dependent may start
+                // while its parent's completion is being flushed. If the
+                // process dies first, both vanish together (sled recovers the
+                // log in order), and the parent runs again.
                 if completion.job.status == JobStatus::Queued
                     || !completion.children_created.is_empty()
                 {
                     self.wake();
                 }
+                self.durable().await?;
             }
             Ok(cas)
         })
@@ -682,8 +691,10 @@ impl Store for SledStore {
     ) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
         Box::pin(async move {
             let outcome = self.cancel_sync(job_id, store_time(now))?;
-            // Unchanged outcomes too: what they report may still be waiting for its fsync.
-            self.durable().await?;
+            if outcome != CancelOutcome::NotFound {
+                // Unchanged outcomes too: what they report may still be waiting for its fsync.
+                self.durable().await?;
+            }
             Ok(outcome)
         })
     }
@@ -805,34 +816,57 @@ fn finish(job: &mut Job, to: JobStatus, now: DateTime<Utc>) {
 // One change: reads through its own writes, then one sled call
 // ---------------------------------------------------------------------------------------------
 
-/// The writes of one change, made under the state lock. Reads see the change's own writes;
-/// `commit` writes them all in one sled call, then moves the indexes.
+/// One change: the writer's turn (the state lock) and its writes. Reads see the change's own
+/// writes; `commit` writes them all in one sled call, then moves the indexes.
 struct Change<'s> {
     tree: &'s sled::Tree,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Every record written, before and after, in order, for the indexes.
-    jobs: Vec<(Option<Job>, Job)>,
+    state: MutexGuard<'s, State>,
+    writes: BTreeMap<sled::IVec, Option<sled::IVec>>,
+    /// Every record written, in order, for the indexes.
+    moves: Vec<Move>,
+    /// Ids of the jobs this change creates.
+    new_ids: HashSet<Id>,
+}
+
+/// A record written, as the indexes see it.
+struct Move {
+    old: Option<Placement>,
+    new: Placement,
+    /// Report type and county of a new job, for its list entry.
+    names: Option<(String, Option<String>)>,
+    record: sled::IVec,
 }
 
 impl Change<'_> {
-    fn get(&self, key: &[u8]) -> StoreResult<Option<Cow<'_, [u8]>>> {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
         if let Some(write) = self.writes.get(key) {
-            return Ok(write.as_deref().map(Cow::Borrowed));
+            return Ok(write.clone());
         }
-        let value = self.tree.get(key).map_err(StoreError::Sled)?;
-        Ok(value.map(|bytes| Cow::Owned(bytes.to_vec())))
+        if let Some(record) = key
+            .strip_prefix(&[JOB])
+            .and_then(|rest| rest.get(8..))
+            .and_then(|id| self.state.running.get(id))
+        {
+            return Ok(Some(record.clone()));
+        }
+        self.tree.get(key).map_err(StoreError::Sled)
     }
 
-    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, Some(value));
+    fn put(&mut self, key: impl Into<sled::IVec>, value: Vec<u8>) {
+        self.writes.insert(key.into(), Some(value.into()));
     }
 
-    fn remove(&mut self, key: Vec<u8>) {
-        self.writes.insert(key, None);
+    fn remove(&mut self, key: impl Into<sled::IVec>) {
+        self.writes.insert(key.into(), None);
     }
 
     fn job(&self, job_id: &JobId) -> StoreResult<Option<Job>> {
-        let key = job_key(&id_bytes(job_id));
+        let id = id_bytes(job_id);
+        let Some(created) = self.state.created.get(&id).copied() else {
+            // Not a job, or one written by this change (which never reads those back).
+            return Ok(None);
+        };
+        let key = job_key(created, &id);
         match self.get(&key)? {
             Some(bytes) => decode_job(&key, &bytes).map(Some),
             None => Ok(None),
@@ -851,30 +885,65 @@ impl Change<'_> {
         }
     }
 
-    /// Writes `new` over `old` (`None`: a new job).
-    fn put_job(&mut self, old: Option<Job>, new: Job) {
-        let id = id_bytes(&new.job_id);
-        if old.is_none() {
-            for parent in &new.parent_job_ids {
-                let key = [&[CHILD][..], parent.as_str().as_bytes(), &id].concat();
-                self.put(key, Vec::new());
-            }
+    /// The record an index entry points to, if it is in `status` as the index says. An entry
+    /// that disagrees (only possible through a bug or an unreadable record) is dropped, so
+    /// that it cannot block the queue.
+    fn indexed(&mut self, id: &Id, status: JobStatus) -> Option<Job> {
+        let job = job_id_from(id).and_then(|job_id| self.job(&job_id));
+        match job {
+            Ok(Some(job)) if job.status == status => return Some(job),
+            Ok(found) => tracing::error!(
+                job_id = %String::from_utf8_lossy(id),
+                found = ?found.map(|job| job.status),
+                expected = %status,
+                "an index entry disagreed with its job record; dropped it"
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "an indexed job record is unreadable; dropped it from the index"
+            ),
         }
-        self.put(job_key(&id), encode_job(&new));
-        self.jobs.push((old, new));
+        self.state.forget(id);
+        None
+    }
+
+    /// Writes `new`, whose record was at `old` in the indexes (`None`: a new job).
+    fn put_job(&mut self, old: Option<Placement>, new: &Job) {
+        let id = id_bytes(&new.job_id);
+        let names = match old {
+            Some(_) => None,
+            None => {
+                for parent in &new.parent_job_ids {
+                    let key = [&[CHILD][..], parent.as_str().as_bytes(), &id].concat();
+                    self.put(key, Vec::new());
+                }
+                Some((new.report_type.clone(), new.county.clone()))
+            }
+        };
+        let record = sled::IVec::from(encode_job(new));
+        let key = job_key(new.created_at.timestamp_micros(), &id);
+        self.writes
+            .insert(key.as_slice().into(), Some(record.clone()));
+        self.moves.push(Move {
+            old,
+            new: Placement::of(new),
+            names,
+            record,
+        });
     }
 
     /// Inserts a new QUEUED job under a fresh id (drawn again on a collision).
     fn insert_new(&mut self, new: NewJob, now: DateTime<Utc>) -> StoreResult<Job> {
         let job_id = loop {
             let candidate = JobId::generate();
-            if self.get(&job_key(&id_bytes(&candidate)))?.is_none() {
+            let id = id_bytes(&candidate);
+            if !self.state.created.contains_key(&id) && self.new_ids.insert(id) {
                 break candidate;
             }
             tracing::debug!(job_id = %candidate, "job id collision; drawing again");
         };
         let job = new.into_job(job_id, now);
-        self.put_job(None, job.clone());
+        self.put_job(None, &job);
         Ok(job)
     }
 
@@ -905,7 +974,7 @@ impl Change<'_> {
                 continue;
             }
             let key = join_key(&edge.join_id, &job.role, job.county.as_deref());
-            let stored = self.get(&key)?.map(Cow::into_owned);
+            let stored = self.get(&key)?;
             let mut state = match &stored {
                 None => JoinState::default(),
                 Some(bytes) => decode_value(&key, bytes).unwrap_or_else(|error| {
@@ -932,8 +1001,8 @@ impl Change<'_> {
     }
 
     /// Writes everything in one sled call (recovered all or nothing), then moves the indexes.
-    fn commit(self, state: &mut State) -> StoreResult<()> {
-        let mut writes = self.writes.into_iter();
+    fn commit(mut self) -> StoreResult<()> {
+        let mut writes = std::mem::take(&mut self.writes).into_iter();
         match (writes.next(), writes.len()) {
             (None, _) => {}
             (Some((key, Some(value))), 0) => {
@@ -953,8 +1022,8 @@ impl Change<'_> {
                 self.tree.apply_batch(batch).map_err(StoreError::Sled)?;
             }
         }
-        for (old, new) in &self.jobs {
-            state.apply(old.as_ref(), new);
+        for change in std::mem::take(&mut self.moves) {
+            self.state.apply(change);
         }
         Ok(())
     }
@@ -981,6 +1050,11 @@ struct State {
     delayed: BTreeSet<(i64, QueueKey)>,
     /// PROCESSING jobs by lease end.
     leases: BTreeSet<(i64, Id)>,
+    /// The records of PROCESSING jobs (as stored), so that heartbeats and completions, the
+    /// busiest changes, need no sled lookup. As many as there are running jobs.
+    running: HashMap<Id, sled::IVec>,
+    /// Every job's creation time, by id: the first part of its record's key.
+    created: HashMap<Id, i64>,
     /// Every job, with what `list` filters on.
     jobs: BTreeMap<ListKey, Entry>,
     /// Jobs per status, in `JobStatus::ALL` order.
@@ -1019,12 +1093,32 @@ impl Names {
     }
 }
 
-fn queue_key(job: &Job) -> QueueKey {
-    (
-        255 - job.priority,
-        job.created_at.timestamp_micros(),
-        id_bytes(&job.job_id),
-    )
+/// Where a record belongs in the indexes: what of a job they are derived from.
+#[derive(Clone, Copy)]
+struct Placement {
+    id: Id,
+    status: JobStatus,
+    queue: QueueKey,
+    run_after: Option<i64>,
+    lease_until: Option<i64>,
+}
+
+impl Placement {
+    fn of(job: &Job) -> Placement {
+        let id = id_bytes(&job.job_id);
+        let created = job.created_at.timestamp_micros();
+        Placement {
+            id,
+            status: job.status,
+            queue: (255 - job.priority, created, id),
+            run_after: job.run_after.map(|at| at.timestamp_micros()),
+            lease_until: job.lease_until.map(|at| at.timestamp_micros()),
+        }
+    }
+
+    fn list_key(&self) -> ListKey {
+        (self.queue.1, self.id)
+    }
 }
 
 impl State {
@@ -1032,14 +1126,27 @@ impl State {
         let mut state = State::default();
         let mut unreadable = 0;
         for entry in tree.scan_prefix([JOB]) {
-            let (key, bytes) = entry.map_err(StoreError::Sled)?;
-            match decode_job(&key, &bytes) {
-                Ok(job) => state.apply(None, &job),
+            let (key, record) = entry.map_err(StoreError::Sled)?;
+            match decode_job(&key, &record) {
+                Ok(job) => state.apply(Move {
+                    old: None,
+                    new: Placement::of(&job),
+                    names: Some((job.report_type, job.county)),
+                    record,
+                }),
                 Err(error) => {
-                    // One bad record must not keep every other job from running; `get` still
-                    // reports it.
+                    // One bad record must not keep every other job from running. Its key still
+                    // names it, so that `get` reports it rather than "not found".
                     tracing::error!(%error, "skipping an unreadable job record");
                     unreadable += 1;
+                    if let (Some(created), Some(id)) = (key.get(1..9), key.get(9..)) {
+                        if let (Ok(created), Ok(id)) =
+                            (<[u8; 8]>::try_from(created), Id::try_from(id))
+                        {
+                            let micros = (u64::from_be_bytes(created) ^ (1 << 63)) as i64;
+                            state.created.insert(id, micros);
+                        }
+                    }
                 }
             }
         }
@@ -1052,23 +1159,27 @@ impl State {
         Ok(state)
     }
 
-    /// Moves `old`'s index entries to where `new` belongs (`old` is `None` for a new job).
-    fn apply(&mut self, old: Option<&Job>, new: &Job) {
-        let id = id_bytes(&new.job_id);
+    /// Moves a record's index entries from where it was to where it belongs now.
+    fn apply(&mut self, change: Move) {
+        let Move {
+            old,
+            new,
+            names,
+            record,
+        } = change;
         if let Some(old) = old {
             match old.status {
                 JobStatus::Queued => {
                     // Promotion moves a retry from `delayed` to `queue` without touching the
                     // record, so a QUEUED job leaves both.
-                    let key = queue_key(old);
-                    self.queue.remove(&key);
+                    self.queue.remove(&old.queue);
                     if let Some(at) = old.run_after {
-                        self.delayed.remove(&(at.timestamp_micros(), key));
+                        self.delayed.remove(&(at, old.queue));
                     }
                 }
                 JobStatus::Processing => {
                     if let Some(until) = old.lease_until {
-                        self.leases.remove(&(until.timestamp_micros(), id));
+                        self.leases.remove(&(until, old.id));
                     }
                 }
                 _ => {}
@@ -1077,41 +1188,44 @@ impl State {
         match new.status {
             JobStatus::Queued => match new.run_after {
                 Some(at) => {
-                    self.delayed.insert((at.timestamp_micros(), queue_key(new)));
+                    self.delayed.insert((at, new.queue));
                 }
                 None => {
-                    self.queue.insert(queue_key(new));
+                    self.queue.insert(new.queue);
                 }
             },
             JobStatus::Processing => {
                 if let Some(until) = new.lease_until {
-                    self.leases.insert((until.timestamp_micros(), id));
+                    self.leases.insert((until, new.id));
                 }
             }
             _ => {}
         }
+        if new.status == JobStatus::Processing {
+            self.running.insert(new.id, record);
+        } else if old.is_some_and(|old| old.status == JobStatus::Processing) {
+            self.running.remove(&new.id);
+        }
+        if let Some((report_type, county)) = names {
+            self.created.insert(new.id, new.queue.1);
+            let entry = Entry {
+                status: new.status,
+                report_type: self.names.intern(&report_type),
+                county: county
+                    .as_deref()
+                    .map_or(Names::NONE, |county| self.names.intern(county)),
+            };
+            self.jobs.insert(new.list_key(), entry);
+        }
         let old_status = old.map(|old| old.status);
-        if old_status == Some(new.status) {
-            return;
-        }
-        if let Some(status) = old_status {
-            self.counts[status_index(status)] -= 1;
-        }
-        self.counts[status_index(new.status)] += 1;
-        let position = (new.created_at.timestamp_micros(), id);
-        match self.jobs.get_mut(&position) {
-            Some(entry) => entry.status = new.status,
-            None => {
-                let entry = Entry {
-                    status: new.status,
-                    report_type: self.names.intern(&new.report_type),
-                    county: new
-                        .county
-                        .as_deref()
-                        .map_or(Names::NONE, |county| self.names.intern(county)),
-                };
-                self.jobs.insert(position, entry);
+        if old_status != Some(new.status) {
+            if let Some(status) = old_status {
+                self.counts[status_index(status)] -= 1;
+                if let Some(entry) = self.jobs.get_mut(&new.list_key()) {
+                    entry.status = new.status;
+                }
             }
+            self.counts[status_index(new.status)] += 1;
         }
     }
 
@@ -1130,27 +1244,13 @@ impl State {
         promoted
     }
 
-    /// The record an index entry points to, if it is in `status` as the index says. An entry
-    /// that disagrees (only possible through a bug or an unreadable record) is dropped, so
-    /// that it cannot block the queue.
-    fn indexed(&mut self, change: &Change<'_>, id: &Id, status: JobStatus) -> Option<Job> {
-        let job = job_id_from(id).and_then(|job_id| change.job(&job_id));
-        match job {
-            Ok(Some(job)) if job.status == status => return Some(job),
-            Ok(found) => tracing::error!(
-                job_id = %String::from_utf8_lossy(id),
-                found = ?found.map(|job| job.status),
-                expected = %status,
-                "an index entry disagreed with its job record; dropped it"
-            ),
-            Err(error) => {
-                tracing::error!(%error, "an indexed job record is unreadable; dropped it from the index")
-            }
-        }
+    /// Drops a job from the claim, retry and lease indexes (after an entry disagreed with its
+    /// record). Linear, but only ever on that path.
+    fn forget(&mut self, id: &Id) {
         self.queue.retain(|key| key.2 != *id);
         self.delayed.retain(|(_, key)| key.2 != *id);
         self.leases.retain(|(_, lease)| lease != id);
-        None
+        self.running.remove(id);
     }
 }
 
@@ -1181,13 +1281,24 @@ fn job_id_at(key: &[u8], at: usize) -> StoreResult<JobId> {
     }
 }
 
-fn job_key(id: &Id) -> Vec<u8> {
-    [&[JOB][..], id].concat()
+/// `j`, created_at, id: records sort by age, so that new jobs are appended and the jobs a
+/// queue works on (the oldest queued, the recently claimed) share leaves. 21 bytes: sled keeps
+/// it inline, with no allocation.
+fn job_key(created_micros: i64, id: &Id) -> [u8; 1 + 8 + JobId::LEN] {
+    let mut key = [JOB; 1 + 8 + JobId::LEN];
+    key[1..9].copy_from_slice(&micros_key(created_micros));
+    key[9..].copy_from_slice(id);
+    key
+}
+
+/// Microseconds since the epoch, sign bit flipped, big-endian: sorts as the times do.
+fn micros_key(micros: i64) -> [u8; 8] {
+    ((micros as u64) ^ (1 << 63)).to_be_bytes()
 }
 
 /// Microseconds since the epoch, sign bit flipped, big-endian: sorts as the times do.
 fn time_key(time: DateTime<Utc>) -> [u8; 8] {
-    ((time.timestamp_micros() as u64) ^ (1 << 63)).to_be_bytes()
+    micros_key(time.timestamp_micros())
 }
 
 fn time_from_key(key: &[u8], bytes: &[u8]) -> StoreResult<DateTime<Utc>> {
@@ -1300,7 +1411,9 @@ fn corrupt(key: &[u8], message: impl Into<String>) -> StoreError {
 }
 
 fn encode_value<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    let mut bytes = vec![RECORD_FORMAT];
+    // Sized for a typical job record, so that encoding does not grow it.
+    let mut bytes = Vec::with_capacity(256);
+    bytes.push(RECORD_FORMAT);
     bincode::serde::encode_into_std_write(value, &mut bytes, bincode_config())
         .expect("encoding into a Vec cannot fail");
     bytes
@@ -1898,10 +2011,13 @@ mod tests {
             panic!()
         };
         let (bad, good) = (&jobs[0], &jobs[1]);
-        let key = super::job_key(&super::id_bytes(&bad.job_id));
+        let key = super::job_key(
+            bad.created_at.timestamp_micros(),
+            &super::id_bytes(&bad.job_id),
+        );
         store
             .tree
-            .insert(key.clone(), &[super::RECORD_FORMAT, 0xff, 0xff][..])
+            .insert(key, &[super::RECORD_FORMAT, 0xff, 0xff][..])
             .unwrap();
         assert!(matches!(
             store.get(&bad.job_id).await,
@@ -2211,7 +2327,7 @@ mod tests {
             job.lease_until = None;
             if job.cancel_requested {
                 job.status = JobStatus::Cancelled;
-            } else if job.attempt < job.max_attempts {
+            } else if crate::store::recovers_after_lease_expiry(job.attempt, job.max_attempts) {
                 job.status = JobStatus::Queued;
                 job.attempt += 1;
                 job.run_after = None;

@@ -1,0 +1,1365 @@
+//! The HTTP API (axum): report triggers, job status, listing, cancellation, result downloads,
+//! the graph, health, readiness, Prometheus metrics and the OpenAPI document.
+//!
+//! **Architecture invariants:**
+//! - **Every error is `{"code", "message"}` with a stable code** ([`AppError`]); internal
+//!   details (store errors, paths, panics) are logged, never sent.
+//! - **Who a job runs as comes from the verified token only** ([`Caller`]); the `role` and
+//!   `countyId` a client puts in a body are accepted and ignored.
+//! - **A job outside the caller's county answers exactly as a job that does not exist** (`404`).
+//! - **The route table is the one list**: [`app`] registers [`route_list`], and the OpenAPI
+//!   document must name every entry (a test checks it).
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::header::{self, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::AsyncRead;
+
+use crate::auth::{AuthConfig, ADMIN_ROLE};
+use crate::executor::Engine;
+use crate::graph::GraphFormat;
+use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
+use crate::store::{CancelOutcome, Enqueued, ListFilter, StoreError, UniqueKey};
+use crate::workflow::DataFormat;
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Largest `chunkSize` a request may ask for (the workflow language's own bound).
+pub const MAX_CHUNK_SIZE: u32 = 10_000_000;
+/// Longest `idempotencyKey` and `targetSystem`.
+pub const MAX_KEY_LEN: usize = 255;
+/// How long an estimated duration is reused before it is computed again (it reads the source).
+const ESTIMATE_TTL: Duration = Duration::from_secs(1);
+/// How long `/readyz` waits for the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Size of one chunk of a streamed result file.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub auth: Arc<AuthConfig>,
+    estimates: Arc<Estimates>,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>, auth: Arc<AuthConfig>) -> AppState {
+        AppState {
+            engine,
+            auth,
+            estimates: Arc::default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// An API error: a status, a stable `code` and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppError {
+    /// 401: no token, or a token that does not verify.
+    Unauthorized(String),
+    /// 403: a valid token that may not do this.
+    Forbidden(String),
+    /// 404: no such job (or not the caller's), or no such route.
+    NotFound(String),
+    /// 405.
+    MethodNotAllowed(String),
+    /// 400: the request is malformed or out of range.
+    InvalidRequest(String),
+    /// 409: the job is not in a state that allows this.
+    Conflict(String),
+    /// 413.
+    PayloadTooLarge(String),
+    /// 415.
+    UnsupportedMediaType(String),
+    /// 503: the store does not answer.
+    Unavailable(String),
+    /// 500: the detail is logged, never sent.
+    Internal(String),
+}
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Unauthorized(_) => "unauthorized",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::NotFound(_) => "not_found",
+            AppError::MethodNotAllowed(_) => "method_not_allowed",
+            AppError::InvalidRequest(_) => "invalid_request",
+            AppError::Conflict(_) => "conflict",
+            AppError::PayloadTooLarge(_) => "payload_too_large",
+            AppError::UnsupportedMediaType(_) => "unsupported_media_type",
+            AppError::Unavailable(_) => "unavailable",
+            AppError::Internal(_) => "internal",
+        }
+    }
+
+    /// Every code, for the OpenAPI document.
+    pub const CODES: [&'static str; 10] = [
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "method_not_allowed",
+        "invalid_request",
+        "conflict",
+        "payload_too_large",
+        "unsupported_media_type",
+        "unavailable",
+        "internal",
+    ];
+
+    /// The message sent to the client.
+    pub fn message(&self) -> &str {
+        match self {
+            AppError::Internal(_) => "internal error; see the server log",
+            AppError::Unauthorized(m)
+            | AppError::Forbidden(m)
+            | AppError::NotFound(m)
+            | AppError::MethodNotAllowed(m)
+            | AppError::InvalidRequest(m)
+            | AppError::Conflict(m)
+            | AppError::PayloadTooLarge(m)
+            | AppError::UnsupportedMediaType(m)
+            | AppError::Unavailable(m) => m,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "request failed");
+        }
+        let body = json!({ "code": self.code(), "message": self.message() });
+        let mut response = (self.status(), Json(body)).into_response();
+        if let AppError::Unauthorized(_) = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> AppError {
+        match e {
+            StoreError::InvalidCursor(_) => AppError::InvalidRequest("invalid cursor".into()),
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extractors
+// ---------------------------------------------------------------------------------------------
+
+/// The verified caller: the principal jobs run as, from the bearer token.
+///
+/// `401` for a missing or invalid token, `403` for a role the workflow does not declare or a
+/// non-ADMIN token without `countyId`. ADMIN sees every county and its jobs run for all of them
+/// (county `None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub principal: Principal,
+    pub admin: bool,
+}
+
+impl Caller {
+    /// Whether this caller may see (and cancel) `job`.
+    pub fn can_see(&self, job: &Job) -> bool {
+        self.admin || (job.county.is_some() && job.county == self.principal.county)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        let claims = state
+            .auth
+            .verify_header(header)
+            .map_err(|e| AppError::Unauthorized(e.to_string()))?;
+        if !state.engine.workflow.roles.contains(&claims.role) {
+            return Err(AppError::Forbidden(format!(
+                "role {} is not declared in the workflow",
+                clip(&claims.role)
+            )));
+        }
+        let admin = claims.role == ADMIN_ROLE;
+        let county = if admin {
+            None
+        } else {
+            Some(claims.county_id.ok_or_else(|| {
+                AppError::Forbidden(format!(
+                    "the token has no countyId claim, which role {} needs",
+                    claims.role
+                ))
+            })?)
+        };
+        Ok(Caller {
+            principal: Principal {
+                subject: claims.sub,
+                role: claims.role,
+                county,
+            },
+            admin,
+        })
+    }
+}
+
+/// `Json<T>` whose rejections are [`AppError`]s: `415` without a JSON content type, `413` over
+/// [`BODY_LIMIT`], `400` for malformed JSON, wrong types and unknown fields.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> AppError {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => AppError::UnsupportedMediaType(
+            "expected a JSON body with `Content-Type: application/json`".into(),
+        ),
+        JsonRejection::JsonSyntaxError(e) => {
+            AppError::InvalidRequest(format!("malformed JSON: {}", serde_source(&e.body_text())))
+        }
+        JsonRejection::JsonDataError(e) => AppError::InvalidRequest(serde_source(&e.body_text())),
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge(
+            format!("request body larger than {} KiB", BODY_LIMIT / 1024),
+        ),
+        other => AppError::InvalidRequest(format!(
+            "cannot read the request body: {}",
+            other.body_text()
+        )),
+    }
+}
+
+/// axum's message minus its generic prefix: serde's own words, with the field path.
+fn serde_source(text: &str) -> String {
+    text.split_once("target type: ")
+        .map_or(text, |(_, rest)| rest)
+        .to_string()
+}
+
+/// `Query<T>` whose rejection is a `400` [`AppError`].
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: QueryRejection) -> AppError {
+    let text = rejection.body_text();
+    let text = text
+        .split_once("query string: ")
+        .map_or(text.as_str(), |(_, rest)| rest);
+    AppError::InvalidRequest(format!("invalid query: {text}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /api/reports/generate`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GenerateRequest {
+    pub report_type: String,
+    #[serde(default)]
+    pub data_format: Option<String>,
+    #[serde(default)]
+    pub chunk_size: Option<u32>,
+    #[serde(default)]
+    pub priority: Option<u8>,
+    #[serde(default)]
+    pub target_system: Option<String>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Sent by the seed's clients; accepted and never read: the token decides.
+    #[serde(default)]
+    #[allow(dead_code)]
+    role: Option<IgnoredAny>,
+    /// Sent by the seed's clients; accepted and never read: the token decides.
+    #[serde(default, rename = "countyId")]
+    #[allow(dead_code)]
+    county_id: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateResponse {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub estimated_completion_time: Option<DateTime<Utc>>,
+}
+
+/// A job as the API shows it: no lease owner, no server paths, no version.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub report_type: String,
+    pub role: String,
+    #[serde(rename = "countyId")]
+    pub county: Option<String>,
+    pub subject: String,
+    pub trigger_id: String,
+    pub priority: u8,
+    pub progress: u8,
+    pub rows_written: u64,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub estimated_completion_time: Option<DateTime<Utc>>,
+    pub retry_after: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub result_sha256: Option<String>,
+    /// Where to download the result, once COMPLETED.
+    pub result_url: Option<String>,
+    pub request: JobRequest,
+    pub parent_job_ids: Vec<JobId>,
+    /// Only in `GET /api/jobs/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_job_ids: Option<Vec<JobId>>,
+}
+
+impl JobView {
+    pub fn new(job: Job, children: Option<Vec<JobId>>) -> JobView {
+        let result_url = (job.status == JobStatus::Completed)
+            .then(|| format!("/api/jobs/{}/result", job.job_id));
+        JobView {
+            job_id: job.job_id,
+            status: job.status,
+            report_type: job.report_type,
+            role: job.role,
+            county: job.county,
+            subject: job.subject,
+            trigger_id: job.trigger_id,
+            priority: job.priority,
+            progress: job.progress,
+            rows_written: job.rows_written,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            cancel_requested: job.cancel_requested,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            completed_at: job.completed_at,
+            estimated_completion_time: job.estimated_completion,
+            retry_after: job.run_after,
+            error: job.error,
+            result_sha256: job.result_sha256,
+            result_url,
+            request: job.request,
+            parent_job_ids: job.parent_job_ids,
+            child_job_ids: children,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ListParams {
+    status: Option<String>,
+    report_type: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GraphParams {
+    format: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------------------------
+
+/// `(method, path, handler)`: the one list of routes.
+fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+    vec![
+        ("POST", "/api/reports/generate", post(generate)),
+        ("GET", "/api/jobs", get(list_jobs)),
+        ("GET", "/api/jobs/{id}", get(get_job)),
+        ("POST", "/api/jobs/{id}/cancel", post(cancel_job)),
+        ("GET", "/api/jobs/{id}/result", get(job_result)),
+        ("GET", "/api/graph", get(graph)),
+        ("GET", "/api/openapi.json", get(openapi_json)),
+        ("GET", "/healthz", get(healthz)),
+        ("GET", "/readyz", get(readyz)),
+        ("GET", "/metrics", get(metrics)),
+    ]
+}
+
+/// Every `(method, path)` the router serves, paths in OpenAPI's `{param}` syntax.
+pub fn route_list() -> Vec<(&'static str, &'static str)> {
+    routes().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// The API as a router; serve it with [`serve`].
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (_, path, handler) in routes() {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then lets requests in flight
+/// finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        // Small JSON answers: send them now rather than wait for more to coalesce.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Logs each request at debug level and turns a handler panic into a `500` instead of a
+/// dropped connection.
+async fn observe(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = match CatchUnwind(Box::pin(next.run(request))).await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            AppError::Internal(format!("handler panicked: {what}")).into_response()
+        }
+    };
+    tracing::debug!(%method, path, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    response
+}
+
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+async fn no_route(method: Method, uri: Uri) -> AppError {
+    AppError::NotFound(format!("no route for {method} {}", clip(uri.path())))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> AppError {
+    AppError::MethodNotAllowed(format!("{method} is not allowed on {}", clip(uri.path())))
+}
+
+/// Client-supplied text echoed in a message, cut to a sane length.
+fn clip(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(MAX).collect();
+        out.push('…');
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------------------------
+
+async fn generate(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<GenerateRequest>,
+) -> Result<Response, AppError> {
+    let workflow = &state.engine.workflow;
+    let Some(report) = workflow.report(&body.report_type) else {
+        let hint = crate::diagnostic::did_you_mean(
+            &body.report_type,
+            workflow.reports.iter().map(|r| r.name.as_str()),
+        )
+        .map(|s| format!(" (did you mean {s}?)"))
+        .unwrap_or_default();
+        return Err(AppError::InvalidRequest(format!(
+            "unknown reportType {}{hint}",
+            clip(&body.report_type)
+        )));
+    };
+    if let Some(f) = &body.data_format {
+        if DataFormat::from_name(f).is_none() {
+            return Err(AppError::InvalidRequest(format!(
+                "dataFormat must be csv or jsonl, not {}",
+                clip(f)
+            )));
+        }
+    }
+    if let Some(n) = body.chunk_size {
+        if !(1..=MAX_CHUNK_SIZE).contains(&n) {
+            return Err(AppError::InvalidRequest(format!(
+                "chunkSize must be between 1 and {MAX_CHUNK_SIZE}, not {n}"
+            )));
+        }
+    }
+    if let Some(t) = &body.target_system {
+        if t.trim().is_empty() || t.len() > MAX_KEY_LEN {
+            return Err(AppError::InvalidRequest(format!(
+                "targetSystem must be 1 to {MAX_KEY_LEN} bytes"
+            )));
+        }
+    }
+    if let Some(k) = &body.idempotency_key {
+        if k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(char::is_control) {
+            return Err(AppError::InvalidRequest(format!(
+                "idempotencyKey must be 1 to {MAX_KEY_LEN} bytes without control characters"
+            )));
+        }
+    }
+    let request = JobRequest {
+        chunk_size: body.chunk_size,
+        data_format: body.data_format,
+        priority: body.priority,
+        target_system: body.target_system,
+        params: BTreeMap::new(),
+    };
+    let now = Utc::now();
+    let estimated_completion = state
+        .estimates
+        .estimate(&state.engine, &report.name, now)
+        .await;
+    // As `Engine::new_job`, with the estimate cached (see `Estimates`).
+    let new_job = NewJob {
+        report_type: report.name.clone(),
+        principal: caller.principal.clone(),
+        parent_job_ids: Vec::new(),
+        trigger_id: format!("http:{:016x}", rand::random::<u64>()),
+        priority: request.priority.unwrap_or(report.priority),
+        max_attempts: report.retries + 1,
+        estimated_completion,
+        request,
+    };
+    let unique = body
+        .idempotency_key
+        .map(|key| UniqueKey::idempotency(caller.principal.subject.clone(), key));
+    let (job_id, status, estimated_completion_time) = match state
+        .engine
+        .store
+        .enqueue(vec![new_job], unique, now)
+        .await?
+    {
+        Enqueued::Created(jobs) => {
+            let job = jobs
+                .into_iter()
+                .next()
+                .ok_or_else(|| AppError::Internal("enqueue returned no job".into()))?;
+            tracing::info!(job = %job.job_id, report = %job.report_type, role = %job.role, county = %job.county.as_deref().unwrap_or("*"), subject = %job.subject, "job queued");
+            (job.job_id, job.status, job.estimated_completion)
+        }
+        Enqueued::Existing(ids) => {
+            let id = ids
+                .into_iter()
+                .next()
+                .ok_or_else(|| AppError::Internal("idempotency key names no job".into()))?;
+            let job = state
+                .engine
+                .store
+                .get(&id)
+                .await?
+                .ok_or_else(|| AppError::Internal(format!("idempotent job {id} is gone")))?;
+            (job.job_id, job.status, job.estimated_completion)
+        }
+    };
+    let location = HeaderValue::from_str(&format!("/api/jobs/{job_id}"))
+        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let body = GenerateResponse {
+        job_id,
+        status,
+        estimated_completion_time,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// The job `id` if it exists and the caller may see it; `404` otherwise, the same either way.
+async fn visible_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, AppError> {
+    let not_found = || AppError::NotFound(format!("job {} not found", clip(id)));
+    let job_id: JobId = id.parse().map_err(|_| not_found())?;
+    match state.engine.store.get(&job_id).await? {
+        Some(job) if caller.can_see(&job) => Ok(job),
+        _ => Err(not_found()),
+    }
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, AppError> {
+    let job = visible_job(&state, &caller, &id).await?;
+    let children = state
+        .engine
+        .store
+        .children(&job.job_id)
+        .await?
+        .into_iter()
+        .map(|c| c.job_id)
+        .collect();
+    Ok(Json(JobView::new(job, Some(children))))
+}
+
+async fn list_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<JobList>, AppError> {
+    let status = match params.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse::<JobStatus>()
+                .map_err(|e| AppError::InvalidRequest(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let report_type = params.report_type.filter(|s| !s.is_empty());
+    if let Some(t) = &report_type {
+        if state.engine.workflow.report(t).is_none() {
+            return Err(AppError::InvalidRequest(format!(
+                "unknown reportType {}",
+                clip(t)
+            )));
+        }
+    }
+    let limit = params.limit.unwrap_or(ListFilter::DEFAULT_LIMIT);
+    if !(1..=ListFilter::MAX_LIMIT).contains(&limit) {
+        return Err(AppError::InvalidRequest(format!(
+            "limit must be between 1 and {}",
+            ListFilter::MAX_LIMIT
+        )));
+    }
+    let page = state
+        .engine
+        .store
+        .list(ListFilter {
+            status,
+            report_type,
+            // Non-ADMIN callers always have a county (the extractor checks).
+            county: if caller.admin {
+                None
+            } else {
+                caller.principal.county.clone()
+            },
+            limit,
+            cursor: params.cursor.filter(|c| !c.is_empty()),
+        })
+        .await?;
+    let jobs = page
+        .jobs
+        .into_iter()
+        .filter(|job| caller.can_see(job))
+        .map(|job| JobView::new(job, None))
+        .collect();
+    Ok(Json(JobList {
+        jobs,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+async fn cancel_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, AppError> {
+    let job = visible_job(&state, &caller, &id).await?;
+    match state.engine.store.cancel(&job.job_id, Utc::now()).await? {
+        CancelOutcome::Cancelled(job) => {
+            tracing::info!(job = %job.job_id, subject = %caller.principal.subject, "job cancelled");
+            Ok(Json(JobView::new(job, None)))
+        }
+        CancelOutcome::Requested(job) => {
+            tracing::info!(job = %job.job_id, subject = %caller.principal.subject, "cancel requested");
+            Ok(Json(JobView::new(job, None)))
+        }
+        CancelOutcome::AlreadyFinished(job) => Err(AppError::Conflict(format!(
+            "job {} is already {}",
+            job.job_id, job.status
+        ))),
+        CancelOutcome::NotFound => Err(AppError::NotFound(format!("job {} not found", clip(&id)))),
+    }
+}
+
+async fn job_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let job = visible_job(&state, &caller, &id).await?;
+    if job.status != JobStatus::Completed {
+        return Err(AppError::Conflict(format!(
+            "job {} is {}; its result is available once it is COMPLETED",
+            job.job_id, job.status
+        )));
+    }
+    // A result is masked for the role its job ran as: a weaker role of the same county must
+    // not read a stronger role's output.
+    if !caller.admin && job.role != caller.principal.role {
+        return Err(AppError::Forbidden(format!(
+            "the result of job {} was masked for role {}, not {}",
+            job.job_id, job.role, caller.principal.role
+        )));
+    }
+    let path = job.result_path.as_deref().ok_or_else(|| {
+        AppError::Internal(format!("completed job {} has no result path", job.job_id))
+    })?;
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(job = %job.job_id, "result file missing");
+            return Err(AppError::NotFound(format!(
+                "the result of job {} is no longer available",
+                job.job_id
+            )));
+        }
+        Err(e) => return Err(AppError::Internal(format!("opening {path}: {e}"))),
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| AppError::Internal(format!("reading {path}: {e}")))?
+        .len();
+    let (content_type, extension) = if path.ends_with(".jsonl") {
+        ("application/x-ndjson", "jsonl")
+    } else {
+        ("text/csv; charset=utf-8", "csv")
+    };
+    let mut response = Response::new(Body::new(FileBody::new(file, len)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}.{extension}\"",
+        job.job_id
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Some(sha) = &job.result_sha256 {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{sha}\"")) {
+            headers.insert(header::ETAG, v);
+        }
+    }
+    Ok(response)
+}
+
+async fn graph(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiQuery(params): ApiQuery<GraphParams>,
+) -> Result<Response, AppError> {
+    let (format, content_type) = match params.format.as_deref().unwrap_or("json") {
+        "json" => (GraphFormat::Json, "application/json"),
+        "dot" => (GraphFormat::Dot, "text/vnd.graphviz; charset=utf-8"),
+        "mermaid" => (GraphFormat::Mermaid, "text/vnd.mermaid; charset=utf-8"),
+        "text" => (GraphFormat::Text, "text/plain; charset=utf-8"),
+        other => {
+            return Err(AppError::InvalidRequest(format!(
+                "format must be json, dot, mermaid or text, not {}",
+                clip(other)
+            )))
+        }
+    };
+    let body = crate::graph::render(&state.engine.workflow, format);
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+async fn openapi_json() -> Response {
+    static DOC: OnceLock<Bytes> = OnceLock::new();
+    let doc = DOC.get_or_init(|| Bytes::from(openapi().to_string()));
+    ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    match tokio::time::timeout(READY_TIMEOUT, state.engine.store.counts()).await {
+        Ok(Ok(_)) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: the job store failed");
+            Err(AppError::Unavailable(
+                "the job store is not reachable".into(),
+            ))
+        }
+        Err(_) => Err(AppError::Unavailable(
+            "the job store does not answer".into(),
+        )),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let (queue, up) = match tokio::time::timeout(READY_TIMEOUT, state.engine.store.counts()).await {
+        Ok(Ok(counts)) => (
+            counts
+                .into_iter()
+                .map(|(status, n)| (status.as_str().to_string(), n))
+                .collect(),
+            1,
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "metrics: store counts failed");
+            (BTreeMap::new(), 0)
+        }
+        Err(_) => {
+            tracing::warn!("metrics: store counts timed out");
+            (BTreeMap::new(), 0)
+        }
+    };
+    let mut text = state.engine.metrics.render(&queue);
+    text.push_str(&format!(
+        "# HELP flowctl_store_up Whether the job store answered this scrape.\n# TYPE flowctl_store_up gauge\nflowctl_store_up {up}\n"
+    ));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Estimates and streaming
+// ---------------------------------------------------------------------------------------------
+
+/// Estimated durations per report type, reused for [`ESTIMATE_TTL`].
+///
+/// `Engine::estimate` counts the rows of the report's source file, which reads the whole file:
+/// once per trigger that would cap triggers at a few thousand a second and block the async
+/// threads. A duration a second old is as good an estimate.
+#[derive(Default)]
+struct Estimates {
+    by_type: Mutex<HashMap<String, (Instant, Option<chrono::Duration>)>>,
+}
+
+impl Estimates {
+    async fn estimate(
+        &self,
+        engine: &Arc<Engine>,
+        report_type: &str,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let cached = {
+            let mut map = self.by_type.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get_mut(report_type) {
+                Some((at, delta)) if at.elapsed() < ESTIMATE_TTL => return delta.map(|d| now + d),
+                Some((at, delta)) => {
+                    // Stale: this request refreshes it; the others keep the old value meanwhile.
+                    *at = Instant::now();
+                    *delta
+                }
+                None => None,
+            }
+        };
+        let fresh = Self::compute(engine, report_type, now).await;
+        let delta = fresh.map(|t| t - now).or(cached);
+        self.store(report_type, delta);
+        delta.map(|d| now + d)
+    }
+
+    async fn compute(
+        engine: &Arc<Engine>,
+        report_type: &str,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let engine = engine.clone();
+        let report_type = report_type.to_string();
+        tokio::task::spawn_blocking(move || engine.estimate(&report_type, now))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn store(&self, report_type: &str, delta: Option<chrono::Duration>) {
+        let mut map = self.by_type.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(report_type.to_string(), (Instant::now(), delta));
+    }
+}
+
+/// A file streamed as a response body in [`FILE_CHUNK`]s, never read whole into memory.
+struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    buf: Vec<u8>,
+}
+
+impl FileBody {
+    fn new(file: tokio::fs::File, len: u64) -> FileBody {
+        FileBody {
+            file,
+            remaining: len,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl http_body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = this.remaining.min(FILE_CHUNK as u64) as usize;
+        if this.buf.len() != want {
+            this.buf = vec![0; want];
+        }
+        let mut read = tokio::io::ReadBuf::new(&mut this.buf);
+        match Pin::new(&mut this.file).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "result file shorter than announced",
+                    ))));
+                }
+                let mut chunk = std::mem::take(&mut this.buf);
+                chunk.truncate(n);
+                this.remaining -= n as u64;
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(chunk)))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenAPI
+// ---------------------------------------------------------------------------------------------
+
+/// The OpenAPI 3 document of this API, served at `/api/openapi.json`.
+pub fn openapi() -> Value {
+    let error = |description: &str| {
+        json!({
+            "description": description,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+        })
+    };
+    let job_id = json!({
+        "name": "id", "in": "path", "required": true,
+        "schema": { "type": "string", "pattern": "^JOB_[A-Z0-9]{8}$" }
+    });
+    let auth_errors = |mut responses: serde_json::Map<String, Value>| {
+        responses.insert(
+            "401".into(),
+            error("Missing, malformed, expired or wrongly signed token, or a token without `sub`/`role`."),
+        );
+        responses.insert(
+            "403".into(),
+            error("Role not declared in the workflow, a non-ADMIN token without `countyId`, or (result) a result masked for another role."),
+        );
+        responses.insert(
+            "500".into(),
+            error("Internal error (details are logged, not sent)."),
+        );
+        Value::Object(responses)
+    };
+    let obj = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    let secured = json!([{ "bearerAuth": [] }]);
+    let mut paths = serde_json::Map::new();
+    paths.insert(
+        "/api/reports/generate".into(),
+        json!({ "post": {
+                "summary": "Queue a report job run as the token's principal",
+                "security": secured,
+                "requestBody": { "required": true, "content": { "application/json": {
+                    "schema": { "$ref": "#/components/schemas/GenerateRequest" } } } },
+                "responses": auth_errors(obj(json!({
+                    "202": { "description": "Queued (or the job first created with this idempotencyKey).",
+                        "headers": { "Location": { "schema": { "type": "string" } } },
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/GenerateResponse" } } } },
+                    "400": error("Unknown report type, bad field type, unknown field, out-of-range value or malformed JSON."),
+                    "413": error("Body larger than 64 KiB."),
+                    "415": error("Content-Type is not application/json.")
+                })))
+            }}),
+    );
+    paths.insert(
+        "/api/jobs".into(),
+        json!({ "get": {
+                "summary": "The caller's jobs (ADMIN: all), newest first, one page at a time",
+                "security": secured,
+                "parameters": [
+                    { "name": "status", "in": "query", "schema": { "$ref": "#/components/schemas/JobStatus" } },
+                    { "name": "reportType", "in": "query", "schema": { "type": "string" } },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": ListFilter::MAX_LIMIT, "default": ListFilter::DEFAULT_LIMIT } },
+                    { "name": "cursor", "in": "query", "description": "`nextCursor` of the previous page.", "schema": { "type": "string" } }
+                ],
+                "responses": auth_errors(obj(json!({
+                    "200": { "description": "A page; keep going while `nextCursor` is not null.",
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobList" } } } },
+                    "400": error("Unknown status or report type, bad limit or cursor, unknown parameter.")
+                })))
+            }}),
+    );
+    paths.insert(
+        "/api/jobs/{id}".into(),
+        json!({ "get": {
+                "summary": "One job, with its parents and children",
+                "security": secured,
+                "parameters": [job_id],
+                "responses": auth_errors(obj(json!({
+                    "200": { "description": "The job.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } },
+                    "404": error("No such job, or not the caller's county.")
+                })))
+            }}),
+    );
+    paths.insert(
+        "/api/jobs/{id}/cancel".into(),
+        json!({ "post": {
+                "summary": "Cancel a job: QUEUED ends at once, PROCESSING stops at its next chunk",
+                "security": secured,
+                "parameters": [job_id],
+                "responses": auth_errors(obj(json!({
+                    "200": { "description": "The job after the request: CANCELLED, or PROCESSING with cancelRequested.",
+                        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } },
+                    "404": error("No such job, or not the caller's county."),
+                    "409": error("The job already finished.")
+                })))
+            }}),
+    );
+    paths.insert(
+        "/api/jobs/{id}/result".into(),
+        json!({ "get": {
+                "summary": "Download the result file (streamed)",
+                "security": secured,
+                "parameters": [job_id],
+                "responses": auth_errors(obj(json!({
+                    "200": { "description": "The result, masked for the job's role and filtered to its county.",
+                        "headers": { "ETag": { "description": "SHA-256 of the file.", "schema": { "type": "string" } } },
+                        "content": {
+                            "text/csv": { "schema": { "type": "string" } },
+                            "application/x-ndjson": { "schema": { "type": "string" } }
+                        } },
+                    "404": error("No such job, not the caller's county, or the file is gone."),
+                    "409": error("The job is not COMPLETED.")
+                })))
+            }}),
+    );
+    paths.insert(
+        "/api/graph".into(),
+        json!({ "get": {
+                "summary": "The workflow's dependency graph",
+                "security": secured,
+                "parameters": [{ "name": "format", "in": "query",
+                    "schema": { "type": "string", "enum": ["json", "dot", "mermaid", "text"], "default": "json" } }],
+                "responses": auth_errors(obj(json!({
+                    "200": { "description": "The graph.", "content": {
+                        "application/json": { "schema": { "type": "object" } },
+                        "text/vnd.graphviz": { "schema": { "type": "string" } },
+                        "text/vnd.mermaid": { "schema": { "type": "string" } },
+                        "text/plain": { "schema": { "type": "string" } }
+                    } },
+                    "400": error("Unknown format.")
+                })))
+            }}),
+    );
+    paths.insert(
+        "/api/openapi.json".into(),
+        json!({ "get": {
+                "summary": "This document",
+                "responses": { "200": { "description": "OpenAPI 3 document.", "content": { "application/json": { "schema": { "type": "object" } } } } }
+            }}),
+    );
+    paths.insert(
+        "/healthz".into(),
+        json!({ "get": {
+                "summary": "Liveness: the process answers",
+                "responses": { "200": { "description": "Alive.", "content": { "application/json": { "schema": {
+                    "type": "object", "properties": { "status": { "type": "string", "enum": ["ok"] } } } } } } }
+            }}),
+    );
+    paths.insert(
+        "/readyz".into(),
+        json!({ "get": {
+                "summary": "Readiness: the job store answers",
+                "responses": {
+                    "200": { "description": "Ready.", "content": { "application/json": { "schema": {
+                        "type": "object", "properties": { "status": { "type": "string", "enum": ["ready"] } } } } } },
+                    "503": error("The store does not answer.")
+                }
+            }}),
+    );
+    paths.insert(
+        "/metrics".into(),
+        json!({ "get": {
+                "summary": "Prometheus metrics: queue by status, completions, failures, durations, dependents, workers",
+                "responses": { "200": { "description": "Prometheus text format 0.0.4.", "content": { "text/plain": { "schema": { "type": "string" } } } } }
+            }}),
+    );
+    let components = json!({
+        "securitySchemes": {
+            "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                "description": "Claims: `sub`, `role` (declared in the workflow), `countyId` (required unless ADMIN), `exp`; `nbf`, `iss`, `aud` checked when configured." }
+        },
+        "schemas": {
+            "Error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {
+                    "code": { "type": "string", "enum": AppError::CODES },
+                    "message": { "type": "string" }
+                }
+            },
+            "JobStatus": { "type": "string", "enum": JobStatus::ALL.map(JobStatus::as_str) },
+            "GenerateRequest": {
+                "type": "object", "required": ["reportType"], "additionalProperties": false,
+                "properties": {
+                    "reportType": { "type": "string", "description": "A report type of the workflow." },
+                    "dataFormat": { "type": "string", "enum": ["csv", "jsonl"] },
+                    "chunkSize": { "type": "integer", "minimum": 1, "maximum": MAX_CHUNK_SIZE },
+                    "priority": { "type": "integer", "minimum": 0, "maximum": 255 },
+                    "targetSystem": { "type": "string", "maxLength": MAX_KEY_LEN },
+                    "idempotencyKey": { "type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN,
+                        "description": "The same key from the same subject returns the first job." },
+                    "role": { "description": "Accepted and ignored: the token's `role` decides." },
+                    "countyId": { "description": "Accepted and ignored: the token's `countyId` decides." }
+                }
+            },
+            "GenerateResponse": {
+                "type": "object", "required": ["jobId", "status", "estimatedCompletionTime"],
+                "properties": {
+                    "jobId": { "type": "string" },
+                    "status": { "$ref": "#/components/schemas/JobStatus" },
+                    "estimatedCompletionTime": { "type": "string", "format": "date-time", "nullable": true }
+                }
+            },
+            "JobRequest": {
+                "type": "object",
+                "properties": {
+                    "chunkSize": { "type": "integer", "nullable": true },
+                    "dataFormat": { "type": "string", "nullable": true },
+                    "priority": { "type": "integer", "nullable": true },
+                    "targetSystem": { "type": "string", "nullable": true },
+                    "params": { "type": "object", "additionalProperties": { "type": "string" } }
+                }
+            },
+            "Job": {
+                "type": "object",
+                "required": ["jobId", "status", "reportType", "role", "countyId", "subject", "triggerId", "priority",
+                    "progress", "rowsWritten", "attempt", "maxAttempts", "cancelRequested", "createdAt",
+                    "startedAt", "completedAt", "estimatedCompletionTime", "retryAfter", "error",
+                    "resultSha256", "resultUrl", "request", "parentJobIds"],
+                "properties": {
+                    "jobId": { "type": "string" },
+                    "status": { "$ref": "#/components/schemas/JobStatus" },
+                    "reportType": { "type": "string" },
+                    "role": { "type": "string" },
+                    "countyId": { "type": "string", "nullable": true, "description": "null: all counties." },
+                    "subject": { "type": "string" },
+                    "triggerId": { "type": "string" },
+                    "priority": { "type": "integer" },
+                    "progress": { "type": "integer", "minimum": 0, "maximum": 100 },
+                    "rowsWritten": { "type": "integer" },
+                    "attempt": { "type": "integer" },
+                    "maxAttempts": { "type": "integer" },
+                    "cancelRequested": { "type": "boolean" },
+                    "createdAt": { "type": "string", "format": "date-time" },
+                    "startedAt": { "type": "string", "format": "date-time", "nullable": true },
+                    "completedAt": { "type": "string", "format": "date-time", "nullable": true },
+                    "estimatedCompletionTime": { "type": "string", "format": "date-time", "nullable": true },
+                    "retryAfter": { "type": "string", "format": "date-time", "nullable": true },
+                    "error": { "type": "string", "nullable": true },
+                    "resultSha256": { "type": "string", "nullable": true },
+                    "resultUrl": { "type": "string", "nullable": true },
+                    "request": { "$ref": "#/components/schemas/JobRequest" },
+                    "parentJobIds": { "type": "array", "items": { "type": "string" } },
+                    "childJobIds": { "type": "array", "items": { "type": "string" },
+                        "description": "Only in GET /api/jobs/{id}." }
+                }
+            },
+            "JobList": {
+                "type": "object", "required": ["jobs", "nextCursor"],
+                "properties": {
+                    "jobs": { "type": "array", "items": { "$ref": "#/components/schemas/Job" } },
+                    "nextCursor": { "type": "string", "nullable": true }
+                }
+            }
+        }
+    });
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "flowctl",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Report jobs: trigger, follow, cancel and download. Every error is `{\"code\", \"message\"}`."
+        },
+        "paths": paths,
+        "components": components
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_with_its_method() {
+        let doc = openapi();
+        for (method, path) in route_list() {
+            let op = &doc["paths"][path][method.to_lowercase()];
+            assert!(
+                op.is_object(),
+                "{method} {path} is not in the OpenAPI document"
+            );
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            documented,
+            route_list().len(),
+            "the document names a route the router lacks"
+        );
+    }
+
+    #[test]
+    fn internal_errors_do_not_leak() {
+        let e = AppError::Internal("sled: /var/lib/secret/db corrupt".into());
+        assert_eq!(e.code(), "internal");
+        assert!(!e.message().contains("secret"));
+        let e: AppError = StoreError::NotFound("JOB_AAAAAAAA".parse().unwrap()).into();
+        assert_eq!(e.code(), "internal");
+    }
+
+    #[test]
+    fn visibility_is_by_county_and_admin_sees_all() {
+        let caller = |role: &str, county: Option<&str>| Caller {
+            principal: Principal {
+                subject: "s".into(),
+                role: role.into(),
+                county: county.map(str::to_string),
+            },
+            admin: role == ADMIN_ROLE,
+        };
+        let mut job = NewJob::new("R", Principal::system("ADMIN"), "t")
+            .into_job("JOB_AAAAAAAA".parse().unwrap(), Utc::now());
+        assert!(!caller("CASE_WORKER", Some("C01")).can_see(&job));
+        assert!(caller("ADMIN", None).can_see(&job));
+        job.county = Some("C01".into());
+        assert!(caller("CASE_WORKER", Some("C01")).can_see(&job));
+        assert!(!caller("CASE_WORKER", Some("C02")).can_see(&job));
+    }
+}
