@@ -8,6 +8,7 @@ pub mod cli;
 pub mod compiler;
 pub mod cron_expr;
 pub mod diagnostic;
+pub mod env;
 pub mod executor;
 pub mod formatter;
 pub mod graph;

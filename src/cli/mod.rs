@@ -187,10 +187,15 @@ fn error(message: impl std::fmt::Display) -> u8 {
 /// Loads and compiles, printing diagnostics. `None` means the caller should
 /// exit with the returned status.
 pub fn compile_and_report(paths: &[PathBuf], quiet_warnings: bool) -> Result<Compilation, u8> {
-    let compilation = compiler::compile_paths(paths).map_err(error)?;
+    let mut compilation = compiler::compile_paths(paths).map_err(error)?;
     print_diagnostics(&compilation, quiet_warnings);
     if compilation.has_errors() {
         return Err(EXIT_FAILURE);
+    }
+    // The engine settings: config block < FLOWCTL_* variables (< flags,
+    // applied by each command).
+    if let Some(w) = compilation.workflow.as_mut() {
+        crate::env::apply(&mut w.config, |k| std::env::var(k).ok()).map_err(error)?;
     }
     Ok(compilation)
 }
