@@ -4,6 +4,10 @@
 //!
 //! Run: `cargo bench --bench compile`
 
+// Measure with the binary's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::time::Duration;
 

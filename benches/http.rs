@@ -12,6 +12,10 @@
 //!
 //! Run: `cargo bench --bench http`.
 
+// Measure with the binary's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

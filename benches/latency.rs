@@ -9,6 +9,10 @@
 //! The durable sled store is used, with a 1-row source so the report itself
 //! costs almost nothing: what is measured is wake-up, claim and dispatch.
 
+// Measure with the binary's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -6,6 +6,10 @@
 //!
 //! Run: `cargo bench --bench pipeline -- --sample-size 10`
 
+// Measure with the binary's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fs::File;
 use std::hint::black_box;
 use std::io::{BufWriter, Write};
