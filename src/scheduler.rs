@@ -498,9 +498,11 @@ mod tests {
             ("0 30 5 1 * ?", 12),
             ("0 30 5 1 1,4,7,10 ?", 4),
             ("0 30 5 1 1 ?", 1),
+            ("0 */2 * * * ?", 262_800),
         ] {
             let s = schedule(cron, "UTC", CatchUp::Once);
-            let mut last = Some(t("2027-01-01T00:00:00Z"));
+            // Just before the year, so a fire at midnight on Jan 1 counts.
+            let mut last = Some(t("2026-12-31T23:59:59Z"));
             let end = t("2028-01-01T00:00:00Z");
             let mut count = 0;
             let mut now = last.unwrap_or(end);
