@@ -175,6 +175,27 @@ pub fn text(w: &Workflow) -> String {
     out
 }
 
+/// Every edge as (parent name, child name, its dependency), in edge order.
+fn edges(w: &Workflow) -> impl Iterator<Item = (&str, &str, &Dependency)> + '_ {
+    w.graph.edge_indices().filter_map(move |e| {
+        let (a, b) = w.graph.edge_endpoints(e)?;
+        Some((
+            w.reports[w.graph[a]].name.as_str(),
+            w.reports[w.graph[b]].name.as_str(),
+            &w.dependencies[w.graph[e].dependency],
+        ))
+    })
+}
+
+/// Schedule names and crons of a report, joined by `sep`, escaped by `esc`.
+fn schedule_label(w: &Workflow, report: &str, sep: &str, esc: fn(&str) -> String) -> String {
+    let mut label = String::new();
+    for s in w.schedules_of(report) {
+        let _ = write!(label, "{sep}⏰ {} {}", esc(&s.name), esc(s.cron.source()));
+    }
+    label
+}
+
 fn dot_escape(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -185,29 +206,16 @@ pub fn dot(w: &Workflow) -> String {
     );
     for n in w.graph.node_indices() {
         let r = &w.reports[w.graph[n]];
-        let mut label = format!(
-            "{}\\n{} · chunk {}",
+        let label = format!(
+            "{}\\n{} · chunk {}{}",
             dot_escape(&r.name),
             r.format.name(),
-            r.chunk_size
+            r.chunk_size,
+            schedule_label(w, &r.name, "\\n", dot_escape)
         );
-        for s in w.schedules_of(&r.name) {
-            let _ = write!(
-                label,
-                "\\n⏰ {} {}",
-                dot_escape(&s.name),
-                dot_escape(s.cron.source())
-            );
-        }
         let _ = writeln!(out, "  \"{}\" [label=\"{label}\"];", dot_escape(&r.name));
     }
-    for e in w.graph.edge_indices() {
-        let Some((a, b)) = w.graph.edge_endpoints(e) else {
-            continue;
-        };
-        let dep = &w.dependencies[w.graph[e].dependency];
-        let parent = &w.reports[w.graph[a]].name;
-        let child = &w.reports[w.graph[b]].name;
+    for (parent, child, dep) in edges(w) {
         let style = match dep.condition {
             Condition::OnSuccess => "solid",
             Condition::OnCompletion => "dashed",
@@ -236,24 +244,14 @@ pub fn mermaid(w: &Workflow) -> String {
     let id = |name: &str| format!("r_{name}");
     for n in w.graph.node_indices() {
         let r = &w.reports[w.graph[n]];
-        let mut label = mermaid_escape(&r.name);
-        for s in w.schedules_of(&r.name) {
-            let _ = write!(
-                label,
-                "<br/>⏰ {} {}",
-                mermaid_escape(&s.name),
-                mermaid_escape(s.cron.source())
-            );
-        }
+        let label = format!(
+            "{}{}",
+            mermaid_escape(&r.name),
+            schedule_label(w, &r.name, "<br/>", mermaid_escape)
+        );
         let _ = writeln!(out, "  {}[\"{label}\"]", id(&r.name));
     }
-    for e in w.graph.edge_indices() {
-        let Some((a, b)) = w.graph.edge_endpoints(e) else {
-            continue;
-        };
-        let dep = &w.dependencies[w.graph[e].dependency];
-        let parent = &w.reports[w.graph[a]].name;
-        let child = &w.reports[w.graph[b]].name;
+    for (parent, child, dep) in edges(w) {
         let arrow = match dep.condition {
             Condition::OnSuccess => "-->",
             Condition::OnCompletion => "-.->",
