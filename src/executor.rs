@@ -617,7 +617,11 @@ impl Engine {
         });
         let joins = self.joins.joins_for(&job.report_type);
         let mut use_joins = true;
-        for _ in 0..5 {
+        let mut failures = 0;
+        // A try that failed for want of the store may still have been applied.
+        let mut interrupted = false;
+        let mut unavailable_backoff = Duration::from_millis(50);
+        while failures < 5 {
             let edges: &[JoinEdge] = if use_joins { joins } else { &[] };
             match self
                 .store
@@ -638,20 +642,41 @@ impl Engine {
                         && c.lease_owner.as_deref() == Some(&self.config.worker_id)
                         && c.attempt == job.attempt =>
                 {
+                    failures += 1;
                     version = c.version;
+                }
+                Ok(Cas::Conflict { current: Some(c) })
+                    if interrupted && c.attempt == job.attempt && c.status.is_terminal() =>
+                {
+                    // An earlier try reached the store before the connection was lost.
+                    tracing::info!(job = %job.job_id, "completion recorded by an earlier try");
+                    self.record_finish(&c, &[], 0, started);
+                    return;
                 }
                 Ok(Cas::Conflict { .. }) => {
                     tracing::warn!(job = %job.job_id, "job changed hands before completion; result discarded");
                     return;
                 }
+                Err(e) if e.is_transient() => {
+                    // The store is unreachable (e.g. a lost database connection): keep the
+                    // outcome and its dependents, and try again with backoff for as long as it
+                    // takes. Never give up on the outcome, never complete without the joins.
+                    Metrics::add(&self.metrics.store_errors, 1);
+                    tracing::warn!(job = %job.job_id, error = %e, retry_in = ?unavailable_backoff, "store unavailable while completing; retrying");
+                    interrupted = true;
+                    tokio::time::sleep(unavailable_backoff).await;
+                    unavailable_backoff = (unavailable_backoff * 2).min(Duration::from_secs(5));
+                }
                 Err(e) if use_joins && !joins.is_empty() => {
                     // Triggering dependents must never change the parent's
                     // outcome: count the error and complete without joins.
+                    failures += 1;
                     Metrics::add(&self.metrics.join_errors, 1);
                     tracing::error!(job = %job.job_id, error = %e, "triggering dependents failed; completing the job without them");
                     use_joins = false;
                 }
                 Err(e) => {
+                    failures += 1;
                     Metrics::add(&self.metrics.store_errors, 1);
                     tracing::warn!(job = %job.job_id, error = %e, "completion failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;

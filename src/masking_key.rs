@@ -12,9 +12,17 @@ use sha2::{Digest, Sha256};
 /// Environment variable holding the masking key.
 pub const ENV_MASK_KEY: &str = "FLOWCTL_MASK_KEY";
 
+/// The key from `FLOWCTL_MASK_KEY`, if set: the only source with a shared store, since every
+/// machine must hash alike.
+pub fn from_env() -> Option<[u8; 32]> {
+    std::env::var(ENV_MASK_KEY)
+        .ok()
+        .map(|k| Sha256::digest(k.as_bytes()).into())
+}
+
 pub fn load_or_create(db: &Path) -> Result<[u8; 32], String> {
-    if let Ok(k) = std::env::var(ENV_MASK_KEY) {
-        return Ok(Sha256::digest(k.as_bytes()).into());
+    if let Some(key) = from_env() {
+        return Ok(key);
     }
     let path = db.join("mask.key");
     if let Ok(bytes) = std::fs::read(&path) {

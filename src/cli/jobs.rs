@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use chrono::Utc;
 
-use super::{error, open_store, EXIT_FAILURE, EXIT_OK};
+use super::{error, open_store, StoreSelection, EXIT_FAILURE, EXIT_OK};
 use crate::job::{Job, JobId, JobStatus, NewJob, Principal};
 use crate::store::{CancelOutcome, ListFilter, Store};
 
@@ -15,6 +15,10 @@ pub struct JobsArgs {
     /// The embedded store's directory.
     #[arg(long, global = true, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
     pub db: PathBuf,
+    /// The store: `postgres://…` to share one queue between processes and machines (then
+    /// FLOWCTL_MASK_KEY is required), or the embedded store's directory (default: --db).
+    #[arg(long, global = true, env = "FLOWCTL_STORE")]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -52,10 +56,11 @@ pub fn run(args: JobsArgs) -> u8 {
         Err(e) => return error(format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let (store, _) = match open_store(&args.db) {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
+        let (store, _) =
+            match open_store(&StoreSelection::new(args.store.as_deref(), &args.db)).await {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
         match args.command {
             JobsCommand::List {
                 status,

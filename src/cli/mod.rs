@@ -16,6 +16,7 @@ use crate::diagnostic::{self, RenderOptions, Severity};
 use crate::graph::{self, GraphFormat};
 use crate::loader;
 use crate::store::sled_store::{SledConfig, SledStore};
+use crate::store::{PgConfig, PgStore};
 use crate::store::{Store, StoreError};
 
 /// `println!` that ignores a closed stdout (`flowctl jobs list | head -1`)
@@ -36,9 +37,11 @@ macro_rules! out {
 }
 
 mod jobs;
+mod migrate;
 mod run;
 mod serve;
 mod token;
+mod worker;
 
 /// Exit status: success.
 pub const EXIT_OK: u8 = 0;
@@ -113,6 +116,11 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     /// Run the scheduler, the dispatcher and the HTTP API until SIGTERM or Ctrl-C.
     Serve(serve::ServeArgs),
+    /// Run the dispatcher and its workers only (no HTTP, no scheduler): the extra machines
+    /// of a shared PostgreSQL store.
+    Worker(worker::WorkerArgs),
+    /// Create or upgrade the PostgreSQL store's schema (every other command does it too).
+    Migrate(migrate::MigrateArgs),
     /// Print a development JWT signed with FLOWCTL_JWT_SECRET.
     Token(token::TokenArgs),
 }
@@ -167,6 +175,8 @@ where
         Command::Run(args) => run::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Worker(args) => worker::run(args),
+        Command::Migrate(args) => migrate::run(args),
         Command::Token(args) => token::run(args),
     };
     ExitCode::from(code)
@@ -364,10 +374,58 @@ fn schedule(paths: &[PathBuf], next: usize, from: Option<&str>) -> u8 {
     EXIT_OK
 }
 
-/// Opens the embedded store at `db` and the masking key kept beside it.
-pub(crate) fn open_store(
-    db: &std::path::Path,
+/// Which store a command uses: `--store` (or `FLOWCTL_STORE`) when given, else the embedded
+/// store at `--db`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoreSelection {
+    /// The embedded store's directory.
+    Sled(PathBuf),
+    /// A PostgreSQL URL, shared by every process that names it.
+    Postgres(String),
+}
+
+impl StoreSelection {
+    /// `--store postgres://…` or `postgresql://…` selects PostgreSQL; `--store sled:PATH` or
+    /// `--store PATH` the embedded store at PATH; no `--store`, the embedded store at `db`.
+    pub(crate) fn new(store: Option<&str>, db: &std::path::Path) -> StoreSelection {
+        match store.map(str::trim).filter(|s| !s.is_empty()) {
+            Some(url) if crate::store::postgres_store::is_postgres_url(url) => {
+                StoreSelection::Postgres(url.to_owned())
+            }
+            Some(path) => {
+                StoreSelection::Sled(PathBuf::from(path.strip_prefix("sled:").unwrap_or(path)))
+            }
+            None => StoreSelection::Sled(db.to_path_buf()),
+        }
+    }
+}
+
+/// Opens the selected store and the masking key: for the embedded store, the key kept beside it
+/// (or `FLOWCTL_MASK_KEY`); for PostgreSQL, `FLOWCTL_MASK_KEY`, which is then required (every
+/// machine must hash alike).
+pub(crate) async fn open_store(
+    selection: &StoreSelection,
 ) -> Result<(std::sync::Arc<dyn Store>, [u8; 32]), u8> {
+    let db = match selection {
+        StoreSelection::Sled(db) => db,
+        StoreSelection::Postgres(url) => {
+            let set =
+                std::env::var_os(crate::masking_key::ENV_MASK_KEY).is_some_and(|k| !k.is_empty());
+            let Some(key) = crate::masking_key::from_env().filter(|_| set) else {
+                return Err(error(format!(
+                    "{} must be set with a shared store: every machine must mask with the same \
+                     key (any secret string, the same everywhere)",
+                    crate::masking_key::ENV_MASK_KEY
+                )));
+            };
+            let shown = crate::store::postgres_store::redact_url(url);
+            let store = match PgStore::open(PgConfig::new(url.as_str())).await {
+                Ok(s) => s,
+                Err(e) => return Err(error(format!("cannot open the store at {shown}: {e}"))),
+            };
+            return Ok((std::sync::Arc::new(store), key));
+        }
+    };
     let store = match SledStore::open(SledConfig::new(db)) {
         Ok(s) => s,
         Err(StoreError::Locked { .. }) => {

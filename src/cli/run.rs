@@ -12,7 +12,7 @@ use chrono::Utc;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
-use super::{compile_and_report, error, open_store, EXIT_FAILURE, EXIT_OK};
+use super::{compile_and_report, error, open_store, StoreSelection, EXIT_FAILURE, EXIT_OK};
 use crate::executor::{Engine, ExecEvent, ExecutorConfig};
 use crate::job::{Job, JobRequest, JobStatus, NewJob, Principal};
 use crate::metrics::Metrics;
@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// The embedded store's directory.
     #[arg(long, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
     pub db: PathBuf,
+    /// The store: `postgres://…` to share one queue between processes and machines (then
+    /// FLOWCTL_MASK_KEY is required), or the embedded store's directory (default: --db).
+    #[arg(long, env = "FLOWCTL_STORE")]
+    pub store: Option<String>,
     /// Override the workflow's worker pool size.
     #[arg(long)]
     pub workers: Option<u32>,
@@ -173,10 +177,11 @@ pub fn run(args: RunArgs) -> u8 {
 }
 
 async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
-    let (store, hash_key) = match open_store(&args.db) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let (store, hash_key) =
+        match open_store(&StoreSelection::new(args.store.as_deref(), &args.db)).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
     let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
     if let Some(w) = args.workers {
         config.pool_size = w.max(1) as usize;
@@ -188,7 +193,8 @@ async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
         Arc::new(Engine::new(workflow.clone(), store.clone(), config, metrics).with_events(tx));
 
     // A single-process store: whatever is PROCESSING was left by a process
-    // that died. Take it back before anything else.
+    // that died. Take it back before anything else. (A shared store takes
+    // back only expired leases: other machines may be running the rest.)
     let run_started = Utc::now();
     let mut recovered_triggers = BTreeSet::new();
     match store

@@ -11,7 +11,9 @@ use chrono::Utc;
 use clap::ValueEnum;
 use tokio::sync::watch;
 
-use super::{compile_and_report, error, open_store, EXIT_ERROR, EXIT_FAILURE, EXIT_OK};
+use super::{
+    compile_and_report, error, open_store, StoreSelection, EXIT_ERROR, EXIT_FAILURE, EXIT_OK,
+};
 use crate::auth::AuthConfig;
 use crate::executor::{Engine, ExecutorConfig};
 use crate::metrics::Metrics;
@@ -32,6 +34,10 @@ pub struct ServeArgs {
     /// The embedded store's directory.
     #[arg(long, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
     pub db: PathBuf,
+    /// The store: `postgres://…` to share one queue between processes and machines (then
+    /// FLOWCTL_MASK_KEY is required), or the embedded store's directory (default: --db).
+    #[arg(long, env = "FLOWCTL_STORE")]
+    pub store: Option<String>,
     /// Override the workflow's worker pool size.
     #[arg(long)]
     pub workers: Option<u32>,
@@ -71,8 +77,8 @@ pub fn run(args: ServeArgs) -> u8 {
 }
 
 fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
     use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
     // FLOWCTL_LOG, then RUST_LOG, then `info`.
     let filter = std::env::var(crate::env::LOG)
         .ok()
@@ -91,10 +97,11 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve_async(workflow: Arc<Workflow>, auth: Arc<AuthConfig>, args: ServeArgs) -> u8 {
-    let (store, hash_key) = match open_store(&args.db) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let (store, hash_key) =
+        match open_store(&StoreSelection::new(args.store.as_deref(), &args.db)).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
     let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
     if let Some(w) = args.workers {
         config.pool_size = w.max(1) as usize;
@@ -104,7 +111,8 @@ async fn serve_async(workflow: Arc<Workflow>, auth: Arc<AuthConfig>, args: Serve
     let engine = Arc::new(Engine::new(workflow, store.clone(), config, metrics));
 
     // The embedded store is single-process: whatever is PROCESSING was left by a process that
-    // died. Take it back before claiming anything.
+    // died. Take it back before claiming anything. (A shared store takes back only expired
+    // leases: other machines may be running the rest.)
     match store
         .requeue_all_processing(Utc::now(), &engine.joins)
         .await

@@ -2,7 +2,8 @@
 //! completions into dependent jobs (DESIGN.md, "Status machine" and "Dependencies").
 //!
 //! [`Store`] is the one interface the scheduler, the dispatcher, the HTTP API and the CLI use;
-//! `sled_store` is the embedded implementation, and `conformance` is the test suite every
+//! `sled_store` is the embedded implementation (one process), `postgres_store` the shared one
+//! (several processes and machines on one database), and `conformance` is the test suite every
 //! implementation must pass.
 //!
 //! Architecture invariants:
@@ -16,6 +17,7 @@
 //!   microsecond.
 
 pub mod conformance;
+pub mod postgres_store;
 pub mod sled_store;
 
 use std::collections::BTreeMap;
@@ -32,6 +34,7 @@ use tokio::sync::watch;
 use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
 use crate::status::StatusError;
 
+pub use postgres_store::{PgConfig, PgStore};
 pub use sled_store::{SledConfig, SledStore};
 
 /// A boxed future, so that [`Store`] stays usable as `Arc<dyn Store>`.
@@ -134,6 +137,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// As [`Store::requeue_expired`] for every PROCESSING job, whatever its lease: for a
     /// single-process store opened after a crash, when no worker can still be running.
+    ///
+    /// Stores shared by several processes ([`Store::is_shared`]) only take back expired leases:
+    /// there, a PROCESSING job may belong to a live worker on another machine. This is then the
+    /// same as [`Store::requeue_expired`], so a process may call it at start whatever the store.
     fn requeue_all_processing<'a>(
         &'a self,
         now: DateTime<Utc>,
@@ -165,6 +172,12 @@ pub trait Store: Send + Sync + 'static {
     /// child created), so a dispatcher waits on `changed()` instead of polling. Delayed retries
     /// become claimable by the clock alone: poll for those.
     fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// Whether several processes may use this store at once (PostgreSQL), so that a PROCESSING
+    /// job may be running elsewhere; `false` for a single-process store (sled).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// What makes an enqueue happen at most once.
@@ -371,9 +384,22 @@ pub enum StoreError {
     FormatVersion { found: u32, expected: u32 },
     #[error("invalid list cursor {0:?}")]
     InvalidCursor(String),
+    /// The database cannot be reached, or dropped the connection. Worth retrying with backoff;
+    /// a write that failed this way may or may not have been applied (a retried CAS tells).
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused an operation (not a connection problem).
+    #[error("job store (PostgreSQL) failed: {0}")]
+    Postgres(String),
 }
 
 impl StoreError {
+    /// A passing condition (the database is unreachable): retry the operation with backoff
+    /// rather than give up on it, and never fail a job for it.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
     pub(crate) fn illegal(job: &JobId, error: StatusError) -> StoreError {
         let StatusError::Illegal { from, to } = error;
         StoreError::IllegalTransition {
