@@ -502,3 +502,93 @@ fn plan(paths: &[PathBuf], from: Option<&str>, to: Option<&str>, limit: usize) -
     out!("{out}");
     EXIT_OK
 }
+
+/// Compiles the workflow a long-running command runs; diagnostics printed.
+pub(crate) fn compiled_workflow(
+    paths: &[PathBuf],
+    quiet_warnings: bool,
+) -> Result<crate::workflow::Workflow, u8> {
+    compile_and_report(paths, quiet_warnings)?
+        .workflow
+        .ok_or(EXIT_FAILURE)
+}
+
+/// Runs `fut` on a multi-threaded runtime and returns its exit status.
+pub(crate) fn block_on(fut: impl std::future::Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(fut),
+        Err(e) => error(format!("cannot start the runtime: {e}")),
+    }
+}
+
+/// Log format on stderr for the long-running commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colour only on a terminal).
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Structured logs on stderr; the filter comes from FLOWCTL_LOG, then
+/// RUST_LOG, then `info`.
+pub(crate) fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var(crate::env::LOG)
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    // A subscriber may already be set (tests calling `run` twice): keep it.
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// An engine ready to dispatch: store opened, config layered (`workers`
+/// is the command-line flag), stale temporary results swept, and jobs whose
+/// process died taken back (all PROCESSING jobs for the single-process store,
+/// expired leases only for a shared one).
+pub(crate) struct Started {
+    pub engine: std::sync::Arc<crate::executor::Engine>,
+    pub store: std::sync::Arc<dyn Store>,
+    pub recovered: crate::store::Expired,
+}
+
+pub(crate) async fn start_engine(
+    workflow: std::sync::Arc<crate::workflow::Workflow>,
+    selection: &StoreSelection,
+    workers: Option<u32>,
+    events: Option<tokio::sync::mpsc::UnboundedSender<crate::executor::ExecEvent>>,
+) -> Result<Started, u8> {
+    use crate::executor::{Engine, ExecutorConfig};
+    let (store, hash_key) = open_store(selection).await?;
+    let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
+    if let Some(w) = workers {
+        config.pool_size = w.max(1) as usize;
+    }
+    run::sweep_temp_files(&config.results_dir);
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    let mut engine = Engine::new(workflow, store.clone(), config, metrics);
+    if let Some(tx) = events {
+        engine = engine.with_events(tx);
+    }
+    let engine = std::sync::Arc::new(engine);
+    let recovered = store
+        .requeue_all_processing(Utc::now(), &engine.joins)
+        .await
+        .map_err(|e| error(format!("cannot recover jobs: {e}")))?;
+    Ok(Started {
+        engine,
+        store,
+        recovered,
+    })
+}

@@ -12,10 +12,12 @@ use chrono::Utc;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
-use super::{compile_and_report, error, open_store, StoreSelection, EXIT_FAILURE, EXIT_OK};
-use crate::executor::{Engine, ExecEvent, ExecutorConfig};
+use super::{
+    block_on, compiled_workflow, error, start_engine, Started, StoreSelection, EXIT_FAILURE,
+    EXIT_OK,
+};
+use crate::executor::{Engine, ExecEvent};
 use crate::job::{Job, JobRequest, JobStatus, NewJob, Principal};
-use crate::metrics::Metrics;
 use crate::store::{ListFilter, Store};
 use crate::workflow::{DataFormat, Workflow};
 
@@ -159,63 +161,39 @@ fn root_jobs(
 }
 
 pub fn run(args: RunArgs) -> u8 {
-    let compilation = match compile_and_report(&args.paths, true) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let Some(workflow) = compilation.workflow else {
-        return EXIT_FAILURE;
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return error(format!("cannot start the runtime: {e}")),
-    };
-    runtime.block_on(run_async(Arc::new(workflow), args))
+    match compiled_workflow(&args.paths, true) {
+        Ok(workflow) => block_on(run_async(Arc::new(workflow), args)),
+        Err(code) => code,
+    }
 }
 
 async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
-    let (store, hash_key) =
-        match open_store(&StoreSelection::new(args.store.as_deref(), &args.db)).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
-    let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
-    if let Some(w) = args.workers {
-        config.pool_size = w.max(1) as usize;
-    }
-    sweep_temp_files(&config.results_dir);
-    let metrics = Arc::new(Metrics::new());
-    let (tx, rx) = mpsc::unbounded_channel();
-    let engine =
-        Arc::new(Engine::new(workflow.clone(), store.clone(), config, metrics).with_events(tx));
-
-    // A single-process store: whatever is PROCESSING was left by a process
-    // that died. Take it back before anything else. (A shared store takes
-    // back only expired leases: other machines may be running the rest.)
     let run_started = Utc::now();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let selection = StoreSelection::new(args.store.as_deref(), &args.db);
+    // Jobs left running by a process that died are taken back first (a
+    // shared store takes back only expired leases: other machines may be
+    // running the rest).
+    let Started {
+        engine,
+        store,
+        recovered,
+    } = match start_engine(workflow.clone(), &selection, args.workers, Some(tx)).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let n = recovered.requeued.len() + recovered.finished.len();
+    if n > 0 {
+        eprintln!("recovered {n} job(s) left running by an interrupted run");
+    }
     let mut recovered_triggers = BTreeSet::new();
-    match store
-        .requeue_all_processing(run_started, &engine.joins)
-        .await
-    {
-        Ok(expired) => {
-            let n = expired.requeued.len() + expired.finished.len();
-            if n > 0 {
-                eprintln!("recovered {n} job(s) left running by an interrupted run");
-            }
-            for id in &expired.requeued {
-                if let Ok(Some(j)) = store.get(id).await {
-                    recovered_triggers.insert(j.trigger_id);
-                }
-            }
-            for c in &expired.finished {
-                recovered_triggers.insert(c.job.trigger_id.clone());
-            }
+    for id in &recovered.requeued {
+        if let Ok(Some(j)) = store.get(id).await {
+            recovered_triggers.insert(j.trigger_id);
         }
-        Err(e) => return error(format!("cannot recover jobs: {e}")),
+    }
+    for c in &recovered.finished {
+        recovered_triggers.insert(c.job.trigger_id.clone());
     }
 
     // Jobs that count for the exit status: on resume, those unfinished at

@@ -7,16 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use clap::ValueEnum;
 use tokio::sync::watch;
 
 use super::{
-    compile_and_report, error, open_store, StoreSelection, EXIT_ERROR, EXIT_FAILURE, EXIT_OK,
+    block_on, compiled_workflow, error, init_logging, start_engine, LogFormat, Started,
+    StoreSelection, EXIT_ERROR, EXIT_OK,
 };
 use crate::auth::AuthConfig;
-use crate::executor::{Engine, ExecutorConfig};
-use crate::metrics::Metrics;
 use crate::server::{self, AppState};
 use crate::workflow::Workflow;
 
@@ -46,12 +43,6 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
-
 pub fn run(args: ServeArgs) -> u8 {
     init_logging(args.log_format);
     // Refuse to start without a way to verify tokens: every API call would fail.
@@ -59,75 +50,28 @@ pub fn run(args: ServeArgs) -> u8 {
         Ok(a) => Arc::new(a),
         Err(e) => return error(e),
     };
-    let compilation = match compile_and_report(&args.paths, false) {
-        Ok(c) => c,
+    let workflow = match compiled_workflow(&args.paths, false) {
+        Ok(w) => w,
         Err(code) => return code,
     };
-    let Some(workflow) = compilation.workflow else {
-        return EXIT_FAILURE;
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return error(format!("cannot start the runtime: {e}")),
-    };
-    runtime.block_on(serve_async(Arc::new(workflow), auth, args))
-}
-
-fn init_logging(format: LogFormat) {
-    use std::io::IsTerminal as _;
-    use tracing_subscriber::EnvFilter;
-    // FLOWCTL_LOG, then RUST_LOG, then `info`.
-    let filter = std::env::var(crate::env::LOG)
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    // A subscriber may already be set (tests calling `run` twice): keep it.
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    block_on(serve_async(Arc::new(workflow), auth, args))
 }
 
 async fn serve_async(workflow: Arc<Workflow>, auth: Arc<AuthConfig>, args: ServeArgs) -> u8 {
-    let (store, hash_key) =
-        match open_store(&StoreSelection::new(args.store.as_deref(), &args.db)).await {
-            Ok(s) => s,
-            Err(code) => return code,
-        };
-    let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
-    if let Some(w) = args.workers {
-        config.pool_size = w.max(1) as usize;
-    }
-    super::run::sweep_temp_files(&config.results_dir);
-    let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(Engine::new(workflow, store.clone(), config, metrics));
-
-    // The embedded store is single-process: whatever is PROCESSING was left by a process that
-    // died. Take it back before claiming anything. (A shared store takes back only expired
-    // leases: other machines may be running the rest.)
-    match store
-        .requeue_all_processing(Utc::now(), &engine.joins)
-        .await
-    {
-        Ok(expired) => {
-            let n = expired.requeued.len() + expired.finished.len();
-            if n > 0 {
-                tracing::warn!(
-                    requeued = expired.requeued.len(),
-                    finished = expired.finished.len(),
-                    "recovered jobs left running by an earlier process"
-                );
-            }
-        }
-        Err(e) => return error(format!("cannot recover jobs: {e}")),
+    let selection = StoreSelection::new(args.store.as_deref(), &args.db);
+    let Started {
+        engine, recovered, ..
+    } = match start_engine(workflow, &selection, args.workers, None).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let n = recovered.requeued.len() + recovered.finished.len();
+    if n > 0 {
+        tracing::warn!(
+            requeued = recovered.requeued.len(),
+            finished = recovered.finished.len(),
+            "recovered jobs left running by a process that died"
+        );
     }
 
     let listener = match tokio::net::TcpListener::bind(&args.listen).await {

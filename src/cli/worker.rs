@@ -6,12 +6,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::Utc;
-
-use super::serve::LogFormat;
-use super::{compile_and_report, error, open_store, StoreSelection, EXIT_FAILURE, EXIT_OK};
-use crate::executor::{Engine, ExecutorConfig};
-use crate::metrics::Metrics;
+use super::{
+    block_on, compiled_workflow, error, init_logging, start_engine, LogFormat, Started,
+    StoreSelection, EXIT_OK,
+};
 use crate::workflow::Workflow;
 
 #[derive(Debug, clap::Args)]
@@ -35,44 +33,22 @@ pub struct WorkerArgs {
 
 pub fn run(args: WorkerArgs) -> u8 {
     init_logging(args.log_format);
-    let compilation = match compile_and_report(&args.paths, false) {
-        Ok(c) => c,
+    let workflow = match compiled_workflow(&args.paths, false) {
+        Ok(w) => w,
         Err(code) => return code,
     };
-    let Some(workflow) = compilation.workflow else {
-        return EXIT_FAILURE;
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => return error(format!("cannot start the runtime: {e}")),
-    };
-    runtime.block_on(work(Arc::new(workflow), args))
-}
-
-fn init_logging(format: LogFormat) {
-    use std::io::IsTerminal as _;
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var(crate::env::LOG)
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    block_on(work(Arc::new(workflow), args))
 }
 
 async fn work(workflow: Arc<Workflow>, args: WorkerArgs) -> u8 {
     let selection = StoreSelection::new(args.store.as_deref(), &args.db);
-    let (store, hash_key) = match open_store(&selection).await {
+    // A shared store takes back only expired leases here (jobs of machines
+    // that died); the dispatcher keeps sweeping while it runs.
+    let Started {
+        engine,
+        store,
+        recovered,
+    } = match start_engine(workflow, &selection, args.workers, None).await {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -81,31 +57,13 @@ async fn work(workflow: Arc<Workflow>, args: WorkerArgs) -> u8 {
             "the embedded store is single-process: use --store postgres://… to add machines"
         );
     }
-    let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
-    if let Some(w) = args.workers {
-        config.pool_size = w.max(1) as usize;
-    }
-    super::run::sweep_temp_files(&config.results_dir);
-    let metrics = Arc::new(Metrics::new());
-    let engine = Arc::new(Engine::new(workflow, store.clone(), config, metrics));
-
-    // A shared store takes back only expired leases here (jobs of machines that died); the
-    // dispatcher keeps sweeping while it runs.
-    match store
-        .requeue_all_processing(Utc::now(), &engine.joins)
-        .await
-    {
-        Ok(expired) => {
-            let n = expired.requeued.len() + expired.finished.len();
-            if n > 0 {
-                tracing::warn!(
-                    requeued = expired.requeued.len(),
-                    finished = expired.finished.len(),
-                    "recovered jobs whose worker died"
-                );
-            }
-        }
-        Err(e) => return error(format!("cannot recover jobs: {e}")),
+    let n = recovered.requeued.len() + recovered.finished.len();
+    if n > 0 {
+        tracing::warn!(
+            requeued = recovered.requeued.len(),
+            finished = recovered.finished.len(),
+            "recovered jobs whose worker died"
+        );
     }
     // Tests and scripts read this line.
     eprintln!(
