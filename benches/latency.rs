@@ -15,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -116,8 +116,8 @@ fn latency(c: &mut Criterion) {
                     } if report_type == "PARENT" => {
                         completed_at = Some(at);
                     }
-                    ExecEvent::Started(job) if job.report_type == "CHILD" => {
-                        let start = Instant::now();
+                    ExecEvent::Started { job, at } if job.report_type == "CHILD" => {
+                        let start = at;
                         let from = completed_at.unwrap_or(start);
                         samples.push(start.saturating_duration_since(from));
                     }

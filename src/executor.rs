@@ -78,7 +78,11 @@ pub fn default_worker_id() -> String {
 /// What the executor reports while it runs, for progress displays.
 #[derive(Debug, Clone)]
 pub enum ExecEvent {
-    Started(Job),
+    /// A worker began an attempt (`at`: when it did).
+    Started {
+        job: Job,
+        at: Instant,
+    },
     Progress {
         job_id: JobId,
         rows_read: u64,
@@ -465,7 +469,10 @@ impl Engine {
         Metrics::add(&self.metrics.workers_busy, 1);
         let started = Instant::now();
         tracing::info!(job = %job.job_id, report = %job.report_type, role = %job.role, attempt = job.attempt, "job started");
-        self.emit(ExecEvent::Started(job.clone()));
+        self.emit(ExecEvent::Started {
+            job: job.clone(),
+            at: Instant::now(),
+        });
         let outcome = match self.spec_for(&job) {
             Ok((spec, timeout)) => self.execute(&job, spec, timeout).await,
             Err(e) => Some((

@@ -210,7 +210,7 @@ async fn queued_job_cancelled_before_the_engine_starts_never_runs() {
     let started: Vec<&JobId> = events
         .iter()
         .filter_map(|(_, e)| match e {
-            ExecEvent::Started(job) => Some(&job.job_id),
+            ExecEvent::Started { job, .. } => Some(&job.job_id),
             _ => None,
         })
         .collect();
@@ -255,7 +255,7 @@ async fn running_job_cancelled_through_the_store_stops_without_result_or_depende
         Some(store.cancel(&job_id, Utc::now()).await.unwrap())
     });
     let events = run_until_idle(engine, rx, |e| {
-        if let ExecEvent::Started(job) = e {
+        if let ExecEvent::Started { job, .. } = e {
             let _ = cancel_tx.send(job.job_id.clone());
         }
     })
@@ -325,7 +325,7 @@ report R {
     let mut started: HashSet<JobId> = HashSet::new();
     let mut max_running = 0;
     run_until_idle(engine, rx, |e| match e {
-        ExecEvent::Started(job) => {
+        ExecEvent::Started { job, .. } => {
             assert!(started.insert(job.job_id.clone()), "started twice: {job:?}");
             running.insert(job.job_id.clone());
             max_running = max_running.max(running.len());
@@ -389,7 +389,7 @@ after PARENT run CHILD
     let (child_started, started_job) = events
         .iter()
         .find_map(|(at, e)| match e {
-            ExecEvent::Started(job) if job.job_id == child_id => Some((*at, job.clone())),
+            ExecEvent::Started { job, .. } if job.job_id == child_id => Some((*at, job.clone())),
             _ => None,
         })
         .expect("the child started");

@@ -366,7 +366,7 @@ async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) {
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
     while let Some(event) = rx.recv().await {
         match event {
-            ExecEvent::Started(job) => {
+            ExecEvent::Started { job, .. } => {
                 let label = format!("{} {} {}", job.job_id, job.report_type, scope(&job));
                 if fancy {
                     let bar = multi.add(ProgressBar::new(100));
