@@ -17,36 +17,53 @@ use super::{
 };
 use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
 
+/// Calls `$callback!(scenario, ...)` with the name of every scenario: the
+/// one list, from which `run_all` and each store's per-scenario tests are
+/// generated, so a new scenario cannot be forgotten by one store.
+macro_rules! with_scenarios {
+    ($callback:ident) => {
+        $callback!(
+            enqueue_get_list_paginate,
+            claim_order_priority_then_age,
+            run_after_respected,
+            cas_conflict_on_stale_version,
+            illegal_transitions_refused,
+            cancel_queued_processing_finished,
+            requeue_expired_and_stale_worker,
+            expired_lease_without_attempts_left_fails,
+            requeue_all_processing,
+            unique_key_at_most_once,
+            join_single_parent,
+            join_two_parents_both_orders,
+            join_three_parents,
+            join_on_completion_with_failed_parent,
+            join_on_success_ignores_failed,
+            join_uses_newest_event_of_each_parent,
+            join_retry_emits_nothing,
+            join_cancelled_emits_nothing,
+            join_parent_role_filter,
+            join_role_inherit_and_fixed,
+            join_chain_of_three,
+            join_scopes_kept_apart,
+            join_bad_edge_never_changes_the_parent,
+            children_index,
+            counts_follow_every_change,
+            subscribe_wakes_on_new_work,
+            concurrent_claims_take_each_job_once,
+            concurrent_parents_create_one_child,
+        );
+    };
+}
+pub(crate) use with_scenarios;
+
 /// Every scenario, each on a store of its own.
 pub async fn run_all(factory: &dyn Fn() -> Arc<dyn Store>) {
-    enqueue_get_list_paginate(factory()).await;
-    claim_order_priority_then_age(factory()).await;
-    run_after_respected(factory()).await;
-    cas_conflict_on_stale_version(factory()).await;
-    illegal_transitions_refused(factory()).await;
-    cancel_queued_processing_finished(factory()).await;
-    requeue_expired_and_stale_worker(factory()).await;
-    expired_lease_without_attempts_left_fails(factory()).await;
-    requeue_all_processing(factory()).await;
-    unique_key_at_most_once(factory()).await;
-    join_single_parent(factory()).await;
-    join_two_parents_both_orders(factory()).await;
-    join_three_parents(factory()).await;
-    join_on_completion_with_failed_parent(factory()).await;
-    join_on_success_ignores_failed(factory()).await;
-    join_uses_newest_event_of_each_parent(factory()).await;
-    join_retry_emits_nothing(factory()).await;
-    join_cancelled_emits_nothing(factory()).await;
-    join_parent_role_filter(factory()).await;
-    join_role_inherit_and_fixed(factory()).await;
-    join_chain_of_three(factory()).await;
-    join_scopes_kept_apart(factory()).await;
-    join_bad_edge_never_changes_the_parent(factory()).await;
-    children_index(factory()).await;
-    counts_follow_every_change(factory()).await;
-    subscribe_wakes_on_new_work(factory()).await;
-    concurrent_claims_take_each_job_once(factory()).await;
-    concurrent_parents_create_one_child(factory()).await;
+    macro_rules! call_each {
+        ($($scenario:ident),* $(,)?) => {$(
+            $scenario(factory()).await;
+        )*};
+    }
+    with_scenarios!(call_each);
 }
 
 // ---------------------------------------------------------------------------------------------
