@@ -54,6 +54,7 @@ macro_rules! with_scenarios {
         );
     };
 }
+#[cfg(test)]
 pub(crate) use with_scenarios;
 
 /// Every scenario, each on a store of its own.
