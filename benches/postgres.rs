@@ -148,6 +148,7 @@ async fn bench(base: String) {
             priority: 5,
             max_attempts: 1,
             request: JobRequest::default(),
+            estimated_duration: None,
         },
     }];
     let mut micros = Vec::with_capacity(LATENCY_SAMPLES);

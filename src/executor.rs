@@ -136,6 +136,14 @@ impl Joins {
                         target_system: o.target.clone(),
                         params: Default::default(),
                     },
+                    // Rows of the child's source at the default rate; the
+                    // executor refines the estimate while the child runs.
+                    estimated_duration: {
+                        let source = workflow.source_of(child);
+                        pipeline::count_rows(&source.path, source.format)
+                            .ok()
+                            .map(|rows| Duration::from_secs_f64(rows as f64 / DEFAULT_ROWS_PER_SEC))
+                    },
                 },
             };
             for parent in &dep.parents {

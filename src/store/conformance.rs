@@ -203,6 +203,7 @@ pub fn edge(join_id: &str, parents: &[&str], condition: Condition, child: &str) 
                 chunk_size: Some(500),
                 ..JobRequest::default()
             },
+            estimated_duration: None,
         },
     }
 }

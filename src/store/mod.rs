@@ -445,6 +445,9 @@ pub struct ChildTemplate {
     pub max_attempts: u32,
     /// The child's request (the dependency's overrides, e.g. `chunk_size`).
     pub request: JobRequest,
+    /// How long the child is expected to run, for its estimated completion
+    /// time when it is queued (the executor refines it while it runs).
+    pub estimated_duration: Option<std::time::Duration>,
 }
 
 /// A completion event, as the join rule sees it.
@@ -514,7 +517,10 @@ impl ChildTemplate {
             request: self.request.clone(),
             priority: self.priority,
             max_attempts: self.max_attempts,
-            estimated_completion: None,
+            estimated_completion: self.estimated_duration.and_then(|d| {
+                let from = completing.completed_at?;
+                Some(from + chrono::Duration::from_std(d).ok()?)
+            }),
         }
     }
 }
@@ -613,5 +619,40 @@ impl JoinRules for BTreeMap<String, Vec<JoinEdge>> {
 impl JoinRules for std::collections::HashMap<String, Vec<JoinEdge>> {
     fn joins_for(&self, report_type: &str) -> &[JoinEdge] {
         self.get(report_type).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_queued_with_an_estimated_completion() {
+        let mut parent = NewJob::new("P", Principal::system("ADMIN"), "t")
+            .into_job(JobId::generate(), conformance::t0());
+        parent.completed_at = Some(conformance::t0());
+        let template = ChildTemplate {
+            report_type: "C".into(),
+            role: RoleRule::Fixed("SUPERVISOR".into()),
+            priority: 5,
+            max_attempts: 2,
+            request: JobRequest::default(),
+            estimated_duration: Some(std::time::Duration::from_secs(3)),
+        };
+        let child = template.instantiate(&parent, vec![parent.job_id.clone()]);
+        assert_eq!(
+            child.estimated_completion,
+            Some(conformance::t0() + chrono::Duration::seconds(3))
+        );
+        assert_eq!(child.principal.role, "SUPERVISOR");
+        assert_eq!(child.trigger_id, "t");
+        let unknown = ChildTemplate {
+            estimated_duration: None,
+            ..template
+        };
+        assert_eq!(
+            unknown.instantiate(&parent, vec![]).estimated_completion,
+            None
+        );
     }
 }
