@@ -22,7 +22,7 @@ use crate::pipeline::{self, Control, Observer, PipelineError, PipelineSpec, Prog
 use crate::store::{
     Cas, ChildTemplate, JoinEdge, JoinRules, Outcome, ProgressUpdate, Store, StoreError,
 };
-use crate::workflow::{DataFormat, Workflow};
+use crate::workflow::{DataFormat, Source, Workflow};
 
 /// How often a running job may write its progress to the store.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -105,6 +105,32 @@ pub enum ExecEvent {
     },
 }
 
+/// Rows of each source, counted once per version of its file (size and
+/// modification time), so estimating a job costs a `stat`, not a read.
+#[derive(Default)]
+struct RowCounts(Mutex<HashMap<PathBuf, (FileVersion, u64)>>);
+
+type FileVersion = (u64, Option<std::time::SystemTime>);
+
+impl RowCounts {
+    fn get(&self, source: &Source) -> Option<u64> {
+        let meta = std::fs::metadata(&source.path).ok()?;
+        let version = (meta.len(), meta.modified().ok());
+        if let Ok(cache) = self.0.lock() {
+            if let Some((v, rows)) = cache.get(&source.path) {
+                if *v == version {
+                    return Some(*rows);
+                }
+            }
+        }
+        let rows = pipeline::count_rows(&source.path, source.format).ok()?;
+        if let Ok(mut cache) = self.0.lock() {
+            cache.insert(source.path.clone(), (version, rows));
+        }
+        Some(rows)
+    }
+}
+
 /// The dependency edges of the workflow, by parent report type, as the store
 /// needs them.
 pub struct Joins {
@@ -112,7 +138,8 @@ pub struct Joins {
 }
 
 impl Joins {
-    pub fn from_workflow(workflow: &Workflow) -> Joins {
+    /// `rows` counts a source's rows, for the children's estimated durations.
+    pub fn from_workflow(workflow: &Workflow, rows: impl Fn(&Source) -> Option<u64>) -> Joins {
         let mut by_parent: HashMap<String, Vec<JoinEdge>> = HashMap::new();
         for dep in &workflow.dependencies {
             let Some(child) = workflow.report(&dep.child) else {
@@ -138,12 +165,8 @@ impl Joins {
                     },
                     // Rows of the child's source at the default rate; the
                     // executor refines the estimate while the child runs.
-                    estimated_duration: {
-                        let source = workflow.source_of(child);
-                        pipeline::count_rows(&source.path, source.format)
-                            .ok()
-                            .map(|rows| Duration::from_secs_f64(rows as f64 / DEFAULT_ROWS_PER_SEC))
-                    },
+                    estimated_duration: rows(workflow.source_of(child))
+                        .map(|rows| Duration::from_secs_f64(rows as f64 / DEFAULT_ROWS_PER_SEC)),
                 },
             };
             for parent in &dep.parents {
@@ -182,9 +205,7 @@ pub struct Engine {
     /// Woken when a retry's backoff ends, so the dispatcher claims it then
     /// rather than at the next poll.
     retry_due: Arc<tokio::sync::Notify>,
-    /// Source row counts by path, with the (size, mtime) they were counted at.
-    #[allow(clippy::type_complexity)]
-    row_counts: Mutex<HashMap<PathBuf, ((u64, Option<std::time::SystemTime>), u64)>>,
+    row_counts: RowCounts,
 }
 
 impl Engine {
@@ -194,8 +215,11 @@ impl Engine {
         config: ExecutorConfig,
         metrics: Arc<Metrics>,
     ) -> Engine {
+        // Counting the children's sources here warms the cache that root
+        // jobs' estimates use too: each file is read once per version.
+        let row_counts = RowCounts::default();
         let joins = if config.dependencies_enabled {
-            Joins::from_workflow(&workflow)
+            Joins::from_workflow(&workflow, |source| row_counts.get(source))
         } else {
             Joins::none()
         };
@@ -209,7 +233,7 @@ impl Engine {
             events: None,
             throughput: Mutex::new(HashMap::new()),
             retry_due: Arc::new(tokio::sync::Notify::new()),
-            row_counts: Mutex::new(HashMap::new()),
+            row_counts,
         }
     }
 
@@ -252,29 +276,10 @@ impl Engine {
     pub fn estimate(&self, report_type: &str, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let report = self.workflow.report(report_type)?;
         let source = self.workflow.source_of(report);
-        let rows = self.source_rows(&source.path, source.format)?;
+        let rows = self.row_counts.get(source)?;
         let rate = self.rate(report_type);
         let secs = rows as f64 / rate;
         Some(from + chrono::Duration::milliseconds((secs * 1000.0) as i64))
-    }
-
-    /// Rows of a source, counted once per version of the file (size and
-    /// modification time), so estimating a trigger does not read the data.
-    fn source_rows(&self, path: &std::path::Path, format: DataFormat) -> Option<u64> {
-        let meta = std::fs::metadata(path).ok()?;
-        let stamp = (meta.len(), meta.modified().ok());
-        if let Ok(cache) = self.row_counts.lock() {
-            if let Some((s, rows)) = cache.get(path) {
-                if *s == stamp {
-                    return Some(*rows);
-                }
-            }
-        }
-        let rows = pipeline::count_rows(path, format).ok()?;
-        if let Ok(mut cache) = self.row_counts.lock() {
-            cache.insert(path.to_path_buf(), (stamp, rows));
-        }
-        Some(rows)
     }
 
     fn rate(&self, report_type: &str) -> f64 {

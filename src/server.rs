@@ -11,11 +11,11 @@
 //!   document must name every entry (a test checks it).
 
 use std::any::Any;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ use tokio::io::AsyncRead;
 use crate::auth::{AuthConfig, ADMIN_ROLE};
 use crate::executor::Engine;
 use crate::graph::GraphFormat;
-use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
+use crate::job::{Job, JobId, JobRequest, JobStatus, Principal};
 use crate::store::{CancelOutcome, Enqueued, ListFilter, StoreError, UniqueKey};
 use crate::workflow::DataFormat;
 
@@ -49,8 +49,6 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub const MAX_CHUNK_SIZE: u32 = 10_000_000;
 /// Longest `idempotencyKey` and `targetSystem`.
 pub const MAX_KEY_LEN: usize = 255;
-/// How long an estimated duration is reused before it is computed again (it reads the source).
-const ESTIMATE_TTL: Duration = Duration::from_secs(1);
 /// How long `/readyz` waits for the store.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Size of one chunk of a streamed result file.
@@ -61,16 +59,11 @@ const FILE_CHUNK: usize = 64 * 1024;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<AuthConfig>,
-    estimates: Arc<Estimates>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, auth: Arc<AuthConfig>) -> AppState {
-        AppState {
-            engine,
-            auth,
-            estimates: Arc::default(),
-        }
+        AppState { engine, auth }
     }
 }
 
@@ -612,22 +605,19 @@ async fn generate(
         target_system: body.target_system,
         params: BTreeMap::new(),
     };
+    // `new_job` may count the source's rows (once per version of the file):
+    // keep that IO off the async threads.
+    let engine = state.engine.clone();
+    let principal = caller.principal.clone();
+    let report_type = report.name.clone();
+    let trigger = format!("http:{:016x}", rand::random::<u64>());
+    let new_job = tokio::task::spawn_blocking(move || {
+        engine.new_job(&report_type, principal, &trigger, request)
+    })
+    .await
+    .map_err(|e| AppError::Internal(format!("estimating the job failed: {e}")))?
+    .ok_or_else(|| AppError::Internal(format!("report type {} vanished", report.name)))?;
     let now = Utc::now();
-    let estimated_completion = state
-        .estimates
-        .estimate(&state.engine, &report.name, now)
-        .await;
-    // As `Engine::new_job`, with the estimate cached (see `Estimates`).
-    let new_job = NewJob {
-        report_type: report.name.clone(),
-        principal: caller.principal.clone(),
-        parent_job_ids: Vec::new(),
-        trigger_id: format!("http:{:016x}", rand::random::<u64>()),
-        priority: request.priority.unwrap_or(report.priority),
-        max_attempts: report.retries + 1,
-        estimated_completion,
-        request,
-    };
     let unique = body
         .idempotency_key
         .map(|key| UniqueKey::idempotency(caller.principal.subject.clone(), key));
@@ -921,62 +911,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Estimates and streaming
+// Streaming
 // ---------------------------------------------------------------------------------------------
-
-/// Estimated durations per report type, reused for [`ESTIMATE_TTL`].
-///
-/// `Engine::estimate` counts the rows of the report's source file, which reads the whole file:
-/// once per trigger that would cap triggers at a few thousand a second and block the async
-/// threads. A duration a second old is as good an estimate.
-#[derive(Default)]
-struct Estimates {
-    by_type: Mutex<HashMap<String, (Instant, Option<chrono::Duration>)>>,
-}
-
-impl Estimates {
-    async fn estimate(
-        &self,
-        engine: &Arc<Engine>,
-        report_type: &str,
-        now: DateTime<Utc>,
-    ) -> Option<DateTime<Utc>> {
-        let cached = {
-            let mut map = self.by_type.lock().unwrap_or_else(|e| e.into_inner());
-            match map.get_mut(report_type) {
-                Some((at, delta)) if at.elapsed() < ESTIMATE_TTL => return delta.map(|d| now + d),
-                Some((at, delta)) => {
-                    // Stale: this request refreshes it; the others keep the old value meanwhile.
-                    *at = Instant::now();
-                    *delta
-                }
-                None => None,
-            }
-        };
-        let fresh = Self::compute(engine, report_type, now).await;
-        let delta = fresh.map(|t| t - now).or(cached);
-        self.store(report_type, delta);
-        delta.map(|d| now + d)
-    }
-
-    async fn compute(
-        engine: &Arc<Engine>,
-        report_type: &str,
-        now: DateTime<Utc>,
-    ) -> Option<DateTime<Utc>> {
-        let engine = engine.clone();
-        let report_type = report_type.to_string();
-        tokio::task::spawn_blocking(move || engine.estimate(&report_type, now))
-            .await
-            .ok()
-            .flatten()
-    }
-
-    fn store(&self, report_type: &str, delta: Option<chrono::Duration>) {
-        let mut map = self.by_type.lock().unwrap_or_else(|e| e.into_inner());
-        map.insert(report_type.to_string(), (Instant::now(), delta));
-    }
-}
 
 /// A file streamed as a response body in [`FILE_CHUNK`]s, never read whole into memory.
 struct FileBody {
@@ -1311,6 +1247,7 @@ pub fn openapi() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::NewJob;
 
     #[test]
     fn every_route_is_documented_with_its_method() {
