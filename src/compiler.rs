@@ -873,17 +873,8 @@ impl<'s> Compiler<'s> {
         Some((
             Dependency {
                 id: format!("{index}:{}", decl.child.name),
-                parents: decl
-                    .parents
-                    .iter()
-                    .filter(|p| p.name != decl.child.name)
-                    .map(|p| p.name.clone())
-                    .fold(Vec::new(), |mut v, p| {
-                        if !v.contains(&p) {
-                            v.push(p);
-                        }
-                        v
-                    }),
+                // Repeated parents and self-dependencies returned above.
+                parents: decl.parents.iter().map(|p| p.name.clone()).collect(),
                 child: decl.child.name.clone(),
                 condition,
                 parent_roles,
@@ -972,9 +963,8 @@ impl<'s> Compiler<'s> {
             }
             out.push(s);
         }
-        if what == "report" {
-            // masks in a report block are fine; elsewhere they are not.
-        } else if what != "dependency" {
+        // Mask rules belong in reports; a dependency reports its own.
+        if !matches!(what, "report" | "dependency") {
             for m in block.masks() {
                 self.diags.push(
                     Diagnostic::error(

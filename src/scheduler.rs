@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::executor::Engine;
-use crate::job::{JobRequest, Principal};
+use crate::job::{JobRequest, NewJob, Principal};
 use crate::metrics::Metrics;
 use crate::store::{BoxFuture, Enqueued, StoreError, UniqueKey};
 use crate::workflow::{CatchUp, RoleRule, Schedule, Workflow};
@@ -163,6 +163,26 @@ pub fn due_fires(
     Due { fire, dropped }
 }
 
+/// The root jobs of one fire of `schedule`, run as the system principal
+/// with the role (and county) the schedule names.
+pub fn fire_jobs(
+    engine: &Engine,
+    schedule: &Schedule,
+    trigger: &str,
+    request: &JobRequest,
+) -> Vec<NewJob> {
+    schedule
+        .targets()
+        .filter_map(|(report, role, county)| {
+            let principal = Principal {
+                county: county.map(str::to_string),
+                ..Principal::system(role)
+            };
+            engine.new_job(report, principal, trigger, request.clone())
+        })
+        .collect()
+}
+
 /// Creates the jobs of one fire, at most once: the unique key
 /// `(schedule, fire time)` makes a second call, here or on another
 /// instance, return the first call's jobs.
@@ -173,21 +193,7 @@ pub async fn fire(
     now: DateTime<Utc>,
 ) -> Result<Enqueued, StoreError> {
     let trigger = format!("fire:{}:{}", schedule.name, at.to_rfc3339());
-    let counties: Vec<Option<String>> = if schedule.counties.is_empty() {
-        vec![None]
-    } else {
-        schedule.counties.iter().cloned().map(Some).collect()
-    };
-    let mut batch = Vec::new();
-    for report in &schedule.reports {
-        for role in &schedule.roles {
-            for county in &counties {
-                let mut principal = Principal::system(role.clone());
-                principal.county = county.clone();
-                batch.extend(engine.new_job(report, principal, &trigger, JobRequest::default()));
-            }
-        }
-    }
+    let batch = fire_jobs(engine, schedule, &trigger, &JobRequest::default());
     let result = engine
         .store
         .enqueue(batch, Some(UniqueKey::fire(&schedule.name, at)), now)
@@ -321,25 +327,16 @@ pub fn plan(
     let mut out = Vec::with_capacity(fires.len());
     for (at, i) in fires {
         let schedule = &workflow.schedules[i];
-        let counties: Vec<Option<String>> = if schedule.counties.is_empty() {
-            vec![None]
-        } else {
-            schedule.counties.iter().cloned().map(Some).collect()
-        };
-        let mut queue: VecDeque<PlannedJob> = VecDeque::new();
-        for report in &schedule.reports {
-            for role in &schedule.roles {
-                for county in &counties {
-                    queue.push_back(PlannedJob {
-                        report: report.clone(),
-                        role: role.clone(),
-                        county: county.clone(),
-                        depth: 0,
-                        after: Vec::new(),
-                    });
-                }
-            }
-        }
+        let mut queue: VecDeque<PlannedJob> = schedule
+            .targets()
+            .map(|(report, role, county)| PlannedJob {
+                report: report.to_string(),
+                role: role.to_string(),
+                county: county.map(str::to_string),
+                depth: 0,
+                after: Vec::new(),
+            })
+            .collect();
         let mut jobs = Vec::new();
         while let Some(job) = queue.pop_front() {
             if workflow.config.dependencies_enabled {

@@ -151,6 +151,27 @@ pub struct Schedule {
     pub catch_up: CatchUp,
 }
 
+impl Schedule {
+    /// What one fire creates: a job per report, per role, per county (or
+    /// one for all counties when the schedule names none), in that order.
+    pub fn targets(&self) -> impl Iterator<Item = (&str, &str, Option<&str>)> + '_ {
+        let counties: Vec<Option<&str>> = if self.counties.is_empty() {
+            vec![None]
+        } else {
+            self.counties.iter().map(|c| Some(c.as_str())).collect()
+        };
+        self.reports.iter().flat_map(move |report| {
+            let counties = counties.clone();
+            self.roles.iter().flat_map(move |role| {
+                counties
+                    .clone()
+                    .into_iter()
+                    .map(move |county| (report.as_str(), role.as_str(), county))
+            })
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Condition {

@@ -317,12 +317,9 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 }
 
 fn graph_cmd(paths: &[PathBuf], format: GraphFormat) -> u8 {
-    let c = match compile_and_report(paths, true) {
-        Ok(c) => c,
+    let w = &match compiled_workflow(paths, true) {
+        Ok(w) => w,
         Err(code) => return code,
-    };
-    let Some(w) = &c.workflow else {
-        return EXIT_FAILURE;
     };
     out!("{}", graph::render(w, format));
     EXIT_OK
@@ -339,12 +336,9 @@ fn schedule(paths: &[PathBuf], next: usize, from: Option<&str>) -> u8 {
         Ok(t) => t.unwrap_or_else(Utc::now),
         Err(e) => return error(e),
     };
-    let c = match compile_and_report(paths, true) {
-        Ok(c) => c,
+    let w = &match compiled_workflow(paths, true) {
+        Ok(w) => w,
         Err(code) => return code,
-    };
-    let Some(w) = &c.workflow else {
-        return EXIT_FAILURE;
     };
     let mut out = String::new();
     for s in &w.schedules {
@@ -455,12 +449,9 @@ fn plan(paths: &[PathBuf], from: Option<&str>, to: Option<&str>, limit: usize) -
     if to <= from {
         return error("--to must be after --from");
     }
-    let c = match compile_and_report(paths, true) {
-        Ok(c) => c,
+    let w = &match compiled_workflow(paths, true) {
+        Ok(w) => w,
         Err(code) => return code,
-    };
-    let Some(w) = &c.workflow else {
-        return EXIT_FAILURE;
     };
     let fires = crate::scheduler::plan(w, from, to, limit);
     let mut out = String::new();

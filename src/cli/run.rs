@@ -103,20 +103,9 @@ fn root_jobs(
     let mut jobs = Vec::new();
     if args.reports.is_empty() {
         for schedule in &workflow.schedules {
-            let counties: Vec<Option<String>> = if schedule.counties.is_empty() {
-                vec![None]
-            } else {
-                schedule.counties.iter().cloned().map(Some).collect()
-            };
-            for report in &schedule.reports {
-                for role in &schedule.roles {
-                    for county in &counties {
-                        let mut principal = Principal::system(role.clone());
-                        principal.county = county.clone();
-                        jobs.extend(engine.new_job(report, principal, trigger, request.clone()));
-                    }
-                }
-            }
+            jobs.extend(crate::scheduler::fire_jobs(
+                engine, schedule, trigger, &request,
+            ));
         }
         return Ok(jobs);
     }
