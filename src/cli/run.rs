@@ -17,7 +17,7 @@ use super::{
     EXIT_OK,
 };
 use crate::executor::{Engine, ExecEvent};
-use crate::job::{Job, JobRequest, JobStatus, NewJob, Principal};
+use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
 use crate::store::{ListFilter, Store};
 use crate::workflow::{DataFormat, Workflow};
 
@@ -157,7 +157,6 @@ pub fn run(args: RunArgs) -> u8 {
 }
 
 async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
-    let run_started = Utc::now();
     let (tx, rx) = mpsc::unbounded_channel();
     let selection = StoreSelection::new(args.store.as_deref(), &args.db);
     // Jobs left running by a process that died are taken back first (a
@@ -175,29 +174,21 @@ async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
     if n > 0 {
         eprintln!("recovered {n} job(s) left running by an interrupted run");
     }
-    let mut recovered_triggers = BTreeSet::new();
-    for id in &recovered.requeued {
-        if let Ok(Some(j)) = store.get(id).await {
-            recovered_triggers.insert(j.trigger_id);
-        }
-    }
+    // The jobs of this run: what it queues or resumes, what recovery took
+    // back, and every dependent the cascade creates (seen through events).
+    // Only these are read back at the end, never the whole store.
+    let mut ids: BTreeSet<JobId> = recovered.requeued.iter().cloned().collect();
     for c in &recovered.finished {
-        recovered_triggers.insert(c.job.trigger_id.clone());
+        ids.insert(c.job.job_id.clone());
+        ids.extend(c.children_created.iter().map(|j| j.job_id.clone()));
     }
-
-    // Jobs that count for the exit status: on resume, those unfinished at
-    // the start and those created from then on (a superseded failed attempt
-    // that `jobs retry` replaced does not fail the resumed run).
-    let mut counted: Option<BTreeSet<String>> = None;
-    let triggers: BTreeSet<String> = if args.resume {
+    if args.resume {
         match unfinished(store.as_ref()).await {
-            Ok(jobs) => {
-                counted = Some(jobs.iter().map(|j| j.job_id.to_string()).collect());
-                let mut t: BTreeSet<String> = jobs.into_iter().map(|j| j.trigger_id).collect();
-                t.extend(recovered_triggers);
-                t
-            }
+            Ok(jobs) => ids.extend(jobs.into_iter().map(|j| j.job_id)),
             Err(e) => return error(e),
+        }
+        if ids.is_empty() {
+            eprintln!("nothing to resume");
         }
     } else {
         let trigger = format!("run:{:08x}", rand::random::<u32>());
@@ -209,47 +200,43 @@ async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
             eprintln!("nothing to run: no --report given and the workflow has no schedules");
             return EXIT_OK;
         }
-        if let Err(e) = store.enqueue(jobs, None, Utc::now()).await {
-            return error(format!("cannot queue jobs: {e}"));
+        match store.enqueue(jobs, None, Utc::now()).await {
+            Ok(queued) => ids.extend(queued.job_ids()),
+            Err(e) => return error(format!("cannot queue jobs: {e}")),
         }
-        BTreeSet::from([trigger])
-    };
-    if triggers.is_empty() {
-        eprintln!("nothing to resume");
     }
 
     let display = tokio::spawn(show_progress(rx));
     let shutdown = shutdown_signal();
     let result = engine.clone().run(shutdown, true).await;
     drop(engine);
-    let _ = display.await;
+    ids.extend(display.await.unwrap_or_default());
     if let Err(e) = result {
         return error(format!("store failure: {e}"));
     }
 
-    let jobs = match jobs_of(store.as_ref(), &triggers).await {
-        Ok(j) => j,
-        Err(e) => return error(e),
-    };
+    let mut jobs = Vec::with_capacity(ids.len());
+    for id in &ids {
+        match store.get(id).await {
+            Ok(Some(job)) => jobs.push(job),
+            Ok(None) => {}
+            Err(e) => return error(format!("cannot read job {id}: {e}")),
+        }
+    }
+    jobs.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then(a.job_id.as_str().cmp(b.job_id.as_str()))
+    });
     print_table(&jobs);
-    let relevant: Vec<&Job> = jobs
-        .iter()
-        .filter(|j| {
-            counted.as_ref().is_none_or(|ids| {
-                ids.contains(j.job_id.as_str())
-                    || j.created_at >= run_started
-                    || j.completed_at.is_some_and(|t| t >= run_started)
-            })
-        })
-        .collect();
-    let unfinished = relevant.iter().filter(|j| !j.status.is_terminal()).count();
+    let unfinished = jobs.iter().filter(|j| !j.status.is_terminal()).count();
     if unfinished > 0 {
         eprintln!(
             "interrupted: {unfinished} job(s) not finished; `flowctl run --resume` finishes them"
         );
         return EXIT_FAILURE;
     }
-    if relevant.iter().all(|j| j.status == JobStatus::Completed) {
+    if jobs.iter().all(|j| j.status == JobStatus::Completed) {
         EXIT_OK
     } else {
         EXIT_FAILURE
@@ -305,20 +292,6 @@ async fn unfinished(store: &dyn Store) -> Result<Vec<Job>, String> {
     all_jobs(store, Some(JobStatus::Queued)).await
 }
 
-async fn jobs_of(store: &dyn Store, triggers: &BTreeSet<String>) -> Result<Vec<Job>, String> {
-    let mut jobs: Vec<Job> = all_jobs(store, None)
-        .await?
-        .into_iter()
-        .filter(|j| triggers.contains(&j.trigger_id))
-        .collect();
-    jobs.sort_by(|a, b| {
-        a.created_at
-            .cmp(&b.created_at)
-            .then(a.job_id.as_str().cmp(b.job_id.as_str()))
-    });
-    Ok(jobs)
-}
-
 /// Removes temporary result files left by a process that died mid-write.
 /// Only files whose writer is not alive are removed, so a concurrent worker
 /// on this machine keeps its own.
@@ -346,7 +319,10 @@ pub fn sweep_temp_files(results: &Path) {
     }
 }
 
-async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) {
+/// Draws progress until the executor is gone; returns the ids of the jobs
+/// that started and of the dependents created.
+async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) -> BTreeSet<JobId> {
+    let mut seen = BTreeSet::new();
     let fancy = std::io::stderr().is_terminal();
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template("{prefix:<40} [{bar:30}] {percent:>3}% {msg}")
@@ -356,6 +332,7 @@ async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) {
     while let Some(event) = rx.recv().await {
         match event {
             ExecEvent::Started { job, .. } => {
+                seen.insert(job.job_id.clone());
                 let label = format!("{} {} {}", job.job_id, job.report_type, scope(&job));
                 if fancy {
                     let bar = multi.add(ProgressBar::new(100));
@@ -391,6 +368,7 @@ async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) {
             }
             ExecEvent::Completing { .. } => {}
             ExecEvent::Finished { job, children } => {
+                seen.extend(children.iter().map(|c| c.job_id.clone()));
                 let msg = match job.status {
                     JobStatus::Completed => format!("{} rows", job.rows_written),
                     JobStatus::Failed => format!("FAILED: {}", job.error.as_deref().unwrap_or("")),
@@ -423,6 +401,7 @@ async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) {
             }
         }
     }
+    seen
 }
 
 fn scope(job: &Job) -> String {
