@@ -15,8 +15,9 @@
 //!
 //! Formats:
 //! - CSV in: first record is the header, every record must have as many fields as the header
-//!   (else [`PipelineError::Csv`] with the line). A UTF-8 BOM is stripped. Bytes pass through
-//!   unchanged to CSV output; JSONL output requires UTF-8 (else an error with the line).
+//!   (else [`PipelineError::Csv`] with the line). A UTF-8 BOM is stripped. The dialect is the
+//!   `csv` crate's, read by `csv_source` with a fast path for lines without quotes. Bytes pass
+//!   through unchanged to CSV output; JSONL output requires UTF-8 (else an error with the line).
 //! - JSONL in: one JSON object per line; blank lines are skipped. The columns are the keys of the
 //!   first object, in order; a later object lacking a key gives an empty value, keys the first
 //!   object did not have are ignored. Strings are taken as is, numbers and booleans as their JSON
@@ -34,11 +35,16 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use csv::ByteRecord;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use crate::masking::{MaskBuf, MaskMethod, Masker};
+
+mod csv_source;
+mod row;
+
+use csv_source::CsvSource;
+use row::Row;
 
 /// Size of the read and write buffers (fits in L2 next to the working set).
 const IO_BUFFER: usize = 64 * 1024;
@@ -431,7 +437,7 @@ impl Run<'_> {
         validate_utf8: bool,
     ) -> Result<()> {
         let chunk_size = self.spec.chunk_size;
-        let mut row = ByteRecord::with_capacity(1024, 16);
+        let mut row = Row::default();
         loop {
             let mut in_chunk = 0;
             let mut eof = false;
@@ -447,7 +453,7 @@ impl Run<'_> {
                     }
                 }
                 if validate_utf8 {
-                    check_utf8(&row, || (self.spec.source_path.clone(), source.line(&row)))?;
+                    check_utf8(&row, &self.spec.source_path)?;
                 }
                 sink.write_row(&row).map_err(io_err(out_path))?;
                 self.progress.rows_written += 1;
@@ -468,13 +474,15 @@ impl Run<'_> {
     }
 }
 
-fn check_utf8(row: &ByteRecord, at: impl FnOnce() -> (PathBuf, u64)) -> Result<()> {
+fn check_utf8(row: &Row, path: &Path) -> Result<()> {
+    if row.as_bytes().is_ascii() {
+        return Ok(());
+    }
     for (i, field) in row.iter().enumerate() {
         if let Err(e) = std::str::from_utf8(field) {
-            let (path, line) = at();
             return Err(PipelineError::Csv {
-                path,
-                line,
+                path: path.to_path_buf(),
+                line: row.line,
                 message: format!(
                     "field {} is not valid UTF-8 (byte {}), which JSON output requires",
                     i + 1,
@@ -631,7 +639,7 @@ impl Out {
 }
 
 trait RowSink {
-    fn write_row(&mut self, row: &ByteRecord) -> io::Result<()>;
+    fn write_row(&mut self, row: &Row) -> io::Result<()>;
     fn finish(self) -> io::Result<Finished>;
 }
 
@@ -706,12 +714,14 @@ fn write_csv_field(out: &mut Vec<u8>, field: &[u8]) {
 /// Writes one CSV record, masking on the way (no copy of the row). The output is what the csv
 /// crate's writer produces with its default settings.
 #[inline]
-fn write_csv_row(out: &mut Vec<u8>, row: &ByteRecord, masker: Option<&Masker>) {
+fn write_csv_row(out: &mut Vec<u8>, row: &Row, masker: Option<&Masker>) {
     let mut buf = MaskBuf::default();
     if row.len() == 1 {
         let empty = match masker {
-            Some(m) => m.mask_field(0, &row[0], &mut buf).is_empty(),
-            None => row[0].is_empty(),
+            Some(m) => m
+                .mask_field(0, row.get(0).unwrap_or(b""), &mut buf)
+                .is_empty(),
+            None => row.get(0).is_none_or(<[u8]>::is_empty),
         };
         if empty {
             // A record of one empty field would be an empty line, which readers skip.
@@ -721,7 +731,7 @@ fn write_csv_row(out: &mut Vec<u8>, row: &ByteRecord, masker: Option<&Masker>) {
     }
     // Masked values never need quotes when the clear value did not (see Masker::mask_field),
     // so one scan of the whole row settles the common case for all its fields.
-    let plain = !needs_csv_quotes(row.as_slice());
+    let plain = row.csv_plain;
     for (i, field) in row.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -749,7 +759,7 @@ impl CsvSink {
         CsvSink { out, masker }
     }
 
-    fn write_header(&mut self, header: &ByteRecord) -> io::Result<()> {
+    fn write_header(&mut self, header: &Row) -> io::Result<()> {
         if header.is_empty() {
             // An empty source: an empty result, not a line holding `""`.
             return Ok(());
@@ -761,7 +771,7 @@ impl CsvSink {
 
 impl RowSink for CsvSink {
     #[inline]
-    fn write_row(&mut self, row: &ByteRecord) -> io::Result<()> {
+    fn write_row(&mut self, row: &Row) -> io::Result<()> {
         write_csv_row(&mut self.out.buf, row, Some(&self.masker));
         self.out.row_done()
     }
@@ -779,7 +789,7 @@ struct JsonlSink {
 }
 
 impl JsonlSink {
-    fn new(out: Out, masker: Masker, header: &ByteRecord) -> Self {
+    fn new(out: Out, masker: Masker, header: &Row) -> Self {
         let keys = header
             .iter()
             .enumerate()
@@ -797,11 +807,11 @@ impl JsonlSink {
 
 impl RowSink for JsonlSink {
     #[inline]
-    fn write_row(&mut self, row: &ByteRecord) -> io::Result<()> {
+    fn write_row(&mut self, row: &Row) -> io::Result<()> {
         let out = &mut self.out.buf;
         let mut buf = MaskBuf::default();
         // As for CSV: masking never adds bytes that need escaping.
-        let plain = !needs_json_escapes(row.as_slice());
+        let plain = !needs_json_escapes(row.as_bytes());
         if self.keys.is_empty() {
             out.push(b'{');
         }
@@ -873,84 +883,15 @@ fn write_json_bytes(out: &mut Vec<u8>, s: &[u8]) {
 
 trait RowSource {
     /// Column names.
-    fn header(&self) -> &ByteRecord;
-    /// Reads the next row into `row`; `false` at the end of the source.
-    fn next_row(&mut self, row: &mut ByteRecord) -> Result<bool>;
-    /// Line (1-based) where `row`, the last row read, starts.
-    fn line(&self, row: &ByteRecord) -> u64;
-}
-
-struct CsvSource {
-    reader: csv::Reader<File>,
-    header: ByteRecord,
-    path: PathBuf,
-}
-
-impl CsvSource {
-    fn open(path: &Path) -> Result<CsvSource> {
-        let file = open_source(path)?;
-        let mut reader = csv::ReaderBuilder::new()
-            .buffer_capacity(IO_BUFFER)
-            .has_headers(true)
-            .flexible(false)
-            .from_reader(file);
-        let header = reader
-            .byte_headers()
-            .map_err(|e| csv_error(path, e))?
-            .clone();
-        Ok(CsvSource {
-            reader,
-            header,
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-fn csv_error(path: &Path, err: csv::Error) -> PipelineError {
-    let line = err.position().map_or(0, |p| p.line());
-    let message = match err.kind() {
-        csv::ErrorKind::UnequalLengths {
-            expected_len, len, ..
-        } => format!("{len} fields where the header has {expected_len}"),
-        csv::ErrorKind::Io(_) => match err.into_kind() {
-            csv::ErrorKind::Io(source) => {
-                return PipelineError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-            _ => unreachable!("kind checked above"),
-        },
-        _ => err.to_string(),
-    };
-    PipelineError::Csv {
-        path: path.to_path_buf(),
-        line,
-        message,
-    }
-}
-
-impl RowSource for CsvSource {
-    fn header(&self) -> &ByteRecord {
-        &self.header
-    }
-
-    #[inline]
-    fn next_row(&mut self, row: &mut ByteRecord) -> Result<bool> {
-        self.reader
-            .read_byte_record(row)
-            .map_err(|e| csv_error(&self.path, e))
-    }
-
-    fn line(&self, row: &ByteRecord) -> u64 {
-        row.position().map_or(0, |p| p.line())
-    }
+    fn header(&self) -> &Row;
+    /// Reads the next row into `row` (with the line it starts on); `false` at the end.
+    fn next_row(&mut self, row: &mut Row) -> Result<bool>;
 }
 
 struct JsonlSource {
     reader: BufReader<File>,
     path: PathBuf,
-    header: ByteRecord,
+    header: Row,
     columns: JsonColumns,
     /// Line number of the last line read.
     line: u64,
@@ -972,7 +913,7 @@ impl JsonlSource {
         let mut src = JsonlSource {
             reader: BufReader::with_capacity(IO_BUFFER, file),
             path: path.to_path_buf(),
-            header: ByteRecord::new(),
+            header: Row::default(),
             columns: JsonColumns::default(),
             line: 0,
             buf: Vec::with_capacity(4096),
@@ -1014,11 +955,11 @@ impl JsonlSource {
 }
 
 impl RowSource for JsonlSource {
-    fn header(&self) -> &ByteRecord {
+    fn header(&self) -> &Row {
         &self.header
     }
 
-    fn next_row(&mut self, row: &mut ByteRecord) -> Result<bool> {
+    fn next_row(&mut self, row: &mut Row) -> Result<bool> {
         if self.pending {
             self.pending = false;
         } else if !self.read_object(false)? {
@@ -1028,11 +969,9 @@ impl RowSource for JsonlSource {
         for value in &self.columns.values {
             row.push_field(value);
         }
+        row.seal();
+        row.line = self.line;
         Ok(true)
-    }
-
-    fn line(&self, _row: &ByteRecord) -> u64 {
-        self.line
     }
 }
 
@@ -1919,11 +1858,11 @@ mod tests {
             vec!["0123456789abcdef,0123456789abcdef"],
             vec!["0123456789abcdef0123456789abcdef\n"],
         ] {
-            let record = ByteRecord::from(row.clone());
+            let record: Row = row.iter().collect();
             let mut ours = Vec::new();
             write_csv_row(&mut ours, &record, None);
             let mut w = csv::Writer::from_writer(Vec::new());
-            w.write_byte_record(&record).unwrap();
+            w.write_record(row.iter()).unwrap();
             assert_eq!(ours, w.into_inner().unwrap(), "{row:?}");
         }
     }
@@ -2029,11 +1968,11 @@ mod tests {
             rows in prop::collection::vec(prop::collection::vec(field(), 1..5), 1..20),
         ) {
             for row in &rows {
-                let record = ByteRecord::from(row.clone());
+                let record: Row = row.iter().collect();
                 let mut ours = Vec::new();
                 write_csv_row(&mut ours, &record, None);
                 let mut w = csv::Writer::from_writer(Vec::new());
-                w.write_byte_record(&record).unwrap();
+                w.write_record(row.iter()).unwrap();
                 let theirs = w.into_inner().unwrap();
                 prop_assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs));
             }
