@@ -2162,6 +2162,67 @@ proptest! {
     }
 }
 
+/// The hand-written parser and the pest grammar agree on `text`: where the fast one accepts,
+/// pest builds the same tree and diagnostics; where it gives up, pest finds a syntax error.
+fn parsers_agree(text: &str) -> Result<(), TestCaseError> {
+    let pest = parser::parse_with_pest(FileId(0), text);
+    match parser::parse_fast(FileId(0), text) {
+        Some(fast) => {
+            prop_assert!(fast.file == pest.file, "another tree for {text:?}");
+            prop_assert_eq!(fast.diagnostics, pest.diagnostics, "for {:?}", text);
+        }
+        None => prop_assert!(
+            pest.diagnostics.iter().any(|d| d.code == Code::Syntax),
+            "the fast parser gave up on {text:?}, which pest accepts"
+        ),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(runner_config(256))]
+
+    /// Generated workflows, every layout: the fast parser takes them all, with pest's tree.
+    #[test]
+    fn fast_parser_builds_the_pest_tree(spec in spec()) {
+        let (text, _) = spec.render();
+        prop_assert!(parser::parse_fast(FileId(0), &text).is_some(), "gave up on\n{}", text);
+        parsers_agree(&text)?;
+    }
+
+    /// Valid files with a token inserted or a piece cut out, anywhere: accepted by both
+    /// parsers alike or by neither.
+    #[test]
+    fn parsers_agree_on_near_valid_files(
+        spec in spec(),
+        at in any::<prop::sample::Index>(),
+        len in 0usize..12,
+        token in select(TOKENS.to_vec()),
+        cut in any::<bool>(),
+    ) {
+        let (text, _) = spec.render();
+        let mut pos = at.index(text.len() + 1);
+        while !text.is_char_boundary(pos) {
+            pos -= 1;
+        }
+        let mutated = if cut {
+            let mut end = (pos + len).min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}{}", &text[..pos], &text[end..])
+        } else {
+            format!("{}{token}{}", &text[..pos], &text[pos..])
+        };
+        parsers_agree(&mutated)?;
+    }
+
+    #[test]
+    fn parsers_agree_on_token_soup(toks in vec(select(TOKENS.to_vec()), 0..60)) {
+        parsers_agree(&toks.concat())?;
+    }
+}
+
 proptest! {
     #![proptest_config(runner_config(256))]
 

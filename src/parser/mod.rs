@@ -17,6 +17,8 @@ use crate::ast::{
 use crate::diagnostic::{did_you_mean, Code, Diagnostic};
 use crate::source_map::{FileId, Span};
 
+mod fast;
+
 #[derive(pest_derive::Parser)]
 #[grammar = "../grammar/flow.pest"]
 struct FlowParser;
@@ -32,9 +34,25 @@ pub struct Parsed {
 }
 
 pub fn parse(file: FileId, text: &str) -> Parsed {
+    // A valid file parses in one pass, without pest's machinery.
+    match fast::parse(file, text) {
+        Some(parsed) => parsed,
+        None => parse_with_pest(file, text),
+    }
+}
+
+/// The hand-written one-pass parser alone: `None` when the file does not match the grammar.
+#[doc(hidden)]
+pub fn parse_fast(file: FileId, text: &str) -> Option<Parsed> {
+    fast::parse(file, text)
+}
+
+/// [`parse`] with the pest parser alone: what the hand-written fast path must agree with.
+#[doc(hidden)]
+pub fn parse_with_pest(file: FileId, text: &str) -> Parsed {
     let mut items = Vec::new();
     let mut diagnostics = Vec::new();
-    // Fast path: a valid file parses in one pass.
+    // A valid file parses in one pass.
     if let Ok(pairs) = FlowParser::parse(Rule::file, text) {
         let mut builder = Builder {
             file,
@@ -495,66 +513,70 @@ impl Builder<'_> {
         let kind = match pair.as_rule() {
             Rule::string => {
                 let raw = pair.into_inner().next().map_or("", |p| p.as_str());
-                ValueKind::Str(self.unescape(raw, span))
+                ValueKind::Str(unescape(raw, span, self.diagnostics))
             }
-            Rule::number => match text.parse::<i64>() {
-                Ok(n) => ValueKind::Number(n),
-                Err(_) => {
-                    self.diagnostics.push(
-                        Diagnostic::error(
-                            Code::OutOfRange,
-                            format!("number `{text}` is too large"),
-                        )
-                        .label(span, "does not fit in 64 bits"),
-                    );
-                    ValueKind::Number(i64::MAX)
-                }
-            },
+            Rule::number => number_value(text, span, self.diagnostics),
             Rule::duration => ValueKind::Duration(text.to_string()),
             _ => ValueKind::Ident(text.to_string()),
         };
         Value { kind, span }
     }
+}
 
-    /// Decodes `\" \\ \n \t \r \u{...}`. The grammar admits only these forms,
-    /// so the one thing left to check is that a `\u{...}` is a real character.
-    fn unescape(&mut self, raw: &str, span: Span) -> String {
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.char_indices();
-        while let Some((_, c)) = chars.next() {
-            if c != '\\' {
-                out.push(c);
-                continue;
-            }
-            match chars.next() {
-                Some((_, 'n')) => out.push('\n'),
-                Some((_, 't')) => out.push('\t'),
-                Some((_, 'r')) => out.push('\r'),
-                Some((_, 'u')) => {
-                    let hex: String = chars
-                        .by_ref()
-                        .map(|(_, c)| c)
-                        .skip_while(|c| *c == '{')
-                        .take_while(|c| *c != '}')
-                        .collect();
-                    match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
-                        Some(ch) => out.push(ch),
-                        None => self.diagnostics.push(
-                            Diagnostic::error(
-                                Code::Syntax,
-                                format!("`\\u{{{hex}}}` is not a valid character"),
-                            )
-                            .label(span, "in this string")
-                            .help("a \\u{...} escape takes a Unicode scalar value in hex, e.g. \\u{e9}"),
-                        ),
-                    }
-                }
-                Some((_, other)) => out.push(other),
-                None => {}
-            }
+/// A `number` token's value; one too large for 64 bits is an error (and `i64::MAX`).
+fn number_value(text: &str, span: Span, diagnostics: &mut Vec<Diagnostic>) -> ValueKind {
+    match text.parse::<i64>() {
+        Ok(n) => ValueKind::Number(n),
+        Err(_) => {
+            diagnostics.push(
+                Diagnostic::error(Code::OutOfRange, format!("number `{text}` is too large"))
+                    .label(span, "does not fit in 64 bits"),
+            );
+            ValueKind::Number(i64::MAX)
         }
-        out
     }
+}
+
+/// Decodes `\" \\ \n \t \r \u{...}`. The grammar admits only these forms,
+/// so the one thing left to check is that a `\u{...}` is a real character.
+fn unescape(raw: &str, span: Span, diagnostics: &mut Vec<Diagnostic>) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.char_indices();
+    while let Some((_, c)) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some((_, 'n')) => out.push('\n'),
+            Some((_, 't')) => out.push('\t'),
+            Some((_, 'r')) => out.push('\r'),
+            Some((_, 'u')) => {
+                let hex: String = chars
+                    .by_ref()
+                    .map(|(_, c)| c)
+                    .skip_while(|c| *c == '{')
+                    .take_while(|c| *c != '}')
+                    .collect();
+                match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                    Some(ch) => out.push(ch),
+                    None => diagnostics.push(
+                        Diagnostic::error(
+                            Code::Syntax,
+                            format!("`\\u{{{hex}}}` is not a valid character"),
+                        )
+                        .label(span, "in this string")
+                        .help(
+                            "a \\u{...} escape takes a Unicode scalar value in hex, e.g. \\u{e9}",
+                        ),
+                    ),
+                }
+            }
+            Some((_, other)) => out.push(other),
+            None => {}
+        }
+    }
+    out
 }
 
 fn tight_end(pair: &Pair<'_, Rule>) -> usize {
