@@ -1,7 +1,7 @@
 //! Dependent start latency, in process: from the moment a parent's work is
 //! done (its worker hands the outcome to the store, which records the
-//! completion and creates the child in one transaction) to the moment the
-//! child is running on a worker. Targets: p50 ≤ 100 µs,
+//! completion, creates the child and claims it for that same worker in one
+//! write: eager dispatch) to the moment the child is running on a worker. Targets: p50 ≤ 100 µs,
 //! p99 ≤ 1 ms (the seed's design polls every 5 s).
 //!
 //! Run: `cargo bench --bench latency`

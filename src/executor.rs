@@ -206,6 +206,8 @@ pub struct Engine {
     /// rather than at the next poll.
     retry_due: Arc<tokio::sync::Notify>,
     row_counts: RowCounts,
+    /// Set when the dispatcher stops claiming: finishing workers stop taking jobs too.
+    stopping: AtomicBool,
 }
 
 impl Engine {
@@ -234,6 +236,7 @@ impl Engine {
             throughput: Mutex::new(HashMap::new()),
             retry_due: Arc::new(tokio::sync::Notify::new()),
             row_counts,
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -371,7 +374,7 @@ impl Engine {
                             };
                             let engine = self.clone();
                             tasks.spawn(async move {
-                                engine.run_job(job).await;
+                                engine.work(job).await;
                                 drop(permit);
                             });
                         }
@@ -404,7 +407,9 @@ impl Engine {
                 _ = tokio::time::sleep(self.config.poll_interval.min(sweep_every)) => {}
             }
         }
-        // Graceful shutdown: no more claims; let running jobs finish.
+        // Graceful shutdown: no more claims, by the dispatcher or by finishing workers; let
+        // running jobs finish.
+        self.stopping.store(true, Ordering::Relaxed);
         if !tasks.is_empty() {
             tracing::info!(running = tasks.len(), grace = ?self.config.grace, "shutting down: waiting for running jobs");
             let wait_all = async { while tasks.join_next().await.is_some() {} };
@@ -477,8 +482,23 @@ impl Engine {
         Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
     }
 
-    /// One attempt of one claimed job, start to completion.
-    async fn run_job(self: Arc<Self>, job: Job) {
+    /// A worker: runs a claimed job, then each job its completions claim for it (eager
+    /// dispatch), on one slot of the pool.
+    async fn work(self: Arc<Self>, job: Job) {
+        let mut next = Some((job, None));
+        while let Some((job, flush)) = next {
+            next = self.run_job(job, flush).await;
+        }
+    }
+
+    /// One attempt of one claimed job, start to completion. `before` is the previous job's
+    /// completion on its way to disk: awaited while this job runs, and before this one
+    /// completes. Returns the job this completion claimed, with its own wait for the disk.
+    async fn run_job(
+        self: &Arc<Self>,
+        job: Job,
+        before: Option<Flush>,
+    ) -> Option<(Job, Option<Flush>)> {
         Metrics::add(&self.metrics.workers_busy, 1);
         let started = Instant::now();
         tracing::info!(job = %job.job_id, report = %job.report_type, role = %job.role, attempt = job.attempt, "job started");
@@ -486,20 +506,30 @@ impl Engine {
             job: job.clone(),
             at: Instant::now(),
         });
-        let outcome = match self.spec_for(&job) {
-            Ok((spec, timeout)) => self.execute(&job, spec, timeout).await,
-            Err(e) => Some((
-                Outcome::Failure {
-                    error: e,
-                    retry_at: None,
-                },
-                job.version,
-            )),
+        let run = async {
+            match self.spec_for(&job) {
+                Ok((spec, timeout)) => self.execute(&job, spec, timeout).await,
+                Err(e) => Some((
+                    Outcome::Failure {
+                        error: e,
+                        retry_at: None,
+                    },
+                    job.version,
+                )),
+            }
         };
-        if let Some((outcome, version)) = outcome {
-            self.finish(job, outcome, version, started).await;
-        }
+        let before = async {
+            if let Some(flush) = before {
+                flush.await;
+            }
+        };
+        let (outcome, ()) = tokio::join!(run, before);
+        let next = match outcome {
+            Some((outcome, version)) => self.finish(job, outcome, version, started).await,
+            None => None,
+        };
         self.metrics.workers_busy.fetch_sub(1, Ordering::Relaxed);
+        next.map(|(job, flush)| (job, Some(flush)))
     }
 
     /// Runs the pipeline next to the lease heartbeat. `None` means the lease
@@ -629,7 +659,17 @@ impl Engine {
     /// Writes the outcome with a CAS at the job's current version. A cancel
     /// request may bump the version between our last renewal and now: then
     /// we retry at the new version as long as the job is still ours.
-    async fn finish(&self, job: Job, outcome: Outcome, mut version: u64, started: Instant) {
+    ///
+    /// Unless the engine is stopping, the same store call claims this worker's next job
+    /// ([`Store::complete_and_claim`]); it is returned with the wait for the completion to be
+    /// durable, which runs beside it.
+    async fn finish(
+        self: &Arc<Self>,
+        job: Job,
+        outcome: Outcome,
+        mut version: u64,
+        started: Instant,
+    ) -> Option<(Job, Flush)> {
         self.emit(ExecEvent::Completing {
             job_id: job.job_id.clone(),
             report_type: job.report_type.clone(),
@@ -643,21 +683,50 @@ impl Engine {
         let mut unavailable_backoff = Duration::from_millis(50);
         while failures < 5 {
             let edges: &[JoinEdge] = if use_joins { joins } else { &[] };
-            match self
-                .store
-                .complete(&job.job_id, version, outcome.clone(), edges, Utc::now())
-                .await
-            {
-                Ok(Cas::Applied(done)) => {
+            let completed = if self.stopping.load(Ordering::Relaxed) {
+                let completion =
+                    self.store
+                        .complete(&job.job_id, version, outcome.clone(), edges, Utc::now());
+                completion.await.map(|cas| (cas, None))
+            } else {
+                let completion = self.store.complete_and_claim(
+                    &job.job_id,
+                    version,
+                    outcome.clone(),
+                    edges,
+                    Utc::now(),
+                    &self.config.worker_id,
+                    self.config.lease,
+                );
+                completion.await
+            };
+            match completed {
+                Ok((Cas::Applied(done), next)) => {
+                    // Reported as every reader of the store sees it from now on; the slot
+                    // is given up, or the claimed job started, once it is durable.
                     self.record_finish(
                         &done.job,
                         &done.children_created,
                         done.join_errors.len(),
                         started,
                     );
-                    return;
+                    let engine = self.clone();
+                    let job_id = done.job.job_id;
+                    let durable = async move {
+                        if let Err(e) = engine.store.sync().await {
+                            Metrics::add(&engine.metrics.store_errors, 1);
+                            tracing::error!(job = %job_id, error = %e, "the job's completion may not be on disk");
+                        }
+                    };
+                    match next {
+                        Some(next) => return Some((next, Box::pin(durable))),
+                        None => {
+                            durable.await;
+                            return None;
+                        }
+                    }
                 }
-                Ok(Cas::Conflict { current: Some(c) })
+                Ok((Cas::Conflict { current: Some(c) }, _))
                     if c.status == JobStatus::Processing
                         && c.lease_owner.as_deref() == Some(&self.config.worker_id)
                         && c.attempt == job.attempt =>
@@ -665,17 +734,17 @@ impl Engine {
                     failures += 1;
                     version = c.version;
                 }
-                Ok(Cas::Conflict { current: Some(c) })
+                Ok((Cas::Conflict { current: Some(c) }, _))
                     if interrupted && c.attempt == job.attempt && c.status.is_terminal() =>
                 {
                     // An earlier try reached the store before the connection was lost.
                     tracing::info!(job = %job.job_id, "completion recorded by an earlier try");
                     self.record_finish(&c, &[], 0, started);
-                    return;
+                    return None;
                 }
-                Ok(Cas::Conflict { .. }) => {
+                Ok((Cas::Conflict { .. }, _)) => {
                     tracing::warn!(job = %job.job_id, "job changed hands before completion; result discarded");
-                    return;
+                    return None;
                 }
                 Err(e) if e.is_transient() => {
                     // The store is unreachable (e.g. a lost database connection): keep the
@@ -704,6 +773,7 @@ impl Engine {
             }
         }
         tracing::error!(job = %job.job_id, "could not record completion; lease recovery will run it again");
+        None
     }
 
     fn record_finish(&self, job: &Job, children: &[Job], join_errors: usize, started: Instant) {
@@ -750,6 +820,9 @@ impl Engine {
         });
     }
 }
+
+/// The wait for a completion to be on disk.
+type Flush = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Counters shared between the blocking pipeline and the async heartbeat.
 #[derive(Default)]

@@ -34,6 +34,7 @@ macro_rules! with_scenarios {
             requeue_all_processing,
             unique_key_at_most_once,
             join_single_parent,
+            complete_and_claim_takes_what_claim_would,
             join_two_parents_both_orders,
             join_three_parents,
             join_on_completion_with_failed_parent,
@@ -920,6 +921,106 @@ pub async fn join_single_parent(store: Arc<dyn Store>) {
         ids(&claim_all(store, at(1)).await),
         vec![child.job_id.clone()]
     );
+}
+
+/// Eager dispatch: a store may claim, with a completion, the job `claim` would give next. It
+/// may also claim nothing; whatever it claims is an ordinary claim.
+pub async fn complete_and_claim_takes_what_claim_would(store: Arc<dyn Store>) {
+    let store = &*store;
+    let joins = vec![edge(
+        "dep:SUMMARY",
+        &["DAILY"],
+        Condition::OnSuccess,
+        "SUMMARY",
+    )];
+    let lease_until = at(0) + TimeDelta::from_std(LEASE).expect("lease fits");
+
+    // The dependent this completion creates comes first: it is the one to claim.
+    let parent = start(store, new_job("DAILY", "S", Some("C1")), at(0)).await;
+    let (cas, claimed) = store
+        .complete_and_claim(
+            &parent.job_id,
+            parent.version,
+            success(),
+            &joins,
+            at(0),
+            "worker-2",
+            LEASE,
+        )
+        .await
+        .expect("complete and claim");
+    store.sync().await.expect("sync");
+    let Cas::Applied(done) = cas else {
+        panic!("unexpected conflict: {cas:?}")
+    };
+    assert_eq!(
+        get(store, &parent.job_id).await.status,
+        JobStatus::Completed
+    );
+    assert_eq!(done.children_created.len(), 1);
+    let child = get(store, &done.children_created[0].job_id).await;
+    match &claimed {
+        Some(job) => {
+            assert_eq!(job, &child);
+            assert_eq!(job.job_id, done.children_created[0].job_id);
+            assert_eq!(job.status, JobStatus::Processing);
+            assert_eq!(job.lease_owner.as_deref(), Some("worker-2"));
+            assert_eq!(job.lease_until, Some(lease_until));
+            assert_eq!(job.started_at, Some(at(0)));
+            assert_eq!(counts(store).await, expect_counts(0, 1, 1, 0, 0));
+        }
+        None => assert_eq!(child.status, JobStatus::Queued),
+    }
+    if claimed.is_none() {
+        claim_all(store, at(0)).await;
+    }
+
+    // A queued job of higher priority than the dependent is claimed instead.
+    let mut urgent = new_job("URGENT", "S", None);
+    urgent.priority = 200;
+    let urgent = enqueue_one(store, urgent, at(1)).await;
+    let parent = start(store, new_job("DAILY", "S", Some("C2")), at(1)).await;
+    let (cas, claimed) = store
+        .complete_and_claim(
+            &parent.job_id,
+            parent.version,
+            success(),
+            &joins,
+            at(2),
+            "worker-2",
+            LEASE,
+        )
+        .await
+        .expect("complete and claim");
+    store.sync().await.expect("sync");
+    let Cas::Applied(done) = cas else {
+        panic!("unexpected conflict: {cas:?}")
+    };
+    let child = get(store, &done.children_created[0].job_id).await;
+    assert_eq!(child.status, JobStatus::Queued);
+    if let Some(job) = &claimed {
+        assert_eq!(job.job_id, urgent.job_id);
+        assert_eq!(job, &get(store, &urgent.job_id).await);
+        assert_eq!(job.status, JobStatus::Processing);
+    }
+
+    // A stale version changes nothing and claims nothing.
+    let before = counts(store).await;
+    let (cas, claimed) = store
+        .complete_and_claim(
+            &parent.job_id,
+            parent.version,
+            success(),
+            &joins,
+            at(3),
+            "worker-2",
+            LEASE,
+        )
+        .await
+        .expect("complete and claim");
+    assert!(matches!(cas, Cas::Conflict { .. }), "{cas:?}");
+    assert_eq!(claimed, None);
+    assert_eq!(counts(store).await, before);
 }
 
 pub async fn join_two_parents_both_orders(store: Arc<dyn Store>) {

@@ -116,6 +116,40 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, StoreResult<Cas<Completion>>>;
 
+    /// Eager dispatch: [`Store::complete`], then a claim of one job for `worker` (the job
+    /// [`Store::claim`] would hand out now, often a dependent this completion just queued), so
+    /// that a finishing worker goes straight on to it instead of waiting for the dispatcher to
+    /// be woken and claim it (Temporal's eager dispatch, applied to dependents). The claim is
+    /// only made when the completion applied.
+    ///
+    /// Unlike `complete`, this may return before the completion is durable: call
+    /// [`Store::sync`] before reporting it. The default completes durably and claims nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn complete_and_claim<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        outcome: Outcome,
+        joins: &'a [JoinEdge],
+        now: DateTime<Utc>,
+        worker: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, StoreResult<(Cas<Completion>, Option<Job>)>> {
+        let _ = (worker, lease);
+        Box::pin(async move {
+            let cas = self
+                .complete(job_id, expected_version, outcome, joins, now)
+                .await?;
+            Ok((cas, None))
+        })
+    }
+
+    /// Waits until every change made through this store before the call is durable. Stores
+    /// whose writes are durable when they return keep the default, which returns at once.
+    fn sync(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// A user's cancel: a QUEUED job is CANCELLED at once; a PROCESSING one gets
     /// `cancel_requested` (version + 1) and its worker stops at the next chunk. Repeating it
     /// changes nothing.

@@ -250,17 +250,10 @@ impl SledStore {
         let candidates: Vec<QueueKey> = change.state.queue.iter().take(max).copied().collect();
         let mut claimed = Vec::with_capacity(candidates.len());
         for key in candidates {
-            let Some(mut job) = change.indexed(&key.2, JobStatus::Queued) else {
+            let Some(job) = change.indexed(&key.2, JobStatus::Queued) else {
                 continue;
             };
-            let old = Placement::of(&job);
-            job.status = JobStatus::Processing;
-            job.started_at = Some(now);
-            job.lease_owner = Some(worker.to_owned());
-            job.lease_until = Some(lease_until);
-            job.version += 1;
-            change.put_job(Some(old), &job);
-            claimed.push(job);
+            claimed.push(change.start(job, worker, lease_until, now));
         }
         change.commit()?;
         Ok((claimed, promoted))
@@ -300,6 +293,8 @@ impl SledStore {
         Ok(Cas::Applied(job))
     }
 
+    /// A completion and, with `claim_for` (worker, lease end), the claim of the next job for
+    /// that worker, in one sled write.
     fn complete_sync(
         &self,
         job_id: &JobId,
@@ -307,11 +302,12 @@ impl SledStore {
         outcome: Outcome,
         joins: &[JoinEdge],
         now: DateTime<Utc>,
-    ) -> StoreResult<Cas<Completion>> {
+        claim_for: Option<(&str, DateTime<Utc>)>,
+    ) -> StoreResult<(Cas<Completion>, Option<Job>)> {
         let mut change = self.change();
         let old = match change.job_at(job_id, expected_version)? {
             Ok(old) => old,
-            Err(current) => return Ok(Cas::Conflict { current }),
+            Err(current) => return Ok((Cas::Conflict { current }, None)),
         };
         let mut job = old;
         let old = Placement::of(&job);
@@ -363,13 +359,20 @@ impl SledStore {
         }
         job.version += 1;
         change.put_job(Some(old), &job);
-        let (children_created, join_errors) = change.apply_joins(&job, joins, now)?;
+        let (mut children_created, join_errors) = change.apply_joins(&job, joins, now)?;
+        let claimed = match claim_for {
+            Some((worker, lease_until)) => {
+                change.claim_next(worker, lease_until, now, &mut children_created)
+            }
+            None => None,
+        };
         change.commit()?;
-        Ok(Cas::Applied(Completion {
+        let completion = Completion {
             job,
             children_created,
             join_errors,
-        }))
+        };
+        Ok((Cas::Applied(completion), claimed))
     }
 
     fn cancel_sync(&self, job_id: &JobId, now: DateTime<Utc>) -> StoreResult<CancelOutcome> {
@@ -665,8 +668,14 @@ impl Store for SledStore {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, StoreResult<Cas<Completion>>> {
         Box::pin(async move {
-            let cas =
-                self.complete_sync(job_id, expected_version, outcome, joins, store_time(now))?;
+            let (cas, _) = self.complete_sync(
+                job_id,
+                expected_version,
+                outcome,
+                joins,
+                store_time(now),
+                None,
+            )?;
             if let Cas::Applied(completion) = &cas {
                 log_join_errors(completion);
                 // Wake dispatchers before the fsync: a dependent may start
@@ -682,6 +691,45 @@ impl Store for SledStore {
             }
             Ok(cas)
         })
+    }
+
+    fn complete_and_claim<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        outcome: Outcome,
+        joins: &'a [JoinEdge],
+        now: DateTime<Utc>,
+        worker: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, StoreResult<(Cas<Completion>, Option<Job>)>> {
+        Box::pin(async move {
+            let now = store_time(now);
+            let claim_for = (worker, add(now, lease));
+            let (cas, claimed) = self.complete_sync(
+                job_id,
+                expected_version,
+                outcome,
+                joins,
+                now,
+                Some(claim_for),
+            )?;
+            if let Cas::Applied(completion) = &cas {
+                log_join_errors(completion);
+                // Whatever is left to claim (a join's other children, a retry due now) is
+                // the dispatcher's.
+                if !lock(&self.state).queue.is_empty() {
+                    self.wake();
+                }
+            }
+            // Not awaited to disk: the caller syncs before reporting the completion; the claim
+            // needs no more than any claim does.
+            Ok((cas, claimed))
+        })
+    }
+
+    fn sync(&self) -> BoxFuture<'_, StoreResult<()>> {
+        Box::pin(self.durable())
     }
 
     fn cancel<'a>(
@@ -945,6 +993,56 @@ impl Change<'_> {
         let job = new.into_job(job_id, now);
         self.put_job(None, &job);
         Ok(job)
+    }
+
+    /// Claims `job` (QUEUED, as stored) for `worker`.
+    fn start(
+        &mut self,
+        mut job: Job,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Job {
+        let old = Placement::of(&job);
+        job.status = JobStatus::Processing;
+        job.started_at = Some(now);
+        job.lease_owner = Some(worker.to_owned());
+        job.lease_until = Some(lease_until);
+        job.version += 1;
+        self.put_job(Some(old), &job);
+        job
+    }
+
+    /// Claims for `worker` the job a claim of one would get: the head of the queue, or one of
+    /// `fresh` (jobs this change created, not in the queue until it commits) if it comes
+    /// first. A claimed fresh job is updated in place.
+    fn claim_next(
+        &mut self,
+        worker: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+        fresh: &mut [Job],
+    ) -> Option<Job> {
+        self.state.promote_due(now);
+        let head = self.state.queue.first().copied();
+        let newest = fresh
+            .iter()
+            .enumerate()
+            .filter(|(_, job)| job.status == JobStatus::Queued && job.run_after.is_none())
+            .map(|(i, job)| (Placement::of(job).queue, i))
+            .min();
+        match (head, newest) {
+            (head, Some((key, i))) if head.is_none_or(|head| key < head) => {
+                let job = self.start(fresh[i].clone(), worker, lease_until, now);
+                fresh[i] = job.clone();
+                Some(job)
+            }
+            (Some(head), _) => {
+                let job = self.indexed(&head.2, JobStatus::Queued)?;
+                Some(self.start(job, worker, lease_until, now))
+            }
+            (None, _) => None,
+        }
     }
 
     /// The join rule for `job`'s completion event (if it emits one): records the event for
@@ -2134,6 +2232,55 @@ mod tests {
             "the on-disk record layout changed"
         );
         assert_eq!(super::decode_job(b"k", &bytes).unwrap(), job);
+    }
+
+    /// Eager dispatch really happens here (the conformance suite allows a store not to), in
+    /// the completion's own write, and survives a reopen.
+    #[tokio::test]
+    async fn a_completion_claims_its_dependent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_at(&dir.path().join("db"));
+        let joins = vec![conformance::edge(
+            "dep:C",
+            &["P"],
+            crate::workflow::Condition::OnSuccess,
+            "C",
+        )];
+        store
+            .enqueue(vec![new_job("P", "S", None)], None, at(0))
+            .await
+            .unwrap();
+        let parent = store
+            .claim("w", 1, Duration::from_secs(30), at(0))
+            .await
+            .unwrap()
+            .remove(0);
+        let (cas, claimed) = store
+            .complete_and_claim(
+                &parent.job_id,
+                parent.version,
+                Outcome::Success {
+                    result_path: "r.csv".into(),
+                    rows_written: 1,
+                    sha256: String::new(),
+                },
+                &joins,
+                at(1),
+                "w",
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        let Cas::Applied(done) = cas else { panic!() };
+        let child = claimed.expect("the dependent is claimed");
+        assert_eq!(done.children_created, vec![child.clone()]);
+        assert_eq!(child.status, JobStatus::Processing);
+        assert_eq!(child.version, 2);
+        store.sync().await.unwrap();
+        assert_eq!(store.flushes(), 2, "enqueue and completion: one fsync each");
+        drop(store);
+        let store = open_at(&dir.path().join("db"));
+        assert_eq!(store.get(&child.job_id).await.unwrap(), Some(child));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
