@@ -923,6 +923,25 @@ pub async fn join_single_parent(store: Arc<dyn Store>) {
     );
 }
 
+/// A successful completion of `job` that claims the next job for `worker-2`.
+async fn complete_claiming(
+    store: &dyn Store,
+    job: &Job,
+    joins: &[JoinEdge],
+    now: DateTime<Utc>,
+) -> (Cas<Completion>, Option<Job>) {
+    let completion = store.complete_and_claim(
+        &job.job_id,
+        job.version,
+        success(),
+        joins,
+        now,
+        "worker-2",
+        LEASE,
+    );
+    completion.await.expect("complete and claim")
+}
+
 /// Eager dispatch: a store may claim, with a completion, the job `claim` would give next. It
 /// may also claim nothing; whatever it claims is an ordinary claim.
 pub async fn complete_and_claim_takes_what_claim_would(store: Arc<dyn Store>) {
@@ -937,18 +956,7 @@ pub async fn complete_and_claim_takes_what_claim_would(store: Arc<dyn Store>) {
 
     // The dependent this completion creates comes first: it is the one to claim.
     let parent = start(store, new_job("DAILY", "S", Some("C1")), at(0)).await;
-    let (cas, claimed) = store
-        .complete_and_claim(
-            &parent.job_id,
-            parent.version,
-            success(),
-            &joins,
-            at(0),
-            "worker-2",
-            LEASE,
-        )
-        .await
-        .expect("complete and claim");
+    let (cas, claimed) = complete_claiming(store, &parent, &joins, at(0)).await;
     store.sync().await.expect("sync");
     let Cas::Applied(done) = cas else {
         panic!("unexpected conflict: {cas:?}")
@@ -980,18 +988,7 @@ pub async fn complete_and_claim_takes_what_claim_would(store: Arc<dyn Store>) {
     urgent.priority = 200;
     let urgent = enqueue_one(store, urgent, at(1)).await;
     let parent = start(store, new_job("DAILY", "S", Some("C2")), at(1)).await;
-    let (cas, claimed) = store
-        .complete_and_claim(
-            &parent.job_id,
-            parent.version,
-            success(),
-            &joins,
-            at(2),
-            "worker-2",
-            LEASE,
-        )
-        .await
-        .expect("complete and claim");
+    let (cas, claimed) = complete_claiming(store, &parent, &joins, at(2)).await;
     store.sync().await.expect("sync");
     let Cas::Applied(done) = cas else {
         panic!("unexpected conflict: {cas:?}")
@@ -1006,18 +1003,7 @@ pub async fn complete_and_claim_takes_what_claim_would(store: Arc<dyn Store>) {
 
     // A stale version changes nothing and claims nothing.
     let before = counts(store).await;
-    let (cas, claimed) = store
-        .complete_and_claim(
-            &parent.job_id,
-            parent.version,
-            success(),
-            &joins,
-            at(3),
-            "worker-2",
-            LEASE,
-        )
-        .await
-        .expect("complete and claim");
+    let (cas, claimed) = complete_claiming(store, &parent, &joins, at(3)).await;
     assert!(matches!(cas, Cas::Conflict { .. }), "{cas:?}");
     assert_eq!(claimed, None);
     assert_eq!(counts(store).await, before);
