@@ -761,6 +761,71 @@ after A, B run C
         assert!(!msg.contains("Rule"), "{msg}");
     }
 
+    /// Corners of the grammar, written out: the hand-written parser accepts exactly what pest
+    /// accepts, with the same tree (the property tests cover generated files).
+    #[test]
+    fn fast_parser_agrees_with_pest_on_corners() {
+        for text in [
+            "",
+            "\u{feff}roles A",
+            "roles A # no line end",
+            "roles A\r\n",
+            "roles A\rroles B",
+            "report A{}",
+            "report A {}\n",
+            "report A\t{\n}",
+            "report # c\nA {}",
+            "report A { # c\n source s # d\n}",
+            "report A {\n  source s\n  mask ssn last4 for A, # c\n B except C # d\n}",
+            "report A {\n  mask ssn last4 for\n}",
+            "report A {\n  mask\tssn  last4\n}",
+            "report A {\n  masks x\n}",
+            "report A {\n  mask x\n}",
+            "report A { source s }",
+            "report A {\n  a 1 b 2\n}",
+            "config {\n a 5s3\n}",
+            "config {\n a 12_\n}",
+            "config {\n a -\n}",
+            "config {\n a -7, 99999999999999999999\n}",
+            "config {\n a \"\\u{110000}\", \"\\u{1234567}\"\n}",
+            "config {\n a \"\\q\"\n}",
+            "config {\n a \"x\n}",
+            "config {\n a 1,\n\n   # c\n   2\n}",
+            "config {\n a 1 ,2\n}",
+            "include\"x.flow\"",
+            "include \"x.flow\" # c",
+            "after A run B",
+            "after A,B run C{\n}",
+            "after A on run X",
+            "after A on success by S, T run B as ADMIN {\n chunk_size 5\n}",
+            "after A by S run B",
+            "after A run B as",
+            "after  A\trun B",
+            "afterA run B",
+            "after A run B\nafter B run C\n\n",
+            "roles A,\n B",
+            "roles A,",
+            "source s {\n path \"p\"\n}\nmasking m {\n mask a redact\n}\nschedule x {\n cron \"* * * * * ?\"\n}",
+            "schedule\nx {}",
+            "report é {}",
+            "report A {}}",
+            "}",
+            "\u{0}",
+        ] {
+            let pest = parse_with_pest(FileId(0), text);
+            match parse_fast(FileId(0), text) {
+                Some(fast) => {
+                    assert_eq!(fast.file, pest.file, "{text:?}");
+                    assert_eq!(fast.diagnostics, pest.diagnostics, "{text:?}");
+                }
+                None => assert!(
+                    pest.diagnostics.iter().any(|d| d.code == Code::Syntax),
+                    "fast parser gave up on {text:?}, which pest accepts"
+                ),
+            }
+        }
+    }
+
     #[test]
     fn empty_and_comment_only_files_parse() {
         assert!(parse_ok("").items.is_empty());
