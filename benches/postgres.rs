@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use flowctl::job::{JobRequest, NewJob, Principal};
+use flowctl::store::pg_test_schema::{database_url, TestSchema};
 use flowctl::store::{
     Cas, ChildTemplate, Condition, JoinEdge, Outcome, PgConfig, PgStore, RoleRule, Store,
 };
@@ -61,10 +62,7 @@ fn main() {
         Ok("worker") => runtime.block_on(worker(std::env::var(URL).unwrap())),
         Ok("follower") => runtime.block_on(follower(std::env::var(URL).unwrap())),
         _ => {
-            let Some(base) = std::env::var("FLOWCTL_TEST_PG")
-                .ok()
-                .filter(|u| !u.is_empty())
-            else {
+            let Some(base) = database_url() else {
                 println!("skipped: FLOWCTL_TEST_PG not set");
                 return;
             };
@@ -83,8 +81,8 @@ async fn bench(base: String) {
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 2, 4]);
     for processes in counts {
-        let schema = Schema::create(&base).await;
-        let store = PgStore::open(PgConfig::new(schema.url())).await.unwrap();
+        let schema = TestSchema::create(&base, "bench").await;
+        let store = schema.open().await;
         for _ in 0..JOBS / ENQUEUE_BATCH {
             store
                 .enqueue(vec![noop(); ENQUEUE_BATCH], None, Utc::now())
@@ -92,7 +90,12 @@ async fn bench(base: String) {
                 .unwrap();
         }
         // Settle the freshly written table before the clock starts.
-        schema.execute("VACUUM ANALYZE jobs").await;
+        schema
+            .client()
+            .await
+            .batch_execute("VACUUM ANALYZE jobs")
+            .await
+            .unwrap();
         let mut children: Vec<_> = (0..processes)
             .map(|_| spawn(&schema.url(), "worker"))
             .collect();
@@ -121,8 +124,8 @@ async fn bench(base: String) {
         drop(store);
     }
 
-    let schema = Schema::create(&base).await;
-    let store = PgStore::open(PgConfig::new(schema.url())).await.unwrap();
+    let schema = TestSchema::create(&base, "bench").await;
+    let store = schema.open().await;
     // Every parent is running before the follower starts, so that it only ever claims
     // dependents.
     let total = LATENCY_SAMPLES + 50;
@@ -309,64 +312,5 @@ impl Child {
     fn wait(mut self) {
         drop(self.child.stdin.take());
         assert!(self.child.wait().unwrap().success());
-    }
-}
-
-/// A schema of its own for each measurement, dropped afterwards.
-struct Schema {
-    base: String,
-    name: String,
-}
-
-impl Schema {
-    async fn create(base: &str) -> Schema {
-        let schema = Schema {
-            base: base.to_owned(),
-            name: format!("bench_{:016x}", rand::random::<u64>()),
-        };
-        schema
-            .execute_on(base, &format!("CREATE SCHEMA {}", schema.name))
-            .await;
-        schema
-    }
-
-    fn url(&self) -> String {
-        let separator = if self.base.contains('?') { '&' } else { '?' };
-        format!(
-            "{}{separator}options=-csearch_path%3D{}",
-            self.base, self.name
-        )
-    }
-
-    async fn execute(&self, sql: &str) {
-        self.execute_on(&self.url(), sql).await;
-    }
-
-    async fn execute_on(&self, url: &str, sql: &str) {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        client.batch_execute(sql).await.unwrap();
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let base = self.base.clone();
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name);
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async {
-                    let (client, connection) =
-                        tokio_postgres::connect(&base, tokio_postgres::NoTls).await?;
-                    tokio::spawn(connection);
-                    client.batch_execute(&sql).await
-                })
-        })
-        .join();
     }
 }

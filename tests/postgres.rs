@@ -16,20 +16,14 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
-use tokio_postgres::NoTls;
 
 use flowctl::job::{JobRequest, NewJob, Principal};
+use flowctl::store::pg_test_schema::{database_url, TestSchema};
 use flowctl::store::{PgConfig, PgStore, Store};
-
-fn test_url() -> Option<String> {
-    std::env::var("FLOWCTL_TEST_PG")
-        .ok()
-        .filter(|url| !url.trim().is_empty())
-}
 
 macro_rules! database_or_skip {
     () => {
-        match test_url() {
+        match database_url() {
             Some(url) => url,
             None => {
                 println!("skipped: FLOWCTL_TEST_PG not set");
@@ -39,86 +33,20 @@ macro_rules! database_or_skip {
     };
 }
 
-/// A schema of the test database for one test, dropped (with what is in it) at the end.
-struct Schema {
-    base: String,
-    name: String,
-}
-
-impl Schema {
-    async fn create(base: &str) -> Schema {
-        let name = format!("mp_{:016x}", rand::random::<u64>());
-        let admin = connect(base).await;
-        admin
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .await
-            .expect("create the test schema");
-        Schema {
-            base: base.to_owned(),
-            name,
-        }
-    }
-
-    fn url(&self) -> String {
-        let separator = if self.base.contains('?') { '&' } else { '?' };
-        format!(
-            "{}{separator}options=-csearch_path%3D{name}&application_name={name}",
-            self.base,
-            name = self.name
+/// Kills every database connection of the flowctl processes under test (theirs carry the
+/// schema's name as application name; the test's own do not).
+async fn kill_connections(schema: &TestSchema) -> u64 {
+    schema
+        .client()
+        .await
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND application_name = $1",
+            &[&schema.name()],
         )
-    }
-
-    /// A connection of the test itself (another application name, so it is never killed).
-    async fn client(&self) -> tokio_postgres::Client {
-        let separator = if self.base.contains('?') { '&' } else { '?' };
-        connect(&format!(
-            "{}{separator}options=-csearch_path%3D{}&application_name=flowctl_test",
-            self.base, self.name
-        ))
         .await
-    }
-
-    /// Kills every database connection of the flowctl processes under test.
-    async fn kill_connections(&self) -> u64 {
-        self.client()
-            .await
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()
-                   AND application_name = $1",
-                &[&self.name],
-            )
-            .await
-            .expect("terminate backends")
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let base = self.base.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let admin = connect(&base).await;
-                let _ = admin
-                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                    .await;
-            })
-        })
-        .join();
-    }
-}
-
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .expect("FLOWCTL_TEST_PG accepts connections");
-    tokio::spawn(connection);
-    client
+        .expect("terminate backends")
 }
 
 /// Records every transition to COMPLETED, so that "completed exactly once" can be checked.
@@ -436,7 +364,7 @@ async fn three_workers_and_a_server_share_the_queue_and_survive_a_killed_worker(
     let base = database_or_skip!();
     const SCOPES: usize = 2500;
     let started = Instant::now();
-    let schema = Schema::create(&base).await;
+    let schema = TestSchema::create(&base, "mp").await;
     let url = schema.url();
     let store = PgStore::open(PgConfig::new(url.clone()))
         .await
@@ -530,7 +458,7 @@ async fn three_workers_and_a_server_share_the_queue_and_survive_a_killed_worker(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_create_each_schedule_fire_once() {
     let base = database_or_skip!();
-    let schema = Schema::create(&base).await;
+    let schema = TestSchema::create(&base, "mp").await;
     let url = schema.url();
     let flow = r#"
 config {
@@ -620,7 +548,7 @@ schedule every_second {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_finishes_when_its_database_connections_are_killed() {
     let base = database_or_skip!();
-    let schema = Schema::create(&base).await;
+    let schema = TestSchema::create(&base, "mp").await;
     let url = schema.url();
     const SCOPES: usize = 150;
     let counties: Vec<String> = (0..SCOPES).map(|i| format!("\"county-{i}\"")).collect();
@@ -659,7 +587,7 @@ async fn a_run_finishes_when_its_database_connections_are_killed() {
             .unwrap_or(0);
         // Once early, once half-way.
         let due = [10, 2 * SCOPES as i64];
-        if kills < 2 && done >= due[kills] && schema.kill_connections().await > 0 {
+        if kills < 2 && done >= due[kills] && kill_connections(&schema).await > 0 {
             println!("killed the run's connections at {done} jobs completed");
             kills += 1;
         }

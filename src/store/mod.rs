@@ -17,6 +17,8 @@
 //!   microsecond.
 
 pub mod conformance;
+#[doc(hidden)]
+pub mod pg_test_schema;
 pub mod postgres_store;
 pub mod sled_store;
 

@@ -2019,23 +2019,15 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    use tokio_postgres::NoTls;
-
     use super::{PgConfig, PgStore};
     use crate::job::{JobId, JobStatus};
     use crate::store::conformance::{self, at, new_job};
+    use crate::store::pg_test_schema::{database_url, TestSchema};
     use crate::store::{Cas, Completion, Condition, Enqueued, JoinEdge, NoJoins, Outcome, Store};
-
-    /// The database the tests use, from `FLOWCTL_TEST_PG`.
-    fn test_url() -> Option<String> {
-        std::env::var("FLOWCTL_TEST_PG")
-            .ok()
-            .filter(|url| !url.trim().is_empty())
-    }
 
     macro_rules! database_or_skip {
         () => {
-            match test_url() {
+            match database_url() {
                 Some(url) => url,
                 None => {
                     println!("skipped: FLOWCTL_TEST_PG not set");
@@ -2045,94 +2037,17 @@ mod tests {
         };
     }
 
-    /// A fresh schema of the test database, dropped with this value, so that tests run in
-    /// parallel on one database.
-    struct Schema {
-        base: String,
-        name: String,
-    }
-
-    impl Schema {
-        async fn create(base: &str) -> Schema {
-            let name = format!("t_{:016x}", rand::random::<u64>());
-            let (client, connection) = tokio_postgres::connect(base, NoTls)
-                .await
-                .expect("FLOWCTL_TEST_PG accepts connections");
-            let driver = tokio::spawn(connection);
-            client
-                .batch_execute(&format!("CREATE SCHEMA {name}"))
-                .await
-                .expect("create the test schema");
-            drop(client);
-            let _ = driver.await;
-            Schema {
-                base: base.to_owned(),
-                name,
-            }
-        }
-
-        fn url(&self) -> String {
-            let separator = if self.base.contains('?') { '&' } else { '?' };
-            // The application name tells this schema's connections apart from other tests'.
-            format!(
-                "{}{separator}options=-csearch_path%3D{name}&application_name={name}",
-                self.base,
-                name = self.name
-            )
-        }
-
-        async fn open(&self) -> PgStore {
-            PgStore::open(PgConfig::new(self.url()))
-                .await
-                .expect("open")
-        }
-
-        /// A plain connection with this schema first in its search path.
-        async fn connect(&self) -> tokio_postgres::Client {
-            let (client, connection) = tokio_postgres::connect(&self.url(), NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(connection);
-            client
-        }
-    }
-
-    impl Drop for Schema {
-        fn drop(&mut self) {
-            let base = self.base.clone();
-            let name = self.name.clone();
-            // A runtime of its own: this may run inside (or after) the test's.
-            let dropped = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async {
-                    let (client, connection) = tokio_postgres::connect(&base, NoTls).await?;
-                    tokio::spawn(connection);
-                    client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
-                        .await
-                })
-            })
-            .join();
-            if !matches!(dropped, Ok(Ok(()))) {
-                eprintln!("could not drop test schema {}: {dropped:?}", self.name);
-            }
-        }
-    }
-
     /// Fresh stores, each on a schema of its own, for the conformance scenarios.
     struct Stores {
         base: String,
-        schemas: Mutex<Vec<Schema>>,
+        schemas: Mutex<Vec<TestSchema>>,
     }
 
     impl Stores {
         fn open(&self) -> Arc<dyn Store> {
             tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(async {
-                    let schema = Schema::create(&self.base).await;
+                    let schema = TestSchema::create(&self.base, "t").await;
                     let store = schema.open().await;
                     self.schemas.lock().unwrap().push(schema);
                     Arc::new(store) as Arc<dyn Store>
@@ -2157,7 +2072,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn jobs_persist_across_reopen_and_live_leases_are_kept() {
         let base = database_or_skip!();
-        let schema = Schema::create(&base).await;
+        let schema = TestSchema::create(&base, "t").await;
         let store = schema.open().await;
         let mut job = new_job("R", "S", Some("C1"));
         job.max_attempts = 2;
@@ -2213,7 +2128,7 @@ mod tests {
             .unwrap();
         assert_eq!(claimed.len(), 2);
         let migrations = schema
-            .connect()
+            .client()
             .await
             .query("SELECT version FROM flowctl_migrations", &[])
             .await
@@ -2224,7 +2139,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn processes_starting_together_migrate_once() {
         let base = database_or_skip!();
-        let schema = Schema::create(&base).await;
+        let schema = TestSchema::create(&base, "t").await;
         let url = schema.url();
         let opens: Vec<_> = (0..4)
             .map(|_| {
@@ -2237,7 +2152,7 @@ mod tests {
         }
         assert!(PgStore::migrate(&url).await.unwrap().is_empty());
         let rows = schema
-            .connect()
+            .client()
             .await
             .query("SELECT version FROM flowctl_migrations", &[])
             .await
@@ -2248,10 +2163,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_newer_schema_is_refused() {
         let base = database_or_skip!();
-        let schema = Schema::create(&base).await;
+        let schema = TestSchema::create(&base, "t").await;
         drop(schema.open().await);
         schema
-            .connect()
+            .client()
             .await
             .execute(
                 "INSERT INTO flowctl_migrations (version, name) VALUES (999, 'future')",
@@ -2271,7 +2186,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_stores_share_one_queue() {
         let base = database_or_skip!();
-        let schema = Schema::create(&base).await;
+        let schema = TestSchema::create(&base, "t").await;
         let a = schema.open().await;
         let b = schema.open().await;
         let mut b_wake = b.subscribe();
@@ -2338,7 +2253,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lost_connections_are_transient_and_listening_resumes() {
         let base = database_or_skip!();
-        let schema = Schema::create(&base).await;
+        let schema = TestSchema::create(&base, "t").await;
         let store = schema.open().await;
         let other = schema.open().await;
         let job = match store
@@ -2349,13 +2264,13 @@ mod tests {
             Enqueued::Created(mut jobs) => jobs.remove(0),
             Enqueued::Existing(_) => panic!(),
         };
-        let admin = schema.connect().await;
+        let admin = schema.client().await;
         let killed = admin
             .execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                  WHERE datname = current_database() AND pid <> pg_backend_pid()
                    AND application_name = $1",
-                &[&schema.name],
+                &[&schema.name()],
             )
             .await
             .unwrap();
@@ -2458,7 +2373,7 @@ mod tests {
         sled_path: std::path::PathBuf,
         sled: Option<crate::store::SledStore>,
         pg: Option<PgStore>,
-        schema: Schema,
+        schema: TestSchema,
         /// Job ids in creation order, per store.
         ids: (Vec<JobId>, Vec<JobId>),
         index: (HashMap<JobId, usize>, HashMap<JobId, usize>),
@@ -2655,7 +2570,7 @@ mod tests {
     #[test]
     fn random_operations_match_the_sled_store() {
         use proptest::prelude::*;
-        let Some(base) = test_url() else {
+        let Some(base) = database_url() else {
             println!("skipped: FLOWCTL_TEST_PG not set");
             return;
         };
@@ -2677,7 +2592,7 @@ mod tests {
             runtime.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let sled_path = dir.path().join("db");
-                let schema = Schema::create(&base).await;
+                let schema = TestSchema::create(&base, "t").await;
                 let mut pair = Pair {
                     sled: Some(
                         crate::store::SledStore::open(crate::store::SledConfig::new(&sled_path))
