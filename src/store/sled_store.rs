@@ -195,6 +195,32 @@ impl SledStore {
         }
     }
 
+    /// A completion (claiming the next job for `claim_for`'s worker, if given), before its
+    /// fsync. Dispatchers are woken when something is left to claim: a dependent may then start
+    /// while its parent's completion is being flushed. If the process dies first, both vanish
+    /// together (sled recovers the log in order), and the parent runs again.
+    fn complete_and_wake(
+        &self,
+        job_id: &JobId,
+        expected_version: u64,
+        outcome: Outcome,
+        joins: &[JoinEdge],
+        now: DateTime<Utc>,
+        claim_for: Option<(&str, Duration)>,
+    ) -> StoreResult<(Cas<Completion>, Option<Job>)> {
+        let now = store_time(now);
+        let claim_for = claim_for.map(|(worker, lease)| (worker, add(now, lease)));
+        let (cas, claimed) =
+            self.complete_sync(job_id, expected_version, outcome, joins, now, claim_for)?;
+        if let Cas::Applied(completion) = &cas {
+            log_join_errors(completion);
+            if !lock(&self.state).queue.is_empty() {
+                self.wake();
+            }
+        }
+        Ok((cas, claimed))
+    }
+
     fn enqueue_sync(
         &self,
         batch: Vec<NewJob>,
@@ -668,25 +694,9 @@ impl Store for SledStore {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, StoreResult<Cas<Completion>>> {
         Box::pin(async move {
-            let (cas, _) = self.complete_sync(
-                job_id,
-                expected_version,
-                outcome,
-                joins,
-                store_time(now),
-                None,
-            )?;
-            if let Cas::Applied(completion) = &cas {
-                log_join_errors(completion);
-                // Wake dispatchers before the fsync: a dependent may start
-                // while its parent's completion is being flushed. If the
-                // process dies first, both vanish together (sled recovers the
-                // log in order), and the parent runs again.
-                if completion.job.status == JobStatus::Queued
-                    || !completion.children_created.is_empty()
-                {
-                    self.wake();
-                }
+            let (cas, _) =
+                self.complete_and_wake(job_id, expected_version, outcome, joins, now, None)?;
+            if matches!(cas, Cas::Applied(_)) {
                 self.durable().await?;
             }
             Ok(cas)
@@ -703,28 +713,11 @@ impl Store for SledStore {
         worker: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, StoreResult<(Cas<Completion>, Option<Job>)>> {
+        // Not awaited to disk: the caller syncs before it gives up the completion's slot; the
+        // claim needs no more than any claim does.
+        let claim_for = Some((worker, lease));
         Box::pin(async move {
-            let now = store_time(now);
-            let claim_for = (worker, add(now, lease));
-            let (cas, claimed) = self.complete_sync(
-                job_id,
-                expected_version,
-                outcome,
-                joins,
-                now,
-                Some(claim_for),
-            )?;
-            if let Cas::Applied(completion) = &cas {
-                log_join_errors(completion);
-                // Whatever is left to claim (a join's other children, a retry due now) is
-                // the dispatcher's.
-                if !lock(&self.state).queue.is_empty() {
-                    self.wake();
-                }
-            }
-            // Not awaited to disk: the caller syncs before reporting the completion; the claim
-            // needs no more than any claim does.
-            Ok((cas, claimed))
+            self.complete_and_wake(job_id, expected_version, outcome, joins, now, claim_for)
         })
     }
 
