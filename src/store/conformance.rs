@@ -189,6 +189,53 @@ async fn get(store: &dyn Store, job_id: &JobId) -> Job {
         .unwrap_or_else(|| panic!("{job_id} not found"))
 }
 
+/// What a store holds before a reopen test closes it: three jobs of two attempts, two of them
+/// claimed with `lease`, the first of those cancelled.
+pub struct BeforeReopen {
+    /// Every job as stored.
+    pub jobs: Vec<Job>,
+    /// The two claimed jobs, as claimed.
+    pub running: Vec<Job>,
+    pub cancelled: Completion,
+    pub counts: BTreeMap<JobStatus, u64>,
+}
+
+pub async fn before_reopen(store: &dyn Store, lease: Duration) -> BeforeReopen {
+    let mut job = new_job("R", "S", Some("C1"));
+    job.max_attempts = 2;
+    let queued = created(
+        store
+            .enqueue(vec![job; 3], None, at(0))
+            .await
+            .expect("enqueue"),
+    );
+    let running = store.claim("w", 2, lease, at(1)).await.expect("claim");
+    assert_eq!(running.len(), 2);
+    let cancelled = finish(store, &running[0], Outcome::Cancelled, &[], at(2)).await;
+    let mut jobs = Vec::new();
+    for job in &queued {
+        jobs.push(get(store, &job.job_id).await);
+    }
+    BeforeReopen {
+        jobs,
+        running,
+        cancelled,
+        counts: counts(store).await,
+    }
+}
+
+/// After the reopen: every job and the counts as they were.
+pub async fn same_after_reopen(store: &dyn Store, before: &BeforeReopen) {
+    for job in &before.jobs {
+        assert_eq!(&get(store, &job.job_id).await, job);
+    }
+    assert_eq!(counts(store).await, before.counts);
+    assert_eq!(
+        get(store, &before.cancelled.job.job_id).await,
+        before.cancelled.job
+    );
+}
+
 pub fn edge(join_id: &str, parents: &[&str], condition: Condition, child: &str) -> JoinEdge {
     JoinEdge {
         join_id: join_id.into(),

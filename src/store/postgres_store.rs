@@ -2074,44 +2074,12 @@ mod tests {
         let base = database_or_skip!();
         let schema = TestSchema::create(&base, "t").await;
         let store = schema.open().await;
-        let mut job = new_job("R", "S", Some("C1"));
-        job.max_attempts = 2;
-        let Enqueued::Created(jobs) = store.enqueue(vec![job; 3], None, at(0)).await.unwrap()
-        else {
-            panic!()
-        };
-        let running = store
-            .claim("w", 2, Duration::from_secs(60), at(1))
-            .await
-            .unwrap();
-        let done = store
-            .complete(
-                &running[0].job_id,
-                running[0].version,
-                Outcome::Cancelled,
-                &[],
-                at(2),
-            )
-            .await
-            .unwrap()
-            .applied()
-            .unwrap();
-        let mut before = Vec::new();
-        for job in &jobs {
-            before.push(store.get(&job.job_id).await.unwrap().unwrap());
-        }
-        let counts = store.counts().await.unwrap();
+        let before = conformance::before_reopen(&store, Duration::from_secs(60)).await;
+        let running = &before.running;
         drop(store);
 
         let store = schema.open().await;
-        for job in &before {
-            assert_eq!(&store.get(&job.job_id).await.unwrap().unwrap(), job);
-        }
-        assert_eq!(store.counts().await.unwrap(), counts);
-        assert_eq!(
-            store.get(&done.job.job_id).await.unwrap().unwrap(),
-            done.job
-        );
+        conformance::same_after_reopen(&store, &before).await;
         // Another process may be running the PROCESSING job: a restart leaves its lease alone...
         assert!(store.is_shared());
         let expired = store.requeue_all_processing(at(3), &NoJoins).await.unwrap();

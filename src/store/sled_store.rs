@@ -1936,40 +1936,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let store = open_at(&path);
-        let mut job = new_job("R", "S", Some("C1"));
-        job.max_attempts = 2;
-        let Enqueued::Created(jobs) = store.enqueue(vec![job; 3], None, at(0)).await.unwrap()
-        else {
-            panic!()
-        };
-        let running = store
-            .claim("w", 2, Duration::from_secs(3600), at(1))
-            .await
-            .unwrap();
-        let done = store
-            .complete(
-                &running[0].job_id,
-                running[0].version,
-                Outcome::Cancelled,
-                &[],
-                at(2),
-            )
-            .await
-            .unwrap()
-            .applied()
-            .unwrap();
-        let before: Vec<_> = futures_join(jobs.iter().map(|j| store.get(&j.job_id))).await;
-        let counts = store.counts().await.unwrap();
+        let before = conformance::before_reopen(&store, Duration::from_secs(3600)).await;
+        let running = &before.running;
         drop(store);
 
         let store = open_at(&path);
-        let after: Vec<_> = futures_join(jobs.iter().map(|j| store.get(&j.job_id))).await;
-        assert_eq!(after, before);
-        assert_eq!(store.counts().await.unwrap(), counts);
-        assert_eq!(
-            store.get(&done.job.job_id).await.unwrap().unwrap(),
-            done.job
-        );
+        conformance::same_after_reopen(&store, &before).await;
         // Nothing can still run the PROCESSING job after a restart: it goes back to the queue.
         let expired = store.requeue_all_processing(at(3), &NoJoins).await.unwrap();
         assert_eq!(expired.requeued, vec![running[1].job_id.clone()]);
@@ -1981,17 +1953,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(claimed.len(), 2);
-    }
-
-    async fn futures_join<F, T>(futures: impl Iterator<Item = F>) -> Vec<T>
-    where
-        F: std::future::Future<Output = Result<Option<T>, StoreError>>,
-    {
-        let mut out = Vec::new();
-        for future in futures {
-            out.push(future.await.unwrap().unwrap());
-        }
-        out
     }
 
     #[test]
