@@ -1,10 +1,8 @@
 //! `flowctl jobs`: list, show, cancel and retry jobs in the store.
 
-use std::path::PathBuf;
-
 use chrono::Utc;
 
-use super::{error, open_store, StoreSelection, EXIT_FAILURE, EXIT_OK};
+use super::{error, open_store, StoreArgs, EXIT_FAILURE, EXIT_OK};
 use crate::job::{Job, JobId, JobStatus, NewJob, Principal};
 use crate::store::{CancelOutcome, ListFilter, Store};
 
@@ -12,13 +10,8 @@ use crate::store::{CancelOutcome, ListFilter, Store};
 pub struct JobsArgs {
     #[command(subcommand)]
     pub command: JobsCommand,
-    /// The embedded store's directory.
-    #[arg(long, global = true, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
-    pub db: PathBuf,
-    /// The store: `postgres://…` to share one queue between processes and machines (then
-    /// FLOWCTL_MASK_KEY is required), or the embedded store's directory (default: --db).
-    #[arg(long, global = true, env = "FLOWCTL_STORE")]
-    pub store: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -56,11 +49,10 @@ pub fn run(args: JobsArgs) -> u8 {
         Err(e) => return error(format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let (store, _) =
-            match open_store(&StoreSelection::new(args.store.as_deref(), &args.db)).await {
-                Ok(s) => s,
-                Err(code) => return code,
-            };
+        let (store, _) = match open_store(&args.store.selection()).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
         match args.command {
             JobsCommand::List {
                 status,

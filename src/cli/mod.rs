@@ -368,6 +368,24 @@ fn schedule(paths: &[PathBuf], next: usize, from: Option<&str>) -> u8 {
     EXIT_OK
 }
 
+/// `--store` / `--db`: where the jobs are, for every command that reads or runs them.
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// The embedded store's directory.
+    #[arg(long, global = true, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
+    pub db: PathBuf,
+    /// The store: `postgres://…` to share one queue between processes and machines (then
+    /// FLOWCTL_MASK_KEY is required), or the embedded store's directory (default: --db).
+    #[arg(long, global = true, env = "FLOWCTL_STORE")]
+    pub store: Option<String>,
+}
+
+impl StoreArgs {
+    pub(crate) fn selection(&self) -> StoreSelection {
+        StoreSelection::new(self.store.as_deref(), &self.db)
+    }
+}
+
 /// Which store a command uses: `--store` (or `FLOWCTL_STORE`) when given, else the embedded
 /// store at `--db`.
 #[derive(Debug, Clone, PartialEq, Eq)]

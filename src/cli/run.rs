@@ -13,8 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
 use super::{
-    block_on, compiled_workflow, error, start_engine, Started, StoreSelection, EXIT_FAILURE,
-    EXIT_OK,
+    block_on, compiled_workflow, error, start_engine, Started, StoreArgs, EXIT_FAILURE, EXIT_OK,
 };
 use crate::executor::{Engine, ExecEvent};
 use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
@@ -43,13 +42,8 @@ pub struct RunArgs {
     /// Queue nothing new: finish what an interrupted run left.
     #[arg(long, conflicts_with_all = ["reports", "set"])]
     pub resume: bool,
-    /// The embedded store's directory.
-    #[arg(long, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
-    pub db: PathBuf,
-    /// The store: `postgres://…` to share one queue between processes and machines (then
-    /// FLOWCTL_MASK_KEY is required), or the embedded store's directory (default: --db).
-    #[arg(long, env = "FLOWCTL_STORE")]
-    pub store: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Override the workflow's worker pool size.
     #[arg(long)]
     pub workers: Option<u32>,
@@ -158,7 +152,7 @@ pub fn run(args: RunArgs) -> u8 {
 
 async fn run_async(workflow: Arc<Workflow>, args: RunArgs) -> u8 {
     let (tx, rx) = mpsc::unbounded_channel();
-    let selection = StoreSelection::new(args.store.as_deref(), &args.db);
+    let selection = args.store.selection();
     // Jobs left running by a process that died are taken back first (a
     // shared store takes back only expired leases: other machines may be
     // running the rest).

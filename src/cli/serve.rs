@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{
-    block_on, compiled_workflow, error, init_logging, start_engine, LogFormat, Started,
-    StoreSelection, EXIT_ERROR, EXIT_OK,
+    block_on, compiled_workflow, error, init_logging, start_engine, LogFormat, Started, StoreArgs,
+    EXIT_ERROR, EXIT_OK,
 };
 use crate::auth::AuthConfig;
 use crate::server::{self, AppState};
@@ -28,13 +28,8 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the address is printed on stderr).
     #[arg(long, default_value = "127.0.0.1:8080", env = "FLOWCTL_LISTEN")]
     pub listen: String,
-    /// The embedded store's directory.
-    #[arg(long, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
-    pub db: PathBuf,
-    /// The store: `postgres://…` to share one queue between processes and machines (then
-    /// FLOWCTL_MASK_KEY is required), or the embedded store's directory (default: --db).
-    #[arg(long, env = "FLOWCTL_STORE")]
-    pub store: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Override the workflow's worker pool size.
     #[arg(long)]
     pub workers: Option<u32>,
@@ -58,7 +53,7 @@ pub fn run(args: ServeArgs) -> u8 {
 }
 
 async fn serve_async(workflow: Arc<Workflow>, auth: Arc<AuthConfig>, args: ServeArgs) -> u8 {
-    let selection = StoreSelection::new(args.store.as_deref(), &args.db);
+    let selection = args.store.selection();
     let Started {
         engine, recovered, ..
     } = match start_engine(workflow, &selection, args.workers, None).await {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{
-    block_on, compiled_workflow, error, init_logging, start_engine, LogFormat, Started,
-    StoreSelection, EXIT_OK,
+    block_on, compiled_workflow, error, init_logging, start_engine, LogFormat, Started, StoreArgs,
+    EXIT_OK,
 };
 use crate::workflow::Workflow;
 
@@ -17,12 +17,8 @@ pub struct WorkerArgs {
     /// The workflow: .flow files or directories (the same as the other processes').
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// The shared store, `postgres://…` (FLOWCTL_MASK_KEY is then required).
-    #[arg(long, env = "FLOWCTL_STORE")]
-    pub store: Option<String>,
-    /// The embedded store's directory, when --store is not given (single process only).
-    #[arg(long, default_value = ".flowctl/db", env = "FLOWCTL_DB")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Override the workflow's worker pool size.
     #[arg(long)]
     pub workers: Option<u32>,
@@ -41,7 +37,7 @@ pub fn run(args: WorkerArgs) -> u8 {
 }
 
 async fn work(workflow: Arc<Workflow>, args: WorkerArgs) -> u8 {
-    let selection = StoreSelection::new(args.store.as_deref(), &args.db);
+    let selection = args.store.selection();
     // A shared store takes back only expired leases here (jobs of machines
     // that died); the dispatcher keeps sweeping while it runs.
     let Started {
