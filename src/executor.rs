@@ -112,22 +112,37 @@ struct RowCounts(Mutex<HashMap<PathBuf, (FileVersion, u64)>>);
 
 type FileVersion = (u64, Option<std::time::SystemTime>);
 
+fn file_version(source: &Source) -> Option<FileVersion> {
+    let meta = std::fs::metadata(&source.path).ok()?;
+    Some((meta.len(), meta.modified().ok()))
+}
+
 impl RowCounts {
+    /// The source's rows, counted once per version of the file.
     fn get(&self, source: &Source) -> Option<u64> {
-        let meta = std::fs::metadata(&source.path).ok()?;
-        let version = (meta.len(), meta.modified().ok());
-        if let Ok(cache) = self.0.lock() {
-            if let Some((v, rows)) = cache.get(&source.path) {
-                if *v == version {
-                    return Some(*rows);
-                }
-            }
+        let version = file_version(source)?;
+        if let Some(rows) = self.lookup(source, version) {
+            return Some(rows);
         }
         let rows = pipeline::count_rows(&source.path, source.format).ok()?;
         if let Ok(mut cache) = self.0.lock() {
             cache.insert(source.path.clone(), (version, rows));
         }
         Some(rows)
+    }
+
+    /// The count of the source's current version if it was counted already; never reads it
+    /// (the pipeline counts a source it is not given a count for).
+    fn cached(&self, source: &Source) -> Option<u64> {
+        self.lookup(source, file_version(source)?)
+    }
+
+    fn lookup(&self, source: &Source, version: FileVersion) -> Option<u64> {
+        let cache = self.0.lock().ok()?;
+        cache
+            .get(&source.path)
+            .filter(|(counted, _)| *counted == version)
+            .map(|&(_, rows)| rows)
     }
 }
 
@@ -464,6 +479,7 @@ impl Engine {
                 masks: report.masks_for(&job.role),
                 hash_key: self.config.hash_key,
                 result_path,
+                rows_total: self.row_counts.cached(source),
             },
             report.timeout,
         ))

@@ -1,7 +1,7 @@
 //! The report pipeline: the seed's `processDataInChunksStreaming`.
 //!
-//! [`run`] counts the source rows, then streams the source (CSV or JSON lines) in chunks of
-//! `chunk_size` rows — memory stays flat whatever the source size — keeps the rows of the
+//! [`run`] counts the source rows (unless the engine already counted this version of the file),
+//! then streams the source (CSV or JSON lines) in chunks of `chunk_size` rows — memory stays flat whatever the source size — keeps the rows of the
 //! principal's county, masks fields by the principal's role ([`crate::masking`]), and writes CSV
 //! or JSON lines to a temporary file beside the result. After the last chunk the file is flushed,
 //! `sync_all`ed, renamed into place and the directory is synced: a reader never sees a partial
@@ -113,6 +113,9 @@ pub struct PipelineSpec {
     pub hash_key: [u8; 32],
     /// Final path of the result: `<results>/<REPORT_TYPE>/<job_id>.<ext>`.
     pub result_path: PathBuf,
+    /// The source's row count when the caller already knows it for this version of the file
+    /// (for progress); `None`: [`count_rows`] counts it first.
+    pub rows_total: Option<u64>,
 }
 
 impl fmt::Debug for PipelineSpec {
@@ -128,6 +131,7 @@ impl fmt::Debug for PipelineSpec {
             .field("masks", &self.masks)
             .field("hash_key", &"<redacted>")
             .field("result_path", &self.result_path)
+            .field("rows_total", &self.rows_total)
             .finish()
     }
 }
@@ -342,7 +346,10 @@ pub fn run(spec: &PipelineSpec, observer: &mut dyn Observer) -> Result<Output> {
             ),
         });
     }
-    let rows_total = count_rows(&spec.source_path, spec.source_format)?;
+    let rows_total = match spec.rows_total {
+        Some(rows) => rows,
+        None => count_rows(&spec.source_path, spec.source_format)?,
+    };
     match spec.source_format {
         DataFormat::Csv => run_source(
             spec,
@@ -1185,6 +1192,7 @@ mod tests {
                 chunk_size: 1000,
                 masks: Vec::new(),
                 hash_key: KEY,
+                rows_total: None,
                 result_path: self
                     .results_dir()
                     .join(format!("JOB_ABCD1234.{}", output.extension())),
@@ -1422,6 +1430,23 @@ mod tests {
             }
             assert_eq!(seen.last().unwrap().percent(), 100);
         }
+    }
+
+    /// A count the caller already has is used as is (and raised if the file has more rows).
+    #[test]
+    fn a_known_row_count_is_not_counted_again() {
+        let fx = Fixture::new();
+        let src = fx.source("cases.csv", cases_csv(10));
+        let mut spec = fx.spec(&src, DataFormat::Csv, DataFormat::Csv);
+        spec.chunk_size = 5;
+        spec.rows_total = Some(40);
+        let (_, _, seen) = run_ok(&spec);
+        let totals: Vec<u64> = seen.iter().map(|p| p.rows_total).collect();
+        assert_eq!(totals, vec![40, 40]);
+        spec.rows_total = Some(7);
+        let (_, _, seen) = run_ok(&spec);
+        let totals: Vec<u64> = seen.iter().map(|p| p.rows_total).collect();
+        assert_eq!(totals, vec![7, 10]);
     }
 
     #[test]
