@@ -17,7 +17,12 @@
 //! - **Durable before returning.** A change is applied in memory at once; the method then waits
 //!   for a flusher thread that calls `Db::flush` (write + fsync) for everything applied before
 //!   that flush started. Callers that arrive while a flush runs share the next one (group
-//!   commit). A failed fsync poisons the store: every later durable write fails.
+//!   commit). A failed fsync poisons the store: every later durable write fails. Claims and
+//!   heartbeats do not wait (recovery makes them safe to lose), nor does `complete_and_claim`,
+//!   whose caller waits with `sync` while it runs the job it claimed.
+//! - **sled batches are slow here.** A batch waits for sled's global write lock, which an
+//!   in-flight `Db::flush` holds shared for its whole fsync; after a file fsync a three-key
+//!   batch takes ~90 µs, a single insert ~15 µs. This is most of a dependent's start latency.
 //!
 //! Why not sled transactions and persistent index trees: in sled 0.34 every transaction or batch
 //! writes out the log buffer twice (`pin_log` rolls it before and after), and inserting or
