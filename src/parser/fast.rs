@@ -463,24 +463,13 @@ impl P<'_> {
             return None;
         }
         let parents = self.ident_list()?;
-        let condition = self.keyword_then(|p| {
-            let ok = p.keyword("on") && p.sp();
-            ok.then(|| p.ident()).flatten()
-        });
-        let by_roles = self
-            .keyword_then(|p| {
-                let ok = p.keyword("by") && p.sp();
-                ok.then(|| p.ident_list()).flatten()
-            })
-            .unwrap_or_default();
+        let condition = self.clause("on", Self::ident);
+        let by_roles = self.clause("by", Self::ident_list).unwrap_or_default();
         if !(self.sp() && self.keyword("run") && self.sp()) {
             return None;
         }
         let child = self.ident()?;
-        let as_role = self.keyword_then(|p| {
-            let ok = p.keyword("as") && p.sp();
-            ok.then(|| p.ident()).flatten()
-        });
+        let as_role = self.clause("as", Self::ident);
         let before = self.pos;
         self.sp();
         let block = self.block();
@@ -497,10 +486,14 @@ impl P<'_> {
         })
     }
 
-    /// `(sp ~ clause)?`: the clause's value, or nothing read.
-    fn keyword_then<T>(&mut self, clause: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
+    /// `(sp ~ clause)?` for a clause `kw ~ sp ~ value`: the value, or nothing read.
+    fn clause<T>(&mut self, keyword: &str, value: fn(&mut Self) -> Option<T>) -> Option<T> {
         let before = self.pos;
-        let found = if self.sp() { clause(self) } else { None };
+        let found = if self.sp() && self.keyword(keyword) && self.sp() {
+            value(self)
+        } else {
+            None
+        };
         if found.is_none() {
             self.pos = before;
         }
