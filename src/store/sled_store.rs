@@ -9,28 +9,38 @@
 //!   they follow are written. A crash can therefore never leave an index disagreeing with a
 //!   record.
 //! - **One writer.** Every change runs under one mutex, reading the records it needs, writing
-//!   them back in one sled call (`insert`, or `apply_batch` when it touches several keys, which
-//!   sled recovers all or nothing), then updating the indexes. sled holds an exclusive file lock,
-//!   so this process is the only writer there is, and changes are serializable: two parents of
-//!   one join completing at the same instant are two turns of this mutex, and exactly one of
-//!   them fires the child.
+//!   them back, then updating the indexes. sled holds an exclusive file lock, so this process is
+//!   the only writer there is, and changes are serializable: two parents of one join completing
+//!   at the same instant are two turns of this mutex, and exactly one of them fires the child.
+//! - **All or nothing without sled batches.** A change that must land whole (a completion and
+//!   the children or join state it writes, an enqueue of several jobs, a unique key) first
+//!   writes its *intent* (every key and value it is about to write) under one key, then its
+//!   writes as single inserts. sled recovers a prefix of its log, so a key of the change is on
+//!   disk only if its intent is; opening the store writes the intent's keys again where they
+//!   are missing or older (see `replay_intent`). The next such change overwrites the intent.
+//!   A change that rewrites existing jobs only (a claim, a completion without dependents, a
+//!   lease sweep) needs none: each record is whole in its own insert.
 //! - **Durable before returning.** A change is applied in memory at once; the method then waits
 //!   for a flusher thread that calls `Db::flush` (write + fsync) for everything applied before
 //!   that flush started. Callers that arrive while a flush runs share the next one (group
-//!   commit). A failed fsync poisons the store: every later durable write fails. Claims and
-//!   heartbeats do not wait (recovery makes them safe to lose), nor does `complete_and_claim`,
-//!   whose caller waits with `sync` while it runs the job it claimed.
-//! - **sled batches are slow here.** A batch waits for sled's global write lock, which an
-//!   in-flight `Db::flush` holds shared for its whole fsync; after a file fsync a three-key
-//!   batch takes ~90 µs, a single insert ~15 µs. This is most of a dependent's start latency.
+//!   commit), and a flush wakes only the callers it covers. A failed fsync poisons the store:
+//!   every later durable write fails. Claims and heartbeats do not wait (recovery makes them
+//!   safe to lose), nor does `complete_and_claim`, whose caller waits with `sync` while it runs
+//!   the job it claimed.
 //!
-//! Why not sled transactions and persistent index trees: in sled 0.34 every transaction or batch
-//! writes out the log buffer twice (`pin_log` rolls it before and after), and inserting or
-//! removing an index key costs 5–9 µs (leaf splits and merges at 16 entries), against ~2 µs to
-//! rewrite an existing record. Persistent queue, lease and status indexes made ~12 structural
-//! writes per job, for about 5,000 jobs/s; records alone make one insert and two rewrites per
-//! job. The price is an open that reads every record (a few seconds per million jobs) and about
-//! 150 bytes of memory per job for the indexes.
+//! Why no sled batches or transactions: the first one in a process switches sled 0.34 to
+//! its locking mode for good (a global reader-writer lock around every operation). A batch
+//! takes it exclusively, and `Db::flush` holds it shared for its whole fsync: every batch
+//! waited out an fsync, and with a writer queued every other operation did too. Dependent
+//! start latency was ~90 µs of that wait at p50, with multi-millisecond tails. Batches also
+//! write out the log buffer twice (`pin_log` rolls it before and after).
+//!
+//! Why no persistent index trees: inserting or removing an index key costs 5–9 µs (leaf splits
+//! and merges at 16 entries), against ~3 µs to rewrite an existing record. Persistent queue,
+//! lease and status indexes made ~12 structural writes per job, for about 5,000 jobs/s;
+//! records alone make one insert and two rewrites per job. The price is an open that reads
+//! every record (a few seconds per million jobs) and about 150 bytes of memory per job for
+//! the indexes.
 //!
 //! # Layout (version [`LAYOUT_VERSION`])
 //!
@@ -46,6 +56,7 @@
 //! | `u` `f` schedule, fire time / `i` subject, key          | the job ids it created   |
 //! | `f` schedule                                            | last fire time (µs, BE)  |
 //! | `m` `layout`                                            | layout version (u32, BE) |
+//! | `w`                                                     | the last intent          |
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -58,7 +69,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::{
     store_time, BoxFuture, CancelOutcome, Cas, Completion, Enqueued, Event, Expired, JoinEdge,
@@ -69,7 +80,10 @@ use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob};
 use crate::status;
 
 /// Version of the key layout and value encodings above. Bump it with any change to them.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
+/// Layout 1 wrote all-or-nothing changes as sled batches and had no intent key; its data is
+/// layout 2 as it stands, so opening it only rewrites the version.
+const UPGRADABLE_LAYOUT: u32 = 1;
 /// First byte of every value but the layout version and fire times.
 const RECORD_FORMAT: u8 = 1;
 /// Jobs changed per sled batch by a lease sweep.
@@ -84,6 +98,8 @@ const JOIN: u8 = b'J';
 const UNIQUE: u8 = b'u';
 const FIRE: u8 = b'f';
 const META_LAYOUT: &[u8] = b"mlayout";
+/// The all-or-nothing change being written, if any (see [`replay_intent`]).
+const INTENT: &[u8] = b"w";
 
 /// How to open a [`SledStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,8 +154,18 @@ impl SledStore {
         let db = open_db(&sled_config, &config.path)?;
         let tree = db.open_tree("flowctl").map_err(StoreError::Sled)?;
         check_layout(&tree)?;
+        let replayed = replay_intent(&tree)?;
+        if replayed > 0 {
+            tracing::warn!(
+                writes = replayed,
+                "finished a change that a crash had interrupted"
+            );
+        }
         let state = State::rebuild(&tree)?;
-        let flusher = config.flush.then(|| Flusher::start(db.clone()));
+        let flusher = config.flush.then(|| {
+            let db = db.clone();
+            Flusher::start(move || db.flush().map(drop).map_err(|e| e.to_string()))
+        });
         let registered = canonical(&config.path);
         lock(&OPEN_STORES).insert(registered.clone(), Held::Open);
         Ok(SledStore {
@@ -325,7 +351,7 @@ impl SledStore {
     }
 
     /// A completion and, with `claim_for` (worker, lease end), the claim of the next job for
-    /// that worker, in one sled write.
+    /// that worker, as one change.
     fn complete_sync(
         &self,
         job_id: &JobId,
@@ -859,11 +885,11 @@ fn finish(job: &mut Job, to: JobStatus, now: DateTime<Utc>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// One change: reads through its own writes, then one sled call
+// One change: reads through its own writes, then one commit
 // ---------------------------------------------------------------------------------------------
 
 /// One change: the writer's turn (the state lock) and its writes. Reads see the change's own
-/// writes; `commit` writes them all in one sled call, then moves the indexes.
+/// writes; `commit` writes them (all or nothing where that matters), then moves the indexes.
 struct Change<'s> {
     tree: &'s sled::Tree,
     state: MutexGuard<'s, State>,
@@ -1096,26 +1122,35 @@ impl Change<'_> {
         Ok((children, errors))
     }
 
-    /// Writes everything in one sled call (recovered all or nothing), then moves the indexes.
+    /// Writes the change, then moves the indexes. A change that must land all or nothing (see
+    /// [`needs_intent`]) first writes its intent, so that a crash part-way through is finished
+    /// at the next open; the other writes are single sled inserts.
     fn commit(mut self) -> StoreResult<()> {
-        let mut writes = std::mem::take(&mut self.writes).into_iter();
-        match (writes.next(), writes.len()) {
-            (None, _) => {}
-            (Some((key, Some(value))), 0) => {
-                self.tree.insert(key, value).map_err(StoreError::Sled)?;
-            }
-            (Some((key, None)), 0) => {
-                self.tree.remove(key).map_err(StoreError::Sled)?;
-            }
-            (Some(first), _) => {
-                let mut batch = sled::Batch::default();
-                for (key, value) in std::iter::once(first).chain(writes) {
-                    match value {
-                        Some(value) => batch.insert(key, value),
-                        None => batch.remove(key),
-                    }
+        if let Some(failure) = &self.state.broken {
+            return Err(broken(failure));
+        }
+        let writes = std::mem::take(&mut self.writes);
+        let intent = needs_intent(&writes, !self.new_ids.is_empty());
+        if intent {
+            self.tree
+                .insert(INTENT, encode_intent(&writes))
+                .map_err(StoreError::Sled)?;
+        }
+        for (key, value) in writes {
+            let written = match value {
+                Some(value) => self.tree.insert(key, value).map(drop),
+                None => self.tree.remove(key).map(drop),
+            };
+            if let Err(error) = written {
+                if intent {
+                    // Part of an all-or-nothing change is in sled, the rest is not, and the
+                    // indexes do not know of either: only the intent's replay at the next open
+                    // can finish it. Refuse every later change until then.
+                    let failure = format!("a change was only partly written ({error})");
+                    tracing::error!(%failure, "the job store needs a restart");
+                    self.state.broken = Some(failure.into());
                 }
-                self.tree.apply_batch(batch).map_err(StoreError::Sled)?;
+                return Err(StoreError::Sled(error));
             }
         }
         for change in std::mem::take(&mut self.moves) {
@@ -1123,6 +1158,130 @@ impl Change<'_> {
         }
         Ok(())
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// All-or-nothing changes without sled batches
+// ---------------------------------------------------------------------------------------------
+
+/// Whether a change must be written behind an intent: it creates a job and writes anything
+/// else (the job and its parent's completion, its unique key, its siblings of one enqueue), or
+/// it writes anything but job records (join state, unique keys, fire times and the child index
+/// are written by no other kind of change, which [`replay_intent`] relies on). Rewrites of
+/// existing jobs alone (a claim of many, a completion that claims the next job, a lease
+/// sweep) are independent facts, each whole in one insert.
+fn needs_intent(writes: &BTreeMap<sled::IVec, Option<sled::IVec>>, creates_jobs: bool) -> bool {
+    (creates_jobs && writes.len() > 1) || writes.keys().any(|key| key.first() != Some(&JOB))
+}
+
+/// The intent: `[RECORD_FORMAT]`, then per write a key length (u32 BE), the key, and either
+/// `0` (a removal) or `1`, a value length (u32 BE) and the value.
+fn encode_intent(writes: &BTreeMap<sled::IVec, Option<sled::IVec>>) -> Vec<u8> {
+    let size: usize = writes
+        .iter()
+        .map(|(key, value)| 9 + key.len() + value.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    let mut out = Vec::with_capacity(1 + size);
+    out.push(RECORD_FORMAT);
+    for (key, value) in writes {
+        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        out.extend_from_slice(key);
+        match value {
+            None => out.push(0),
+            Some(value) => {
+                out.push(1);
+                out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+                out.extend_from_slice(value);
+            }
+        }
+    }
+    out
+}
+
+type IntentWrite<'a> = (&'a [u8], Option<&'a [u8]>);
+
+fn decode_intent(bytes: &[u8]) -> StoreResult<Vec<IntentWrite<'_>>> {
+    let bad = |what: &str| corrupt(INTENT, format!("the pending change is unreadable: {what}"));
+    let Some((&RECORD_FORMAT, mut rest)) = bytes.split_first() else {
+        return Err(bad("unknown format"));
+    };
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        *rest = tail;
+        Some(head)
+    }
+    fn length(rest: &mut &[u8]) -> Option<usize> {
+        let bytes = take(rest, 4)?;
+        Some(u32::from_be_bytes(bytes.try_into().ok()?) as usize)
+    }
+    let mut writes = Vec::new();
+    while !rest.is_empty() {
+        let key = length(&mut rest)
+            .and_then(|n| take(&mut rest, n))
+            .ok_or_else(|| bad("a key is cut short"))?;
+        let value = match take(&mut rest, 1) {
+            Some([0]) => None,
+            Some([1]) => Some(
+                length(&mut rest)
+                    .and_then(|n| take(&mut rest, n))
+                    .ok_or_else(|| bad("a value is cut short"))?,
+            ),
+            _ => return Err(bad("a write is neither a put nor a removal")),
+        };
+        writes.push((key, value));
+    }
+    Ok(writes)
+}
+
+/// Finishes the last all-or-nothing change, if a crash interrupted it, and drops its intent.
+///
+/// sled recovers a prefix of its log, and a change writes its intent before any of its keys,
+/// so a key the change wrote is on disk only if the intent is. Writing the intent's keys again
+/// is therefore safe for every key only such changes write. A job record may have been
+/// rewritten since by a claim or a completion (single inserts, no intent): it is written again
+/// only if what is stored is older than the intent's version of it.
+fn replay_intent(tree: &sled::Tree) -> StoreResult<usize> {
+    let Some(bytes) = tree.get(INTENT).map_err(StoreError::Sled)? else {
+        return Ok(0);
+    };
+    let mut replayed = 0;
+    for (key, value) in decode_intent(&bytes)? {
+        let stored = tree.get(key).map_err(StoreError::Sled)?;
+        let apply = match (key.first(), &stored, value) {
+            (_, None, None) => false,
+            (_, None, Some(_)) | (_, Some(_), None) => true,
+            (Some(&JOB), Some(stored), Some(value)) => {
+                match (decode_job(key, stored), decode_job(key, value)) {
+                    (Ok(stored), Ok(intended)) => stored.version < intended.version,
+                    (Err(error), _) | (_, Err(error)) => {
+                        // Which one is newer cannot be told; the unreadable record is reported
+                        // as such wherever it is read, as any other.
+                        tracing::error!(%error, "left a job record of an interrupted change as it was");
+                        false
+                    }
+                }
+            }
+            (_, Some(stored), Some(value)) => stored.as_ref() != value,
+        };
+        if apply {
+            replayed += 1;
+            match value {
+                Some(value) => tree.insert(key, value).map(drop),
+                None => tree.remove(key).map(drop),
+            }
+            .map_err(StoreError::Sled)?;
+        }
+    }
+    tree.remove(INTENT).map_err(StoreError::Sled)?;
+    tree.flush().map_err(StoreError::Sled)?;
+    Ok(replayed)
+}
+
+fn broken(failure: &str) -> StoreError {
+    StoreError::Io(std::io::Error::other(format!(
+        "the job store stopped accepting changes after an error ({failure}); restart flowctl \
+         to recover it"
+    )))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1156,6 +1315,9 @@ struct State {
     /// Jobs per status, in `JobStatus::ALL` order.
     counts: [u64; 5],
     names: Names,
+    /// Set when an all-or-nothing change was only partly written: every later change is
+    /// refused until the store is opened again and the change's intent is replayed.
+    broken: Option<Arc<str>>,
 }
 
 #[derive(Clone, Copy)]
@@ -1708,7 +1870,15 @@ fn check_layout(tree: &sled::Tree) -> StoreResult<()> {
             let found = <[u8; 4]>::try_from(bytes.as_ref())
                 .map(u32::from_be_bytes)
                 .map_err(|_| corrupt(META_LAYOUT, "the layout version is not 4 bytes"))?;
-            if found != LAYOUT_VERSION {
+            if found == UPGRADABLE_LAYOUT {
+                tree.insert(META_LAYOUT, &LAYOUT_VERSION.to_be_bytes())
+                    .map_err(StoreError::Sled)?;
+                tracing::info!(
+                    from = found,
+                    to = LAYOUT_VERSION,
+                    "upgraded the job store's layout"
+                );
+            } else if found != LAYOUT_VERSION {
                 return Err(StoreError::FormatVersion {
                     found,
                     expected: LAYOUT_VERSION,
@@ -1750,38 +1920,41 @@ struct FlushShared {
     flushes: AtomicU64,
     request: Mutex<FlushRequest>,
     wakeup: Condvar,
-    flushed: watch::Sender<Flushed>,
 }
 
+/// What a waiter is told: on disk, or the fsync's failure.
+type Flushed = Result<(), Arc<str>>;
+
+/// What the callers want and what the flusher has done, under one lock.
 #[derive(Default)]
 struct FlushRequest {
     /// The highest change number someone waits for.
     wanted: u64,
-    stop: bool,
-}
-
-#[derive(Clone, Default)]
-struct Flushed {
     /// Every change up to this number is on disk.
     upto: u64,
     /// Sticky: after a failed fsync nothing written since can be trusted to be on disk.
     failure: Option<Arc<str>>,
+    /// Callers waiting, each for its change number. A flush wakes exactly the ones it covers:
+    /// with hundreds of completions in flight, waking every waiter after every fsync (a
+    /// broadcast) cost more than the writes.
+    waiters: Vec<(u64, oneshot::Sender<Flushed>)>,
+    stop: bool,
 }
 
 impl Flusher {
-    fn start(db: sled::Db) -> Flusher {
+    /// `flush` writes and fsyncs everything applied before it was called.
+    fn start(flush: impl FnMut() -> Result<(), String> + Send + 'static) -> Flusher {
         let shared = Arc::new(FlushShared {
             committed: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             request: Mutex::new(FlushRequest::default()),
             wakeup: Condvar::new(),
-            flushed: watch::Sender::new(Flushed::default()),
         });
         let thread = std::thread::Builder::new()
             .name("flowctl-store-flush".into())
             .spawn({
                 let shared = Arc::clone(&shared);
-                move || flush_loop(&shared, &db)
+                move || flush_loop(&shared, flush)
             })
             .expect("spawning the store's flush thread");
         Flusher {
@@ -1794,26 +1967,26 @@ impl Flusher {
     async fn wait(&self) -> StoreResult<()> {
         let shared = &self.shared;
         let change = shared.committed.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut flushed = shared.flushed.subscribe();
-        {
+        let receiver = {
             let mut request = lock(&shared.request);
+            if let Some(message) = &request.failure {
+                return Err(disk_failure(message));
+            }
+            if request.upto >= change {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            request.waiters.push((change, tx));
             if request.wanted < change {
                 request.wanted = change;
                 shared.wakeup.notify_one();
             }
-        }
-        let state = flushed
-            .wait_for(|f| f.upto >= change || f.failure.is_some())
+            rx
+        };
+        let flushed = receiver
             .await
-            .map_err(|_| std::io::Error::other("the job store's flush thread stopped"))?
-            .clone();
-        match state.failure {
-            Some(message) => Err(StoreError::Io(std::io::Error::other(format!(
-                "the job store could not write to disk ({message}); restart flowctl after \
-                 fixing the disk"
-            )))),
-            None => Ok(()),
-        }
+            .unwrap_or_else(|_| Err("the flush thread stopped".into()));
+        flushed.map_err(|message| disk_failure(&message))
     }
 
     fn stop(&mut self) {
@@ -1825,36 +1998,56 @@ impl Flusher {
     }
 }
 
-fn flush_loop(shared: &FlushShared, db: &sled::Db) {
-    let mut upto = 0;
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn disk_failure(message: &str) -> StoreError {
+    StoreError::Io(std::io::Error::other(format!(
+        "the job store could not write to disk ({message}); restart flowctl after fixing the disk"
+    )))
+}
+
+fn flush_loop(shared: &FlushShared, mut flush: impl FnMut() -> Result<(), String>) {
     loop {
         {
             let mut request = lock(&shared.request);
-            while request.wanted <= upto && !request.stop {
+            while request.wanted <= request.upto && !request.stop {
                 request = shared
                     .wakeup
                     .wait(request)
                     .unwrap_or_else(PoisonError::into_inner);
             }
-            if request.wanted <= upto {
+            if request.wanted <= request.upto {
                 return;
             }
         }
         // Every change numbered up to `target` was committed before it was numbered, so this
         // flush covers it; later ones wait for the next round.
         let target = shared.committed.load(Ordering::SeqCst);
-        let result = db.flush();
+        let result = flush();
         shared.flushes.fetch_add(1, Ordering::Relaxed);
-        upto = target;
-        shared.flushed.send_modify(|flushed| {
-            flushed.upto = target;
+        let ready = {
+            let mut request = lock(&shared.request);
+            request.upto = target;
             if let Err(error) = &result {
                 tracing::error!(%error, "flushing the job store failed");
-                flushed
-                    .failure
-                    .get_or_insert_with(|| error.to_string().into());
+                request.failure.get_or_insert_with(|| error.as_str().into());
             }
-        });
+            let failure = request.failure.clone();
+            let waiters = std::mem::take(&mut request.waiters);
+            let (ready, waiting): (Vec<_>, Vec<_>) = waiters
+                .into_iter()
+                .partition(|(change, _)| *change <= target || failure.is_some());
+            request.waiters = waiting;
+            ready.into_iter().map(move |(_, tx)| (tx, failure.clone()))
+        };
+        // Woken outside the lock: their tasks may run at once on another thread.
+        for (tx, failure) in ready {
+            let _ = tx.send(failure.map_or(Ok(()), Err));
+        }
     }
 }
 
@@ -2248,35 +2441,289 @@ mod tests {
         assert_eq!(store.get(&child.job_id).await.unwrap(), Some(child));
     }
 
+    /// The bytes of every key of the store but the intent.
+    fn keys_and_values(tree: &sled::Tree) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        tree.iter()
+            .map(|entry| entry.unwrap())
+            .filter(|(key, _)| key.as_ref() != super::INTENT)
+            .map(|(key, value)| (key.to_vec(), value.to_vec()))
+            .collect()
+    }
+
+    /// A completion that creates a child, cut by a crash right after its intent: every other
+    /// key it writes is put back as it was before. The next open finishes the change.
+    #[tokio::test]
+    async fn a_change_cut_short_by_a_crash_is_finished_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let joins = vec![conformance::edge(
+            "dep:C",
+            &["P"],
+            crate::workflow::Condition::OnSuccess,
+            "C",
+        )];
+        let store = open_at(&path);
+        store
+            .enqueue(vec![new_job("P", "S", None)], None, at(0))
+            .await
+            .unwrap();
+        let parent = store
+            .claim("w", 1, Duration::from_secs(30), at(0))
+            .await
+            .unwrap()
+            .remove(0);
+        store.sync().await.unwrap();
+        let before = keys_and_values(&store.tree);
+        let Cas::Applied(done) = store
+            .complete(
+                &parent.job_id,
+                parent.version,
+                Outcome::Success {
+                    result_path: "r.csv".into(),
+                    rows_written: 1,
+                    sha256: String::new(),
+                },
+                &joins,
+                at(1),
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("not applied")
+        };
+        let child = done.children_created[0].clone();
+        let after = keys_and_values(&store.tree);
+        assert!(store.tree.get(super::INTENT).unwrap().is_some());
+        drop(store);
+        {
+            // The crash: the intent is on disk, the change's own writes are not.
+            let db = raw_sled(&path);
+            let tree = db.open_tree("flowctl").unwrap();
+            for (key, value) in &after {
+                match before.get(key) {
+                    Some(old) if old != value => tree.insert(key, old.as_slice()).map(drop),
+                    Some(_) => Ok(()),
+                    None => tree.remove(key).map(drop),
+                }
+                .unwrap();
+            }
+            assert_eq!(keys_and_values(&tree), before);
+            db.flush().unwrap();
+        }
+        let store = open_at(&path);
+        assert!(store.tree.get(super::INTENT).unwrap().is_none());
+        assert_eq!(keys_and_values(&store.tree), after);
+        assert_eq!(store.get(&parent.job_id).await.unwrap(), Some(done.job));
+        assert_eq!(store.get(&child.job_id).await.unwrap(), Some(child.clone()));
+        assert_eq!(
+            store.children(&parent.job_id).await.unwrap(),
+            vec![child.clone()]
+        );
+        let counts = store.counts().await.unwrap();
+        assert_eq!(
+            (counts[&JobStatus::Completed], counts[&JobStatus::Queued]),
+            (1, 1)
+        );
+        // The child is claimable, once.
+        let claimed = store
+            .claim("w", 5, Duration::from_secs(30), at(2))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].job_id, child.job_id);
+    }
+
+    /// The last intent stays on disk after its change is whole, and later single-record
+    /// changes to its jobs are not undone by it at the next open.
+    #[tokio::test]
+    async fn a_finished_change_is_not_replayed_over_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = open_at(&path);
+        let Enqueued::Created(jobs) = store
+            .enqueue(vec![new_job("R", "S", None); 3], None, at(0))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let intent = store.tree.get(super::INTENT).unwrap().expect("an intent");
+        // Claims and a completion: single inserts, no new intent.
+        let claimed = store
+            .claim("w", 2, Duration::from_secs(30), at(1))
+            .await
+            .unwrap();
+        store
+            .complete(
+                &claimed[0].job_id,
+                claimed[0].version,
+                Outcome::Cancelled,
+                &[],
+                at(2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.tree.get(super::INTENT).unwrap(), Some(intent));
+        let expected: Vec<crate::job::Job> = {
+            let mut all = Vec::new();
+            for job in &jobs {
+                all.push(store.get(&job.job_id).await.unwrap().unwrap());
+            }
+            all
+        };
+        drop(store);
+        let store = open_at(&path);
+        for job in expected {
+            assert_eq!(store.get(&job.job_id).await.unwrap(), Some(job));
+        }
+        let counts = store.counts().await.unwrap();
+        assert_eq!(
+            (
+                counts[&JobStatus::Queued],
+                counts[&JobStatus::Processing],
+                counts[&JobStatus::Cancelled]
+            ),
+            (1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn which_changes_need_an_intent() {
+        let job = |n: u8| sled::IVec::from(vec![super::JOB, n]);
+        let record = Some(sled::IVec::from(vec![1u8]));
+        let writes = |keys: &[sled::IVec]| -> BTreeMap<sled::IVec, Option<sled::IVec>> {
+            keys.iter().map(|k| (k.clone(), record.clone())).collect()
+        };
+        // Rewrites of existing jobs: each whole on its own.
+        assert!(!super::needs_intent(&writes(&[job(1)]), false));
+        assert!(!super::needs_intent(
+            &writes(&[job(1), job(2), job(3)]),
+            false
+        ));
+        // One new job alone is one insert.
+        assert!(!super::needs_intent(&writes(&[job(1)]), true));
+        // New jobs with anything else, and any other kind of key.
+        assert!(super::needs_intent(&writes(&[job(1), job(2)]), true));
+        let join = sled::IVec::from(&[super::JOIN, b'x'][..]);
+        assert!(super::needs_intent(
+            &writes(std::slice::from_ref(&join)),
+            false
+        ));
+        assert!(super::needs_intent(&writes(&[job(1), join]), false));
+    }
+
+    #[test]
+    fn an_unreadable_intent_is_an_error_not_a_panic() {
+        for bytes in [
+            &b""[..],
+            &[9u8][..],
+            &[super::RECORD_FORMAT, 0, 0, 0][..],
+            &[super::RECORD_FORMAT, 0, 0, 0, 1, b'j', 7][..],
+            &[super::RECORD_FORMAT, 0, 0, 0, 1, b'j', 1, 0, 0, 0, 9, 1][..],
+        ] {
+            assert!(
+                matches!(super::decode_intent(bytes), Err(StoreError::Corrupt { .. })),
+                "{bytes:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn intents_decode_to_what_was_encoded(
+            writes in proptest::collection::btree_map(
+                proptest::collection::vec(any::<u8>(), 0..40),
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+                0..20,
+            )
+        ) {
+            let writes: BTreeMap<sled::IVec, Option<sled::IVec>> = writes
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.map(Into::into)))
+                .collect();
+            let bytes = super::encode_intent(&writes);
+            let decoded = super::decode_intent(&bytes).unwrap();
+            let expected: Vec<(&[u8], Option<&[u8]>)> = writes
+                .iter()
+                .map(|(k, v)| (k.as_ref(), v.as_deref()))
+                .collect();
+            prop_assert_eq!(decoded, expected);
+        }
+    }
+
+    #[test]
+    fn a_layout_1_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(open_at(&path));
+        {
+            let db = raw_sled(&path);
+            let tree = db.open_tree("flowctl").unwrap();
+            tree.insert(super::META_LAYOUT, &1u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = open_at(&path);
+        assert_eq!(
+            store.tree.get(super::META_LAYOUT).unwrap().as_deref(),
+            Some(&LAYOUT_VERSION.to_be_bytes()[..])
+        );
+    }
+
+    /// Callers that arrive while an fsync runs share the next one, and each is woken when its
+    /// own change is on disk. The fsync here takes 20 ms, so that the sharing does not depend
+    /// on how fast this machine's disk is.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_fsyncs() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(open_at(&dir.path().join("db")));
         const WRITERS: usize = 400;
+        let flusher = Arc::new(super::Flusher::start(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(())
+        }));
+        let started = std::time::Instant::now();
         let tasks: Vec<_> = (0..WRITERS)
             .map(|_| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    store
-                        .enqueue(vec![new_job("R", "S", None)], None, at(0))
-                        .await
-                        .unwrap();
-                })
+                let flusher = Arc::clone(&flusher);
+                tokio::spawn(async move { flusher.wait().await.unwrap() })
             })
             .collect();
         for task in tasks {
             task.await.unwrap();
         }
-        let flushes = store.flushes();
-        assert!(flushes >= 1);
+        let flushes = flusher
+            .shared
+            .flushes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // The first caller's fsync, then one for everyone who came during it, and a few more
+        // on a machine slow enough to spawn 400 tasks across several fsyncs.
+        let rounds = started.elapsed().as_millis() as u64 / 20 + 1;
         assert!(
-            flushes < WRITERS as u64 / 2,
+            (1..=rounds).contains(&flushes) && flushes <= 20,
             "{flushes} fsyncs for {WRITERS} writes"
         );
-        assert_eq!(
-            store.counts().await.unwrap()[&JobStatus::Queued],
-            WRITERS as u64
-        );
+    }
+
+    /// A failed fsync fails the changes it covered and every one after it.
+    #[tokio::test]
+    async fn a_failed_fsync_fails_every_later_wait() {
+        let mut calls = 0;
+        let flusher = super::Flusher::start(move || {
+            calls += 1;
+            if calls == 2 {
+                Err("no space left on device".into())
+            } else {
+                Ok(())
+            }
+        });
+        flusher.wait().await.unwrap();
+        for _ in 0..2 {
+            match flusher.wait().await {
+                Err(StoreError::Io(error)) => {
+                    assert!(error.to_string().contains("no space left"), "{error}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
