@@ -1125,7 +1125,7 @@ source big {
 report SLOW {
   source     big
   chunk_size 10
-  timeout    100ms
+  timeout    20ms
 }
 report AFTER {
   source big
@@ -1143,7 +1143,7 @@ after SLOW run AFTER
     assert_eq!(job.status, "FAILED", "{}", run.stderr());
     let error = job.error.as_deref().unwrap_or_default();
     assert!(error.contains("timed out"), "{error}");
-    assert!(error.contains("100ms"), "{error}");
+    assert!(error.contains("20ms"), "{error}");
     assert_eq!(job.result_path, None);
     let left = files_under(&sb.path().join("results"));
     assert!(left.is_empty(), "{left:?}");
