@@ -44,7 +44,8 @@
 //!
 //! # Layout (version [`LAYOUT_VERSION`])
 //!
-//! One sled tree; the first byte of a key says what it holds. Keys are big-endian so that
+//! One sled tree, `flowctl`, and the intent's own, `flowctl-intent` (one key, `w`: the last
+//! intent). In `flowctl` the first byte of a key says what it holds. Keys are big-endian so that
 //! ranges sort; job ids are their 12 ASCII bytes. Values start with a format byte, then bincode
 //! 2 (serde, standard config).
 //!
@@ -56,7 +57,6 @@
 //! | `u` `f` schedule, fire time / `i` subject, key          | the job ids it created   |
 //! | `f` schedule                                            | last fire time (µs, BE)  |
 //! | `m` `layout`                                            | layout version (u32, BE) |
-//! | `w`                                                     | the last intent          |
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
