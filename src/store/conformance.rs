@@ -101,7 +101,7 @@ pub fn new_job(report_type: &str, role: &str, county: Option<&str>) -> NewJob {
     }
 }
 
-fn created(enqueued: Enqueued) -> Vec<Job> {
+pub fn created(enqueued: Enqueued) -> Vec<Job> {
     match enqueued {
         Enqueued::Created(jobs) => jobs,
         Enqueued::Existing(ids) => panic!("expected new jobs, got existing {ids:?}"),

@@ -1156,14 +1156,12 @@ impl Change<'_> {
                 None => self.tree.remove(key).map(drop),
             };
             if let Err(error) = written {
-                if intent {
-                    // Part of an all-or-nothing change is in sled, the rest is not, and the
-                    // indexes do not know of either: only the intent's replay at the next open
-                    // can finish it. Refuse every later change until then.
-                    let failure = format!("a change was only partly written ({error})");
-                    tracing::error!(%failure, "the job store needs a restart");
-                    self.state.broken = Some(failure.into());
-                }
+                // Part of the change may be in sled, and the indexes know of none of it: only
+                // the next open (rebuilding them, replaying the intent) can be trusted to
+                // agree with the records. Refuse every later change until then.
+                let failure = format!("a change was only partly written ({error})");
+                tracing::error!(%failure, "the job store needs a restart");
+                self.state.broken = Some(failure.into());
                 return Err(StoreError::Sled(error));
             }
         }
@@ -1329,8 +1327,8 @@ struct State {
     /// Jobs per status, in `JobStatus::ALL` order.
     counts: [u64; 5],
     names: Names,
-    /// Set when an all-or-nothing change was only partly written: every later change is
-    /// refused until the store is opened again and the change's intent is replayed.
+    /// Set when a change was only partly written: every later change is refused until the
+    /// store is opened again (indexes rebuilt, the intent replayed).
     broken: Option<Arc<str>>,
 }
 
@@ -2248,13 +2246,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let store = open_at(&path);
-        let Enqueued::Created(jobs) = store
-            .enqueue(vec![new_job("R", "S", None); 2], None, at(0))
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
+        let jobs = conformance::created(
+            store
+                .enqueue(vec![new_job("R", "S", None); 2], None, at(0))
+                .await
+                .unwrap(),
+        );
         let (bad, good) = (&jobs[0], &jobs[1]);
         let key = super::job_key(
             bad.created_at.timestamp_micros(),
@@ -2553,13 +2550,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let store = open_at(&path);
-        let Enqueued::Created(jobs) = store
-            .enqueue(vec![new_job("R", "S", None); 3], None, at(0))
-            .await
-            .unwrap()
-        else {
-            panic!()
-        };
+        let jobs = conformance::created(
+            store
+                .enqueue(vec![new_job("R", "S", None); 3], None, at(0))
+                .await
+                .unwrap(),
+        );
         let intent = store
             .intents
             .get(super::INTENT)
@@ -2581,17 +2577,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.intents.get(super::INTENT).unwrap(), Some(intent));
-        let expected: Vec<crate::job::Job> = {
-            let mut all = Vec::new();
-            for job in &jobs {
-                all.push(store.get(&job.job_id).await.unwrap().unwrap());
-            }
-            all
-        };
+        let mut expected = Vec::new();
+        for job in &jobs {
+            expected.push(store.get(&job.job_id).await.unwrap());
+        }
         drop(store);
         let store = open_at(&path);
-        for job in expected {
-            assert_eq!(store.get(&job.job_id).await.unwrap(), Some(job));
+        for (job, expected) in jobs.iter().zip(expected) {
+            assert_eq!(store.get(&job.job_id).await.unwrap(), expected);
         }
         let counts = store.counts().await.unwrap();
         assert_eq!(
