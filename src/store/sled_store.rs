@@ -134,15 +134,17 @@ impl SledConfig {
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
-    /// [`INTENT_TREE`].
-    intents: sled::Tree,
     path: PathBuf,
     /// Its key in [`OPEN_STORES`].
     registered: PathBuf,
-    /// The indexes, and the writer's turn: every change holds this lock from its first read to
-    /// its index update.
-    state: Mutex<State>,
+    /// The indexes, the writes not yet in sled, and the writer's turn: every change holds this
+    /// lock from its first read to its index update. Shared with the flush thread, which moves
+    /// the writes into sled.
+    state: Arc<Mutex<State>>,
     wake: watch::Sender<u64>,
+    /// [`SledConfig::flush`].
+    fsync: bool,
+    /// Moves committed writes into sled and fsyncs them. `None` only once closing.
     flusher: Option<Flusher>,
 }
 
@@ -168,22 +170,28 @@ impl SledStore {
                 "finished a change that a crash had interrupted"
             );
         }
-        let state = State::rebuild(&tree)?;
-        let flusher = config.flush.then(|| {
-            let db = db.clone();
-            Flusher::start(move || db.flush().map(drop).map_err(|e| e.to_string()))
-        });
+        let state = Arc::new(Mutex::new(State::rebuild(&tree)?));
+        let flusher = {
+            let writer = Writer {
+                db: db.clone(),
+                tree: tree.clone(),
+                intents: intents.clone(),
+                state: Arc::clone(&state),
+                fsync: config.flush,
+            };
+            Flusher::start(move |round| writer.write(round))
+        };
         let registered = canonical(&config.path);
         lock(&OPEN_STORES).insert(registered.clone(), Held::Open);
         Ok(SledStore {
             db,
             tree,
-            intents,
             path: config.path,
             registered,
-            state: Mutex::new(state),
+            state,
             wake: watch::Sender::new(0),
-            flusher,
+            fsync: config.flush,
+            flusher: Some(flusher),
         })
     }
 
@@ -199,11 +207,12 @@ impl SledStore {
             .map_or(0, |flusher| flusher.shared.flushes.load(Ordering::Relaxed))
     }
 
-    /// Waits until everything applied so far is on disk.
+    /// Waits until every durable write applied so far is on disk (claims and heartbeats may
+    /// follow later: see the module docs).
     async fn durable(&self) -> StoreResult<()> {
         match &self.flusher {
-            Some(flusher) => flusher.wait().await,
-            None => Ok(()),
+            Some(flusher) if self.fsync => flusher.wait().await,
+            _ => Ok(()),
         }
     }
 
@@ -215,9 +224,9 @@ impl SledStore {
     fn change(&self) -> Change<'_> {
         Change {
             tree: &self.tree,
-            intents: &self.intents,
             state: lock(&self.state),
             writes: BTreeMap::new(),
+            lazy: HashSet::new(),
             moves: Vec::new(),
             new_ids: HashSet::new(),
         }
@@ -225,14 +234,28 @@ impl SledStore {
 
     fn read_job(&self, job_id: &JobId) -> StoreResult<Option<Job>> {
         let id = id_bytes(job_id);
-        let Some(created) = lock(&self.state).created.get(&id).copied() else {
-            return Ok(None);
+        let (key, pending) = {
+            let state = lock(&self.state);
+            let Some(created) = state.created.get(&id).copied() else {
+                return Ok(None);
+            };
+            let key = job_key(created, &id);
+            let pending = state.overlay.get(&key);
+            (key, pending)
         };
-        let key = job_key(created, &id);
-        match self.tree.get(key).map_err(StoreError::Sled)? {
-            Some(bytes) => decode_job(&key, &bytes).map(Some),
-            None => Ok(None),
+        let bytes = match pending {
+            Some(pending) => pending,
+            None => self.tree.get(key).map_err(StoreError::Sled)?,
+        };
+        bytes.map(|bytes| decode_job(&key, &bytes)).transpose()
+    }
+
+    /// A key's value: as last committed, whether or not it has reached sled yet.
+    fn read(&self, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
+        if let Some(pending) = lock(&self.state).overlay.get(key) {
+            return Ok(pending);
         }
+        self.tree.get(key).map_err(StoreError::Sled)
     }
 
     /// A completion (claiming the next job for `claim_for`'s worker, if given), before its
@@ -358,7 +381,7 @@ impl SledStore {
             job.estimated_completion = update.estimated_completion.map(store_time);
         }
         job.version += 1;
-        change.put_job(Some(old), &job);
+        change.put_job(Some(old), &job, Write::Lazy);
         change.commit()?;
         Ok(Cas::Applied(job))
     }
@@ -428,7 +451,7 @@ impl SledStore {
             finish(&mut job, to, now);
         }
         job.version += 1;
-        change.put_job(Some(old), &job);
+        change.put_job(Some(old), &job, Write::Durable);
         let (mut children_created, join_errors) = change.apply_joins(&job, joins, now)?;
         let claimed = match claim_for {
             Some((worker, lease_until)) => {
@@ -459,7 +482,7 @@ impl SledStore {
             _ => return Ok(CancelOutcome::AlreadyFinished(job)),
         }
         job.version += 1;
-        change.put_job(Some(old), &job);
+        change.put_job(Some(old), &job, Write::Durable);
         let outcome = match job.status {
             JobStatus::Cancelled => CancelOutcome::Cancelled(job),
             _ => CancelOutcome::Requested(job),
@@ -526,7 +549,7 @@ impl SledStore {
                     finish(&mut job, to, now);
                 }
                 job.version += 1;
-                change.put_job(Some(old), &job);
+                change.put_job(Some(old), &job, Write::Durable);
                 if to == JobStatus::Queued {
                     expired.requeued.push(job.job_id);
                 } else {
@@ -549,10 +572,15 @@ impl SledStore {
     }
 
     fn children_sync(&self, job_id: &JobId) -> StoreResult<Vec<Job>> {
-        let mut children = Vec::new();
         let prefix = [&[CHILD][..], job_id.as_str().as_bytes()].concat();
+        // Child index keys are only ever added: those still on their way to sled, then sled's.
+        let mut keys: BTreeSet<sled::IVec> =
+            lock(&self.state).overlay.with_prefix(&prefix).collect();
         for entry in self.tree.scan_prefix(&prefix) {
-            let (key, _) = entry.map_err(StoreError::Sled)?;
+            keys.insert(entry.map_err(StoreError::Sled)?.0);
+        }
+        let mut children = Vec::new();
+        for key in keys {
             let child_id = job_id_at(&key, prefix.len())?;
             if let Some(child) = self.read_job(&child_id)? {
                 children.push(child);
@@ -834,7 +862,7 @@ impl Store for SledStore {
     ) -> BoxFuture<'a, StoreResult<Option<DateTime<Utc>>>> {
         Box::pin(async move {
             let key = [&[FIRE][..], schedule.as_bytes()].concat();
-            match self.tree.get(&key).map_err(StoreError::Sled)? {
+            match self.read(&key)? {
                 Some(bytes) => Ok(Some(time_from_key(&key, &bytes)?)),
                 None => Ok(None),
             }
@@ -902,12 +930,15 @@ fn finish(job: &mut Job, to: JobStatus, now: DateTime<Utc>) {
 // ---------------------------------------------------------------------------------------------
 
 /// One change: the writer's turn (the state lock) and its writes. Reads see the change's own
-/// writes; `commit` writes them (all or nothing where that matters), then moves the indexes.
+/// writes, then the overlay's, then sled's; `commit` hands the writes to the overlay and moves
+/// the indexes.
 struct Change<'s> {
     tree: &'s sled::Tree,
-    intents: &'s sled::Tree,
     state: MutexGuard<'s, State>,
     writes: BTreeMap<sled::IVec, Option<sled::IVec>>,
+    /// Keys of `writes` that need not reach disk before the change is reported durable (see
+    /// [`Write`]).
+    lazy: HashSet<sled::IVec>,
     /// Every record written, in order, for the indexes.
     moves: Vec<Move>,
     /// Ids of the jobs this change creates.
@@ -928,6 +959,9 @@ impl Change<'_> {
         if let Some(write) = self.writes.get(key) {
             return Ok(write.clone());
         }
+        if let Some(pending) = self.state.overlay.get(key) {
+            return Ok(pending);
+        }
         if let Some(record) = key
             .strip_prefix(&[JOB])
             .and_then(|rest| rest.get(8..))
@@ -939,11 +973,25 @@ impl Change<'_> {
     }
 
     fn put(&mut self, key: impl Into<sled::IVec>, value: Vec<u8>) {
-        self.writes.insert(key.into(), Some(value.into()));
+        self.write(key.into(), Some(value.into()), Write::Durable);
     }
 
     fn remove(&mut self, key: impl Into<sled::IVec>) {
-        self.writes.insert(key.into(), None);
+        self.write(key.into(), None, Write::Durable);
+    }
+
+    /// A write is lazy only if every write of this change to its key is.
+    fn write(&mut self, key: sled::IVec, value: Option<sled::IVec>, kind: Write) {
+        match kind {
+            Write::Lazy if !self.writes.contains_key(&key) => {
+                self.lazy.insert(key.clone());
+            }
+            Write::Lazy => {}
+            Write::Durable => {
+                self.lazy.remove(&key);
+            }
+        }
+        self.writes.insert(key, value);
     }
 
     fn job(&self, job_id: &JobId) -> StoreResult<Option<Job>> {
@@ -994,7 +1042,7 @@ impl Change<'_> {
     }
 
     /// Writes `new`, whose record was at `old` in the indexes (`None`: a new job).
-    fn put_job(&mut self, old: Option<Placement>, new: &Job) {
+    fn put_job(&mut self, old: Option<Placement>, new: &Job, kind: Write) {
         let id = id_bytes(&new.job_id);
         let names = match old {
             Some(_) => None,
@@ -1008,8 +1056,7 @@ impl Change<'_> {
         };
         let record = sled::IVec::from(encode_job(new));
         let key = job_key(new.created_at.timestamp_micros(), &id);
-        self.writes
-            .insert(key.as_slice().into(), Some(record.clone()));
+        self.write(key.as_slice().into(), Some(record.clone()), kind);
         self.moves.push(Move {
             old,
             new: Placement::of(new),
@@ -1029,7 +1076,7 @@ impl Change<'_> {
             tracing::debug!(job_id = %candidate, "job id collision; drawing again");
         };
         let job = new.into_job(job_id, now);
-        self.put_job(None, &job);
+        self.put_job(None, &job, Write::Durable);
         Ok(job)
     }
 
@@ -1047,7 +1094,7 @@ impl Change<'_> {
         job.lease_owner = Some(worker.to_owned());
         job.lease_until = Some(lease_until);
         job.version += 1;
-        self.put_job(Some(old), &job);
+        self.put_job(Some(old), &job, Write::Lazy);
         job
     }
 
@@ -1136,37 +1183,195 @@ impl Change<'_> {
         Ok((children, errors))
     }
 
-    /// Writes the change, then moves the indexes. A change that must land all or nothing (see
-    /// [`needs_intent`]) first writes its intent, so that a crash part-way through is finished
-    /// at the next open; the other writes are single sled inserts.
+    /// Hands the writes to the overlay (the flush thread moves them into sled, behind an
+    /// intent if this change must land all or nothing: see [`needs_intent`]), then moves the
+    /// indexes.
     fn commit(mut self) -> StoreResult<()> {
         if let Some(failure) = &self.state.broken {
             return Err(broken(failure));
         }
         let writes = std::mem::take(&mut self.writes);
         let intent = needs_intent(&writes, !self.new_ids.is_empty());
-        if intent {
-            self.intents
-                .insert(INTENT, encode_intent(&writes))
-                .map_err(StoreError::Sled)?;
-        }
+        let now = Instant::now();
+        let lazy = std::mem::take(&mut self.lazy);
+        let state = &mut *self.state;
+        state.overlay.intent |= intent;
         for (key, value) in writes {
-            let written = match value {
-                Some(value) => self.tree.insert(key, value).map(drop),
-                None => self.tree.remove(key).map(drop),
+            let kind = if lazy.contains(&key) {
+                Write::Lazy
+            } else {
+                Write::Durable
             };
-            if let Err(error) = written {
-                // Part of the change may be in sled, and the indexes know of none of it: only
-                // the next open (rebuilding them, replaying the intent) can be trusted to
-                // agree with the records. Refuse every later change until then.
-                let failure = format!("a change was only partly written ({error})");
-                tracing::error!(%failure, "the job store needs a restart");
-                self.state.broken = Some(failure.into());
-                return Err(StoreError::Sled(error));
-            }
+            state.overlay.put(key, value, kind, now);
         }
         for change in std::mem::take(&mut self.moves) {
-            self.state.apply(change);
+            state.apply(change);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a write must be on disk before its change is reported durable.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Write {
+    Durable,
+    /// A claim or a heartbeat: losing it to a crash only runs the job again (the store requeues
+    /// what it finds PROCESSING at open anyway). It reaches sled with the job's next durable
+    /// write, which replaces it, or after [`LAZY_WRITE_DELAY`]: a no-op job claimed and
+    /// completed within that time costs one record write, not two.
+    Lazy,
+}
+
+/// The longest a lazy write waits in the overlay.
+const LAZY_WRITE_DELAY: Duration = Duration::from_millis(100);
+
+/// Writes committed but not yet in sled: the newest value of each key, numbered in commit order
+/// so that the flush thread can tell whether a key was written again while it copied it.
+#[derive(Default)]
+struct Overlay {
+    writes: BTreeMap<sled::IVec, Pending>,
+    /// Number of the last write.
+    seq: u64,
+    /// A change that must land all or nothing committed since the last drain.
+    intent: bool,
+}
+
+struct Pending {
+    seq: u64,
+    value: Option<sled::IVec>,
+    /// Set while every write to the key since the last drain was lazy: when the first was.
+    lazy_since: Option<Instant>,
+}
+
+/// What one drain takes to sled: writes in key order, each with its number.
+struct Drained {
+    writes: Vec<(sled::IVec, Option<sled::IVec>, u64)>,
+    intent: bool,
+}
+
+impl Overlay {
+    fn get(&self, key: &[u8]) -> Option<Option<sled::IVec>> {
+        self.writes.get(key).map(|pending| pending.value.clone())
+    }
+
+    fn put(&mut self, key: sled::IVec, value: Option<sled::IVec>, kind: Write, now: Instant) {
+        self.seq += 1;
+        let seq = self.seq;
+        let lazy_since = match (kind, self.writes.get(&key)) {
+            (Write::Durable, _) => None,
+            (Write::Lazy, None) => Some(now),
+            // Lazy after lazy keeps the older time; lazy after durable stays durable.
+            (Write::Lazy, Some(pending)) => pending.lazy_since,
+        };
+        self.writes.insert(
+            key,
+            Pending {
+                seq,
+                value,
+                lazy_since,
+            },
+        );
+    }
+
+    /// Keys starting with `prefix`.
+    fn with_prefix<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = sled::IVec> + 'a {
+        self.writes
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(key, _)| key.starts_with(prefix))
+            .map(|(key, _)| key.clone())
+    }
+
+    /// Copies what is due: every durable write, and lazy ones older than `lazy_before` (all of
+    /// them with `None`).
+    fn drain(&mut self, lazy_before: Option<Instant>) -> Drained {
+        let due = |pending: &Pending| match (pending.lazy_since, lazy_before) {
+            (None, _) | (Some(_), None) => true,
+            (Some(since), Some(before)) => since <= before,
+        };
+        let writes = self
+            .writes
+            .iter()
+            .filter(|(_, pending)| due(pending))
+            .map(|(key, pending)| (key.clone(), pending.value.clone(), pending.seq))
+            .collect();
+        Drained {
+            writes,
+            intent: std::mem::take(&mut self.intent),
+        }
+    }
+
+    /// Forgets drained writes that are in sled now, unless written again since.
+    fn written(&mut self, drained: &Drained) {
+        for (key, _, seq) in &drained.writes {
+            if self
+                .writes
+                .get(key)
+                .is_some_and(|pending| pending.seq == *seq)
+            {
+                self.writes.remove(key);
+            }
+        }
+    }
+}
+
+/// The flush thread's side of the store: moves the overlay into sled, then fsyncs.
+struct Writer {
+    db: sled::Db,
+    tree: sled::Tree,
+    intents: sled::Tree,
+    state: Arc<Mutex<State>>,
+    fsync: bool,
+}
+
+impl Writer {
+    /// One round: returns whether it fsynced.
+    fn write(&self, round: Round) -> Result<bool, String> {
+        let lazy_before = match round {
+            Round::Waited | Round::Tick => Instant::now().checked_sub(LAZY_WRITE_DELAY),
+            Round::Final => None,
+        };
+        let drained = {
+            let mut state = lock(&self.state);
+            if let Some(failure) = &state.broken {
+                return Err(failure.to_string());
+            }
+            state.overlay.drain(lazy_before)
+        };
+        if drained.writes.is_empty() && round == Round::Tick {
+            return Ok(false);
+        }
+        if let Err(error) = self.apply(&drained) {
+            // Part of the drain may be in sled, and nothing says which: only the next open
+            // (rebuilding the indexes, replaying the intent) can be trusted to agree with the
+            // records. Refuse every later change until then.
+            let failure = format!("a change was only partly written ({error})");
+            tracing::error!(%failure, "the job store needs a restart");
+            lock(&self.state).broken = Some(failure.as_str().into());
+            return Err(failure);
+        }
+        lock(&self.state).overlay.written(&drained);
+        if self.fsync {
+            self.db.flush().map_err(|e| e.to_string())?;
+        }
+        Ok(self.fsync)
+    }
+
+    fn apply(&self, drained: &Drained) -> sled::Result<()> {
+        if drained.intent {
+            let writes = drained
+                .writes
+                .iter()
+                .map(|(key, value, _)| (key.as_ref(), value.as_deref()));
+            self.intents.insert(INTENT, encode_intent(writes))?;
+        }
+        for (key, value, _) in &drained.writes {
+            match value {
+                Some(value) => self.tree.insert(key, value.clone()).map(drop)?,
+                None => self.tree.remove(key).map(drop)?,
+            }
         }
         Ok(())
     }
@@ -1188,10 +1393,12 @@ fn needs_intent(writes: &BTreeMap<sled::IVec, Option<sled::IVec>>, creates_jobs:
 
 /// The intent: `[RECORD_FORMAT]`, then per write a key length (u32 BE), the key, and either
 /// `0` (a removal) or `1`, a value length (u32 BE) and the value.
-fn encode_intent(writes: &BTreeMap<sled::IVec, Option<sled::IVec>>) -> Vec<u8> {
+fn encode_intent<'a>(
+    writes: impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + Clone,
+) -> Vec<u8> {
     let size: usize = writes
-        .iter()
-        .map(|(key, value)| 9 + key.len() + value.as_ref().map_or(0, |v| v.len()))
+        .clone()
+        .map(|(key, value)| 9 + key.len() + value.map_or(0, |v| v.len()))
         .sum();
     let mut out = Vec::with_capacity(1 + size);
     out.push(RECORD_FORMAT);
@@ -1330,6 +1537,8 @@ struct State {
     /// Set when a change was only partly written: every later change is refused until the
     /// store is opened again (indexes rebuilt, the intent replayed).
     broken: Option<Arc<str>>,
+    /// Committed writes on their way to sled.
+    overlay: Overlay,
 }
 
 #[derive(Clone, Copy)]
@@ -1954,8 +2163,9 @@ struct FlushRequest {
 }
 
 impl Flusher {
-    /// `flush` writes and fsyncs everything applied before it was called.
-    fn start(flush: impl FnMut() -> Result<(), String> + Send + 'static) -> Flusher {
+    /// `flush` writes (and fsyncs, returning `true`) everything applied before it was called
+    /// that the round is for.
+    fn start(flush: impl FnMut(Round) -> Result<bool, String> + Send + 'static) -> Flusher {
         let shared = Arc::new(FlushShared {
             committed: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
@@ -2022,25 +2232,55 @@ fn disk_failure(message: &str) -> StoreError {
     )))
 }
 
-fn flush_loop(shared: &FlushShared, mut flush: impl FnMut() -> Result<(), String>) {
+/// Why the flush thread runs a round.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Round {
+    /// Someone waits for a change to be on disk.
+    Waited,
+    /// Nobody waits: writes that no one waits for (lazy ones, those of callers that never
+    /// sync) still reach disk within [`LAZY_WRITE_DELAY`] or so.
+    Tick,
+    /// The store is closing: everything goes to disk.
+    Final,
+}
+
+fn flush_loop(shared: &FlushShared, mut flush: impl FnMut(Round) -> Result<bool, String>) {
     loop {
-        {
+        let round = {
             let mut request = lock(&shared.request);
-            while request.wanted <= request.upto && !request.stop {
-                request = shared
+            loop {
+                if request.wanted > request.upto {
+                    break Round::Waited;
+                }
+                if request.stop {
+                    break Round::Final;
+                }
+                let (next, timeout) = shared
                     .wakeup
-                    .wait(request)
+                    .wait_timeout(request, LAZY_WRITE_DELAY / 2)
                     .unwrap_or_else(PoisonError::into_inner);
+                request = next;
+                if timeout.timed_out() && request.wanted <= request.upto && !request.stop {
+                    break Round::Tick;
+                }
             }
-            if request.wanted <= request.upto {
-                return;
-            }
-        }
+        };
         // Every change numbered up to `target` was committed before it was numbered, so this
         // flush covers it; later ones wait for the next round.
         let target = shared.committed.load(Ordering::SeqCst);
-        let result = flush();
-        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        let result = flush(round);
+        if round == Round::Final {
+            if let Err(error) = result {
+                tracing::error!(%error, "writing the job store on close failed");
+            }
+            return;
+        }
+        if result == Ok(true) {
+            shared.flushes.fetch_add(1, Ordering::Relaxed);
+        }
+        if round == Round::Tick && result.is_ok() {
+            continue;
+        }
         let ready = {
             let mut request = lock(&shared.request);
             request.upto = target;
@@ -2141,6 +2381,12 @@ mod tests {
                 Err(error) => panic!("{error}"),
             }
         }
+    }
+
+    /// The last all-or-nothing change's intent, as sled holds it.
+    fn intent_of(store: &SledStore) -> Option<sled::IVec> {
+        let intents = store.db.open_tree(super::INTENT_TREE).unwrap();
+        intents.get(super::INTENT).unwrap()
     }
 
     fn open_at(path: &std::path::Path) -> SledStore {
@@ -2452,6 +2698,241 @@ mod tests {
         assert_eq!(store.get(&child.job_id).await.unwrap(), Some(child));
     }
 
+    fn stored_job(store: &SledStore, job: &crate::job::Job) -> Option<crate::job::Job> {
+        let key = super::job_key(
+            job.created_at.timestamp_micros(),
+            &super::id_bytes(&job.job_id),
+        );
+        let bytes = store.tree.get(key).unwrap()?;
+        Some(super::decode_job(&key, &bytes).unwrap())
+    }
+
+    fn ivec(bytes: &[u8]) -> sled::IVec {
+        sled::IVec::from(bytes)
+    }
+
+    /// A lazy write waits for its delay; a durable write to the same key takes it along, and
+    /// a lazy write after a durable one is durable too (the durable value must not wait).
+    #[test]
+    fn lazy_writes_wait_and_ride_with_the_next_durable_write() {
+        use super::{Overlay, Write};
+        let t0 = std::time::Instant::now();
+        let later = t0 + Duration::from_millis(1);
+        let mut overlay = Overlay::default();
+        overlay.put(ivec(b"ja"), Some(ivec(b"claimed")), Write::Lazy, t0);
+        let drained = overlay.drain(t0.checked_sub(Duration::from_millis(1)));
+        assert!(drained.writes.is_empty(), "not due yet");
+        overlay.written(&drained);
+        assert_eq!(overlay.get(b"ja"), Some(Some(ivec(b"claimed"))));
+        // Due once its delay has passed, or when closing.
+        assert_eq!(overlay.drain(Some(t0)).writes.len(), 1);
+        assert_eq!(overlay.drain(None).writes.len(), 1);
+        // A completion replaces it: one write, of the newest value.
+        overlay.put(ivec(b"ja"), Some(ivec(b"completed")), Write::Durable, later);
+        let drained = overlay.drain(Some(t0.checked_sub(Duration::from_secs(1)).unwrap_or(t0)));
+        let values: Vec<_> = drained
+            .writes
+            .iter()
+            .map(|(k, v, _)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(values, vec![(ivec(b"ja"), Some(ivec(b"completed")))]);
+        overlay.written(&drained);
+        assert_eq!(overlay.get(b"ja"), None, "in sled now");
+        // Created (durable), then claimed (lazy) before any drain: still due at once.
+        overlay.put(ivec(b"jb"), Some(ivec(b"queued")), Write::Durable, later);
+        overlay.put(ivec(b"jb"), Some(ivec(b"claimed")), Write::Lazy, later);
+        let drained = overlay.drain(Some(t0));
+        assert_eq!(drained.writes.len(), 1);
+        assert_eq!(drained.writes[0].1, Some(ivec(b"claimed")));
+    }
+
+    /// A key written again while a drain copies it stays in the overlay with its new value
+    /// (the next drain writes it); the intent flag goes with the drain that saw it.
+    #[test]
+    fn a_key_written_during_a_drain_is_kept_for_the_next() {
+        use super::{Overlay, Write};
+        let now = std::time::Instant::now();
+        let mut overlay = Overlay::default();
+        overlay.put(ivec(b"ja"), Some(ivec(b"1")), Write::Durable, now);
+        overlay.put(ivec(b"jb"), Some(ivec(b"1")), Write::Durable, now);
+        overlay.intent = true;
+        let drained = overlay.drain(Some(now));
+        assert!(drained.intent);
+        assert!(!overlay.intent);
+        overlay.put(ivec(b"jb"), Some(ivec(b"2")), Write::Durable, now);
+        overlay.written(&drained);
+        assert_eq!(overlay.get(b"ja"), None);
+        assert_eq!(overlay.get(b"jb"), Some(Some(ivec(b"2"))));
+        let next = overlay.drain(Some(now));
+        assert_eq!(next.writes.len(), 1);
+        assert!(!next.intent);
+    }
+
+    /// A claim is seen at once by every read, reaches sled within about `LAZY_WRITE_DELAY`
+    /// without anyone waiting for it, and a completion soon after writes the record once.
+    #[tokio::test]
+    async fn claims_reach_disk_late_and_completions_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_at(&dir.path().join("db"));
+        let jobs = conformance::created(
+            store
+                .enqueue(vec![new_job("R", "S", None); 2], None, at(0))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            stored_job(&store, &jobs[0]).unwrap().status,
+            JobStatus::Queued
+        );
+        let started = std::time::Instant::now();
+        let claimed = store
+            .claim("w", 2, Duration::from_secs(30), at(1))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        let seen = store.get(&claimed[0].job_id).await.unwrap().unwrap();
+        assert_eq!(seen.status, JobStatus::Processing);
+        if started.elapsed() < super::LAZY_WRITE_DELAY {
+            assert_eq!(
+                stored_job(&store, &claimed[0]).unwrap().status,
+                JobStatus::Queued,
+                "a claim is not written at once"
+            );
+        }
+        // The completion is on disk when it returns, whatever became of the claim.
+        let Cas::Applied(done) = store
+            .complete(
+                &claimed[0].job_id,
+                claimed[0].version,
+                Outcome::Cancelled,
+                &[],
+                at(2),
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("not applied")
+        };
+        assert_eq!(stored_job(&store, &done.job), Some(done.job.clone()));
+        // The other claim gets there on its own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stored_job(&store, &claimed[1]).unwrap().status != JobStatus::Processing {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the claim never reached sled"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stored_job(&store, &claimed[1]), Some(claimed[1].clone()));
+    }
+
+    /// Closing writes what is still on its way, lazy writes included.
+    #[tokio::test]
+    async fn closing_writes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = open_at(&path);
+        store
+            .enqueue(vec![new_job("R", "S", None)], None, at(0))
+            .await
+            .unwrap();
+        let claimed = store
+            .claim("w", 1, Duration::from_secs(30), at(1))
+            .await
+            .unwrap()
+            .remove(0);
+        drop(store);
+        let db = raw_sled(&path);
+        let tree = db.open_tree("flowctl").unwrap();
+        let key = super::job_key(
+            claimed.created_at.timestamp_micros(),
+            &super::id_bytes(&claimed.job_id),
+        );
+        let stored = super::decode_job(&key, &tree.get(key).unwrap().unwrap()).unwrap();
+        assert_eq!(stored, claimed);
+    }
+
+    /// Without fsync nobody waits for the flush thread: reads must find what it has not yet
+    /// written, of every kind (records, the child index, fire times).
+    #[tokio::test]
+    async fn reads_see_writes_still_on_their_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SledConfig {
+            flush: false,
+            ..SledConfig::new(dir.path().join("db"))
+        };
+        let store = SledStore::open(config).unwrap();
+        let joins = vec![conformance::edge(
+            "dep:C",
+            &["P"],
+            crate::workflow::Condition::OnSuccess,
+            "C",
+        )];
+        for round in 0..20 {
+            let fire = at(round);
+            let parent = conformance::created(
+                store
+                    .enqueue(
+                        vec![new_job("P", "S", None)],
+                        Some(crate::store::UniqueKey::fire("nightly", fire)),
+                        fire,
+                    )
+                    .await
+                    .unwrap(),
+            )
+            .remove(0);
+            assert_eq!(store.last_fire("nightly").await.unwrap(), Some(fire));
+            let claimed = store
+                .claim("w", 1, Duration::from_secs(30), fire)
+                .await
+                .unwrap()
+                .remove(0);
+            assert_eq!(claimed.job_id, parent.job_id);
+            let Cas::Applied(done) = store
+                .complete(
+                    &parent.job_id,
+                    claimed.version,
+                    Outcome::Success {
+                        result_path: "r.csv".into(),
+                        rows_written: 1,
+                        sha256: String::new(),
+                    },
+                    &joins,
+                    fire,
+                )
+                .await
+                .unwrap()
+            else {
+                panic!("not applied")
+            };
+            assert_eq!(store.get(&parent.job_id).await.unwrap(), Some(done.job));
+            assert_eq!(
+                store.children(&parent.job_id).await.unwrap(),
+                done.children_created
+            );
+            assert_eq!(done.children_created.len(), 1);
+            let page = store.list(ListFilter::default()).await.unwrap();
+            assert!(page.jobs.contains(&done.children_created[0]));
+            let child = &done.children_created[0];
+            let claimed = store
+                .claim("w", 1, Duration::from_secs(30), fire)
+                .await
+                .unwrap()
+                .remove(0);
+            assert_eq!(claimed.job_id, child.job_id);
+            store
+                .complete(
+                    &child.job_id,
+                    claimed.version,
+                    Outcome::Cancelled,
+                    &[],
+                    fire,
+                )
+                .await
+                .unwrap();
+        }
+    }
+
     /// The bytes of every key of the store.
     fn keys_and_values(tree: &sled::Tree) -> BTreeMap<Vec<u8>, Vec<u8>> {
         tree.iter()
@@ -2503,7 +2984,7 @@ mod tests {
         };
         let child = done.children_created[0].clone();
         let after = keys_and_values(&store.tree);
-        assert!(store.intents.get(super::INTENT).unwrap().is_some());
+        assert!(intent_of(&store).is_some());
         drop(store);
         {
             // The crash: the intent is on disk, the change's own writes are not.
@@ -2521,7 +3002,7 @@ mod tests {
             db.flush().unwrap();
         }
         let store = open_at(&path);
-        assert!(store.intents.get(super::INTENT).unwrap().is_none());
+        assert!(intent_of(&store).is_none());
         assert_eq!(keys_and_values(&store.tree), after);
         assert_eq!(store.get(&parent.job_id).await.unwrap(), Some(done.job));
         assert_eq!(store.get(&child.job_id).await.unwrap(), Some(child.clone()));
@@ -2556,11 +3037,7 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let intent = store
-            .intents
-            .get(super::INTENT)
-            .unwrap()
-            .expect("an intent");
+        let intent = intent_of(&store).expect("an intent");
         // Claims and a completion: single inserts, no new intent.
         let claimed = store
             .claim("w", 2, Duration::from_secs(30), at(1))
@@ -2576,7 +3053,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(store.intents.get(super::INTENT).unwrap(), Some(intent));
+        assert_eq!(intent_of(&store), Some(intent));
         let mut expected = Vec::new();
         for job in &jobs {
             expected.push(store.get(&job.job_id).await.unwrap());
@@ -2651,7 +3128,9 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.map(Into::into)))
                 .collect();
-            let bytes = super::encode_intent(&writes);
+            let bytes = super::encode_intent(
+                writes.iter().map(|(k, v)| (k.as_ref(), v.as_deref())),
+            );
             let decoded = super::decode_intent(&bytes).unwrap();
             let expected: Vec<(&[u8], Option<&[u8]>)> = writes
                 .iter()
@@ -2686,9 +3165,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_share_fsyncs() {
         const WRITERS: usize = 400;
-        let flusher = Arc::new(super::Flusher::start(|| {
+        let flusher = Arc::new(super::Flusher::start(|_| {
             std::thread::sleep(Duration::from_millis(20));
-            Ok(())
+            Ok(true)
         }));
         let started = std::time::Instant::now();
         let tasks: Vec<_> = (0..WRITERS)
@@ -2717,12 +3196,15 @@ mod tests {
     #[tokio::test]
     async fn a_failed_fsync_fails_every_later_wait() {
         let mut calls = 0;
-        let flusher = super::Flusher::start(move || {
+        let flusher = super::Flusher::start(move |round| {
+            if round != super::Round::Waited {
+                return Ok(false);
+            }
             calls += 1;
             if calls == 2 {
                 Err("no space left on device".into())
             } else {
-                Ok(())
+                Ok(true)
             }
         });
         flusher.wait().await.unwrap();
