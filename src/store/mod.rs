@@ -57,8 +57,11 @@ pub fn recovers_after_lease_expiry(attempt: u32, max_attempts: u32) -> bool {
 
 /// The durable job store. Used as `Arc<dyn Store>`.
 ///
-/// Methods that change state return once the change is on disk. Every method that depends on the
-/// time takes `now`; stores truncate every time they are given to the microsecond.
+/// Methods that change state return once the change is on disk, except claims and heartbeats
+/// ([`Store::claim`], [`Store::renew`]), which a store may make durable later (with the job's
+/// next change, or shortly after): a claim lost to a crash leaves the job QUEUED, which is what
+/// recovering it would do anyway. Every method that depends on the time takes `now`; stores
+/// truncate every time they are given to the microsecond.
 pub trait Store: Send + Sync + 'static {
     /// Inserts every job of `batch` as QUEUED (version 1, attempt 1), all or none, and wakes
     /// [`Store::subscribe`]rs.
@@ -146,8 +149,9 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
-    /// Waits until every change made through this store before the call is durable. Stores
-    /// whose writes are durable when they return keep the default, which returns at once.
+    /// Waits until every change made through this store before the call is durable (claims and
+    /// heartbeats aside: see the trait's docs). Stores whose writes are durable when they
+    /// return keep the default, which returns at once.
     fn sync(&self) -> BoxFuture<'_, StoreResult<()>> {
         Box::pin(async { Ok(()) })
     }

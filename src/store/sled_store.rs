@@ -4,29 +4,38 @@
 //!
 //! - **sled holds the truth; every index is derived.** sled stores the job records, join state,
 //!   unique keys, fire times and the parent → child index. The claim queue, the retry and lease
-//!   indexes, the newest-first list index and the status counters live in memory (`State`),
-//!   are rebuilt from the records when the store opens, and are changed only after the records
-//!   they follow are written. A crash can therefore never leave an index disagreeing with a
-//!   record.
-//! - **One writer.** Every change runs under one mutex, reading the records it needs, writing
-//!   them back, then updating the indexes. sled holds an exclusive file lock, so this process is
-//!   the only writer there is, and changes are serializable: two parents of one join completing
-//!   at the same instant are two turns of this mutex, and exactly one of them fires the child.
-//! - **All or nothing without sled batches.** A change that must land whole (a completion and
-//!   the children or join state it writes, an enqueue of several jobs, a unique key) first
-//!   writes its *intent* (every key and value it is about to write) under one key, then its
-//!   writes as single inserts. sled recovers a prefix of its log, so a key of the change is on
-//!   disk only if its intent is; opening the store writes the intent's keys again where they
-//!   are missing or older (see `replay_intent`). The next such change overwrites the intent.
-//!   A change that rewrites existing jobs only (a claim, a completion without dependents, a
-//!   lease sweep) needs none: each record is whole in its own insert.
-//! - **Durable before returning.** A change is applied in memory at once; the method then waits
-//!   for a flusher thread that calls `Db::flush` (write + fsync) for everything applied before
-//!   that flush started. Callers that arrive while a flush runs share the next one (group
-//!   commit), and a flush wakes only the callers it covers. A failed fsync poisons the store:
-//!   every later durable write fails. Claims and heartbeats do not wait (recovery makes them
-//!   safe to lose), nor does `complete_and_claim`, whose caller waits with `sync` while it runs
-//!   the job it claimed.
+//!   indexes, the newest-first list index and the status counters live in memory (`State`) and
+//!   are rebuilt from the records when the store opens. They describe every committed change,
+//!   written to sled yet or not; a crash loses them together with whatever had not reached
+//!   disk, so they can never disagree with the records they are rebuilt from.
+//! - **One writer.** Every change runs under one mutex, reading the records it needs and
+//!   committing what it writes, then updating the indexes. sled holds an exclusive file lock,
+//!   so this process is the only writer there is, and changes are serializable: two parents of
+//!   one join completing at the same instant are two turns of this mutex, and exactly one of
+//!   them fires the child.
+//! - **Write-behind.** A change commits into the *overlay* (`Overlay`, in `State`): the newest
+//!   committed value of each key not yet in sled. Every read looks there first. The flush
+//!   thread drains it: it copies what is due, writes it to sled in key order, forgets what was
+//!   not written again meanwhile, then fsyncs. sled's inserts (3–9 µs each, with leaf splits
+//!   and node copies) thus run beside the writer's turn, not in it, and several changes to one
+//!   key between two drains cost one insert.
+//! - **All or nothing without sled batches.** A drain holding a change that must land whole (a
+//!   completion and the children or join state it writes, an enqueue of several jobs, a unique
+//!   key) first writes its *intent* (every key and value it is about to write) under one key,
+//!   then its writes as single inserts. sled recovers a prefix of its log, so a key of the
+//!   drain is on disk only if its intent is; opening the store writes the intent's keys again
+//!   where they are missing or older (see `replay_intent`). The next such drain overwrites the
+//!   intent. A drain of rewrites of existing jobs only (claims, completions without dependents,
+//!   a lease sweep) needs none: each record is whole in its own insert, and none depends on
+//!   another.
+//! - **Durable before returning.** A method that changes a job waits for the flush round that
+//!   started after its change committed: that round drains it and fsyncs. Callers that arrive
+//!   while a round runs share the next one (group commit), and a round wakes only the callers
+//!   it covers. A failed write or fsync stops the store: every later change and wait fails
+//!   until it is opened again. Claims and heartbeats are *lazy* (`Write::Lazy`): they do not
+//!   wait, and reach sled with the job's next durable write or after `LAZY_WRITE_DELAY`.
+//!   Losing one to a crash only runs the job again, as recovery would anyway. Nor does
+//!   `complete_and_claim` wait: its caller syncs while it runs the job it claimed.
 //!
 //! Why no sled batches or transactions: the first one in a process switches sled 0.34 to
 //! its locking mode for good (a global reader-writer lock around every operation). A batch
@@ -86,7 +95,7 @@ pub const LAYOUT_VERSION: u32 = 2;
 const UPGRADABLE_LAYOUT: u32 = 1;
 /// First byte of every value but the layout version and fire times.
 const RECORD_FORMAT: u8 = 1;
-/// Jobs changed per sled batch by a lease sweep.
+/// Jobs changed per change by a lease sweep.
 const SWEEP_CHUNK: usize = 1024;
 /// Index entries a filtered `list` examines (in memory) before it returns a short page with a
 /// cursor.
@@ -492,7 +501,7 @@ impl SledStore {
     }
 
     /// A lease sweep: every PROCESSING job whose lease ended before `before` (all of them with
-    /// `None`), a chunk per sled batch.
+    /// `None`), a chunk per change.
     fn requeue_sync(
         &self,
         now: DateTime<Utc>,
@@ -732,11 +741,10 @@ impl Store for SledStore {
                 // Other dispatchers may find the rest.
                 self.wake();
             }
-            // A claim is not awaited to disk: if the process dies before
-            // sled's next flush, the job is simply QUEUED again after
-            // recovery, which is what lease recovery would do anyway. The
-            // job's completion is flushed, and sled's log orders the claim
-            // before it. This keeps fsync off the dispatch path.
+            // A claim is lazy (not awaited, written with the job's completion or a little
+            // later): if the process dies first, the job is simply QUEUED again after
+            // recovery, which is what lease recovery would do anyway. This keeps fsync off
+            // the dispatch path, and a short job's record written once instead of twice.
             Ok(claimed)
         })
     }
