@@ -1362,7 +1362,12 @@ impl Writer {
         }
         lock(&self.state).overlay.written(&drained);
         if self.fsync {
-            self.db.flush().map_err(|e| e.to_string())?;
+            if let Err(error) = self.db.flush() {
+                // Nothing written since the last good fsync can be trusted to be on disk.
+                let failure = format!("fsync failed ({error})");
+                lock(&self.state).broken = Some(failure.as_str().into());
+                return Err(failure);
+            }
         }
         Ok(self.fsync)
     }
