@@ -1,7 +1,8 @@
 //! The job store under load: no-op jobs end to end through the durable sled store (every
-//! enqueue and completion fsynced before it is reported, by group commit), driven as the
-//! executor drives it (a dispatcher claiming for a pool, eager dispatch on completion), and the
-//! memory a large queue costs.
+//! enqueue and completion fsynced before it is reported, by group commit; claims are lazy, as
+//! in production, and usually reach disk with their completion), driven as the executor drives
+//! it (a dispatcher claiming for a pool, eager dispatch on completion), and the memory a large
+//! queue costs.
 //!
 //! `cargo bench --bench store -- --sample-size 10`
 //! (`FLOWCTL_BENCH_SKIP_MEMORY=1` skips the million-job memory measurement.)
