@@ -136,7 +136,7 @@ async fn start(store: &dyn Store, mut job: NewJob, now: DateTime<Utc>) -> Job {
     job
 }
 
-fn success() -> Outcome {
+pub fn success() -> Outcome {
     Outcome::Success {
         result_path: "/reports/out.csv".into(),
         rows_written: 42,

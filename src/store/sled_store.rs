@@ -241,7 +241,6 @@ impl SledStore {
             tree: &self.tree,
             state: lock(&self.state),
             writes: BTreeMap::new(),
-            lazy: HashSet::new(),
             moves: Vec::new(),
             new_ids: HashSet::new(),
         }
@@ -249,20 +248,13 @@ impl SledStore {
 
     fn read_job(&self, job_id: &JobId) -> StoreResult<Option<Job>> {
         let id = id_bytes(job_id);
-        let (key, pending) = {
-            let state = lock(&self.state);
-            let Some(created) = state.created.get(&id).copied() else {
-                return Ok(None);
-            };
-            let key = job_key(created, &id);
-            let pending = state.overlay.get(&key);
-            (key, pending)
+        let Some(created) = lock(&self.state).created.get(&id).copied() else {
+            return Ok(None);
         };
-        let bytes = match pending {
-            Some(pending) => pending,
-            None => self.tree.get(key).map_err(StoreError::Sled)?,
-        };
-        bytes.map(|bytes| decode_job(&key, &bytes)).transpose()
+        let key = job_key(created, &id);
+        self.read(&key)?
+            .map(|bytes| decode_job(&key, &bytes))
+            .transpose()
     }
 
     /// A key's value: as last committed, whether or not it has reached sled yet.
@@ -949,10 +941,8 @@ fn finish(job: &mut Job, to: JobStatus, now: DateTime<Utc>) {
 struct Change<'s> {
     tree: &'s sled::Tree,
     state: MutexGuard<'s, State>,
-    writes: BTreeMap<sled::IVec, Option<sled::IVec>>,
-    /// Keys of `writes` that need not reach disk before the change is reported durable (see
-    /// [`Write`]).
-    lazy: HashSet<sled::IVec>,
+    /// Each key's value, and whether it must be on disk before the change is reported durable.
+    writes: BTreeMap<sled::IVec, (Option<sled::IVec>, Write)>,
     /// Every record written, in order, for the indexes.
     moves: Vec<Move>,
     /// Ids of the jobs this change creates.
@@ -970,8 +960,8 @@ struct Move {
 
 impl Change<'_> {
     fn get(&self, key: &[u8]) -> StoreResult<Option<sled::IVec>> {
-        if let Some(write) = self.writes.get(key) {
-            return Ok(write.clone());
+        if let Some((value, _)) = self.writes.get(key) {
+            return Ok(value.clone());
         }
         if let Some(pending) = self.state.overlay.get(key) {
             return Ok(pending);
@@ -996,16 +986,11 @@ impl Change<'_> {
 
     /// A write is lazy only if every write of this change to its key is.
     fn write(&mut self, key: sled::IVec, value: Option<sled::IVec>, kind: Write) {
-        match kind {
-            Write::Lazy if !self.writes.contains_key(&key) => {
-                self.lazy.insert(key.clone());
-            }
-            Write::Lazy => {}
-            Write::Durable => {
-                self.lazy.remove(&key);
-            }
-        }
-        self.writes.insert(key, value);
+        let kind = match self.writes.get(&key) {
+            Some((_, Write::Durable)) => Write::Durable,
+            _ => kind,
+        };
+        self.writes.insert(key, (value, kind));
     }
 
     fn job(&self, job_id: &JobId) -> StoreResult<Option<Job>> {
@@ -1205,17 +1190,11 @@ impl Change<'_> {
             return Err(broken(failure));
         }
         let writes = std::mem::take(&mut self.writes);
-        let intent = needs_intent(&writes, !self.new_ids.is_empty());
+        let intent = needs_intent(writes.keys(), !self.new_ids.is_empty());
         let now = Instant::now();
-        let lazy = std::mem::take(&mut self.lazy);
         let state = &mut *self.state;
         state.overlay.intent |= intent;
-        for (key, value) in writes {
-            let kind = if lazy.contains(&key) {
-                Write::Lazy
-            } else {
-                Write::Durable
-            };
+        for (key, (value, kind)) in writes {
             state.overlay.put(key, value, kind, now);
         }
         for change in std::mem::take(&mut self.moves) {
@@ -1406,8 +1385,11 @@ impl Writer {
 /// are written by no other kind of change, which [`replay_intent`] relies on). Rewrites of
 /// existing jobs alone (a claim of many, a completion that claims the next job, a lease
 /// sweep) are independent facts, each whole in one insert.
-fn needs_intent(writes: &BTreeMap<sled::IVec, Option<sled::IVec>>, creates_jobs: bool) -> bool {
-    (creates_jobs && writes.len() > 1) || writes.keys().any(|key| key.first() != Some(&JOB))
+fn needs_intent<'a>(
+    mut keys: impl ExactSizeIterator<Item = &'a sled::IVec>,
+    creates_jobs: bool,
+) -> bool {
+    (creates_jobs && keys.len() > 1) || keys.any(|key| key.first() != Some(&JOB))
 }
 
 /// The intent: `[RECORD_FORMAT]`, then per write a key length (u32 BE), the key, and either
@@ -2693,11 +2675,7 @@ mod tests {
             .complete_and_claim(
                 &parent.job_id,
                 parent.version,
-                Outcome::Success {
-                    result_path: "r.csv".into(),
-                    rows_written: 1,
-                    sha256: String::new(),
-                },
+                conformance::success(),
                 &joins,
                 at(1),
                 "w",
@@ -2983,11 +2961,7 @@ mod tests {
                 .complete(
                     &parent.job_id,
                     claimed.version,
-                    Outcome::Success {
-                        result_path: "r.csv".into(),
-                        rows_written: 1,
-                        sha256: String::new(),
-                    },
+                    conformance::success(),
                     &joins,
                     fire,
                 )
@@ -3060,11 +3034,7 @@ mod tests {
             .complete(
                 &parent.job_id,
                 parent.version,
-                Outcome::Success {
-                    result_path: "r.csv".into(),
-                    rows_written: 1,
-                    sha256: String::new(),
-                },
+                conformance::success(),
                 &joins,
                 at(1),
             )
@@ -3168,26 +3138,18 @@ mod tests {
     #[test]
     fn which_changes_need_an_intent() {
         let job = |n: u8| sled::IVec::from(vec![super::JOB, n]);
-        let record = Some(sled::IVec::from(vec![1u8]));
-        let writes = |keys: &[sled::IVec]| -> BTreeMap<sled::IVec, Option<sled::IVec>> {
-            keys.iter().map(|k| (k.clone(), record.clone())).collect()
-        };
+        let needs =
+            |keys: &[sled::IVec], creates_jobs| super::needs_intent(keys.iter(), creates_jobs);
         // Rewrites of existing jobs: each whole on its own.
-        assert!(!super::needs_intent(&writes(&[job(1)]), false));
-        assert!(!super::needs_intent(
-            &writes(&[job(1), job(2), job(3)]),
-            false
-        ));
+        assert!(!needs(&[job(1)], false));
+        assert!(!needs(&[job(1), job(2), job(3)], false));
         // One new job alone is one insert.
-        assert!(!super::needs_intent(&writes(&[job(1)]), true));
+        assert!(!needs(&[job(1)], true));
         // New jobs with anything else, and any other kind of key.
-        assert!(super::needs_intent(&writes(&[job(1), job(2)]), true));
+        assert!(needs(&[job(1), job(2)], true));
         let join = sled::IVec::from(&[super::JOIN, b'x'][..]);
-        assert!(super::needs_intent(
-            &writes(std::slice::from_ref(&join)),
-            false
-        ));
-        assert!(super::needs_intent(&writes(&[job(1), join]), false));
+        assert!(needs(std::slice::from_ref(&join), false));
+        assert!(needs(&[job(1), join], false));
     }
 
     #[test]
