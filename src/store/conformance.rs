@@ -123,7 +123,7 @@ async fn claim_all(store: &dyn Store, now: DateTime<Utc>) -> Vec<Job> {
 }
 
 /// Enqueues `job` and claims it. The store must hold no other claimable job of priority 255.
-async fn start(store: &dyn Store, mut job: NewJob, now: DateTime<Utc>) -> Job {
+pub async fn start(store: &dyn Store, mut job: NewJob, now: DateTime<Utc>) -> Job {
     job.priority = 255;
     let queued = enqueue_one(store, job, now).await;
     let mut claimed = store.claim("worker-1", 1, LEASE, now).await.expect("claim");

@@ -2695,12 +2695,13 @@ mod tests {
         assert_eq!(store.get(&child.job_id).await.unwrap(), Some(child));
     }
 
-    fn stored_job(store: &SledStore, job: &crate::job::Job) -> Option<crate::job::Job> {
+    /// `job`'s record as `tree` holds it (not the overlay).
+    fn stored_job(tree: &sled::Tree, job: &crate::job::Job) -> Option<crate::job::Job> {
         let key = super::job_key(
             job.created_at.timestamp_micros(),
             &super::id_bytes(&job.job_id),
         );
-        let bytes = store.tree.get(key).unwrap()?;
+        let bytes = tree.get(key).unwrap()?;
         Some(super::decode_job(&key, &bytes).unwrap())
     }
 
@@ -2850,7 +2851,7 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(
-            stored_job(&store, &jobs[0]).unwrap().status,
+            stored_job(&store.tree, &jobs[0]).unwrap().status,
             JobStatus::Queued
         );
         let started = std::time::Instant::now();
@@ -2863,7 +2864,7 @@ mod tests {
         assert_eq!(seen.status, JobStatus::Processing);
         if started.elapsed() < super::LAZY_WRITE_DELAY {
             assert_eq!(
-                stored_job(&store, &claimed[0]).unwrap().status,
+                stored_job(&store.tree, &claimed[0]).unwrap().status,
                 JobStatus::Queued,
                 "a claim is not written at once"
             );
@@ -2882,17 +2883,20 @@ mod tests {
         else {
             panic!("not applied")
         };
-        assert_eq!(stored_job(&store, &done.job), Some(done.job.clone()));
+        assert_eq!(stored_job(&store.tree, &done.job), Some(done.job.clone()));
         // The other claim gets there on its own.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while stored_job(&store, &claimed[1]).unwrap().status != JobStatus::Processing {
+        while stored_job(&store.tree, &claimed[1]).unwrap().status != JobStatus::Processing {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the claim never reached sled"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(stored_job(&store, &claimed[1]), Some(claimed[1].clone()));
+        assert_eq!(
+            stored_job(&store.tree, &claimed[1]),
+            Some(claimed[1].clone())
+        );
     }
 
     /// Closing writes what is still on its way, lazy writes included.
@@ -2901,24 +2905,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let store = open_at(&path);
-        store
-            .enqueue(vec![new_job("R", "S", None)], None, at(0))
-            .await
-            .unwrap();
-        let claimed = store
-            .claim("w", 1, Duration::from_secs(30), at(1))
-            .await
-            .unwrap()
-            .remove(0);
+        let claimed = conformance::start(&store, new_job("R", "S", None), at(1)).await;
         drop(store);
         let db = raw_sled(&path);
         let tree = db.open_tree("flowctl").unwrap();
-        let key = super::job_key(
-            claimed.created_at.timestamp_micros(),
-            &super::id_bytes(&claimed.job_id),
-        );
-        let stored = super::decode_job(&key, &tree.get(key).unwrap().unwrap()).unwrap();
-        assert_eq!(stored, claimed);
+        assert_eq!(stored_job(&tree, &claimed), Some(claimed));
     }
 
     /// Without fsync nobody waits for the flush thread: reads must find what it has not yet
@@ -3019,15 +3010,7 @@ mod tests {
             "C",
         )];
         let store = open_at(&path);
-        store
-            .enqueue(vec![new_job("P", "S", None)], None, at(0))
-            .await
-            .unwrap();
-        let parent = store
-            .claim("w", 1, Duration::from_secs(30), at(0))
-            .await
-            .unwrap()
-            .remove(0);
+        let parent = conformance::start(&store, new_job("P", "S", None), at(0)).await;
         store.sync().await.unwrap();
         let before = keys_and_values(&store.tree);
         let Cas::Applied(done) = store
