@@ -17,7 +17,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 /// tenth report a join of the two before it, every hundredth scheduled.
 pub fn generate(n: usize) -> String {
     let mut s = String::with_capacity(n * 120);
-    s.push_str("config {\n  worker_pool_size 4\n}\n\nroles CASE_WORKER, SUPERVISOR, ADMIN\n\n");
+    s.push_str("config {\n  worker_pool_size 4\n  all_counties ADMIN\n}\n\nroles CASE_WORKER, SUPERVISOR, ADMIN\n\n");
     s.push_str(
         "source cases {\n  path          \"data/cases.csv\"\n  county_column county_id\n}\n\n",
     );

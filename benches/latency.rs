@@ -32,6 +32,7 @@ config {
   worker_pool_size  2
   max_jobs_per_poll 8
   poll_interval     5s
+  all_counties      ADMIN
 }
 roles ADMIN
 source one {

@@ -32,8 +32,6 @@ pub const ENV_JWT_AUDIENCE: &str = "FLOWCTL_JWT_AUDIENCE";
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY: Duration = Duration::from_secs(30);
-/// The role that sees every county and runs its reports for all of them.
-pub const ADMIN_ROLE: &str = "ADMIN";
 /// Secrets shorter than this are accepted with a warning: fine for development only.
 pub const MIN_SECRET_LEN: usize = 32;
 

@@ -17,8 +17,8 @@ use crate::loader::Loaded;
 use crate::masking::MaskMethod;
 use crate::source_map::{FileId, SourceMap, Span};
 use crate::workflow::{
-    CatchUp, Condition, DataFormat, Dependency, Edge, EngineConfig, MaskRule, Overrides,
-    ReportType, RoleRule, Schedule, Source, Workflow,
+    CatchUp, Condition, DataFormat, Dependency, Edge, EngineConfig, Locations, MaskRule, Overrides,
+    ReportType, RoleRule, Schedule, Source, SourceLocation, Workflow,
 };
 
 /// The result of compiling: the workflow when there was no error, and every
@@ -108,6 +108,7 @@ const CONFIG_KEYS: &[&str] = &[
     "results",
     "lease",
     "catch_up_window",
+    "all_counties",
 ];
 const SOURCE_KEYS: &[&str] = &["path", "format", "county_column"];
 const REPORT_KEYS: &[&str] = &[
@@ -185,14 +186,15 @@ impl<'s> Compiler<'s> {
             roles: &role_index,
             role_names: &role_names,
         };
+        let all_counties = self.all_counties(&decls.configs, &scope);
 
-        let sources: Vec<Source> = decls
+        let (sources, source_locations): (Vec<Source>, Vec<SourceLocation>) = decls
             .sources
             .iter()
             .map(|(file, name, block)| self.source(*file, name, block))
-            .collect();
+            .unzip();
 
-        let maskings: Vec<Vec<MaskRule>> = decls
+        let maskings: Vec<Vec<(MaskRule, Span)>> = decls
             .maskings
             .iter()
             .map(|(_, block)| self.mask_rules(block, &scope))
@@ -200,7 +202,7 @@ impl<'s> Compiler<'s> {
         let mut masking_used = vec![false; maskings.len()];
         let mut source_used = vec![false; sources.len()];
 
-        let reports: Vec<ReportType> = decls
+        let (reports, mask_fields): (Vec<ReportType>, Vec<Vec<Span>>) = decls
             .reports
             .iter()
             .map(|(name, block)| {
@@ -221,7 +223,16 @@ impl<'s> Compiler<'s> {
         let schedules: Vec<Schedule> = decls
             .schedules
             .iter()
-            .map(|(name, block)| self.schedule(name, block, &scope, &report_index, &mut triggered))
+            .map(|(name, block)| {
+                self.schedule(
+                    name,
+                    block,
+                    &scope,
+                    &report_index,
+                    &all_counties,
+                    &mut triggered,
+                )
+            })
             .collect();
 
         // The graph: one node per report in declaration order, so node index
@@ -295,15 +306,21 @@ impl<'s> Compiler<'s> {
             .enumerate()
             .map(|(i, r)| (r.name.clone(), NodeIndex::new(i)))
             .collect();
+        self.check_repeated_runs(&reports, &schedules, &dependencies, &decls, &dep_spans);
         Workflow {
             config,
             roles: role_names,
+            all_counties,
             sources,
             reports,
             schedules,
             dependencies,
             graph,
             report_index,
+            locations: Locations {
+                sources: source_locations,
+                mask_fields,
+            },
         }
     }
 
@@ -411,17 +428,171 @@ impl<'s> Compiler<'s> {
         config
     }
 
+    /// The config's `all_counties`: roles that see every county. Read after the roles are
+    /// known (the rest of the config is read before), each checked against them.
+    fn all_counties(
+        &mut self,
+        configs: &[(FileId, &Block, Span)],
+        scope: &Scope<'_>,
+    ) -> Vec<String> {
+        let Some(&(_, block, _)) = configs.first() else {
+            return Vec::new();
+        };
+        let mut roles: Vec<String> = Vec::new();
+        for setting in block.settings().filter(|s| s.key.name == "all_counties") {
+            for value in &setting.values {
+                if let Some(id) = self.as_ident(value, setting) {
+                    if scope.check_role(&id, &mut self.diags) && !roles.contains(&id.name) {
+                        roles.push(id.name);
+                    }
+                }
+            }
+        }
+        roles
+    }
+
+    /// Warnings about reports that run more often than a reader of the file may think: a
+    /// report both scheduled and created by a dependency runs once for each, and a child with
+    /// a fixed role runs once per parent scope (role, county), so parents that run as several
+    /// roles create several jobs of the same child and role.
+    fn check_repeated_runs(
+        &mut self,
+        reports: &[ReportType],
+        schedules: &[Schedule],
+        dependencies: &[Dependency],
+        decls: &Decls<'_>,
+        dep_spans: &[Span],
+    ) {
+        for (dep, span) in dependencies.iter().zip(dep_spans) {
+            let scheduled: Vec<&str> = schedules
+                .iter()
+                .filter(|s| s.reports.contains(&dep.child))
+                .map(|s| s.name.as_str())
+                .collect();
+            if let Some(first) = scheduled.first() {
+                self.diags.push(
+                    Diagnostic::warning(
+                        Code::RunsTwice,
+                        format!(
+                            "report `{}` runs twice: schedule `{first}` runs it, and so does this dependency",
+                            dep.child
+                        ),
+                    )
+                    .label(*span, format!("a second `{}` job after each parent completion", dep.child))
+                    .help("each trigger creates its own job; remove the report from the schedule's `run`, or drop the dependency"),
+                );
+            }
+        }
+        // The roles each report can run as, from the schedules down the dependencies (in
+        // declaration order until nothing changes: the graph is acyclic, so this ends).
+        let index: Map<&str, usize> = reports
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.as_str(), i))
+            .collect();
+        let mut roles: Vec<Vec<&str>> = vec![Vec::new(); reports.len()];
+        for schedule in schedules {
+            for report in &schedule.reports {
+                if let Some(&i) = index.get(report.as_str()) {
+                    for role in &schedule.roles {
+                        if !roles[i].contains(&role.as_str()) {
+                            roles[i].push(role);
+                        }
+                    }
+                }
+            }
+        }
+        let parent_roles = |roles: &[Vec<&'_ str>], dep: &Dependency| -> Vec<String> {
+            let mut out: Vec<String> = Vec::new();
+            for parent in &dep.parents {
+                let Some(&p) = index.get(parent.as_str()) else {
+                    continue;
+                };
+                for role in &roles[p] {
+                    let counted =
+                        dep.parent_roles.is_empty() || dep.parent_roles.iter().any(|r| r == role);
+                    if counted && !out.iter().any(|r| r == role) {
+                        out.push(role.to_string());
+                    }
+                }
+            }
+            out
+        };
+        for _ in 0..=dependencies.len() {
+            let mut changed = false;
+            for dep in dependencies {
+                let Some(&child) = index.get(dep.child.as_str()) else {
+                    continue;
+                };
+                let new: Vec<String> = match &dep.role {
+                    RoleRule::Fixed(role) => vec![role.clone()],
+                    RoleRule::Inherit => parent_roles(&roles, dep),
+                };
+                for role in new {
+                    if !roles[child].iter().any(|r| *r == role) {
+                        let Some(declared) = decls_role(decls, &role) else {
+                            continue;
+                        };
+                        roles[child].push(declared);
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        for (dep, span) in dependencies.iter().zip(dep_spans) {
+            let RoleRule::Fixed(role) = &dep.role else {
+                continue;
+            };
+            let from = parent_roles(&roles, dep);
+            if from.len() > 1 {
+                self.diags.push(
+                    Diagnostic::warning(
+                        Code::RunsPerParentScope,
+                        format!(
+                            "`{}` runs as {role} once per parent scope: its parents run as {}, so each round creates {} `{}` jobs",
+                            dep.child,
+                            from.join(", "),
+                            from.len(),
+                            dep.child
+                        ),
+                    )
+                    .label(*span, "one child per parent (role, county)")
+                    .help(format!(
+                        "to run it once per round, count one role's completions: `after {} by {} run {} as {role}`",
+                        dep.parents.join(", "),
+                        from[0],
+                        dep.child
+                    )),
+                );
+            }
+        }
+    }
+
     // ---- sources ------------------------------------------------------
 
-    fn source(&mut self, file: FileId, name: &Ident, block: &Block) -> Source {
+    fn source(&mut self, file: FileId, name: &Ident, block: &Block) -> (Source, SourceLocation) {
         let mut path = None;
         let mut format = None;
         let mut county_column = None;
+        let mut location = SourceLocation {
+            name: Some(name.span),
+            ..SourceLocation::default()
+        };
         for setting in self.settings(block, SOURCE_KEYS, "source") {
+            let value_span = setting.values.first().map(|v| v.span);
             match setting.key.name.as_str() {
-                "path" => path = self.string_value(setting).map(|p| (p, setting.span)),
+                "path" => {
+                    path = self.string_value(setting).map(|p| (p, setting.span));
+                    location.path = value_span;
+                }
                 "format" => format = self.format_value(setting),
-                "county_column" => county_column = self.name_or_string(setting),
+                "county_column" => {
+                    county_column = self.name_or_string(setting);
+                    location.county_column = value_span;
+                }
                 _ => {}
             }
         }
@@ -455,17 +626,18 @@ impl<'s> Compiler<'s> {
             }
             inferred
         });
-        Source {
+        let source = Source {
             name: name.name.clone(),
             path: resolved,
             format: format.unwrap_or(DataFormat::Csv),
             county_column,
-        }
+        };
+        (source, location)
     }
 
     // ---- masking ------------------------------------------------------
 
-    fn mask_rules(&mut self, block: &Block, scope: &Scope<'_>) -> Vec<MaskRule> {
+    fn mask_rules(&mut self, block: &Block, scope: &Scope<'_>) -> Vec<(MaskRule, Span)> {
         for setting in block.settings() {
             self.diags.push(
                 Diagnostic::error(
@@ -482,7 +654,12 @@ impl<'s> Compiler<'s> {
             .collect()
     }
 
-    fn mask_rule(&mut self, rule: &crate::ast::MaskRule, scope: &Scope<'_>) -> Option<MaskRule> {
+    /// A mask rule, with the span of its field name.
+    fn mask_rule(
+        &mut self,
+        rule: &crate::ast::MaskRule,
+        scope: &Scope<'_>,
+    ) -> Option<(MaskRule, Span)> {
         let method = match MaskMethod::from_name(&rule.method.name) {
             Some(m) => Some(m),
             None => {
@@ -525,12 +702,13 @@ impl<'s> Compiler<'s> {
                 );
             }
         }
-        Some(MaskRule {
+        let mask = MaskRule {
             field: rule.field.name.clone(),
             method: method?,
             for_roles: (!rule.for_roles.is_empty()).then_some(for_roles),
             except_roles,
-        })
+        };
+        Some((mask, rule.field.span))
     }
 
     // ---- reports ------------------------------------------------------
@@ -543,10 +721,10 @@ impl<'s> Compiler<'s> {
         scope: &Scope<'_>,
         sources: &Map<&str, usize>,
         maskings: &Map<&str, usize>,
-        masking_rules: &[Vec<MaskRule>],
+        masking_rules: &[Vec<(MaskRule, Span)>],
         source_used: &mut [bool],
         masking_used: &mut [bool],
-    ) -> ReportType {
+    ) -> (ReportType, Vec<Span>) {
         let mut report = ReportType {
             name: name.name.clone(),
             source: 0,
@@ -560,6 +738,7 @@ impl<'s> Compiler<'s> {
             masks: Vec::new(),
         };
         let mut has_source = false;
+        let mut mask_spans = Vec::new();
         for setting in self.settings(block, REPORT_KEYS, "report") {
             match setting.key.name.as_str() {
                 "source" => {
@@ -607,7 +786,10 @@ impl<'s> Compiler<'s> {
                         if let Some(id) = self.as_ident(value, setting) {
                             if let Some(i) = self.resolve(&id, "masking", maskings) {
                                 masking_used[i] = true;
-                                report.masks.extend(masking_rules[i].iter().cloned());
+                                for (rule, span) in &masking_rules[i] {
+                                    report.masks.push(rule.clone());
+                                    mask_spans.push(*span);
+                                }
                             }
                         }
                     }
@@ -615,17 +797,18 @@ impl<'s> Compiler<'s> {
                 _ => {}
             }
         }
-        let inline: Vec<MaskRule> = block
+        let (inline, inline_spans): (Vec<MaskRule>, Vec<Span>) = block
             .masks()
             .filter_map(|rule| self.mask_rule(rule, scope))
-            .collect();
+            .unzip();
         // Inline rules come first: they override a shared masking's rule for
         // the same field.
         report.masks.splice(0..0, inline);
+        mask_spans.splice(0..0, inline_spans);
         if !has_source {
             self.missing(name, "report", "source", "source cases");
         }
-        report
+        (report, mask_spans)
     }
 
     // ---- schedules ----------------------------------------------------
@@ -636,12 +819,14 @@ impl<'s> Compiler<'s> {
         block: &Block,
         scope: &Scope<'_>,
         reports: &Map<&str, usize>,
+        all_counties: &[String],
         triggered: &mut [bool],
     ) -> Schedule {
         let mut cron = None;
         let mut zone = chrono_tz::UTC;
         let mut run = Vec::new();
         let mut roles = Vec::new();
+        let mut role_idents = Vec::new();
         let mut counties = Vec::new();
         let mut catch_up = CatchUp::Once;
         let (mut has_cron, mut has_run, mut has_roles) = (false, false, false);
@@ -692,6 +877,7 @@ impl<'s> Compiler<'s> {
                         if let Some(id) = self.as_ident(v, setting) {
                             if scope.check_role(&id, &mut self.diags) {
                                 roles.push(id.name.clone());
+                                role_idents.push(id);
                             }
                         }
                     }
@@ -725,6 +911,28 @@ impl<'s> Compiler<'s> {
         }
         if !has_roles {
             self.missing(name, "schedule", "roles", "roles ADMIN");
+        }
+        if counties.is_empty() {
+            // The county rule: a fire for a county-scoped role must say which counties.
+            for id in role_idents
+                .iter()
+                .filter(|id| !all_counties.contains(&id.name))
+            {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::CountyRequired,
+                        format!(
+                            "schedule `{}` runs as county-scoped role `{}` but names no counties",
+                            name.name, id.name
+                        ),
+                    )
+                    .label(id.span, "this role sees one county's rows at a time")
+                    .help(format!(
+                        "add `counties \"C01\", \"C02\"` (one job per role and county), or list `{}` in the config's `all_counties` if it may see every county",
+                        id.name
+                    )),
+                );
+            }
         }
         Schedule {
             name: name.name.clone(),
@@ -1231,6 +1439,16 @@ fn unknown<'a>(
     diags.push(d);
 }
 
+/// The declared role named `name`, borrowed from the syntax tree (so role lists can hold
+/// `&str` for the whole compilation).
+fn decls_role<'a>(decls: &Decls<'a>, name: &str) -> Option<&'a str> {
+    decls
+        .roles
+        .iter()
+        .find(|r| r.name == name)
+        .map(|r| r.name.as_str())
+}
+
 fn index_of<'a>(named: &[Named<'a>]) -> Map<&'a str, usize> {
     named
         .iter()
@@ -1389,5 +1607,100 @@ mod tests {
         );
         assert_eq!(did_you_mean("admin", c.iter().copied()), Some("ADMIN"));
         assert_eq!(did_you_mean("NOBODY", c.iter().copied()), None);
+    }
+
+    fn compile_text(text: &str) -> Compilation {
+        compile(crate::loader::load_text(
+            Path::new("w.flow"),
+            text.to_string(),
+        ))
+    }
+
+    fn codes(c: &Compilation) -> Vec<&'static str> {
+        c.diagnostics.iter().map(|d| d.code.as_str()).collect()
+    }
+
+    const BASE: &str = "roles CASE_WORKER, ADMIN\nsource s {\n  path \"s.csv\"\n  county_column county_id\n}\nreport R {\n  source s\n}\n";
+
+    #[test]
+    fn no_role_sees_all_counties_unless_declared() {
+        let c = compile_text(&format!(
+            "{BASE}schedule d {{\n  cron \"0 0 5 * * ?\"\n  run R\n  roles ADMIN\n}}\n"
+        ));
+        assert_eq!(codes(&c), ["E021"], "{:?}", c.diagnostics);
+        assert!(c.workflow.is_none());
+    }
+
+    #[test]
+    fn a_schedule_for_a_county_scoped_role_must_name_counties() {
+        let config = "config {\n  all_counties ADMIN\n}\n";
+        let c = compile_text(&format!(
+            "{config}{BASE}schedule d {{\n  cron \"0 0 5 * * ?\"\n  run R\n  roles CASE_WORKER, ADMIN\n}}\n"
+        ));
+        assert_eq!(codes(&c), ["E021"], "{:?}", c.diagnostics);
+        assert!(c.diagnostics[0].message.contains("CASE_WORKER"));
+        let c = compile_text(&format!(
+            "{config}{BASE}schedule d {{\n  cron \"0 0 5 * * ?\"\n  run R\n  roles CASE_WORKER, ADMIN\n  counties \"C1\"\n}}\n"
+        ));
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+        let w = c.workflow.unwrap();
+        assert!(w.sees_all_counties("ADMIN") && !w.sees_all_counties("CASE_WORKER"));
+        assert!(w.check_county("ADMIN", None).is_ok());
+        assert!(w.check_county("CASE_WORKER", Some("C1")).is_ok());
+        let refused = w.check_county("CASE_WORKER", None).unwrap_err();
+        assert!(
+            refused.to_string().contains("CASE_WORKER is county-scoped"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn all_counties_names_declared_roles() {
+        let c = compile_text(&format!("config {{\n  all_counties ADMN\n}}\n{BASE}"));
+        assert_eq!(codes(&c), ["E002", "W001"], "{:?}", c.diagnostics);
+        assert_eq!(
+            c.diagnostics[0].help.as_deref(),
+            Some("did you mean `ADMIN`?")
+        );
+    }
+
+    #[test]
+    fn mask_rules_keep_the_span_of_their_field() {
+        let text = format!(
+            "masking pii {{\n  mask ssn last4\n}}\n{}",
+            BASE.replace(
+                "  source s\n}",
+                "  source s\n  masking pii\n  mask name redact\n}"
+            )
+        );
+        let c = compile_text(&text);
+        let w = c.workflow.expect("compiles");
+        let spans = &w.locations.mask_fields[0];
+        let fields: Vec<&str> = spans.iter().map(|s| c.sources.text(*s)).collect();
+        // Inline rules first, like the rules themselves.
+        assert_eq!(fields, ["name", "ssn"]);
+        assert_eq!(w.reports[0].masks.len(), 2);
+        assert_eq!(
+            c.sources
+                .text(w.locations.sources[0].county_column.unwrap()),
+            "county_id"
+        );
+    }
+
+    #[test]
+    fn reports_that_run_twice_are_warned_about() {
+        let config = "config {\n  all_counties ADMIN\n}\n";
+        let schedule = "schedule d {\n  cron \"0 0 5 * * ?\"\n  run R, C\n  roles ADMIN, CASE_WORKER\n  counties \"C1\"\n}\n";
+        let c = compile_text(&format!(
+            "{config}{BASE}report C {{\n  source s\n}}\nreport B {{\n  source s\n}}\n{schedule}after R run C\nafter C run B as ADMIN\n"
+        ));
+        assert_eq!(codes(&c), ["W007", "W008"], "{:?}", c.diagnostics);
+        assert!(c.workflow.is_some(), "warnings only");
+        // Counting one role's completions runs the child once per round.
+        let c = compile_text(&format!(
+            "{config}{BASE}report C {{\n  source s\n}}\nreport B {{\n  source s\n}}\n{}after R run C\nafter C by ADMIN run B as ADMIN\n",
+            schedule.replace("run R, C", "run R")
+        ));
+        assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
     }
 }

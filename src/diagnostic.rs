@@ -35,9 +35,15 @@ pub enum Code {
     InvalidValue,
     Include,
     MaskRoles,
+    UnknownColumn,
+    CountyRequired,
+    BadSource,
     NeverTriggered,
     UnusedSource,
     UnusedMasking,
+    SourceNotFound,
+    RunsTwice,
+    RunsPerParentScope,
 }
 
 impl Code {
@@ -59,9 +65,15 @@ impl Code {
             Code::InvalidValue => "E014",
             Code::Include => "E015",
             Code::MaskRoles => "E016",
+            Code::UnknownColumn => "E020",
+            Code::CountyRequired => "E021",
+            Code::BadSource => "E022",
             Code::NeverTriggered => "W001",
             Code::UnusedSource => "W002",
             Code::UnusedMasking => "W003",
+            Code::SourceNotFound => "W004",
+            Code::RunsTwice => "W007",
+            Code::RunsPerParentScope => "W008",
         }
     }
 
@@ -84,9 +96,15 @@ impl Code {
             Code::InvalidValue => "invalid-value",
             Code::Include => "include",
             Code::MaskRoles => "mask-roles",
+            Code::UnknownColumn => "unknown-column",
+            Code::CountyRequired => "county-required",
+            Code::BadSource => "bad-source",
             Code::NeverTriggered => "never-triggered",
             Code::UnusedSource => "unused-source",
             Code::UnusedMasking => "unused-masking",
+            Code::SourceNotFound => "source-not-found",
+            Code::RunsTwice => "runs-twice",
+            Code::RunsPerParentScope => "runs-per-parent-scope",
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::pipeline::{self, Control, Observer, PipelineError, PipelineSpec, Prog
 use crate::store::{
     Cas, ChildTemplate, JoinEdge, JoinRules, Outcome, ProgressUpdate, Store, StoreError,
 };
-use crate::workflow::{DataFormat, Source, Workflow};
+use crate::workflow::{CountyRequired, DataFormat, Source, Workflow};
 
 /// How often a running job may write its progress to the store.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -73,6 +73,15 @@ pub fn default_worker_id() -> String {
         std::process::id(),
         rand::random::<u16>()
     )
+}
+
+/// Why [`Engine::new_job`] made no job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobRefused {
+    #[error("unknown report type {0}")]
+    UnknownReport(String),
+    #[error(transparent)]
+    CountyRequired(#[from] CountyRequired),
 }
 
 /// What the executor reports while it runs, for progress displays.
@@ -268,17 +277,23 @@ impl Engine {
     }
 
     /// A root job for `report_type` run as `principal`, with the report's
-    /// priority, attempts and an estimated completion time.
+    /// priority, attempts and an estimated completion time. Every entry point (CLI, API,
+    /// schedule fires) makes its jobs here, so the county rule is decided here once.
     pub fn new_job(
         &self,
         report_type: &str,
         principal: Principal,
         trigger_id: &str,
         request: JobRequest,
-    ) -> Option<NewJob> {
-        let report = self.workflow.report(report_type)?;
+    ) -> Result<NewJob, JobRefused> {
+        let report = self
+            .workflow
+            .report(report_type)
+            .ok_or_else(|| JobRefused::UnknownReport(report_type.to_string()))?;
+        self.workflow
+            .check_county(&principal.role, principal.county.as_deref())?;
         let priority = request.priority.unwrap_or(report.priority);
-        Some(NewJob {
+        Ok(NewJob {
             report_type: report_type.to_string(),
             principal,
             parent_job_ids: Vec::new(),
@@ -455,6 +470,12 @@ impl Engine {
             .workflow
             .report(&job.report_type)
             .ok_or_else(|| format!("report type {} is not in the workflow", job.report_type))?;
+        // The county rule, checked again here for every job however it was made (a dependent
+        // with a fixed county-scoped role of an all-counties parent, a job queued by an older
+        // version of the workflow): a job that may not run never reads a row.
+        self.workflow
+            .check_county(&job.role, job.county.as_deref())
+            .map_err(|e| e.to_string())?;
         let source = self.workflow.source_of(report);
         let format = match job.request.data_format.as_deref() {
             Some(f) => {
@@ -463,11 +484,11 @@ impl Engine {
             None => report.format,
         };
         let chunk_size = job.request.chunk_size.unwrap_or(report.chunk_size).max(1) as usize;
-        let result_path = self.config.results_dir.join(&job.report_type).join(format!(
-            "{}.{}",
-            job.job_id,
-            format.extension()
-        ));
+        let result_path = self
+            .config
+            .results_dir
+            .join(&job.report_type)
+            .join(result_file_name(&job.job_id, job.attempt, format));
         Ok((
             PipelineSpec {
                 source_path: source.path.clone(),
@@ -477,6 +498,7 @@ impl Engine {
                 output_format: to_pipeline_format(format),
                 chunk_size,
                 masks: report.masks_for(&job.role),
+                mask_columns: report.masks.iter().map(|m| m.field.clone()).collect(),
                 hash_key: self.config.hash_key,
                 result_path,
                 rows_total: self.row_counts.cached(source),
@@ -559,7 +581,14 @@ impl Engine {
         let shared = Arc::new(Shared::default());
         let observer_state = shared.clone();
         let run_started = Instant::now();
+        let earlier = earlier_results(job, &spec.result_path, spec.output_format);
+        let job_id = job.job_id.clone();
         let mut handle = tokio::task::spawn_blocking(move || {
+            // This attempt holds the job: what an earlier attempt left (it died after writing
+            // its result, before completing) is nobody's result.
+            for path in earlier {
+                discard_result(&job_id, &path);
+            }
             let mut observer = SharedObserver(observer_state);
             pipeline::run(&spec, &mut observer)
         });
@@ -642,6 +671,10 @@ impl Engine {
             }
         };
         if lost {
+            // The job is another attempt's now; a result this attempt finished is nobody's.
+            if let Ok(Ok(out)) = &result {
+                discard_result(&job.job_id, &out.path);
+            }
             return None;
         }
         let rows = shared.rows_read.load(Ordering::Relaxed);
@@ -660,9 +693,15 @@ impl Engine {
                 retry_at: self.backoff_for(job),
             },
             Ok(Err(PipelineError::Cancelled)) => Outcome::Cancelled,
+            // A permanent error (a missing source, bad data, a rule the data does not fit)
+            // fails the same way on every attempt: the job fails at once.
             Ok(Err(e)) => Outcome::Failure {
+                retry_at: if e.is_transient() {
+                    self.backoff_for(job)
+                } else {
+                    None
+                },
                 error: e.to_string(),
-                retry_at: self.backoff_for(job),
             },
             Err(e) => Outcome::Failure {
                 error: format!("worker crashed: {e}"),
@@ -760,6 +799,9 @@ impl Engine {
                 }
                 Ok((Cas::Conflict { .. }, _)) => {
                     tracing::warn!(job = %job.job_id, "job changed hands before completion; result discarded");
+                    if let Outcome::Success { result_path, .. } = &outcome {
+                        discard_result(&job.job_id, std::path::Path::new(result_path));
+                    }
                     return None;
                 }
                 Err(e) if e.is_transient() => {
@@ -860,6 +902,38 @@ impl Observer for SharedObserver {
             Control::Cancel
         } else {
             Control::Continue
+        }
+    }
+}
+
+/// The result file of one attempt: `<job_id>.<ext>` for the first, `<job_id>.attempt-N.<ext>`
+/// after. Each attempt writes its own path and the pipeline never replaces a file, so a worker
+/// that lost its lease (paused past it, then resumed) cannot put its output over the result a
+/// later attempt completed: the recorded path and SHA-256 always match the file.
+pub fn result_file_name(job_id: &JobId, attempt: u32, format: DataFormat) -> String {
+    match attempt {
+        0 | 1 => format!("{job_id}.{}", format.extension()),
+        n => format!("{job_id}.attempt-{n}.{}", format.extension()),
+    }
+}
+
+/// The result paths of the attempts before `job`'s, beside `result_path`.
+fn earlier_results(job: &Job, result_path: &std::path::Path, format: DataFormat) -> Vec<PathBuf> {
+    let dir = result_path.parent().unwrap_or(std::path::Path::new("."));
+    (1..job.attempt)
+        .map(|attempt| dir.join(result_file_name(&job.job_id, attempt, format)))
+        .collect()
+}
+
+/// Removes a result written by an attempt that no longer holds its job.
+fn discard_result(job_id: &JobId, path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::info!(job = %job_id, path = %path.display(), "removed the result of an attempt that lost its job")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(job = %job_id, path = %path.display(), error = %e, "cannot remove the result of an attempt that lost its job")
         }
     }
 }

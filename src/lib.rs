@@ -21,6 +21,7 @@ pub mod parser;
 pub mod pipeline;
 pub mod scheduler;
 pub mod server;
+pub mod source_check;
 pub mod source_map;
 pub mod status;
 pub mod store;

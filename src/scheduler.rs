@@ -178,7 +178,12 @@ pub fn fire_jobs(
                 county: county.map(str::to_string),
                 ..Principal::system(role)
             };
-            engine.new_job(report, principal, trigger, request.clone())
+            // `check` proves every target passes the county rule; a refusal here is a bug
+            // or a workflow changed under a running server, and is logged, never run.
+            engine
+                .new_job(report, principal, trigger, request.clone())
+                .map_err(|e| tracing::error!(schedule = %schedule.name, error = %e, "fire target refused"))
+                .ok()
         })
         .collect()
 }

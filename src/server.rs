@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::AsyncRead;
 
-use crate::auth::{AuthConfig, ADMIN_ROLE};
-use crate::executor::Engine;
+use crate::auth::AuthConfig;
+use crate::executor::{Engine, JobRefused};
 use crate::graph::GraphFormat;
 use crate::job::{Job, JobId, JobRequest, JobStatus, Principal};
 use crate::store::{CancelOutcome, Enqueued, ListFilter, StoreError, UniqueKey};
@@ -192,8 +192,8 @@ impl From<StoreError> for AppError {
 /// The verified caller: the principal jobs run as, from the bearer token.
 ///
 /// `401` for a missing or invalid token, `403` for a role the workflow does not declare or a
-/// non-ADMIN token without `countyId`. ADMIN sees every county and its jobs run for all of them
-/// (county `None`).
+/// token without `countyId` for a county-scoped role. A role in the workflow's `all_counties`
+/// (`admin` here) sees every county and its jobs run for all of them (county `None`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub principal: Principal,
@@ -225,7 +225,8 @@ impl FromRequestParts<AppState> for Caller {
                 clip(&claims.role)
             )));
         }
-        let admin = claims.role == ADMIN_ROLE;
+        // The workflow's county rule: only roles in `all_counties` see every county.
+        let admin = state.engine.workflow.sees_all_counties(&claims.role);
         let county = if admin {
             None
         } else {
@@ -616,7 +617,12 @@ async fn generate(
     })
     .await
     .map_err(|e| AppError::Internal(format!("estimating the job failed: {e}")))?
-    .ok_or_else(|| AppError::Internal(format!("report type {} vanished", report.name)))?;
+    .map_err(|e| match e {
+        JobRefused::CountyRequired(e) => AppError::Forbidden(e.to_string()),
+        JobRefused::UnknownReport(name) => {
+            AppError::Internal(format!("report type {name} vanished"))
+        }
+    })?;
     let now = Utc::now();
     let unique = body
         .idempotency_key
@@ -725,7 +731,7 @@ async fn list_jobs(
         .list(ListFilter {
             status,
             report_type,
-            // Non-ADMIN callers always have a county (the extractor checks).
+            // County-scoped callers always have a county (the extractor checks).
             county: if caller.admin {
                 None
             } else {
@@ -782,9 +788,15 @@ async fn job_result(
             job.job_id, job.status
         )));
     }
-    // A result is masked for the role its job ran as: a weaker role of the same county must
-    // not read a stronger role's output.
-    if !caller.admin && job.role != caller.principal.role {
+    // A result is masked for the role its job ran as: another role may read it only if it
+    // sees every field of the report in clear (no mask rule applies to it), so no role ever
+    // reads a field its own rules mask.
+    let sees_all_fields = state
+        .engine
+        .workflow
+        .report(&job.report_type)
+        .is_some_and(|r| r.masks_for(&caller.principal.role).is_empty());
+    if job.role != caller.principal.role && !sees_all_fields {
         return Err(AppError::Forbidden(format!(
             "the result of job {} was masked for role {}, not {}",
             job.job_id, job.role, caller.principal.role
@@ -999,7 +1011,7 @@ pub fn openapi() -> Value {
         );
         responses.insert(
             "403".into(),
-            error("Role not declared in the workflow, a non-ADMIN token without `countyId`, or (result) a result masked for another role."),
+            error("Role not declared in the workflow, a token without `countyId` for a county-scoped role, or (result) a result masked for another role."),
         );
         responses.insert(
             "500".into(),
@@ -1033,7 +1045,7 @@ pub fn openapi() -> Value {
     paths.insert(
         "/api/jobs".into(),
         json!({ "get": {
-                "summary": "The caller's jobs (ADMIN: all), newest first, one page at a time",
+                "summary": "The caller's jobs (a role in `all_counties`: every county's), newest first, one page at a time",
                 "security": secured,
                 "parameters": [
                     { "name": "status", "in": "query", "schema": { "$ref": "#/components/schemas/JobStatus" } },
@@ -1146,7 +1158,7 @@ pub fn openapi() -> Value {
     let components = json!({
         "securitySchemes": {
             "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                "description": "Claims: `sub`, `role` (declared in the workflow), `countyId` (required unless ADMIN), `exp`; `nbf`, `iss`, `aud` checked when configured." }
+                "description": "Claims: `sub`, `role` (declared in the workflow), `countyId` (required unless the role is in the workflow's `all_counties`), `exp`; `nbf`, `iss`, `aud` checked when configured." }
         },
         "schemas": {
             "Error": {
@@ -1289,7 +1301,7 @@ mod tests {
                 role: role.into(),
                 county: county.map(str::to_string),
             },
-            admin: role == ADMIN_ROLE,
+            admin: role == "ADMIN",
         };
         let mut job = NewJob::new("R", Principal::system("ADMIN"), "t")
             .into_job("JOB_AAAAAAAA".parse().unwrap(), Utc::now());

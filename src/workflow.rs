@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cron_expr::CronExpr;
 use crate::masking::MaskMethod;
+use crate::source_map::Span;
 
 pub use crate::pipeline::DataFormat;
 
@@ -234,10 +235,49 @@ pub struct Edge {
     pub dependency: usize,
 }
 
+/// Where the declarations that only the data can prove wrong were written, so that
+/// `flowctl check`, which reads each source's header, can point at them. Not part of the
+/// workflow's meaning: [`Workflow`]'s equality ignores it.
+#[derive(Debug, Clone, Default)]
+pub struct Locations {
+    /// Per source (same index as [`Workflow::sources`]): its `path` value and its
+    /// `county_column` value.
+    pub sources: Vec<SourceLocation>,
+    /// Per report (same index as [`Workflow::reports`]): the field name of each mask rule, in
+    /// [`ReportType::masks`] order.
+    pub mask_fields: Vec<Vec<Span>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceLocation {
+    pub name: Option<Span>,
+    pub path: Option<Span>,
+    pub county_column: Option<Span>,
+}
+
+/// A job that the county rule refuses: a county-scoped role without a county.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("role {role} is county-scoped and the job names no county; only {} may run for every county", all_counties_phrase(.all_counties))]
+pub struct CountyRequired {
+    pub role: String,
+    pub all_counties: Vec<String>,
+}
+
+fn all_counties_phrase(roles: &[String]) -> String {
+    if roles.is_empty() {
+        "roles listed in the config's `all_counties` (none are)".to_string()
+    } else {
+        format!("the roles in `all_counties` ({})", roles.join(", "))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Workflow {
     pub config: EngineConfig,
     pub roles: Vec<String>,
+    /// Roles that see every county's rows (the config's `all_counties`); every other role is
+    /// county-scoped. Fail closed: no role sees all counties unless the workflow says so.
+    pub all_counties: Vec<String>,
     pub sources: Vec<Source>,
     pub reports: Vec<ReportType>,
     pub schedules: Vec<Schedule>,
@@ -245,9 +285,28 @@ pub struct Workflow {
     /// Node weight: index into `reports`. One edge per (parent, dependency).
     pub graph: DiGraph<usize, Edge>,
     pub(crate) report_index: HashMap<String, NodeIndex>,
+    pub locations: Locations,
 }
 
 impl Workflow {
+    /// Whether `role` sees every county's rows and jobs (declared in `all_counties`).
+    pub fn sees_all_counties(&self, role: &str) -> bool {
+        self.all_counties.iter().any(|r| r == role)
+    }
+
+    /// The county rule, the same for every entry point (CLI, API, schedules, dependents) and
+    /// checked again by the executor before a job reads a row: a county-scoped role runs only
+    /// for a named county; a role in `all_counties` may run for one county or for all (`None`).
+    pub fn check_county(&self, role: &str, county: Option<&str>) -> Result<(), CountyRequired> {
+        if county.is_some() || self.sees_all_counties(role) {
+            return Ok(());
+        }
+        Err(CountyRequired {
+            role: role.to_string(),
+            all_counties: self.all_counties.clone(),
+        })
+    }
+
     pub fn report(&self, name: &str) -> Option<&ReportType> {
         self.report_index
             .get(name)
@@ -302,6 +361,7 @@ impl PartialEq for Workflow {
         };
         self.config == other.config
             && self.roles == other.roles
+            && self.all_counties == other.all_counties
             && self.sources == other.sources
             && self.reports == other.reports
             && self.schedules == other.schedules

@@ -176,6 +176,7 @@ const CANCEL_FLOW: &str = r#"
 config {
   worker_pool_size 2
   poll_interval    100ms
+  all_counties     ADMIN
 }
 roles ADMIN
 source cases {
@@ -305,6 +306,7 @@ config {
   worker_pool_size  2
   max_jobs_per_poll 10
   poll_interval     100ms
+  all_counties      ADMIN
 }
 roles ADMIN
 source cases {
@@ -356,6 +358,9 @@ report R {
 async fn a_dependent_starts_after_its_parent_finishes() {
     let fx = Fixture::new(
         r#"
+config {
+  all_counties ADMIN
+}
 roles ADMIN
 source cases {
   path "data/cases.csv"

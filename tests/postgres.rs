@@ -242,6 +242,7 @@ config {
   lease             3s
   results           "results"
   scheduler         off
+  all_counties      WORKER
 }
 
 roles WORKER
@@ -467,6 +468,7 @@ config {
   lease             5s
   results           "results"
   scheduler         on
+  all_counties      WORKER, AUDITOR
 }
 
 roles WORKER, AUDITOR

@@ -567,7 +567,8 @@ fn schedule() -> impl Strategy<Value = ScheduleRaw> {
         option::of(select(ZONES.to_vec())),
         vec(any::<Index>(), 1..=3),
         vec(any::<bool>(), 4),
-        vec(county(), 0..=3),
+        // At least one county: the generated roles are county-scoped (no `all_counties`).
+        vec(county(), 1..=3),
         option::of(catch_up()),
     )
         .prop_map(|(cron, zone, run, roles, counties, catch_up)| ScheduleRaw {
@@ -1998,7 +1999,7 @@ fn cron_text() -> impl Strategy<Value = String> {
 /// A workflow whose one schedule has `cron <literal>`; also returns the
 /// byte range of the literal.
 fn with_cron(literal: &str) -> (String, usize, usize) {
-    let head = "roles ADMIN\nsource s {\n  path \"x.csv\"\n}\nreport R {\n  source s\n}\nschedule daily {\n  cron ";
+    let head = "config {\n  all_counties ADMIN\n}\nroles ADMIN\nsource s {\n  path \"x.csv\"\n}\nreport R {\n  source s\n}\nschedule daily {\n  cron ";
     let text = format!("{head}{literal}\n  run R\n  roles ADMIN\n}}\n");
     (text, head.len(), head.len() + literal.len())
 }
@@ -2024,7 +2025,14 @@ proptest! {
         let (wf, c) = compile_ok(&text)?;
         for d in &c.diagnostics {
             prop_assert!(
-                matches!(d.code, Code::NeverTriggered | Code::UnusedSource | Code::UnusedMasking),
+                matches!(
+                    d.code,
+                    Code::NeverTriggered
+                        | Code::UnusedSource
+                        | Code::UnusedMasking
+                        | Code::RunsTwice
+                        | Code::RunsPerParentScope
+                ),
                 "unexpected warning {}", diagnostic::plain(d, &c.sources)
             );
         }

@@ -385,7 +385,7 @@ fn bundled_workflow_runs_every_schedule_and_its_whole_cascade() {
     let sb = Sandbox::bundled();
     let run = sb.run(["workflows/reports.flow"]).success();
     assert!(
-        run.stdout().contains("30 of 30 jobs completed"),
+        run.stdout().contains("94 of 94 jobs completed"),
         "{}",
         run.stdout()
     );
@@ -404,7 +404,7 @@ fn bundled_workflow_runs_every_schedule_and_its_whole_cascade() {
         assert!(raw[0].get(key).is_some(), "no {key} in {}", raw[0]);
     }
     let jobs = sb.jobs();
-    assert_eq!(jobs.len(), 30, "{jobs:#?}");
+    assert_eq!(jobs.len(), 94, "{jobs:#?}");
     for j in &jobs {
         assert_eq!(j.status, "COMPLETED", "{j:?}");
         assert_eq!(j.attempt, 1, "{j:?}");
@@ -424,27 +424,37 @@ fn bundled_workflow_runs_every_schedule_and_its_whole_cascade() {
             .or_default() += 1;
     }
     let (cw, sup, admin) = ("CASE_WORKER", "SUPERVISOR", "ADMIN");
+    // ADMIN (in `all_counties`) runs once for every county; the county-scoped roles run
+    // once per county their schedules name.
+    let counties = ["C01", "C02", "C03", "C04", "C05", "C06"];
     let mut want: BTreeMap<(&str, &str, Option<&str>), usize> = BTreeMap::new();
-    for role in [cw, sup, admin] {
-        for report in [
-            "DAILY_REPORT",
-            "WEEKLY_REPORT",
-            "DAILY_SUMMARY",
-            "AUDIT_LOG",
-            "WEEKLY_DIGEST",
-        ] {
-            want.insert((report, role, None), 1);
+    for report in [
+        "DAILY_REPORT",
+        "WEEKLY_REPORT",
+        "DAILY_SUMMARY",
+        "AUDIT_LOG",
+        "WEEKLY_DIGEST",
+    ] {
+        want.insert((report, admin, None), 1);
+        for role in [cw, sup] {
+            for c in counties {
+                want.insert((report, role, Some(c)), 1);
+            }
         }
     }
-    for role in [sup, admin] {
-        want.insert(("MONTHLY_REPORT", role, None), 1);
-        want.insert(("MONTHLY_SUMMARY", role, None), 1);
+    for report in ["MONTHLY_REPORT", "MONTHLY_SUMMARY"] {
+        want.insert((report, admin, None), 1);
+        for c in counties {
+            want.insert((report, sup, Some(c)), 1);
+        }
+    }
+    for c in counties {
+        want.insert(("SUPERVISOR_REVIEW", sup, Some(c)), 1);
     }
     want.insert(("QUARTERLY_REPORT", admin, None), 1);
     want.insert(("YEARLY_REPORT", admin, None), 1);
-    want.insert(("SUPERVISOR_REVIEW", sup, None), 1);
-    want.insert(("EXECUTIVE_BRIEF", admin, None), 2);
-    let counties = ["C01", "C02", "C03", "C04", "C05", "C06"];
+    // `by ADMIN`: one brief, after ADMIN's summary only.
+    want.insert(("EXECUTIVE_BRIEF", admin, None), 1);
     for c in counties {
         want.insert(("COUNTY_REPORT", admin, Some(c)), 1);
     }
@@ -476,17 +486,14 @@ fn bundled_workflow_runs_every_schedule_and_its_whole_cascade() {
         };
         assert_eq!(parents, expected, "parents of {j:?}");
     }
-    // The two briefs (fixed role ADMIN) follow the SUPERVISOR and the ADMIN summary.
+    // The brief (fixed role ADMIN, `by ADMIN`) follows the ADMIN summary only.
     let mut brief_parents: Vec<(String, String)> = jobs
         .iter()
         .filter(|j| j.report_type == "EXECUTIVE_BRIEF")
         .flat_map(|j| parent_kinds(j, &ids))
         .collect();
     brief_parents.sort();
-    assert_eq!(
-        brief_parents,
-        kinds(&[("MONTHLY_SUMMARY", admin), ("MONTHLY_SUMMARY", sup)])
-    );
+    assert_eq!(brief_parents, kinds(&[("MONTHLY_SUMMARY", admin)]));
     // Every job is the parent of at most one job of each child type.
     let mut child_of: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for j in &jobs {
@@ -501,7 +508,7 @@ fn bundled_workflow_runs_every_schedule_and_its_whole_cascade() {
     // Results: whole, with every row (county reports split the 12,000 rows).
     for j in &jobs {
         sb.assert_result_whole(j);
-        if j.report_type != "COUNTY_REPORT" {
+        if j.county_id.is_none() {
             assert_eq!(j.rows_written, 12_000, "{j:?}");
         }
         let ext = if [
@@ -615,23 +622,27 @@ fn masking_and_county_filter_follow_the_principal() {
         }
     }
 
-    // SUPERVISOR, every county: names and birth dates in clear, SSN last 4 only.
+    // SUPERVISOR in C04: names and birth dates in clear, SSN last 4 only.
     sb.run([
         "workflows/reports.flow",
         "--report",
         "DAILY_REPORT",
         "--role",
         "SUPERVISOR",
+        "--county",
+        "C04",
     ])
     .success();
     let jobs = sb.jobs();
     let daily = only(&jobs, "DAILY_REPORT", Some("SUPERVISOR"));
-    assert_eq!(daily.county_id, None);
+    assert_eq!(daily.county_id.as_deref(), Some("C04"));
     let bytes = std::fs::read(sb.result_file(daily)).unwrap();
     assert!(!has_full_ssn(&bytes));
     let (_, rows) = read_csv(&sb.result_file(daily));
-    assert_eq!(rows.len(), 12_000);
+    let c04 = source.iter().filter(|r| &r[county] == "C04").count();
+    assert_eq!(rows.len(), c04);
     for r in &rows {
+        assert_eq!(&r[county], "C04");
         let orig = by_case[&r[case_id]];
         assert_eq!(&r[name], &orig[name]);
         assert_eq!(&r[dob], &orig[dob]);
@@ -665,6 +676,7 @@ config {
   worker_pool_size  2
   max_jobs_per_poll 2
   poll_interval     100ms
+  all_counties      ADMIN
 }
 
 roles ADMIN
@@ -906,7 +918,7 @@ fn resume_exit_status_reflects_jobs_recovered_from_a_crash() {
     let sb = Sandbox::empty();
     let flow = sb.write(
         "w.flow",
-        "roles ADMIN\nsource s {\n  path \"data/s.csv\"\n}\nreport R {\n  source s\n}\n",
+        "config {\n  all_counties ADMIN\n}\nroles ADMIN\nsource s {\n  path \"data/s.csv\"\n}\nreport R {\n  source s\n}\n",
     );
     write_cases(&sb.path().join("data/s.csv"), 10);
     // A run that dies while R is PROCESSING: claim it through the library,
@@ -959,6 +971,9 @@ fn resume_exit_status_reflects_jobs_recovered_from_a_crash() {
 // 4. Failure
 
 const FAILURE_FLOW: &str = r#"
+config {
+  all_counties ADMIN
+}
 roles ADMIN
 
 source bad {
@@ -1044,13 +1059,16 @@ fn malformed_source_row_fails_the_job_and_runs_only_on_completion_dependents() {
 // 5. Retry, then success
 
 #[test]
-fn missing_source_is_retried_with_backoff_until_it_appears() {
+fn an_unreadable_source_is_retried_with_backoff_until_it_can_be_read() {
     let sb = Sandbox::empty();
+    // A directory where the file should be: reading it is an I/O error, which may pass.
+    std::fs::create_dir_all(sb.path().join("data/late.csv")).unwrap();
     let flow = sb.write(
         "w.flow",
         r#"
 config {
   poll_interval 100ms
+  all_counties  ADMIN
 }
 roles ADMIN
 source late {
@@ -1085,11 +1103,12 @@ report LATE {
     });
     assert!(line.contains("LATE"), "{line}");
     assert!(
-        line.contains("late.csv") && line.contains("does not exist"),
+        line.contains("late.csv") && line.contains("I/O error"),
         "{line}"
     );
 
     // The source appears (whole, by rename) while the job waits for its retry.
+    std::fs::remove_dir(sb.path().join("data/late.csv")).unwrap();
     write_cases(&sb.path().join("data/late.csv"), 500);
     let (status, stdout) = finish(child, rx, &mut seen, deadline);
     let stderr = seen.join("\n");
@@ -1109,6 +1128,102 @@ report LATE {
     sb.assert_result_whole(job);
 }
 
+#[test]
+fn a_missing_source_fails_at_once_without_spending_retries() {
+    let sb = Sandbox::empty();
+    let flow = sb.write(
+        "w.flow",
+        "config {\n  all_counties ADMIN\n}\nroles ADMIN\nsource s {\n  path \"data/none.csv\"\n}\nreport R {\n  source  s\n  retries 5\n  backoff 10s\n}\n",
+    );
+    let run = sb.run([flow.as_os_str(), "--report".as_ref(), "R".as_ref()]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(!run.stderr().contains("retrying"), "{}", run.stderr());
+    let jobs = sb.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].status.as_str(), jobs[0].attempt),
+        ("FAILED", 1),
+        "{jobs:?}"
+    );
+    assert!(
+        jobs[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("does not exist"),
+        "{jobs:?}"
+    );
+}
+
+#[test]
+fn a_mask_on_a_renamed_column_fails_the_job_and_check() {
+    // The issue's reproduction: the source renames `client_name` to `name`.
+    let sb = Sandbox::bundled();
+    let data = sb.path().join("workflows/data/cases.csv");
+    let text = std::fs::read_to_string(&data).unwrap();
+    std::fs::write(&data, text.replacen("client_name", "name", 1)).unwrap();
+    let run = sb.run([
+        "workflows/reports.flow",
+        "--report",
+        "DAILY_REPORT",
+        "--role",
+        "CASE_WORKER",
+        "--county",
+        "C01",
+    ]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    let jobs = sb.jobs();
+    let daily = only(&jobs, "DAILY_REPORT", Some("CASE_WORKER"));
+    assert_eq!(
+        (daily.status.as_str(), daily.attempt),
+        ("FAILED", 1),
+        "no retries: {daily:?}"
+    );
+    let error = daily.error.as_deref().unwrap_or("");
+    assert!(
+        error.contains("`client_name`") && error.contains("no row was written"),
+        "{error}"
+    );
+    assert!(
+        files_under(&sb.path().join("results/DAILY_REPORT")).is_empty(),
+        "no result, not even a partial one"
+    );
+    let check = common::Flowctl::new()
+        .dir(sb.path())
+        .args(["check", "workflows/reports.flow"])
+        .output();
+    assert_eq!(check.code(), 1, "{}", check.stderr());
+    assert!(check.stderr().contains("E020"), "{}", check.stderr());
+    assert!(check.stderr().contains("client_name"), "{}", check.stderr());
+}
+
+#[test]
+fn a_county_scoped_role_without_a_county_is_refused_by_run() {
+    let sb = Sandbox::bundled();
+    for role in ["CASE_WORKER", "SUPERVISOR"] {
+        let run = sb.run([
+            "workflows/reports.flow",
+            "--report",
+            "DAILY_REPORT",
+            "--role",
+            role,
+        ]);
+        assert_eq!(run.code(), 2, "{}", run.stderr());
+        assert!(run.stderr().contains("county-scoped"), "{}", run.stderr());
+        assert!(run.stderr().contains("--county"), "{}", run.stderr());
+    }
+    assert!(sb.jobs().is_empty(), "nothing was queued");
+    // ADMIN is in `all_counties`: every county's rows.
+    sb.run([
+        "workflows/reports.flow",
+        "--report",
+        "DAILY_REPORT",
+        "--role",
+        "ADMIN",
+    ])
+    .success();
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Timeout
 
@@ -1118,6 +1233,9 @@ fn job_running_past_its_timeout_fails_with_timed_out() {
     let flow = sb.write(
         "w.flow",
         r#"
+config {
+  all_counties ADMIN
+}
 roles ADMIN
 source big {
   path "data/big.csv"
@@ -1204,13 +1322,16 @@ fn bad_parameters_and_unknown_reports_are_usage_errors() {
 fn a_store_held_by_a_running_flowctl_is_refused_cleanly() {
     let sb = Sandbox::empty();
     // A run that stays alive, deterministically, until the test lets it
-    // finish: its source is missing and it retries with a growing backoff
-    // (100ms, 200ms, ... about 100 s in all).
+    // finish: its source cannot be read (a directory: an I/O error, which
+    // may pass) and it retries with a growing backoff (100ms, 200ms, ...
+    // about 100 s in all).
+    std::fs::create_dir_all(sb.path().join("data/s.csv")).unwrap();
     let flow = sb.write(
         "w.flow",
         r#"
 config {
   poll_interval 50ms
+  all_counties  ADMIN
 }
 roles ADMIN
 source s {
@@ -1258,6 +1379,7 @@ report HOLD {
     assert!(list.stderr().contains("in use"), "{}", list.stderr());
 
     // The first run is unharmed: it finishes its one job once the source exists.
+    std::fs::remove_dir(sb.path().join("data/s.csv")).unwrap();
     write_cases(&sb.path().join("data/s.csv"), 100);
     let (status, stdout) = finish(child, rx, &mut seen, deadline);
     assert_eq!(
@@ -1284,6 +1406,8 @@ fn jobs_show_lists_children_and_cancel_refuses_finished_jobs() {
         "DAILY_REPORT",
         "--role",
         "SUPERVISOR",
+        "--county",
+        "C01",
     ])
     .success();
     let jobs = sb.jobs();

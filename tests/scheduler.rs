@@ -30,6 +30,10 @@ fn workflow(dir: &Path, catch_up: &str) -> Workflow {
     .unwrap();
     let text = format!(
         r#"
+config {{
+  all_counties ADMIN, CASE_WORKER
+}}
+
 roles ADMIN, CASE_WORKER
 
 source cases {{

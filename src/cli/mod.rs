@@ -223,10 +223,20 @@ fn print_diagnostics(c: &Compilation, quiet_warnings: bool) {
 }
 
 fn check(paths: &[PathBuf]) -> u8 {
-    let c = match compiler::compile_paths(paths) {
+    let mut c = match compiler::compile_paths(paths) {
         Ok(c) => c,
         Err(e) => return error(e),
     };
+    // What only the data can prove wrong: each rule's column against its source's header.
+    if let Some(w) = &c.workflow {
+        let found = crate::source_check::check_sources(w, crate::pipeline::read_columns);
+        if found.iter().any(|d| d.is_error()) {
+            c.workflow = None;
+        }
+        c.diagnostics.extend(found);
+        c.diagnostics
+            .sort_by_key(|d| d.primary_span().map(|s| (s.file, s.start)));
+    }
     print_diagnostics(&c, false);
     let errors = c.diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = c.diagnostics.len() - errors;

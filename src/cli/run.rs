@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::{
     block_on, compiled_workflow, error, start_engine, Started, StoreArgs, EXIT_FAILURE, EXIT_OK,
 };
-use crate::executor::{Engine, ExecEvent};
+use crate::executor::{Engine, ExecEvent, JobRefused};
 use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
 use crate::store::{ListFilter, Store};
 use crate::workflow::{DataFormat, Workflow};
@@ -29,11 +29,13 @@ pub struct RunArgs {
     /// for each role (and county) of its schedules, as if they all fired now.
     #[arg(long = "report", short = 'r')]
     pub reports: Vec<String>,
-    /// Role of the principal for `--report` jobs (default: ADMIN if declared,
-    /// else the first declared role).
+    /// Role of the principal for `--report` jobs (default: the first role of the
+    /// config's `all_counties`, else the first declared role). A county-scoped role
+    /// needs `--county`.
     #[arg(long)]
     pub role: Option<String>,
-    /// County of the principal for `--report` jobs.
+    /// County of the principal for `--report` jobs: required for a county-scoped role;
+    /// restricts a role that sees all counties to one.
     #[arg(long)]
     pub county: Option<String>,
     /// Request parameters: chunk_size=N, format=csv|jsonl, priority=N, target=NAME.
@@ -115,10 +117,12 @@ fn root_jobs(
                 workflow.roles.join(", ")
             ));
         }
+        // The first role that sees every county, so a bare `--report` runs unscoped only
+        // where the workflow allows it; else the first declared role (which then needs
+        // `--county`).
         None => workflow
-            .roles
-            .iter()
-            .find(|r| *r == "ADMIN")
+            .all_counties
+            .first()
             .or(workflow.roles.first())
             .cloned()
             .ok_or("the workflow declares no roles; pass --role")?,
@@ -130,13 +134,16 @@ fn root_jobs(
             county: args.county.clone(),
         };
         match engine.new_job(report, principal, trigger, request.clone()) {
-            Some(job) => jobs.push(job),
-            None => {
+            Ok(job) => jobs.push(job),
+            Err(JobRefused::UnknownReport(_)) => {
                 let names = workflow.reports.iter().map(|r| r.name.as_str());
                 let hint = crate::diagnostic::did_you_mean(report, names)
                     .map(|s| format!(" (did you mean {s}?)"))
                     .unwrap_or_default();
                 return Err(format!("unknown report {report}{hint}"));
+            }
+            Err(JobRefused::CountyRequired(e)) => {
+                return Err(format!("{e}: pass --county"));
             }
         }
     }

@@ -4,8 +4,9 @@
 //! then streams the source (CSV or JSON lines) in chunks of `chunk_size` rows — memory stays flat whatever the source size — keeps the rows of the
 //! principal's county, masks fields by the principal's role ([`crate::masking`]), and writes CSV
 //! or JSON lines to a temporary file beside the result. After the last chunk the file is flushed,
-//! `sync_all`ed, renamed into place and the directory is synced: a reader never sees a partial
-//! result. On any error, on cancellation, and on a panic in the observer, the temporary file is
+//! `sync_all`ed, moved into place without ever replacing a file (link, then unlink the temporary
+//! name) and the directory is synced: a reader never sees a partial result, and no attempt
+//! overwrites another's. On any error, on cancellation, and on a panic in the observer, the temporary file is
 //! removed and nothing appears at the result path.
 //!
 //! The observer is called after every chunk (progress, cancellation). A chunk is `chunk_size`
@@ -109,6 +110,10 @@ pub struct PipelineSpec {
     pub chunk_size: usize,
     /// Masking rules already resolved for the principal's role: `(field name, method)`.
     pub masks: Vec<(String, MaskMethod)>,
+    /// Every column a mask rule of the report names, for any role. A source that lacks one of
+    /// them (or a column of `masks`) fails the run before a row is written: the rules no longer
+    /// describe the data, and a renamed column would otherwise pass through in clear.
+    pub mask_columns: Vec<String>,
     /// Key of the `hash` masking method.
     pub hash_key: [u8; 32],
     /// Final path of the result: `<results>/<REPORT_TYPE>/<job_id>.<ext>`.
@@ -129,6 +134,7 @@ impl fmt::Debug for PipelineSpec {
             .field("output_format", &self.output_format)
             .field("chunk_size", &self.chunk_size)
             .field("masks", &self.masks)
+            .field("mask_columns", &self.mask_columns)
             .field("hash_key", &"<redacted>")
             .field("result_path", &self.result_path)
             .field("rows_total", &self.rows_total)
@@ -222,8 +228,22 @@ pub enum PipelineError {
         message: String,
     },
     /// A county filter is requested but the source has no such column.
-    #[error("county column `{column}` is not a column of {}", path.display())]
-    MissingCountyColumn { column: String, path: PathBuf },
+    #[error("county column `{column}` is not a column of {} (its columns: {columns})", path.display())]
+    MissingCountyColumn {
+        column: String,
+        path: PathBuf,
+        columns: String,
+    },
+    /// A mask rule names a column the source does not have.
+    #[error("mask rule on `{column}` names no column of {} (its columns: {columns}); no row was written", path.display())]
+    MissingMaskColumn {
+        column: String,
+        path: PathBuf,
+        columns: String,
+    },
+    /// The result file is already there: an attempt never replaces a result it did not write.
+    #[error("result file {} already exists; an attempt never replaces a result", path.display())]
+    ResultExists { path: PathBuf },
     /// The spec cannot be run as given (chunk size 0, county without county column, …).
     #[error("invalid pipeline spec: {reason}")]
     InvalidSpec { reason: String },
@@ -241,18 +261,18 @@ impl PipelineError {
             PipelineError::Csv { .. } => "bad_csv",
             PipelineError::Json { .. } => "bad_json",
             PipelineError::MissingCountyColumn { .. } => "missing_county_column",
+            PipelineError::MissingMaskColumn { .. } => "missing_mask_column",
+            PipelineError::ResultExists { .. } => "result_exists",
             PipelineError::InvalidSpec { .. } => "invalid_spec",
             PipelineError::Cancelled => "cancelled",
         }
     }
 
-    /// Whether running the same spec again may succeed (I/O errors, a source that may yet
-    /// appear); bad data and bad specs fail the same way every time.
+    /// Whether running the same spec again may succeed: I/O errors only. A missing source,
+    /// bad data, a rule the source does not fit and a bad spec fail the same way every time, so
+    /// a job that meets one fails at once instead of spending its retries.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            PipelineError::Io { .. } | PipelineError::SourceMissing { .. }
-        )
+        matches!(self, PipelineError::Io { .. })
     }
 }
 
@@ -324,8 +344,8 @@ fn has_content(segment: &[u8]) -> bool {
 /// Runs the pipeline described by `spec`, reporting to `observer` after each chunk.
 ///
 /// On success the result is at `spec.result_path` (complete, synced). On error or cancellation
-/// nothing is at `spec.result_path` (an earlier file there is left as it was) and no temporary
-/// file is left behind.
+/// nothing new is at `spec.result_path` (a file already there is never replaced: the run fails
+/// with [`PipelineError::ResultExists`]) and no temporary file is left behind.
 pub fn run(spec: &PipelineSpec, observer: &mut dyn Observer) -> Result<Output> {
     if spec.chunk_size == 0 {
         return Err(PipelineError::InvalidSpec {
@@ -373,22 +393,7 @@ fn run_source<S: RowSource>(
     observer: &mut dyn Observer,
 ) -> Result<Output> {
     let header = source.header().clone();
-    let county = match (&spec.county, &spec.county_column) {
-        (Some(county), Some(column)) => {
-            match header.iter().position(|name| name == column.as_bytes()) {
-                Some(index) => Some((index, county.as_bytes())),
-                // A source without any column has no rows either: nothing to filter.
-                None if header.is_empty() => None,
-                None => {
-                    return Err(PipelineError::MissingCountyColumn {
-                        column: column.clone(),
-                        path: spec.source_path.clone(),
-                    })
-                }
-            }
-        }
-        _ => None,
-    };
+    let county = check_columns(spec, &header)?;
     let masker = Masker::new(&spec.masks, header.iter(), &spec.hash_key);
 
     let (file, temp) = TempFile::create(&spec.result_path)?;
@@ -425,6 +430,74 @@ fn run_source<S: RowSource>(
         sha256: hex::encode(digest),
         bytes,
     })
+}
+
+/// The county filter's column index, after checking that every column a rule names is in
+/// the header: the one place where a rule that cannot be applied stops a run, for every source
+/// kind, before the result file is even created. A source without any column has no rows
+/// either: there is nothing to filter or mask.
+fn check_columns<'a>(spec: &'a PipelineSpec, header: &Row) -> Result<Option<(usize, &'a [u8])>> {
+    if header.is_empty() {
+        return Ok(None);
+    }
+    let position = |column: &str| header.iter().position(|name| name == column.as_bytes());
+    let listed = || column_preview(header.iter());
+    let masked = spec.masks.iter().map(|(column, _)| column);
+    for column in masked.chain(&spec.mask_columns) {
+        if position(column).is_none() {
+            return Err(PipelineError::MissingMaskColumn {
+                column: column.clone(),
+                path: spec.source_path.clone(),
+                columns: listed(),
+            });
+        }
+    }
+    match (&spec.county, &spec.county_column) {
+        (Some(county), Some(column)) => match position(column) {
+            Some(index) => Ok(Some((index, county.as_bytes()))),
+            None => Err(PipelineError::MissingCountyColumn {
+                column: column.clone(),
+                path: spec.source_path.clone(),
+                columns: listed(),
+            }),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// The first column names of a header, for a message (a source may have thousands, and a
+/// name may be long: both are cut).
+pub fn column_preview<'a>(names: impl ExactSizeIterator<Item = &'a [u8]>) -> String {
+    const SHOWN: usize = 12;
+    let total = names.len();
+    let mut out: Vec<String> = names
+        .take(SHOWN)
+        .map(|name| {
+            let name = String::from_utf8_lossy(name);
+            match name.char_indices().nth(40) {
+                Some((cut, _)) => format!("`{}…`", &name[..cut]),
+                None => format!("`{name}`"),
+            }
+        })
+        .collect();
+    if total > SHOWN {
+        out.push(format!("… {} more", total - SHOWN));
+    }
+    out.join(", ")
+}
+
+/// The column names of a source, as a run would read them (the CSV header, or the keys of
+/// the first JSON object); empty for a source without any. `flowctl check` uses it to hold
+/// the mask rules and county column against the data before any job runs.
+pub fn read_columns(path: &Path, format: DataFormat) -> Result<Vec<String>> {
+    let header = match format {
+        DataFormat::Csv => CsvSource::open(path)?.header().clone(),
+        DataFormat::Jsonl => JsonlSource::open(path)?.header().clone(),
+    };
+    Ok(header
+        .iter()
+        .map(|name| String::from_utf8_lossy(name).into_owned())
+        .collect())
 }
 
 struct Run<'a> {
@@ -502,7 +575,7 @@ fn check_utf8(row: &Row, path: &Path) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Temporary file, committed by rename.
+// Temporary file, committed by a move that never replaces.
 
 /// The temporary output file; removed on drop unless committed.
 struct TempFile {
@@ -562,10 +635,26 @@ impl TempFile {
         Err(io_err(&path)(e))
     }
 
-    /// Renames the (closed, synced) temporary file to `result_path` and syncs the directory.
+    /// Moves the (closed, synced) temporary file to `result_path` and syncs the directory.
+    ///
+    /// The move never replaces a file: it links the temporary file at `result_path` (which
+    /// fails if anything is there) and then unlinks the temporary name. Result paths are per
+    /// attempt, so an attempt that lost its job (a worker paused past its lease) can never put
+    /// its output over the result another attempt completed and recorded the SHA-256 of.
     fn commit(mut self, result_path: &Path) -> Result<()> {
-        fs::rename(&self.path, result_path).map_err(io_err(result_path))?;
+        match fs::hard_link(&self.path, result_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(PipelineError::ResultExists {
+                    path: result_path.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(io_err(result_path)(e)),
+        }
         self.committed = true;
+        // The result is whole at its path; a temporary name left behind by a crash here is
+        // swept at start like any other.
+        let _ = fs::remove_file(&self.path);
         if let Err(e) = sync_dir(parent_dir(result_path)) {
             // Not durable: do not report a result that may vanish on power loss.
             let _ = fs::remove_file(result_path);
@@ -1191,6 +1280,7 @@ mod tests {
                 output_format: output,
                 chunk_size: 1000,
                 masks: Vec::new(),
+                mask_columns: Vec::new(),
                 hash_key: KEY,
                 rows_total: None,
                 result_path: self
@@ -1214,7 +1304,10 @@ mod tests {
         }
     }
 
+    /// One run as a new attempt would make it: the executor gives every attempt its own
+    /// result path, so a result left by an earlier run of the same test is removed first.
     fn run_collect(spec: &PipelineSpec) -> (Result<Output>, Vec<Progress>) {
+        let _ = fs::remove_file(&spec.result_path);
         let mut seen = Vec::new();
         let result = run(spec, &mut |p: &Progress| {
             seen.push(*p);
@@ -1279,7 +1372,6 @@ mod tests {
             ("client_name", MaskMethod::Redact),
             ("date_of_birth", MaskMethod::Hash),
             ("benefit_amount", MaskMethod::Null),
-            ("not_a_column", MaskMethod::Redact),
         ]);
         let (out, text, _) = run_ok(&spec);
         assert_eq!(out.rows_written, 3);
@@ -1654,7 +1746,7 @@ mod tests {
     }
 
     #[test]
-    fn previous_result_is_replaced_on_success_and_kept_on_failure() {
+    fn a_result_file_is_never_replaced() {
         let fx = Fixture::new();
         let src = fx.source("cases.csv", cases_csv(5));
         let spec = fx.spec(&src, DataFormat::Csv, DataFormat::Csv);
@@ -1663,9 +1755,85 @@ mod tests {
         let err = run(&spec, &mut |_: &Progress| Control::Cancel).unwrap_err();
         assert!(matches!(err, PipelineError::Cancelled));
         assert_eq!(fs::read_to_string(&spec.result_path).unwrap(), "old");
-        let (_, text, _) = run_ok(&spec);
-        assert_eq!(text, cases_csv(5));
+        // A whole run that finds its path taken fails and leaves the file as it was.
+        let err = run(&spec, &mut |_: &Progress| Control::Continue).unwrap_err();
+        assert!(
+            matches!(&err, PipelineError::ResultExists { path } if path == &spec.result_path),
+            "{err:?}"
+        );
+        assert!(!err.is_transient());
+        assert_eq!(fs::read_to_string(&spec.result_path).unwrap(), "old");
         assert_eq!(fx.result_files(), ["JOB_ABCD1234.csv"]);
+    }
+
+    #[test]
+    fn a_mask_on_a_missing_column_fails_before_any_row() {
+        let fx = Fixture::new();
+        // The source renamed `client_name` to `name`: the rule no longer matches anything.
+        let renamed = cases_csv(3).replacen("client_name", "name", 1);
+        let src = fx.source("cases.csv", &renamed);
+        for output in [DataFormat::Csv, DataFormat::Jsonl] {
+            let mut spec = fx.spec(&src, DataFormat::Csv, output);
+            spec.masks = masks(&[
+                ("ssn", MaskMethod::Last4),
+                ("client_name", MaskMethod::Redact),
+            ]);
+            let (result, seen) = run_collect(&spec);
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, PipelineError::MissingMaskColumn { column, .. } if column == "client_name"),
+                "{err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains("`client_name`") && message.contains("`name`"),
+                "{message}"
+            );
+            assert!(
+                !err.is_transient(),
+                "a rule that does not fit fails at once"
+            );
+            assert!(seen.is_empty(), "no chunk was read");
+            assert!(
+                fx.result_files().is_empty(),
+                "no file, not even a temporary one"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mask_column_of_another_role_must_exist_too() {
+        // The principal's own rules all fit, but the report also masks a column for another
+        // role that the source lacks: the rule set no longer describes the data.
+        let fx = Fixture::new();
+        let src = fx.source("cases.jsonl", "{\"ssn\":\"123456789\",\"name\":\"Al\"}\n");
+        let mut spec = fx.spec(&src, DataFormat::Jsonl, DataFormat::Jsonl);
+        spec.masks = masks(&[("ssn", MaskMethod::Last4)]);
+        spec.mask_columns = vec!["ssn".into(), "client_name".into()];
+        let err = run_collect(&spec).0.unwrap_err();
+        assert!(
+            matches!(&err, PipelineError::MissingMaskColumn { column, .. } if column == "client_name"),
+            "{err:?}"
+        );
+        assert!(fx.result_files().is_empty());
+        // Named in the data: the run goes through.
+        spec.mask_columns = vec!["ssn".into(), "name".into()];
+        assert_eq!(run_ok(&spec).1, "{\"ssn\":\"****6789\",\"name\":\"Al\"}\n");
+    }
+
+    #[test]
+    fn read_columns_reads_the_header_a_run_would_use() {
+        let fx = Fixture::new();
+        let csv = fx.source("bom.csv", "\u{feff}ssn,x\n1,2\n");
+        assert_eq!(read_columns(&csv, DataFormat::Csv).unwrap(), ["ssn", "x"]);
+        let jsonl = fx.source("a.jsonl", "\n{\"a\":1,\"b\":null}\n{\"c\":1}\n");
+        assert_eq!(read_columns(&jsonl, DataFormat::Jsonl).unwrap(), ["a", "b"]);
+        let empty = fx.source("empty.csv", "");
+        assert!(read_columns(&empty, DataFormat::Csv).unwrap().is_empty());
+        assert!(matches!(
+            read_columns(&fx.dir.path().join("nope.csv"), DataFormat::Csv),
+            Err(PipelineError::SourceMissing { .. })
+        ));
     }
 
     #[test]
@@ -1769,7 +1937,7 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("nope.csv"), "{err}");
-        assert!(err.is_transient());
+        assert!(!err.is_transient(), "a missing source fails at once");
         assert!(matches!(
             count_rows(&src, DataFormat::Jsonl),
             Err(PipelineError::SourceMissing { .. })

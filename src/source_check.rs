@@ -1,0 +1,229 @@
+//! `flowctl check`'s look at the data: every column a rule names must be in its source.
+//!
+//! The compiler proves what the text alone can prove and reads no files; whether a mask rule
+//! or a county column names a real column only the data can tell. This pass reads the header
+//! of each source (the CSV header, the keys of the first JSON object) through a function the
+//! caller gives — [`crate::pipeline::read_columns`] in the CLI — and reports, at the rule that
+//! names it, every column the source lacks. The pipeline applies the same rule to every run
+//! before it writes a row ([`crate::pipeline`]'s column check); this pass says so earlier.
+//!
+//! A source that does not exist yet is a warning (data may arrive before the first fire; a
+//! job that finds it missing fails at once); a source that exists but cannot be read as its
+//! format, or is not a regular file, is an error.
+
+use std::path::Path;
+
+use crate::diagnostic::{did_you_mean, Code, Diagnostic};
+use crate::pipeline::{column_preview, PipelineError};
+use crate::source_map::Span;
+use crate::workflow::{DataFormat, Workflow};
+
+/// Holds every source's columns against the rules that name them. `read` gives a source's
+/// column names (empty for a source without any, which has no rows to leak).
+pub fn check_sources(
+    workflow: &Workflow,
+    read: impl Fn(&Path, DataFormat) -> Result<Vec<String>, PipelineError>,
+) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    for (index, source) in workflow.sources.iter().enumerate() {
+        let location = workflow
+            .locations
+            .sources
+            .get(index)
+            .copied()
+            .unwrap_or_default();
+        let at = location.path.or(location.name);
+        let columns = match std::fs::metadata(&source.path) {
+            Err(_) => {
+                diags.push(located(
+                    Diagnostic::warning(
+                        Code::SourceNotFound,
+                        format!(
+                            "source `{}`: {} does not exist",
+                            source.name,
+                            source.path.display()
+                        ),
+                    ),
+                    at,
+                    "no file here yet",
+                    "a job that finds its source missing fails at once; check the path (relative to this file)",
+                ));
+                continue;
+            }
+            Ok(meta) if !meta.is_file() => {
+                diags.push(located(
+                    Diagnostic::error(
+                        Code::BadSource,
+                        format!(
+                            "source `{}`: {} is not a regular file",
+                            source.name,
+                            source.path.display()
+                        ),
+                    ),
+                    at,
+                    "not a regular file",
+                    "a source is a CSV or JSON-lines file",
+                ));
+                continue;
+            }
+            Ok(_) => match read(&source.path, source.format) {
+                Ok(columns) => columns,
+                Err(e) => {
+                    diags.push(located(
+                        Diagnostic::error(
+                            Code::BadSource,
+                            format!("source `{}` cannot be read: {e}", source.name),
+                        ),
+                        at,
+                        "its header cannot be read",
+                        "a job reading it would fail the same way",
+                    ));
+                    continue;
+                }
+            },
+        };
+        if columns.is_empty() {
+            continue;
+        }
+        let known = |name: &str| columns.iter().any(|c| c == name);
+        let missing = |what: String, name: &str, span: Option<Span>| {
+            let mut d = Diagnostic::error(Code::UnknownColumn, what);
+            if let Some(span) = span {
+                d = d.label(span, "no such column in the source's header");
+            }
+            d.help(match did_you_mean(name, columns.iter().map(String::as_str)) {
+                Some(s) => format!("did you mean `{s}`? jobs fail before writing a row while a rule names a missing column"),
+                None => format!(
+                    "its columns: {}; jobs fail before writing a row while a rule names a missing column",
+                    column_preview(columns.iter().map(String::as_bytes))
+                ),
+            })
+        };
+        if let Some(column) = &source.county_column {
+            if !known(column) {
+                let what = format!(
+                    "county column `{column}` is not a column of source `{}` ({})",
+                    source.name,
+                    source.path.display()
+                );
+                diags.push(missing(what, column, location.county_column));
+            }
+        }
+        // A rule of a shared `masking` set is reported once, however many reports use it.
+        let mut reported: Vec<(&str, Option<Span>)> = Vec::new();
+        for (r, report) in workflow.reports.iter().enumerate() {
+            if report.source != index {
+                continue;
+            }
+            let spans = workflow.locations.mask_fields.get(r);
+            for (m, rule) in report.masks.iter().enumerate() {
+                let span = spans.and_then(|s| s.get(m)).copied();
+                if known(&rule.field) || reported.contains(&(rule.field.as_str(), span)) {
+                    continue;
+                }
+                reported.push((&rule.field, span));
+                let what = format!(
+                    "mask rule on `{}`: no such column in source `{}` ({}), which report `{}` reads",
+                    rule.field,
+                    source.name,
+                    source.path.display(),
+                    report.name
+                );
+                diags.push(missing(what, &rule.field, span));
+            }
+        }
+    }
+    diags
+}
+
+fn located(d: Diagnostic, span: Option<Span>, label: &str, help: &str) -> Diagnostic {
+    match span {
+        Some(span) => d.label(span, label),
+        None => d,
+    }
+    .help(help)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compiler::compile;
+    use crate::loader::load_text;
+
+    fn workflow(dir: &Path, text: &str) -> (Workflow, crate::source_map::SourceMap) {
+        let c = compile(load_text(&dir.join("w.flow"), text.to_string()));
+        let w = c.workflow.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        (w, c.sources)
+    }
+
+    const FLOW: &str = "config {\n  all_counties ADMIN\n}\nroles CASE_WORKER, ADMIN\nsource s {\n  path \"s.csv\"\n  county_column county_id\n}\nmasking pii {\n  mask client_name redact for CASE_WORKER\n}\nreport A {\n  source s\n  masking pii\n}\nreport B {\n  source s\n  masking pii\n  mask ssn last4 except ADMIN\n}\n";
+
+    #[test]
+    fn a_mask_on_a_column_the_header_lacks_is_an_error_at_the_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s.csv"), "county_id,name,ssn\n").unwrap();
+        let (w, sources) = workflow(dir.path(), FLOW);
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        // The shared rule once (not once per report using it), at the field name.
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        let d = &diags[0];
+        assert_eq!(d.code, Code::UnknownColumn);
+        assert!(d.is_error());
+        assert_eq!(sources.text(d.primary_span().unwrap()), "client_name");
+        assert!(d.message.contains("report `A`"), "{}", d.message);
+        assert!(
+            d.help.as_deref().unwrap().contains("`name`"),
+            "{:?}",
+            d.help
+        );
+    }
+
+    #[test]
+    fn a_missing_county_column_is_an_error_and_a_matching_header_is_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, sources) = workflow(dir.path(), FLOW);
+        let header = |columns: &'static [&'static str]| {
+            move |_: &Path, _: DataFormat| Ok(columns.iter().map(|c| c.to_string()).collect())
+        };
+        std::fs::write(dir.path().join("s.csv"), "").unwrap();
+        let diags = check_sources(&w, header(&["county", "client_name", "ssn"]));
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(sources.text(diags[0].primary_span().unwrap()), "county_id");
+        assert!(check_sources(&w, header(&["county_id", "client_name", "ssn"])).is_empty());
+        // A source without columns has no rows: nothing to mask or filter.
+        assert!(check_sources(&w, header(&[])).is_empty());
+    }
+
+    #[test]
+    fn a_missing_source_is_a_warning_and_a_directory_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, _) = workflow(dir.path(), FLOW);
+        let never = |_: &Path, _: DataFormat| -> Result<Vec<String>, PipelineError> {
+            unreachable!("nothing to read")
+        };
+        let diags = check_sources(&w, never);
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].code, Code::SourceNotFound);
+        assert!(!diags[0].is_error());
+        std::fs::create_dir(dir.path().join("s.csv")).unwrap();
+        let diags = check_sources(&w, never);
+        assert_eq!(diags[0].code, Code::BadSource);
+        assert!(diags[0].is_error());
+    }
+
+    #[test]
+    fn an_unreadable_header_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = FLOW.replace("s.csv", "s.jsonl");
+        std::fs::write(dir.path().join("s.jsonl"), "not json\n").unwrap();
+        let (w, _) = workflow(dir.path(), &text);
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].code, Code::BadSource);
+        assert!(
+            diags[0].message.contains("bad JSON line"),
+            "{}",
+            diags[0].message
+        );
+    }
+}
