@@ -572,6 +572,34 @@ pub(crate) struct Started {
     pub recovered: crate::store::Expired,
 }
 
+/// Without `FLOWCTL_MASK_KEY` the `hash` mask uses the key generated beside the embedded store:
+/// hashed values then differ from every other store's and change when the store is recreated.
+/// Said once, at the start of `run`, `serve` and `worker` when a report masks with `hash`: in the
+/// log when there is one, else on stderr.
+fn warn_if_mask_key_generated(workflow: &crate::workflow::Workflow, db: &std::path::Path) {
+    let hashes = workflow.reports.iter().any(|r| {
+        r.masks
+            .iter()
+            .any(|m| m.method == crate::masking::MaskMethod::Hash)
+    });
+    if !hashes || crate::masking_key::from_env().is_some() {
+        return;
+    }
+    let message = format!(
+        "{} is not set: `hash` masks use the key generated for this store ({}), so hashed \
+         values change with every new store and match no other store's; set {} to the same \
+         secret everywhere to keep them stable",
+        crate::masking_key::ENV_MASK_KEY,
+        db.join("mask.key").display(),
+        crate::masking_key::ENV_MASK_KEY,
+    );
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("warning: {message}");
+    }
+}
+
 pub(crate) async fn start_engine(
     workflow: std::sync::Arc<crate::workflow::Workflow>,
     selection: &StoreSelection,
@@ -580,6 +608,9 @@ pub(crate) async fn start_engine(
 ) -> Result<Started, u8> {
     use crate::executor::{Engine, ExecutorConfig};
     let (store, hash_key) = open_store(selection).await?;
+    if let StoreSelection::Sled(db) = selection {
+        warn_if_mask_key_generated(&workflow, db);
+    }
     let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
     if let Some(w) = workers {
         config.pool_size = w.max(1) as usize;

@@ -1,0 +1,146 @@
+//! Behaviour tests of the command line's newcomer-facing surface, driving the real binary: the
+//! warning about a generated masking key, `--help` texts, `jobs list --report` typos.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::Flowctl;
+
+const WARNING: &str = "FLOWCTL_MASK_KEY is not set";
+
+/// A workflow of one unscheduled report over a three-row CSV, in `dir`.
+fn small_workflow(dir: &Path) -> PathBuf {
+    std::fs::write(
+        dir.join("cases.csv"),
+        "case_id,county_id,ssn\n1,C01,123456789\n2,C02,987654321\n3,C01,555443333\n",
+    )
+    .unwrap();
+    let flow = dir.join("w.flow");
+    std::fs::write(
+        &flow,
+        "roles ADMIN\n\nsource cases {\n  path          \"cases.csv\"\n  county_column county_id\n}\n\n\
+         report R {\n  source cases\n  mask ssn hash\n}\n",
+    )
+    .unwrap();
+    flow
+}
+
+/// `flowctl ARGS` in `dir`, with `FLOWCTL_MASK_KEY` set to `key` or removed.
+fn flowctl(dir: &Path, key: Option<&str>) -> std::process::Command {
+    let mut cmd = Flowctl::new().dir(dir).command();
+    cmd.env_remove("FLOWCTL_MASK_KEY")
+        .env_remove("FLOWCTL_STORE")
+        .env_remove("FLOWCTL_DB")
+        .env(
+            "FLOWCTL_JWT_SECRET",
+            "a test secret that is long enough for HS256",
+        );
+    if let Some(key) = key {
+        cmd.env("FLOWCTL_MASK_KEY", key);
+    }
+    cmd
+}
+
+/// Spawns a long-running command, collects its stderr until a line starting with `ready`, then
+/// stops it with SIGTERM (SIGKILL if it does not stop) and returns the lines seen.
+fn stderr_until_ready(mut cmd: std::process::Command, ready: &str) -> String {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowctl spawns");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                let done = line.starts_with(ready);
+                log.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    let log = log.join("\n");
+    assert!(found, "no line starting with {ready:?}; stderr:\n{log}");
+    log
+}
+
+#[test]
+fn a_generated_mask_key_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = small_workflow(dir.path());
+    let db = dir.path().join("db");
+    let run = |key: Option<&str>| {
+        let out = flowctl(dir.path(), key)
+            .arg("run")
+            .arg(&flow)
+            .args(["--report", "R", "--db"])
+            .arg(&db)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        stderr
+    };
+
+    // `run`: without the variable, said once, naming the variable and the key file.
+    let stderr = run(None);
+    assert_eq!(stderr.matches(WARNING).count(), 1, "{stderr}");
+    assert!(stderr.contains("mask.key"), "{stderr}");
+    // Also when the key file already exists (still per store).
+    let stderr = run(None);
+    assert_eq!(stderr.matches(WARNING).count(), 1, "{stderr}");
+    // With the variable: nothing.
+    let stderr = run(Some("a shared secret"));
+    assert!(!stderr.contains("FLOWCTL_MASK_KEY"), "{stderr}");
+    // Nor when no report masks with `hash`: the key is not used.
+    let text = std::fs::read_to_string(&flow).unwrap();
+    std::fs::write(&flow, text.replace("mask ssn hash", "mask ssn redact")).unwrap();
+    let stderr = run(None);
+    assert!(!stderr.contains("FLOWCTL_MASK_KEY"), "{stderr}");
+    std::fs::write(&flow, text).unwrap();
+
+    // `serve` and `worker`: in the log, before they are ready.
+    for key in [None, Some("a shared secret")] {
+        let mut serve = flowctl(dir.path(), key);
+        serve
+            .arg("serve")
+            .arg(&flow)
+            .args(["--listen", "127.0.0.1:0", "--db"])
+            .arg(&db);
+        let log = stderr_until_ready(serve, "listening on");
+        let mut worker = flowctl(dir.path(), key);
+        worker.arg("worker").arg(&flow).arg("--db").arg(&db);
+        let log = format!("{log}\n{}", stderr_until_ready(worker, "worker "));
+        let expected = if key.is_none() { 2 } else { 0 };
+        assert_eq!(log.matches(WARNING).count(), expected, "{key:?}:\n{log}");
+    }
+}
