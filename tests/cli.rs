@@ -13,7 +13,7 @@ use common::Flowctl;
 
 const WARNING: &str = "FLOWCTL_MASK_KEY is not set";
 
-/// A workflow of one unscheduled report over a three-row CSV, in `dir`.
+/// A workflow of two unscheduled reports over a three-row CSV, in `dir`.
 fn small_workflow(dir: &Path) -> PathBuf {
     std::fs::write(
         dir.join("cases.csv"),
@@ -24,7 +24,8 @@ fn small_workflow(dir: &Path) -> PathBuf {
     std::fs::write(
         &flow,
         "roles ADMIN\n\nsource cases {\n  path          \"cases.csv\"\n  county_column county_id\n}\n\n\
-         report R {\n  source cases\n  mask ssn hash\n}\n",
+         report DAILY_REPORT {\n  source cases\n  mask ssn hash\n}\n\n\
+         report DAILY_SUMMARY {\n  source cases\n}\n",
     )
     .unwrap();
     flow
@@ -102,7 +103,7 @@ fn a_generated_mask_key_is_warned_about() {
         let out = flowctl(dir.path(), key)
             .arg("run")
             .arg(&flow)
-            .args(["--report", "R", "--db"])
+            .args(["--report", "DAILY_REPORT", "--db"])
             .arg(&db)
             .output()
             .unwrap();
@@ -143,4 +144,109 @@ fn a_generated_mask_key_is_warned_about() {
         let expected = if key.is_none() { 2 } else { 0 };
         assert_eq!(log.matches(WARNING).count(), expected, "{key:?}:\n{log}");
     }
+}
+
+/// Every subcommand, argument and listed value of `flowctl` says what it is in `--help`
+/// (clap's own `help` and `version` aside).
+#[test]
+fn every_cli_argument_has_help() {
+    use clap::CommandFactory;
+
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            let help = arg.get_help().or(arg.get_long_help());
+            if help.is_none_or(|h| h.to_string().trim().is_empty()) {
+                missing.push(format!("{path} <{id}>"));
+            }
+            if arg.get_action().takes_values() && !arg.is_hide_possible_values_set() {
+                for value in arg.get_possible_values() {
+                    if value
+                        .get_help()
+                        .is_none_or(|h| h.to_string().trim().is_empty())
+                    {
+                        missing.push(format!("{path} <{id}> value {}", value.get_name()));
+                    }
+                }
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let path = format!("{path} {}", sub.get_name());
+            let about = sub.get_about().or(sub.get_long_about());
+            if about.is_none_or(|h| h.to_string().trim().is_empty()) {
+                missing.push(path.clone());
+            }
+            walk(sub, &path, missing);
+        }
+    }
+
+    let cmd = flowctl::cli::Cli::command();
+    let mut missing = Vec::new();
+    walk(&cmd, "flowctl", &mut missing);
+    assert!(missing.is_empty(), "no help for:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn an_unknown_report_type_in_jobs_list_gets_a_did_you_mean() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = small_workflow(dir.path());
+    let jobs = |args: &[&str]| {
+        let out = flowctl(dir.path(), Some("k"))
+            .args(["jobs", "list"])
+            .args(args)
+            .args(["--db", "db"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), stdout, stderr)
+    };
+
+    // An empty store without a workflow knows no report type: any is an empty list.
+    let (code, _, stderr) = jobs(&["--report", "DAILY_REPROT"]);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let out = flowctl(dir.path(), Some("k"))
+        .arg("run")
+        .arg(&flow)
+        .args(["--report", "DAILY_REPORT", "--db", "db"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    // Against the stored jobs' report types.
+    let (code, stdout, stderr) = jobs(&["--report", "DAILY_REPROT"]);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("unknown report type `DAILY_REPROT`; did you mean `DAILY_REPORT`?"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = jobs(&["--report", "daily_report"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("did you mean `DAILY_REPORT`?"), "{stderr}");
+    let (code, _, stderr) = jobs(&["--report", "NOTHING_LIKE_IT"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("unknown report type `NOTHING_LIKE_IT`; known: DAILY_REPORT"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = jobs(&["--report", "DAILY_REPORT"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("DAILY_REPORT"), "{stdout}");
+
+    // Against the workflow's report types: DAILY_SUMMARY has no job yet but is known.
+    let (code, _, stderr) = jobs(&["--workflow", "w.flow", "--report", "DAILY_SUMARY"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("unknown report type `DAILY_SUMARY`; did you mean `DAILY_SUMMARY`?"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = jobs(&["--workflow", "w.flow", "--report", "DAILY_SUMMARY"]);
+    assert_eq!(code, Some(0), "{stderr}");
 }

@@ -74,18 +74,22 @@ pub enum Command {
         /// Do not write: exit 1 and list the files that are not formatted.
         #[arg(long)]
         check: bool,
+        /// The .flow files to format (each on its own; includes are not followed).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Draw the dependency graph.
     Graph {
+        /// The workflow: .flow files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = GraphFormatArg::Text)]
         format: GraphFormatArg,
     },
     /// Show the next fire times of every schedule, in its zone and in UTC.
     Schedule {
+        /// The workflow: .flow files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// How many fire times per schedule.
@@ -98,6 +102,7 @@ pub enum Command {
     /// List every fire in a time window and the jobs it would create,
     /// dependents included, without running anything.
     Plan {
+        /// The workflow: .flow files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Window start (RFC 3339); default now.
@@ -127,9 +132,13 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum GraphFormatArg {
+    /// A tree for the terminal, schedules first.
     Text,
+    /// Graphviz DOT (`| dot -Tsvg > graph.svg`), ASCII only.
     Dot,
+    /// A Mermaid flowchart, for Markdown pages.
     Mermaid,
+    /// Nodes and edges as JSON, as `GET /api/graph` serves them.
     Json,
 }
 
