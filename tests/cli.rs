@@ -250,3 +250,69 @@ fn an_unknown_report_type_in_jobs_list_gets_a_did_you_mean() {
     let (code, _, stderr) = jobs(&["--workflow", "w.flow", "--report", "DAILY_SUMMARY"]);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// A clone has nothing beside it: the docs (every Markdown file, every comment in the code)
+/// never point outside the repository, every relative Markdown link resolves, and every
+/// section the code cites (`DESIGN.md, "Job record"`) is one of the repository's DESIGN.md.
+#[test]
+fn docs_never_point_outside_the_repository() {
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !name.starts_with('.') && name != "target" {
+                    files(&path, out);
+                }
+            } else if name.ends_with(".md") || name.ends_with(".rs") || name.ends_with(".pest") {
+                out.push(path);
+            }
+        }
+    }
+    let root = common::repo();
+    let mut all = Vec::new();
+    files(&root, &mut all);
+    let design = std::fs::read_to_string(root.join("DESIGN.md")).expect("DESIGN.md in the repo");
+    let sections: Vec<&str> = design
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .collect();
+    let mut problems = Vec::new();
+    for file in &all {
+        let text = std::fs::read_to_string(file).unwrap();
+        let rel = file.strip_prefix(&root).unwrap().display().to_string();
+        let is_md = rel.ends_with(".md");
+        for (n, line) in text.lines().enumerate() {
+            let doc =
+                is_md || line.trim_start().starts_with("//") || line.trim_start().starts_with('#');
+            if !doc {
+                continue;
+            }
+            for outside in ["../shared", "/work/", "shared/DESIGN", "shared/STYLE"] {
+                if line.contains(outside) {
+                    problems.push(format!("{rel}:{}: points outside: {line}", n + 1));
+                }
+            }
+            for (at, _) in line.match_indices("DESIGN.md, \"") {
+                let cited = line[at + 12..].split('"').next().unwrap_or_default();
+                if !sections.contains(&cited) {
+                    problems.push(format!("{rel}:{}: no DESIGN.md section {cited:?}", n + 1));
+                }
+            }
+            if is_md {
+                for (at, _) in line.match_indices("](") {
+                    let target = line[at + 2..].split(')').next().unwrap_or_default();
+                    let target = target.split('#').next().unwrap_or_default();
+                    if target.is_empty() || target.contains("://") {
+                        continue;
+                    }
+                    let base = file.parent().unwrap();
+                    if !base.join(target).exists() {
+                        problems.push(format!("{rel}:{}: broken link {target}", n + 1));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
