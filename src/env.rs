@@ -48,6 +48,28 @@ pub const DEPENDENCIES: &str = "FLOWCTL_DEPENDENCIES";
 pub const CATCH_UP_WINDOW: &str = "FLOWCTL_CATCH_UP_WINDOW";
 pub const LOG: &str = "FLOWCTL_LOG";
 
+/// Every variable above: the README's table must list each (a test checks it).
+pub const ALL: [&str; 18] = [
+    DB,
+    STORE,
+    LISTEN,
+    MASK_KEY,
+    JWT_SECRET,
+    JWT_PUBLIC_KEY,
+    JWT_ALGORITHM,
+    JWT_ISSUER,
+    JWT_AUDIENCE,
+    WORKER_POOL_SIZE,
+    MAX_JOBS_PER_POLL,
+    POLL_INTERVAL,
+    LEASE,
+    RESULTS,
+    SCHEDULER,
+    DEPENDENCIES,
+    CATCH_UP_WINDOW,
+    LOG,
+];
+
 /// Applies the `FLOWCTL_*` engine variables found by `get` to `config`.
 /// Errors name the variable and say what was expected.
 pub fn apply(
@@ -146,6 +168,96 @@ mod tests {
             c.max_jobs_per_poll,
             EngineConfig::default().max_jobs_per_poll
         );
+    }
+
+    /// `FLOWCTL_*` names the source mentions that are not configuration: read by the test
+    /// suite only.
+    const TEST_ONLY: [&str; 2] = ["FLOWCTL_TEST_PG", "FLOWCTL_STORE_LOCK_PROBE"];
+
+    /// Every `FLOWCTL_*` name in a file's text.
+    fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        for (at, _) in text.match_indices("FLOWCTL_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let name = name.trim_end_matches('_');
+            // `FLOWCTL_*` in prose names them all, not one.
+            if name != "FLOWCTL" {
+                names.insert(name.to_string());
+            }
+        }
+        names
+    }
+
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// Whatever variable the code reads is in [`ALL`] (so, declared here), and every one of
+    /// them has a row in the README's table, with what it sets and its default, and in this
+    /// module's docs.
+    #[test]
+    fn every_variable_is_in_the_readme_table() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        rust_files(&root.join("src"), &mut files);
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for name in names_in(&text) {
+                assert!(
+                    ALL.contains(&name.as_str()) || TEST_ONLY.contains(&name.as_str()),
+                    "{} reads {name}, which src/env.rs does not declare",
+                    file.display()
+                );
+            }
+        }
+
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let rows: HashMap<String, Vec<String>> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `FLOWCTL_"))
+            .map(|l| {
+                let cells: Vec<String> = l
+                    .trim_matches('|')
+                    .split(" | ")
+                    .map(|c| c.trim().to_string())
+                    .collect();
+                (cells[0].trim_matches('`').to_string(), cells)
+            })
+            .collect();
+        for name in ALL {
+            let row = rows
+                .get(name)
+                .unwrap_or_else(|| panic!("README.md's variable table has no row for {name}"));
+            assert!(
+                row.len() == 3 && row.iter().all(|c| !c.is_empty()),
+                "README.md's row for {name} needs: name | what it sets | default"
+            );
+        }
+        for name in rows.keys() {
+            assert!(
+                ALL.contains(&name.as_str()),
+                "README.md lists {name}, which flowctl does not read"
+            );
+        }
+
+        let docs: String = include_str!("env.rs")
+            .lines()
+            .filter(|l| l.starts_with("//! |"))
+            .collect();
+        let documented = names_in(&docs);
+        for name in ALL {
+            assert!(documented.contains(name), "the module docs miss {name}");
+        }
     }
 
     #[test]

@@ -187,17 +187,38 @@ fn edges(w: &Workflow) -> impl Iterator<Item = (&str, &str, &Dependency)> + '_ {
     })
 }
 
-/// Schedule names and crons of a report, joined by `sep`, escaped by `esc`.
+/// Schedule names and crons of a report, joined by `sep`, escaped by `esc`. Words, not a
+/// clock glyph: Graphviz's default fonts have no emoji.
 fn schedule_label(w: &Workflow, report: &str, sep: &str, esc: fn(&str) -> String) -> String {
     let mut label = String::new();
     for s in w.schedules_of(report) {
-        let _ = write!(label, "{sep}⏰ {} {}", esc(&s.name), esc(s.cron.source()));
+        let _ = write!(
+            label,
+            "{sep}schedule {}: {}",
+            esc(&s.name),
+            esc(s.cron.source())
+        );
     }
     label
 }
 
+/// A DOT quoted string's content, ASCII only: `\` and `"` escaped, `&` and every non-ASCII
+/// character (from a name or a `target "Entrepôt"`) as an HTML entity, which Graphviz decodes
+/// in labels: the output is plain ASCII whatever the reader's encoding.
 fn dot_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '&' => out.push_str("&amp;"),
+            c if c.is_ascii() => out.push(c),
+            c => {
+                let _ = write!(out, "&#{};", u32::from(c));
+            }
+        }
+    }
+    out
 }
 
 pub fn dot(w: &Workflow) -> String {
@@ -207,7 +228,7 @@ pub fn dot(w: &Workflow) -> String {
     for n in w.graph.node_indices() {
         let r = &w.reports[w.graph[n]];
         let label = format!(
-            "{}\\n{} · chunk {}{}",
+            "{}\\n{}, chunk {}{}",
             dot_escape(&r.name),
             r.format.name(),
             r.chunk_size,
@@ -324,4 +345,51 @@ pub fn json_value(w: &Workflow) -> Value {
         })
         .collect();
     json!({ "nodes": nodes, "edges": edges })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workflow(text: &str) -> Workflow {
+        let loaded = crate::loader::load_text(std::path::Path::new("t.flow"), text.to_string());
+        let c = crate::compiler::compile(loaded);
+        let errors: Vec<_> = c.diagnostics.iter().filter(|d| d.is_error()).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        c.workflow.expect("compiles")
+    }
+
+    #[test]
+    fn dot_output_uses_only_ascii_even_for_non_ascii_values() {
+        let w = workflow(
+            r#"roles ADMIN
+source cases {
+  path "data/cases.csv"
+}
+report DAILY_REPORT {
+  source cases
+  target "Entrepôt & Co \"BI\" → ok"
+}
+report DAILY_SUMMARY {
+  source cases
+}
+schedule daily {
+  cron  "0 30 5 * * ?"
+  run   DAILY_REPORT
+  roles ADMIN
+}
+after DAILY_REPORT on completion run DAILY_SUMMARY {
+  target "Entrepôt & Co \"BI\" → ok"
+}
+"#,
+        );
+        let dot = dot(&w);
+        assert!(dot.is_ascii(), "non-ASCII in:\n{dot}");
+        assert!(
+            dot.contains(r#"target Entrep&#244;t &amp; Co \"BI\" &#8594; ok"#),
+            "{dot}"
+        );
+        assert!(dot.contains(r#"DAILY_REPORT\ncsv, chunk 1000\nschedule daily: 0 30 5 * * ?"#));
+        assert!(mermaid(&w).contains("schedule daily: 0 30 5 * * ?"));
+    }
 }

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub lease_recoveries: AtomicU64,
     pub retries: AtomicU64,
     pub workers_busy: AtomicU64,
+    /// Workers in the pool, exported as the gauge `flowctl_workers` (`_total` is for counters).
     pub workers_total: AtomicU64,
     pub store_errors: AtomicU64,
     pub schedule_fires: AtomicU64,
@@ -158,7 +159,7 @@ impl Metrics {
             let reason = reason.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = writeln!(out, "flowctl_job_failures_total{{reason=\"{reason}\"}} {n}");
         }
-        let counters = [
+        let scalars = [
             (
                 "flowctl_dependents_created_total",
                 "Dependent jobs created by joins firing.",
@@ -208,13 +209,13 @@ impl Metrics {
                 "gauge",
             ),
             (
-                "flowctl_workers_total",
+                "flowctl_workers",
                 "Workers in the pool.",
                 &self.workers_total,
                 "gauge",
             ),
         ];
-        for (name, help, value, kind) in counters {
+        for (name, help, value, kind) in scalars {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
@@ -266,5 +267,66 @@ mod tests {
         assert!(text.contains("flowctl_job_duration_seconds_count{report_type=\"DAILY_REPORT\"} 2"));
         assert!(text.contains("flowctl_job_failures_total{reason=\"source broke\"} 1"));
         assert!(text.contains("flowctl_dependents_created_total 3"));
+    }
+
+    /// Prometheus naming: `_total` only and always on counters (so the pool size is
+    /// `flowctl_workers`, not `flowctl_workers_total`), histograms and summaries in a base unit
+    /// (`_seconds`), every family with HELP and TYPE, every sample of a declared family.
+    #[test]
+    fn metric_names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.job_finished("DAILY_REPORT", Finish::Completed, Duration::from_millis(30));
+        m.job_finished("DAILY_REPORT", Finish::Cancelled, Duration::from_millis(3));
+        m.failure_reason("source broke: line 7");
+        m.schedule_lag(Duration::from_millis(2));
+        Metrics::add(&m.workers_total, 2);
+        let text = m.render(&BTreeMap::from([("QUEUED".to_string(), 1u64)]));
+
+        let mut families: BTreeMap<String, String> = BTreeMap::new();
+        let mut helped = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+                assert!(
+                    families.insert(name.into(), kind.into()).is_none(),
+                    "{name} declared twice"
+                );
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let (name, help) = rest.split_once(' ').expect("# HELP name text");
+                assert!(!help.trim().is_empty(), "{name} has an empty HELP");
+                helped.insert(name.to_string());
+            }
+        }
+        assert!(families.contains_key("flowctl_workers"), "{text}");
+        for (name, kind) in &families {
+            assert!(name.starts_with("flowctl_"), "{name}: no flowctl_ prefix");
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{name}: not snake_case"
+            );
+            assert!(helped.contains(name), "{name} has no HELP");
+            match kind.as_str() {
+                "counter" => assert!(name.ends_with("_total"), "counter {name} lacks _total"),
+                "gauge" => assert!(!name.ends_with("_total"), "gauge {name} ends in _total"),
+                "histogram" | "summary" => {
+                    assert!(!name.ends_with("_total"), "{kind} {name} ends in _total");
+                    assert!(name.ends_with("_seconds"), "{kind} {name} lacks a unit");
+                }
+                other => panic!("{name}: unknown type {other}"),
+            }
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            let family = families.iter().find(|(family, kind)| {
+                let suffixes: &[&str] = match kind.as_str() {
+                    "histogram" => &["_bucket", "_sum", "_count"],
+                    "summary" => &["", "_sum", "_count"],
+                    _ => &[""],
+                };
+                suffixes.iter().any(|s| name == format!("{family}{s}"))
+            });
+            assert!(family.is_some(), "sample {line:?} of no declared family");
+        }
     }
 }

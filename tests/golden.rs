@@ -162,6 +162,32 @@ fn dot_output_renders_with_graphviz() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("<svg"));
 }
 
+/// Graphviz's default fonts lack emoji and many symbols: DOT output is plain ASCII (non-ASCII
+/// values become HTML entities).
+#[test]
+fn dot_output_uses_only_ascii() {
+    let mut cases: Vec<(std::path::PathBuf, String)> = flow_files(&repo().join("tests/data/ok"))
+        .into_iter()
+        .map(|f| {
+            (
+                repo().join("tests/data/ok"),
+                f.file_name().unwrap().to_string_lossy().into(),
+            )
+        })
+        .collect();
+    cases.push((repo().join("workflows"), "reports.flow".into()));
+    for (dir, name) in cases {
+        let out = Flowctl::new()
+            .dir(&dir)
+            .args(["graph", &name, "--format", "dot"])
+            .output()
+            .success()
+            .stdout();
+        let bad: Vec<char> = out.chars().filter(|c| !c.is_ascii()).collect();
+        assert!(bad.is_empty(), "{name}: non-ASCII {bad:?} in:\n{out}");
+    }
+}
+
 #[test]
 fn mermaid_output_is_a_flowchart() {
     let dir = repo().join("workflows");

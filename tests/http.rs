@@ -1084,7 +1084,7 @@ async fn metrics_count_jobs() {
         "flowctl_jobs_completed_total{report_type=\"DAILY_SUMMARY\"} 1",
         "flowctl_jobs_completed_total{report_type=\"AUDIT_LOG\"} 1",
         "flowctl_dependents_created_total 2",
-        "flowctl_workers_total 2",
+        "flowctl_workers 2",
         "flowctl_store_up 1",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");

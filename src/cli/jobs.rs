@@ -1,5 +1,7 @@
 //! `flowctl jobs`: list, show, cancel and retry jobs in the store.
 
+use std::path::PathBuf;
+
 use chrono::Utc;
 
 use super::{error, open_store, StoreArgs, EXIT_FAILURE, EXIT_OK};
@@ -18,10 +20,17 @@ pub struct JobsArgs {
 pub enum JobsCommand {
     /// Jobs, newest first, with a summary by status.
     List {
+        /// Only jobs in this status: QUEUED, PROCESSING, COMPLETED, FAILED or CANCELLED.
         #[arg(long)]
         status: Option<String>,
+        /// Only jobs of this report type (a typo gets a "did you mean").
         #[arg(long)]
         report: Option<String>,
+        /// Check `--report` against this workflow's report types (.flow files or directories);
+        /// default: against the stored jobs' report types.
+        #[arg(long, value_name = "PATH")]
+        workflow: Vec<PathBuf>,
+        /// At most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// Print the records as JSON lines (the HTTP API's field names).
@@ -30,14 +39,22 @@ pub enum JobsCommand {
     },
     /// Every field of one job, its parents and its children.
     Show {
+        /// The job id (JOB_ followed by 8 characters).
         id: String,
+        /// Print the record as JSON (the HTTP API's field names), with `childJobIds`.
         #[arg(long)]
         json: bool,
     },
     /// Cancel a queued job at once, or a running one at its next chunk.
-    Cancel { id: String },
+    Cancel {
+        /// The job id (JOB_ followed by 8 characters).
+        id: String,
+    },
     /// Queue a new attempt of a failed or cancelled job (a new job id).
-    Retry { id: String },
+    Retry {
+        /// The job id of the failed or cancelled job.
+        id: String,
+    },
 }
 
 pub fn run(args: JobsArgs) -> u8 {
@@ -57,9 +74,17 @@ pub fn run(args: JobsArgs) -> u8 {
             JobsCommand::List {
                 status,
                 report,
+                workflow,
                 limit,
                 json,
-            } => list(store.as_ref(), status, report, limit, json).await,
+            } => {
+                if let Some(report) = &report {
+                    if let Err(code) = check_report_type(store.as_ref(), report, &workflow).await {
+                        return code;
+                    }
+                }
+                list(store.as_ref(), status, report, limit, json).await
+            }
             JobsCommand::Show { id, json } => show(store.as_ref(), &id, json).await,
             JobsCommand::Cancel { id } => cancel(store.as_ref(), &id).await,
             JobsCommand::Retry { id } => retry(store.as_ref(), &id).await,
@@ -73,6 +98,67 @@ fn parse_id(id: &str) -> Result<JobId, u8> {
             "`{id}` is not a job id (JOB_ followed by 8 characters)"
         ))
     })
+}
+
+/// How many stored jobs `jobs list --report` reads, at most, to suggest a report type.
+const REPORT_TYPE_SCAN: usize = 10_000;
+
+/// `--report` must name a report type of `--workflow` when one is given, else the report type
+/// of some stored job: a typo is an error (exit 2) with a "did you mean", not an empty list. An
+/// empty store without `--workflow` knows no report type and accepts any.
+async fn check_report_type(
+    store: &dyn Store,
+    report: &str,
+    workflow: &[PathBuf],
+) -> Result<(), u8> {
+    let known: Vec<String> = if workflow.is_empty() {
+        let probe = ListFilter {
+            report_type: Some(report.to_string()),
+            limit: 1,
+            ..ListFilter::default()
+        };
+        match store.list(probe).await {
+            Ok(page) if !page.jobs.is_empty() => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(error(format!("cannot list jobs: {e}"))),
+        }
+        // No job has `report` (the probe is exact): collect the types jobs do have, for the
+        // suggestion, from the newest jobs only.
+        let mut types = std::collections::BTreeSet::new();
+        let (mut cursor, mut seen) = (None, 0);
+        while seen < REPORT_TYPE_SCAN {
+            let filter = ListFilter {
+                limit: ListFilter::MAX_LIMIT,
+                cursor,
+                ..ListFilter::default()
+            };
+            let page = match store.list(filter).await {
+                Ok(p) => p,
+                Err(e) => return Err(error(format!("cannot list jobs: {e}"))),
+            };
+            seen += page.jobs.len();
+            types.extend(page.jobs.into_iter().map(|j| j.report_type));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        if types.is_empty() {
+            return Ok(());
+        }
+        types.into_iter().collect()
+    } else {
+        let w = super::compiled_workflow(workflow, true)?;
+        if w.reports.iter().any(|r| r.name == report) {
+            return Ok(());
+        }
+        w.reports.into_iter().map(|r| r.name).collect()
+    };
+    let hint = match crate::diagnostic::did_you_mean(report, known.iter().map(String::as_str)) {
+        Some(name) => format!("did you mean `{name}`?"),
+        None => format!("known: {}", known.join(", ")),
+    };
+    Err(error(format!("unknown report type `{report}`; {hint}")))
 }
 
 fn parse_status(s: &str) -> Result<JobStatus, u8> {

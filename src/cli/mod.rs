@@ -74,18 +74,22 @@ pub enum Command {
         /// Do not write: exit 1 and list the files that are not formatted.
         #[arg(long)]
         check: bool,
+        /// The .flow files to format (each on its own; includes are not followed).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Draw the dependency graph.
     Graph {
+        /// The workflow: .flow files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Output format.
         #[arg(long, value_enum, default_value_t = GraphFormatArg::Text)]
         format: GraphFormatArg,
     },
     /// Show the next fire times of every schedule, in its zone and in UTC.
     Schedule {
+        /// The workflow: .flow files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// How many fire times per schedule.
@@ -98,6 +102,7 @@ pub enum Command {
     /// List every fire in a time window and the jobs it would create,
     /// dependents included, without running anything.
     Plan {
+        /// The workflow: .flow files or directories.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Window start (RFC 3339); default now.
@@ -127,9 +132,13 @@ pub enum Command {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum GraphFormatArg {
+    /// A tree for the terminal, schedules first.
     Text,
+    /// Graphviz DOT (`| dot -Tsvg > graph.svg`), ASCII only.
     Dot,
+    /// A Mermaid flowchart, for Markdown pages.
     Mermaid,
+    /// Nodes and edges as JSON, as `GET /api/graph` serves them.
     Json,
 }
 
@@ -582,6 +591,34 @@ pub(crate) struct Started {
     pub recovered: crate::store::Expired,
 }
 
+/// Without `FLOWCTL_MASK_KEY` the `hash` mask uses the key generated beside the embedded store:
+/// hashed values then differ from every other store's and change when the store is recreated.
+/// Said once, at the start of `run`, `serve` and `worker` when a report masks with `hash`: in the
+/// log when there is one, else on stderr.
+fn warn_if_mask_key_generated(workflow: &crate::workflow::Workflow, db: &std::path::Path) {
+    let hashes = workflow.reports.iter().any(|r| {
+        r.masks
+            .iter()
+            .any(|m| m.method == crate::masking::MaskMethod::Hash)
+    });
+    if !hashes || crate::masking_key::from_env().is_some() {
+        return;
+    }
+    let message = format!(
+        "{} is not set: `hash` masks use the key generated for this store ({}), so hashed \
+         values change with every new store and match no other store's; set {} to the same \
+         secret everywhere to keep them stable",
+        crate::masking_key::ENV_MASK_KEY,
+        db.join("mask.key").display(),
+        crate::masking_key::ENV_MASK_KEY,
+    );
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("warning: {message}");
+    }
+}
+
 pub(crate) async fn start_engine(
     workflow: std::sync::Arc<crate::workflow::Workflow>,
     selection: &StoreSelection,
@@ -590,6 +627,9 @@ pub(crate) async fn start_engine(
 ) -> Result<Started, u8> {
     use crate::executor::{Engine, ExecutorConfig};
     let (store, hash_key) = open_store(selection).await?;
+    if let StoreSelection::Sled(db) = selection {
+        warn_if_mask_key_generated(&workflow, db);
+    }
     let mut config = ExecutorConfig::from_workflow(&workflow, hash_key);
     if let Some(w) = workers {
         config.pool_size = w.max(1) as usize;

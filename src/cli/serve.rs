@@ -33,7 +33,7 @@ pub struct ServeArgs {
     /// Override the workflow's worker pool size.
     #[arg(long)]
     pub workers: Option<u32>,
-    /// Log format on stderr (the level comes from RUST_LOG, default info).
+    /// Log format on stderr (the filter comes from FLOWCTL_LOG or RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 }
