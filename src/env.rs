@@ -14,6 +14,7 @@
 //! | `FLOWCTL_JWT_PUBLIC_KEY` | PEM public key file for RS256/ES256 tokens |
 //! | `FLOWCTL_JWT_ALGORITHM` | pin another algorithm of the key's family |
 //! | `FLOWCTL_JWT_ISSUER` / `FLOWCTL_JWT_AUDIENCE` | required `iss` / `aud` |
+//! | `FLOWCTL_JWT_MAX_LIFETIME` | longest lifetime a token may claim (`exp` − now, `exp` − `iat`), default `24h` |
 //! | `FLOWCTL_WORKER_POOL_SIZE` | `config.worker_pool_size` |
 //! | `FLOWCTL_MAX_JOBS_PER_POLL` | `config.max_jobs_per_poll` |
 //! | `FLOWCTL_POLL_INTERVAL` | `config.poll_interval` |
@@ -34,8 +35,8 @@ pub const STORE: &str = "FLOWCTL_STORE";
 pub const LISTEN: &str = "FLOWCTL_LISTEN";
 pub use crate::auth::{
     ENV_JWT_ALGORITHM as JWT_ALGORITHM, ENV_JWT_AUDIENCE as JWT_AUDIENCE,
-    ENV_JWT_ISSUER as JWT_ISSUER, ENV_JWT_PUBLIC_KEY as JWT_PUBLIC_KEY,
-    ENV_JWT_SECRET as JWT_SECRET,
+    ENV_JWT_ISSUER as JWT_ISSUER, ENV_JWT_MAX_LIFETIME as JWT_MAX_LIFETIME,
+    ENV_JWT_PUBLIC_KEY as JWT_PUBLIC_KEY, ENV_JWT_SECRET as JWT_SECRET,
 };
 pub use crate::masking_key::ENV_MASK_KEY as MASK_KEY;
 pub const WORKER_POOL_SIZE: &str = "FLOWCTL_WORKER_POOL_SIZE";

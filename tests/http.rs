@@ -887,6 +887,33 @@ async fn jwt_issuer_and_audience_are_enforced_when_configured() {
     server.shutdown().await;
 }
 
+/// RFC 7519 makes `iss` one string: a list is refused even when one element is the configured
+/// issuer; and a token may not claim a lifetime beyond the server's cap (24 h by default), so
+/// `exp` = 2^64 − 1 ("never expires") is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_issuer_list_and_unbounded_lifetime_are_401() {
+    let server = TestServer::start_with(Options {
+        auth: AuthConfig::hs256(SECRET.as_bytes())
+            .unwrap()
+            .with_issuers(&["https://idp.example"]),
+        dispatcher: false,
+    })
+    .await;
+    let bearer = |claims: Value| format!("Bearer {}", sign(&claims));
+    let base = |exp: u64| json!({ "sub": "a", "role": "CASE_WORKER", "countyId": "C01", "iss": "https://idp.example", "exp": exp });
+    let mut listed = base(now() + 600);
+    listed["iss"] = json!(["https://evil", "https://idp.example"]);
+    assert_refused(&server, Some(&bearer(listed)), "single string").await;
+    assert_refused(&server, Some(&bearer(base(u64::MAX))), "24h").await;
+    assert_refused(&server, Some(&bearer(base(now() + 48 * 3600))), "lifetime").await;
+    let mut issued_long_ago = base(now() + 600);
+    issued_long_ago["iat"] = json!(now() - 7 * 24 * 3600);
+    assert_refused(&server, Some(&bearer(issued_long_ago)), "lifetime").await;
+    let reply = generate_with_header(&server, Some(&bearer(base(now() + 23 * 3600)))).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    server.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Visibility
 // ---------------------------------------------------------------------------------------------
