@@ -47,7 +47,7 @@ use crate::workflow::DataFormat;
 pub const BODY_LIMIT: usize = 64 * 1024;
 /// Largest `chunkSize` a request may ask for (the workflow language's own bound).
 pub const MAX_CHUNK_SIZE: u32 = 10_000_000;
-/// Longest `idempotencyKey` and `targetSystem`.
+/// Longest `idempotencyKey` and `targetSystem`, in characters.
 pub const MAX_KEY_LEN: usize = 255;
 /// How long `/readyz` waits for the store.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -90,8 +90,15 @@ pub enum AppError {
     PayloadTooLarge(String),
     /// 415.
     UnsupportedMediaType(String),
-    /// 503: the store does not answer.
+    /// 422: an idempotency key this principal already used for another request.
+    IdempotencyKeyReused(String),
+    /// 422: the `Idempotency-Key` header and the body's `idempotencyKey` differ.
+    IdempotencyKeyMismatch(String),
+    /// 503: the store does not answer (readiness).
     Unavailable(String),
+    /// 503 with `Retry-After`: the store failed transiently and kept failing through the
+    /// retries ([`store_call`]).
+    StoreUnavailable(String),
     /// 500: the detail is logged, never sent.
     Internal(String),
 }
@@ -107,7 +114,12 @@ impl AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::IdempotencyKeyReused(_) | AppError::IdempotencyKeyMismatch(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            AppError::Unavailable(_) | AppError::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -123,13 +135,16 @@ impl AppError {
             AppError::Conflict(_) => "conflict",
             AppError::PayloadTooLarge(_) => "payload_too_large",
             AppError::UnsupportedMediaType(_) => "unsupported_media_type",
+            AppError::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            AppError::IdempotencyKeyMismatch(_) => "idempotency_key_mismatch",
             AppError::Unavailable(_) => "unavailable",
+            AppError::StoreUnavailable(_) => "store_unavailable",
             AppError::Internal(_) => "internal",
         }
     }
 
     /// Every code, for the OpenAPI document.
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 13] = [
         "unauthorized",
         "forbidden",
         "not_found",
@@ -138,7 +153,10 @@ impl AppError {
         "conflict",
         "payload_too_large",
         "unsupported_media_type",
+        "idempotency_key_reused",
+        "idempotency_key_mismatch",
         "unavailable",
+        "store_unavailable",
         "internal",
     ];
 
@@ -154,7 +172,10 @@ impl AppError {
             | AppError::Conflict(m)
             | AppError::PayloadTooLarge(m)
             | AppError::UnsupportedMediaType(m)
-            | AppError::Unavailable(m) => m,
+            | AppError::IdempotencyKeyReused(m)
+            | AppError::IdempotencyKeyMismatch(m)
+            | AppError::Unavailable(m)
+            | AppError::StoreUnavailable(m) => m,
         }
     }
 }
@@ -166,11 +187,20 @@ impl IntoResponse for AppError {
         }
         let body = json!({ "code": self.code(), "message": self.message() });
         let mut response = (self.status(), Json(body)).into_response();
-        if let AppError::Unauthorized(_) = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+        match self {
+            AppError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            AppError::StoreUnavailable(_) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(STORE_RETRY_AFTER_SECS),
+                );
+            }
+            _ => {}
         }
         response
     }
@@ -180,9 +210,150 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> AppError {
         match e {
             StoreError::InvalidCursor(_) => AppError::InvalidRequest("invalid cursor".into()),
+            e if e.is_transient() => {
+                tracing::warn!(error = %e, "the job store is unavailable");
+                AppError::StoreUnavailable(STORE_UNAVAILABLE_MESSAGE.into())
+            }
             other => AppError::Internal(other.to_string()),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store calls
+// ---------------------------------------------------------------------------------------------
+
+/// Pauses between the attempts of a store call that failed transiently (each ±25 %), as long
+/// as [`STORE_RETRY_BUDGET`] allows.
+const STORE_RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(600),
+];
+/// How long a request keeps retrying a store that fails transiently before it answers 503
+/// `store_unavailable`.
+pub const STORE_RETRY_BUDGET: Duration = Duration::from_millis(1500);
+/// The `Retry-After` (seconds) of a 503 `store_unavailable`.
+pub const STORE_RETRY_AFTER_SECS: u64 = 2;
+const STORE_UNAVAILABLE_MESSAGE: &str =
+    "the job store is unavailable; retry after the time in Retry-After";
+
+/// Runs one store operation for a request: a transient failure
+/// ([`StoreError::is_transient`]) is retried with backoff within [`STORE_RETRY_BUDGET`], then
+/// answered 503 `store_unavailable` with `Retry-After`; any other error is mapped once
+/// ([`AppError::from`]). Every handler reaches the store through this, so none answers `500`
+/// for a store that is only briefly away.
+///
+/// `op` must be safe to repeat: a transient failure may come after the store applied the
+/// change (reads, `cancel`, and an `enqueue` with a unique key are).
+pub async fn store_call<T, F, Fut>(mut op: F) -> Result<T, AppError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let started = Instant::now();
+    let mut delays = STORE_RETRY_DELAYS.iter();
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_transient() => {
+                let delay = delays
+                    .next()
+                    .map(|d| d.mul_f64(rand::random_range(0.75..1.25)))
+                    .filter(|d| started.elapsed() + *d <= STORE_RETRY_BUDGET);
+                match delay {
+                    Some(delay) => {
+                        tracing::debug!(error = %e, ?delay, "the job store failed transiently; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency
+// ---------------------------------------------------------------------------------------------
+
+/// The request header that carries an idempotency key (the body's `idempotencyKey` too).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The store key of a client's idempotency key: scoped by the whole principal (subject, role,
+/// county), so that one principal's key never names another's job. The principal is hashed
+/// (length-prefixed, so no two principals share a text) into the key's subject part.
+pub fn idempotency_unique_key(principal: &Principal, key: &str) -> UniqueKey {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"flowctl idempotency scope v1\0");
+    for part in [
+        Some(principal.subject.as_str()),
+        Some(principal.role.as_str()),
+        principal.county.as_deref(),
+    ] {
+        match part {
+            Some(text) => {
+                hash.update([1]);
+                hash.update((text.len() as u64).to_be_bytes());
+                hash.update(text.as_bytes());
+            }
+            None => hash.update([0]),
+        }
+    }
+    UniqueKey::idempotency(format!("principal:{}", hex::encode(hash.finalize())), key)
+}
+
+/// The key of a request that names none: its own trigger, so that retrying the enqueue after
+/// a transient store failure (which may have been applied) cannot queue the job twice.
+fn trigger_unique_key(trigger: &str) -> UniqueKey {
+    UniqueKey::idempotency("trigger", trigger)
+}
+
+/// The idempotency key of a request: the `Idempotency-Key` header or the body's
+/// `idempotencyKey`; both may be given if they are equal.
+fn idempotency_key(
+    headers: &axum::http::HeaderMap,
+    body: Option<String>,
+) -> Result<Option<String>, AppError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let header = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    AppError::InvalidRequest(
+                        "the Idempotency-Key header must be visible ASCII".into(),
+                    )
+                })?
+                .to_string(),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(AppError::InvalidRequest(
+                "send one Idempotency-Key header".into(),
+            ))
+        }
+    };
+    let key = match (header, body) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(AppError::IdempotencyKeyMismatch(
+                "the Idempotency-Key header and the body's idempotencyKey differ; send one, or the same in both".into(),
+            ))
+        }
+        (Some(h), _) => Some(h),
+        (None, b) => b,
+    };
+    if let Some(k) = &key {
+        if k.is_empty() || k.chars().count() > MAX_KEY_LEN || k.chars().any(char::is_control) {
+            return Err(AppError::InvalidRequest(format!(
+                "idempotencyKey must be 1 to {MAX_KEY_LEN} characters without control characters"
+            )));
+        }
+    }
+    Ok(key)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -554,6 +725,7 @@ fn clip(s: &str) -> String {
 async fn generate(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<GenerateRequest>,
 ) -> Result<Response, AppError> {
     let workflow = &state.engine.workflow;
@@ -585,19 +757,13 @@ async fn generate(
         }
     }
     if let Some(t) = &body.target_system {
-        if t.trim().is_empty() || t.len() > MAX_KEY_LEN {
+        if t.trim().is_empty() || t.chars().count() > MAX_KEY_LEN {
             return Err(AppError::InvalidRequest(format!(
-                "targetSystem must be 1 to {MAX_KEY_LEN} bytes"
+                "targetSystem must be 1 to {MAX_KEY_LEN} characters, not only spaces"
             )));
         }
     }
-    if let Some(k) = &body.idempotency_key {
-        if k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(char::is_control) {
-            return Err(AppError::InvalidRequest(format!(
-                "idempotencyKey must be 1 to {MAX_KEY_LEN} bytes without control characters"
-            )));
-        }
-    }
+    let idempotency_key = idempotency_key(&headers, body.idempotency_key)?;
     let request = JobRequest {
         chunk_size: body.chunk_size,
         data_format: body.data_format,
@@ -611,6 +777,10 @@ async fn generate(
     let principal = caller.principal.clone();
     let report_type = report.name.clone();
     let trigger = format!("http:{:016x}", rand::random::<u64>());
+    let unique = match &idempotency_key {
+        Some(key) => idempotency_unique_key(&caller.principal, key),
+        None => trigger_unique_key(&trigger),
+    };
     let new_job = tokio::task::spawn_blocking(move || {
         engine.new_job(&report_type, principal, &trigger, request)
     })
@@ -618,15 +788,10 @@ async fn generate(
     .map_err(|e| AppError::Internal(format!("estimating the job failed: {e}")))?
     .ok_or_else(|| AppError::Internal(format!("report type {} vanished", report.name)))?;
     let now = Utc::now();
-    let unique = body
-        .idempotency_key
-        .map(|key| UniqueKey::idempotency(caller.principal.subject.clone(), key));
-    let (job_id, status, estimated_completion_time) = match state
-        .engine
-        .store
-        .enqueue(vec![new_job], unique, now)
-        .await?
-    {
+    let store = &state.engine.store;
+    let enqueued =
+        store_call(|| store.enqueue(vec![new_job.clone()], Some(unique.clone()), now)).await?;
+    let (job_id, status, estimated_completion_time) = match enqueued {
         Enqueued::Created(jobs) => {
             let job = jobs
                 .into_iter()
@@ -640,12 +805,16 @@ async fn generate(
                 .into_iter()
                 .next()
                 .ok_or_else(|| AppError::Internal("idempotency key names no job".into()))?;
-            let job = state
-                .engine
-                .store
-                .get(&id)
+            let job = store_call(|| store.get(&id))
                 .await?
                 .ok_or_else(|| AppError::Internal(format!("idempotent job {id} is gone")))?;
+            // The job record is the first request's fingerprint: the same key for another
+            // request must not answer with the first one's job as if it were this one's.
+            if job.report_type != new_job.report_type || job.request != new_job.request {
+                return Err(AppError::IdempotencyKeyReused(
+                    "this idempotency key was already used for a different request; use a new key for a new request".into(),
+                ));
+            }
             (job.job_id, job.status, job.estimated_completion)
         }
     };
@@ -668,7 +837,7 @@ async fn generate(
 async fn visible_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, AppError> {
     let not_found = || AppError::NotFound(format!("job {} not found", clip(id)));
     let job_id: JobId = id.parse().map_err(|_| not_found())?;
-    match state.engine.store.get(&job_id).await? {
+    match store_call(|| state.engine.store.get(&job_id)).await? {
         Some(job) if caller.can_see(&job) => Ok(job),
         _ => Err(not_found()),
     }
@@ -680,10 +849,7 @@ async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
-    let children = state
-        .engine
-        .store
-        .children(&job.job_id)
+    let children = store_call(|| state.engine.store.children(&job.job_id))
         .await?
         .into_iter()
         .map(|c| c.job_id)
@@ -719,22 +885,19 @@ async fn list_jobs(
             ListFilter::MAX_LIMIT
         )));
     }
-    let page = state
-        .engine
-        .store
-        .list(ListFilter {
-            status,
-            report_type,
-            // Non-ADMIN callers always have a county (the extractor checks).
-            county: if caller.admin {
-                None
-            } else {
-                caller.principal.county.clone()
-            },
-            limit,
-            cursor: params.cursor.filter(|c| !c.is_empty()),
-        })
-        .await?;
+    let filter = ListFilter {
+        status,
+        report_type,
+        // Non-ADMIN callers always have a county (the extractor checks).
+        county: if caller.admin {
+            None
+        } else {
+            caller.principal.county.clone()
+        },
+        limit,
+        cursor: params.cursor.filter(|c| !c.is_empty()),
+    };
+    let page = store_call(|| state.engine.store.list(filter.clone())).await?;
     let jobs = page
         .jobs
         .into_iter()
@@ -753,7 +916,8 @@ async fn cancel_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
-    match state.engine.store.cancel(&job.job_id, Utc::now()).await? {
+    let now = Utc::now();
+    match store_call(|| state.engine.store.cancel(&job.job_id, now)).await? {
         CancelOutcome::Cancelled(job) => {
             tracing::info!(job = %job.job_id, subject = %caller.principal.subject, "job cancelled");
             Ok(Json(JobView::new(job, None)))

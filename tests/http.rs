@@ -11,9 +11,14 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Request};
 use flowctl::auth::AuthConfig;
 use flowctl::executor::{Engine, ExecutorConfig};
+use flowctl::job::{JobId, JobStatus, NewJob};
 use flowctl::metrics::Metrics;
 use flowctl::server::{self, AppState};
-use flowctl::store::{SledConfig, SledStore};
+use flowctl::store::{
+    BoxFuture, CancelOutcome, Cas, Completion, Enqueued, Expired, JoinEdge, JoinRules, ListFilter,
+    Outcome, Page, ProgressUpdate, SledConfig, SledStore, Store, StoreError, StoreResult,
+    UniqueKey,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -153,6 +158,8 @@ impl Reply {
 struct Options {
     auth: AuthConfig,
     dispatcher: bool,
+    /// Serve through a store that can be made to fail transiently.
+    flaky: Option<Arc<Outage>>,
 }
 
 impl Default for Options {
@@ -160,7 +167,156 @@ impl Default for Options {
         Options {
             auth: AuthConfig::hs256(SECRET.as_bytes()).unwrap(),
             dispatcher: true,
+            flaky: None,
         }
+    }
+}
+
+/// How many of the next store calls fail with a transient error (`u32::MAX`: all), and how
+/// many calls were made.
+#[derive(Default)]
+struct Outage {
+    failures_left: std::sync::atomic::AtomicU32,
+    calls: std::sync::atomic::AtomicU32,
+}
+
+impl Outage {
+    fn fail_next(&self, n: u32) {
+        self.failures_left
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+        self.calls.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> u32 {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        let failing = self
+            .failures_left
+            .fetch_update(SeqCst, SeqCst, |n| match n {
+                0 => None,
+                u32::MAX => Some(u32::MAX),
+                n => Some(n - 1),
+            })
+            .is_ok();
+        if failing {
+            Err(StoreError::Unavailable(
+                "connection refused (test outage)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A sled store whose API-facing calls fail transiently while its [`Outage`] says so, as a
+/// PostgreSQL store does while the database is down.
+struct FlakyStore {
+    inner: SledStore,
+    outage: Arc<Outage>,
+}
+
+impl FlakyStore {
+    fn gate<'a, T: Send + 'a>(
+        &'a self,
+        op: BoxFuture<'a, StoreResult<T>>,
+    ) -> BoxFuture<'a, StoreResult<T>> {
+        Box::pin(async move {
+            self.outage.check()?;
+            op.await
+        })
+    }
+}
+
+impl Store for FlakyStore {
+    fn enqueue(
+        &self,
+        batch: Vec<NewJob>,
+        unique: Option<UniqueKey>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, StoreResult<Enqueued>> {
+        self.gate(self.inner.enqueue(batch, unique, now))
+    }
+    fn claim<'a>(
+        &'a self,
+        worker: &'a str,
+        max: usize,
+        lease: Duration,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, StoreResult<Vec<flowctl::job::Job>>> {
+        self.inner.claim(worker, max, lease, now)
+    }
+    fn renew<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        lease_until: chrono::DateTime<chrono::Utc>,
+        progress: Option<ProgressUpdate>,
+    ) -> BoxFuture<'a, StoreResult<Cas<flowctl::job::Job>>> {
+        self.inner
+            .renew(job_id, expected_version, lease_until, progress)
+    }
+    fn complete<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        outcome: Outcome,
+        joins: &'a [JoinEdge],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, StoreResult<Cas<Completion>>> {
+        self.inner
+            .complete(job_id, expected_version, outcome, joins, now)
+    }
+    fn cancel<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
+        self.gate(self.inner.cancel(job_id, now))
+    }
+    fn requeue_expired<'a>(
+        &'a self,
+        now: chrono::DateTime<chrono::Utc>,
+        joins: &'a dyn JoinRules,
+    ) -> BoxFuture<'a, StoreResult<Expired>> {
+        self.inner.requeue_expired(now, joins)
+    }
+    fn requeue_all_processing<'a>(
+        &'a self,
+        now: chrono::DateTime<chrono::Utc>,
+        joins: &'a dyn JoinRules,
+    ) -> BoxFuture<'a, StoreResult<Expired>> {
+        self.inner.requeue_all_processing(now, joins)
+    }
+    fn get<'a>(
+        &'a self,
+        job_id: &'a JobId,
+    ) -> BoxFuture<'a, StoreResult<Option<flowctl::job::Job>>> {
+        self.gate(self.inner.get(job_id))
+    }
+    fn children<'a>(
+        &'a self,
+        job_id: &'a JobId,
+    ) -> BoxFuture<'a, StoreResult<Vec<flowctl::job::Job>>> {
+        self.gate(self.inner.children(job_id))
+    }
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, StoreResult<Page>> {
+        self.gate(self.inner.list(filter))
+    }
+    fn counts(&self) -> BoxFuture<'_, StoreResult<std::collections::BTreeMap<JobStatus, u64>>> {
+        self.inner.counts()
+    }
+    fn last_fire<'a>(
+        &'a self,
+        schedule: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<chrono::DateTime<chrono::Utc>>>> {
+        self.inner.last_fire(schedule)
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.subscribe()
     }
 }
 
@@ -189,9 +345,16 @@ impl TestServer {
         })
         .unwrap();
         let config = ExecutorConfig::from_workflow(&workflow, [7; 32]);
+        let store: Arc<dyn Store> = match &options.flaky {
+            Some(outage) => Arc::new(FlakyStore {
+                inner: store,
+                outage: outage.clone(),
+            }),
+            None => Arc::new(store),
+        };
         let engine = Arc::new(Engine::new(
             Arc::new(workflow),
-            Arc::new(store),
+            store,
             config,
             Arc::new(Metrics::new()),
         ));
@@ -578,6 +741,153 @@ async fn the_same_idempotency_key_returns_the_first_job() {
     server.shutdown().await;
 }
 
+/// An idempotency key belongs to the whole principal (subject, role, county): the same `sub`
+/// in another county or role gets its own job and learns nothing of the first; the same
+/// principal reusing a key for another request gets 422; the `Idempotency-Key` header works
+/// like the body field, and the two may not disagree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_is_scoped_by_principal() {
+    let server = TestServer::start_idle().await;
+    let c01 = token("alice", "CASE_WORKER", Some("C01"));
+    let body = json!({ "reportType": "DAILY_REPORT", "idempotencyKey": "order-42" });
+    let first = server.generate(&c01, body.clone()).await;
+
+    // Same subject, other county; then same subject and county, other role.
+    let c02 = token("alice", "CASE_WORKER", Some("C02"));
+    let other_county = server.generate(&c02, body.clone()).await;
+    assert_ne!(other_county, first, "a C02 caller got the C01 job's id");
+    let job = server
+        .get(&format!("/api/jobs/{other_county}"), &c02)
+        .await
+        .json();
+    assert_eq!(job["countyId"], "C02");
+    let supervisor = token("alice", "SUPERVISOR", Some("C01"));
+    let other_role = server.generate(&supervisor, body.clone()).await;
+    assert_ne!(other_role, first);
+    assert_ne!(other_role, other_county);
+
+    // The same principal again: the first job.
+    assert_eq!(server.generate(&c01, body.clone()).await, first);
+
+    // The same principal, the same key, another request.
+    let reused = json!({ "reportType": "WEEKLY_REPORT", "idempotencyKey": "order-42" });
+    server
+        .post_json("/api/reports/generate", &c01, reused)
+        .await
+        .assert_error(422, "idempotency_key_reused");
+    let reused =
+        json!({ "reportType": "DAILY_REPORT", "chunkSize": 7, "idempotencyKey": "order-42" });
+    server
+        .post_json("/api/reports/generate", &c01, reused)
+        .await
+        .assert_error(422, "idempotency_key_reused");
+
+    // The header carries the same key.
+    let with_header = |key: &str, body: Value| {
+        Request::builder()
+            .method("POST")
+            .uri(format!("{}/api/reports/generate", server.base))
+            .header("authorization", format!("Bearer {c01}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let send = |req: Request<Full<Bytes>>| async {
+        let resp = server.client.request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    };
+    let reply = send(with_header("order-42", daily())).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(reply.json()["jobId"], first);
+    let reply = send(with_header("order-42", body.clone())).await;
+    assert_eq!(reply.json()["jobId"], first);
+    let fresh = send(with_header("order-43", daily())).await;
+    assert_eq!(fresh.status, 202);
+    assert_ne!(fresh.json()["jobId"], first);
+    send(with_header("order-44", body))
+        .await
+        .assert_error(422, "idempotency_key_mismatch");
+
+    // Four jobs in all: first, other county, other role, order-43.
+    let counts = server.engine.store.counts().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 4, "{counts:?}");
+    server.shutdown().await;
+}
+
+/// A store that fails transiently (a shared database that is down) is retried briefly: a short
+/// outage is bridged; a longer one answers 503 `store_unavailable` with `Retry-After` after a
+/// bounded time, on every route that reads or writes jobs, never 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_is_retried_then_503_with_retry_after() {
+    let outage = Arc::new(Outage::default());
+    let server = TestServer::start_with(Options {
+        dispatcher: false,
+        flaky: Some(outage.clone()),
+        ..Options::default()
+    })
+    .await;
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    let id = server.generate(&t, daily()).await;
+
+    // Two failures, then the store is back: the caller sees only a 202.
+    outage.fail_next(2);
+    let bridged = server.generate(&t, daily()).await;
+    assert_ne!(bridged, id);
+    assert_eq!(outage.calls(), 3);
+
+    outage.fail_next(u32::MAX);
+    let requests = [
+        (
+            "POST",
+            "/api/reports/generate".to_string(),
+            daily().to_string(),
+        ),
+        ("GET", format!("/api/jobs/{id}"), String::new()),
+        ("GET", "/api/jobs".to_string(), String::new()),
+        ("POST", format!("/api/jobs/{id}/cancel"), String::new()),
+        ("GET", format!("/api/jobs/{id}/result"), String::new()),
+    ];
+    for (method, path, body) in requests {
+        let before = outage.calls();
+        let started = Instant::now();
+        let reply = server
+            .request(
+                method,
+                &path,
+                Some(&t),
+                Some("application/json"),
+                body.into_bytes(),
+            )
+            .await;
+        let took = started.elapsed();
+        reply.assert_error(503, "store_unavailable");
+        assert_eq!(reply.header("retry-after"), "2", "{method} {path}");
+        assert!(
+            outage.calls() - before > 2,
+            "{method} {path}: not retried ({} calls)",
+            outage.calls() - before
+        );
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+            "{method} {path}: answered after {took:?}"
+        );
+    }
+    outage.fail_next(0);
+    let counts = server.engine.store.counts().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 2, "{counts:?}");
+    assert_eq!(
+        server.get(&format!("/api/jobs/{id}"), &t).await.json()["status"],
+        "QUEUED"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_is_newest_first_filtered_and_paginated() {
     let server = TestServer::start_idle().await;
@@ -776,6 +1086,7 @@ async fn jwt_hs_rs_confusion_is_401() {
     let server = TestServer::start_with(Options {
         auth: AuthConfig::from_public_key_pem(RSA_PUBLIC, None).unwrap(),
         dispatcher: false,
+        flaky: None,
     })
     .await;
     let claims =
@@ -851,6 +1162,7 @@ async fn jwt_issuer_and_audience_are_enforced_when_configured() {
             .with_issuers(&["https://idp.example"])
             .with_audiences(&["flowctl"]),
         dispatcher: false,
+        flaky: None,
     })
     .await;
     let base = json!({ "sub": "a", "role": "CASE_WORKER", "countyId": "C01", "exp": now() + 600 });
@@ -897,6 +1209,7 @@ async fn jwt_issuer_list_and_unbounded_lifetime_are_401() {
             .unwrap()
             .with_issuers(&["https://idp.example"]),
         dispatcher: false,
+        flaky: None,
     })
     .await;
     let bearer = |claims: Value| format!("Bearer {}", sign(&claims));
