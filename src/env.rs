@@ -24,6 +24,9 @@
 //! | `FLOWCTL_DEPENDENCIES` | `config.dependencies` (`on`/`off`) |
 //! | `FLOWCTL_CATCH_UP_WINDOW` | `config.catch_up_window` |
 //! | `FLOWCTL_LOG` | log filter, e.g. `info`, `flowctl=debug` |
+//! | `FLOWCTL_HTTP_HEADER_TIMEOUT` | time a connection has to send a whole request head (`serve`), default `10s` |
+//! | `FLOWCTL_HTTP_IDLE_TIMEOUT` | a kept-alive connection idle this long is closed (`serve`), default `5s` |
+//! | `FLOWCTL_HTTP_MAX_CONNECTIONS` | open connections `serve` holds at most; beyond, new ones wait, default `512` |
 
 use std::path::PathBuf;
 
@@ -48,6 +51,9 @@ pub const SCHEDULER: &str = "FLOWCTL_SCHEDULER";
 pub const DEPENDENCIES: &str = "FLOWCTL_DEPENDENCIES";
 pub const CATCH_UP_WINDOW: &str = "FLOWCTL_CATCH_UP_WINDOW";
 pub const LOG: &str = "FLOWCTL_LOG";
+pub const HTTP_HEADER_TIMEOUT: &str = "FLOWCTL_HTTP_HEADER_TIMEOUT";
+pub const HTTP_IDLE_TIMEOUT: &str = "FLOWCTL_HTTP_IDLE_TIMEOUT";
+pub const HTTP_MAX_CONNECTIONS: &str = "FLOWCTL_HTTP_MAX_CONNECTIONS";
 
 /// Applies the `FLOWCTL_*` engine variables found by `get` to `config`.
 /// Errors name the variable and say what was expected.

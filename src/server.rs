@@ -28,7 +28,6 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -59,11 +58,17 @@ const FILE_CHUNK: usize = 64 * 1024;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<AuthConfig>,
+    /// The OpenAPI document of this workflow, made at its first request.
+    openapi: Arc<OnceLock<Bytes>>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, auth: Arc<AuthConfig>) -> AppState {
-        AppState { engine, auth }
+        AppState {
+            engine,
+            auth,
+            openapi: Arc::default(),
+        }
     }
 }
 
@@ -88,6 +93,8 @@ pub enum AppError {
     Conflict(String),
     /// 413.
     PayloadTooLarge(String),
+    /// 431: request head over [`HEADER_LIMIT`] or [`MAX_HEADERS`].
+    HeadersTooLarge(String),
     /// 415.
     UnsupportedMediaType(String),
     /// 422: an idempotency key this principal already used for another request.
@@ -113,6 +120,7 @@ impl AppError {
             AppError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::IdempotencyKeyReused(_) | AppError::IdempotencyKeyMismatch(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -134,6 +142,7 @@ impl AppError {
             AppError::InvalidRequest(_) => "invalid_request",
             AppError::Conflict(_) => "conflict",
             AppError::PayloadTooLarge(_) => "payload_too_large",
+            AppError::HeadersTooLarge(_) => "headers_too_large",
             AppError::UnsupportedMediaType(_) => "unsupported_media_type",
             AppError::IdempotencyKeyReused(_) => "idempotency_key_reused",
             AppError::IdempotencyKeyMismatch(_) => "idempotency_key_mismatch",
@@ -144,7 +153,7 @@ impl AppError {
     }
 
     /// Every code, for the OpenAPI document.
-    pub const CODES: [&'static str; 13] = [
+    pub const CODES: [&'static str; 14] = [
         "unauthorized",
         "forbidden",
         "not_found",
@@ -152,6 +161,7 @@ impl AppError {
         "invalid_request",
         "conflict",
         "payload_too_large",
+        "headers_too_large",
         "unsupported_media_type",
         "idempotency_key_reused",
         "idempotency_key_mismatch",
@@ -171,6 +181,7 @@ impl AppError {
             | AppError::InvalidRequest(m)
             | AppError::Conflict(m)
             | AppError::PayloadTooLarge(m)
+            | AppError::HeadersTooLarge(m)
             | AppError::UnsupportedMediaType(m)
             | AppError::IdempotencyKeyReused(m)
             | AppError::IdempotencyKeyMismatch(m)
@@ -459,6 +470,23 @@ fn serde_source(text: &str) -> String {
         .to_string()
 }
 
+/// `Path<T>` whose rejection (e.g. `%ff`, not UTF-8) is a `400` [`AppError`].
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(AppError::InvalidRequest(format!(
+                "invalid path: {}",
+                clip(&rejection.body_text())
+            ))),
+        }
+    }
+}
+
 /// `Query<T>` whose rejection is a `400` [`AppError`].
 pub struct ApiQuery<T>(pub T);
 
@@ -646,28 +674,345 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then lets requests in flight
-/// finish.
+/// How [`serve`] treats connections. Slow or silent clients must not hold the server's file
+/// descriptors: every connection is bounded in time, and their number is capped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Time a connection has to send a whole request head, counted from when the server starts
+    /// waiting for it (at connect, and after each response): partial headers, and silent
+    /// connections, are closed after it.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed
+    /// (kept-alive connections between requests). The header timer bounds waiting for a
+    /// request too, so the shorter of the two applies to an idle connection.
+    pub idle_timeout: Duration,
+    /// Connections held open at most; beyond it the server stops accepting (new connections
+    /// wait in the listen backlog) until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(5),
+            max_connections: 512,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The defaults overridden by [`crate::env::HTTP_HEADER_TIMEOUT`],
+    /// [`crate::env::HTTP_IDLE_TIMEOUT`] and [`crate::env::HTTP_MAX_CONNECTIONS`] as `var`
+    /// finds them. Errors name the variable.
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<ServeConfig, String> {
+        use crate::env::{HTTP_HEADER_TIMEOUT, HTTP_IDLE_TIMEOUT, HTTP_MAX_CONNECTIONS};
+        let mut config = ServeConfig::default();
+        let duration = |name: &str| -> Result<Option<Duration>, String> {
+            var(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    crate::compiler::parse_duration(v.trim())
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            format!("{name}={v}: expected a duration such as 10s or 500ms")
+                        })
+                })
+                .transpose()
+        };
+        if let Some(d) = duration(HTTP_HEADER_TIMEOUT)? {
+            config.header_read_timeout = d;
+        }
+        if let Some(d) = duration(HTTP_IDLE_TIMEOUT)? {
+            config.idle_timeout = d;
+        }
+        if let Some(v) = var(HTTP_MAX_CONNECTIONS).filter(|v| !v.trim().is_empty()) {
+            config.max_connections = v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| {
+                    format!("{HTTP_MAX_CONNECTIONS}={v}: expected a whole number from 1 to 1000000")
+                })?;
+        }
+        Ok(config)
+    }
+}
+
+/// Request heads hyper itself accepts, in bytes: beyond it hyper answers a bare `431` (no body)
+/// and closes the connection. Heads between [`HEADER_LIMIT`] and this get the JSON `431`.
+const HYPER_HEADER_LIMIT: usize = 64 * 1024;
+/// Header fields hyper itself accepts (beyond: its bare `431`).
+const HYPER_MAX_HEADERS: usize = 256;
+/// Largest request head (request line and header fields) the API accepts, in bytes.
+pub const HEADER_LIMIT: usize = 16 * 1024;
+/// Most header fields the API accepts.
+pub const MAX_HEADERS: usize = 100;
+
+/// Serves `app(state)` on `listener` with [`ServeConfig::default`] until `shutdown` resolves,
+/// then lets requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        // Small JSON answers: send them now rather than wait for more to coalesce.
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, state, ServeConfig::default(), shutdown).await
 }
 
-/// Logs each request at debug level and turns a handler panic into a `500` instead of a
-/// dropped connection.
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting, closes
+/// idle connections and lets requests in flight finish.
+///
+/// A hand-written accept loop over hyper's HTTP/1 connection (axum's `serve` has no timeouts
+/// and no cap): a permit of a semaphore of [`ServeConfig::max_connections`] per connection,
+/// hyper's header-read timer, and an idle watchdog per connection.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use tokio::sync::{watch, Semaphore};
+
+    let app = app(state);
+    let max = config.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(max));
+    let (closing, _) = watch::channel(false);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_header_size(HYPER_HEADER_LIMIT)
+        .max_headers(HYPER_MAX_HEADERS)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors (EMFILE/ENFILE) or a connection reset before accept:
+                    // keep serving the connections we have, and try again shortly.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small JSON answers: send them now rather than wait for more to coalesce.
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            tcp,
+            app.clone(),
+            builder.clone(),
+            config.idle_timeout,
+            closing.subscribe(),
+            permit,
+        ));
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    // Every connection holds a permit until it ends.
+    let _ = permits.acquire_many(max as u32).await;
+    Ok(())
+}
+
+/// Activity of one connection, for its idle watchdog.
+#[derive(Default)]
+struct Activity {
+    /// Milliseconds after `start` of the last byte read or written.
+    last: std::sync::atomic::AtomicU64,
+    /// Requests whose handler has not answered yet.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// One connection: hyper's HTTP/1 state machine, closed gracefully when the server stops or
+/// when it idles longer than `idle_timeout`.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    idle_timeout: Duration,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    use std::sync::atomic::Ordering;
+
+    let start = tokio::time::Instant::now();
+    let activity = Arc::new(Activity::default());
+    let io = hyper_util::rt::TokioIo::new(Watched {
+        inner: tcp,
+        activity: activity.clone(),
+        start,
+    });
+    let tower = hyper_util::service::TowerToHyperService::new(app);
+    let busy = activity.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let guard = InFlight::enter(busy.clone());
+        let answer = hyper::service::Service::call(&tower, request);
+        async move {
+            let response = answer.await;
+            drop(guard);
+            response
+        }
+    });
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut closed = false;
+    loop {
+        let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
+        let idle_deadline = start + last + idle_timeout;
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = closing.changed(), if !closed => {
+                if changed.is_err() || *closing.borrow() {
+                    closed = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if !closed => {
+                let idle = start.elapsed().saturating_sub(Duration::from_millis(activity.last.load(Ordering::Relaxed)));
+                if activity.in_flight.load(Ordering::Relaxed) == 0 && idle >= idle_timeout {
+                    tracing::debug!("closing an idle connection");
+                    closed = true;
+                    conn.as_mut().graceful_shutdown();
+                } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
+                    // A request is being handled: look again after another period.
+                    activity.last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Counts a request in flight on its connection while alive.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: Arc<Activity>) -> InFlight {
+        activity
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A socket that records when bytes last moved through it.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+    start: tokio::time::Instant,
+}
+
+impl Watched {
+    fn touch(&self) {
+        self.activity.last.store(
+            self.start.elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.touch();
+        }
+        result
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Logs each request at debug level, refuses request heads over [`HEADER_LIMIT`] or
+/// [`MAX_HEADERS`], turns a handler panic into a `500` instead of a dropped connection, and
+/// makes sure every error answer is JSON ([`json_error_body`]).
 async fn observe(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();
+    let head_len = method.as_str().len()
+        + request.uri().to_string().len()
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if request.headers().len() > MAX_HEADERS || head_len > HEADER_LIMIT {
+        return AppError::HeadersTooLarge(format!(
+            "request head larger than {} KiB or with more than {MAX_HEADERS} header fields",
+            HEADER_LIMIT / 1024
+        ))
+        .into_response();
+    }
     let response = match CatchUnwind(Box::pin(next.run(request))).await {
         Ok(response) => response,
         Err(panic) => {
@@ -679,8 +1024,55 @@ async fn observe(request: Request, next: Next) -> Response {
             AppError::Internal(format!("handler panicked: {what}")).into_response()
         }
     };
+    let response = json_error_body(response).await;
     tracing::debug!(%method, path, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     response
+}
+
+/// An error answer that is not JSON (a rejection axum made itself) becomes `{"code",
+/// "message"}` with the code of its status; JSON answers and successes pass unchanged.
+async fn json_error_body(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|t| !t.trim().is_empty());
+    let reason = status.canonical_reason().unwrap_or("error").to_string();
+    let error = match status.as_u16() {
+        400 => AppError::InvalidRequest(clip(&text.unwrap_or(reason))),
+        401 => AppError::Unauthorized(clip(&text.unwrap_or(reason))),
+        403 => AppError::Forbidden(clip(&text.unwrap_or(reason))),
+        404 => AppError::NotFound(clip(&text.unwrap_or(reason))),
+        405 => AppError::MethodNotAllowed(clip(&text.unwrap_or(reason))),
+        409 => AppError::Conflict(clip(&text.unwrap_or(reason))),
+        413 => AppError::PayloadTooLarge(clip(&text.unwrap_or(reason))),
+        415 => AppError::UnsupportedMediaType(clip(&text.unwrap_or(reason))),
+        431 => AppError::HeadersTooLarge(clip(&text.unwrap_or(reason))),
+        503 => AppError::Unavailable(reason),
+        s if s < 500 => AppError::InvalidRequest(clip(&text.unwrap_or(reason))),
+        _ => AppError::Internal(text.unwrap_or(reason)),
+    };
+    let mut fixed = error.into_response();
+    *fixed.status_mut() = status;
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let own: Vec<header::HeaderName> = fixed.headers().keys().cloned().collect();
+    for (name, value) in parts.headers.iter() {
+        if !own.contains(name) {
+            fixed.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    fixed
 }
 
 struct CatchUnwind<F>(Pin<Box<F>>);
@@ -846,7 +1238,7 @@ async fn visible_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job,
 async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
     let children = store_call(|| state.engine.store.children(&job.job_id))
@@ -913,7 +1305,7 @@ async fn list_jobs(
 async fn cancel_job(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
     let now = Utc::now();
@@ -937,7 +1329,7 @@ async fn cancel_job(
 async fn job_result(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
     if job.status != JobStatus::Completed {
@@ -1017,9 +1409,17 @@ async fn graph(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-async fn openapi_json() -> Response {
-    static DOC: OnceLock<Bytes> = OnceLock::new();
-    let doc = DOC.get_or_init(|| Bytes::from(openapi().to_string()));
+async fn openapi_json(State(state): State<AppState>) -> Response {
+    let doc = state.openapi.get_or_init(|| {
+        let names: Vec<&str> = state
+            .engine
+            .workflow
+            .reports
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        Bytes::from(openapi(&names).to_string())
+    });
     ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }
 
@@ -1144,8 +1544,19 @@ impl http_body::Body for FileBody {
 // OpenAPI
 // ---------------------------------------------------------------------------------------------
 
-/// The OpenAPI 3 document of this API, served at `/api/openapi.json`.
-pub fn openapi() -> Value {
+/// A job id: what [`JobId`]'s parser accepts.
+pub const JOB_ID_PATTERN: &str = "^JOB_[A-Z0-9]{8}$";
+/// A list cursor, as both stores write and read it: `<created_at µs>.<job id>`.
+pub const CURSOR_PATTERN: &str = r"^[+-]?[0-9]+\.JOB_[A-Z0-9]{8}$";
+/// An idempotency key: no control characters (`char::is_control`).
+pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]+$";
+/// A target system: not only white space.
+pub const TARGET_SYSTEM_PATTERN: &str = r"\S";
+
+/// The OpenAPI 3 document of this API for a workflow with these report types (an empty list
+/// leaves `reportType` an open string), served at `/api/openapi.json`. It states what the
+/// handlers enforce: a test sends each documented bound and its neighbour.
+pub fn openapi(report_types: &[&str]) -> Value {
     let error = |description: &str| {
         json!({
             "description": description,
@@ -1154,8 +1565,27 @@ pub fn openapi() -> Value {
     };
     let job_id = json!({
         "name": "id", "in": "path", "required": true,
-        "schema": { "type": "string", "pattern": "^JOB_[A-Z0-9]{8}$" }
+        "description": "An id of another form answers 404 like a missing job.",
+        "schema": { "type": "string", "pattern": JOB_ID_PATTERN }
     });
+    let report_type = {
+        let mut schema = json!({ "type": "string", "minLength": 1,
+            "description": "A report type of the workflow." });
+        if !report_types.is_empty() {
+            schema["enum"] = json!(report_types);
+        }
+        schema
+    };
+    let idempotency_key = json!({ "type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN,
+        "pattern": IDEMPOTENCY_KEY_PATTERN });
+    let store_errors = |mut responses: Value| {
+        responses["503"] = json!({
+            "description": "`store_unavailable`: the job store kept failing through ~1.5 s of retries; try again after `Retry-After` seconds.",
+            "headers": { "Retry-After": { "schema": { "type": "integer", "minimum": 0 } } },
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+        });
+        responses
+    };
     let auth_errors = |mut responses: serde_json::Map<String, Value>| {
         responses.insert(
             "401".into(),
@@ -1164,6 +1594,10 @@ pub fn openapi() -> Value {
         responses.insert(
             "403".into(),
             error("Role not declared in the workflow, a non-ADMIN token without `countyId`, or (result) a result masked for another role."),
+        );
+        responses.insert(
+            "431".into(),
+            error(&format!("Request head over {} KiB or over {MAX_HEADERS} header fields (beyond {} KiB the connection is closed with a bare 431).", HEADER_LIMIT / 1024, HYPER_HEADER_LIMIT / 1024)),
         );
         responses.insert(
             "500".into(),
@@ -1182,16 +1616,20 @@ pub fn openapi() -> Value {
         json!({ "post": {
                 "summary": "Queue a report job run as the token's principal",
                 "security": secured,
+                "parameters": [{ "name": "Idempotency-Key", "in": "header", "required": false,
+                    "description": "As the body's `idempotencyKey`; if both are sent they must be equal (else 422 `idempotency_key_mismatch`).",
+                    "schema": idempotency_key }],
                 "requestBody": { "required": true, "content": { "application/json": {
                     "schema": { "$ref": "#/components/schemas/GenerateRequest" } } } },
-                "responses": auth_errors(obj(json!({
-                    "202": { "description": "Queued (or the job first created with this idempotencyKey).",
+                "responses": store_errors(auth_errors(obj(json!({
+                    "202": { "description": "Queued (or the job first created with this idempotency key by this principal).",
                         "headers": { "Location": { "schema": { "type": "string" } } },
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/GenerateResponse" } } } },
                     "400": error("Unknown report type, bad field type, unknown field, out-of-range value or malformed JSON."),
                     "413": error("Body larger than 64 KiB."),
-                    "415": error("Content-Type is not application/json.")
-                })))
+                    "415": error("Content-Type is not application/json."),
+                    "422": error("`idempotency_key_reused`: this principal used the key for a different request; `idempotency_key_mismatch`: the header and the body name different keys.")
+                }))))
             }}),
     );
     paths.insert(
@@ -1200,16 +1638,18 @@ pub fn openapi() -> Value {
                 "summary": "The caller's jobs (ADMIN: all), newest first, one page at a time",
                 "security": secured,
                 "parameters": [
-                    { "name": "status", "in": "query", "schema": { "$ref": "#/components/schemas/JobStatus" } },
-                    { "name": "reportType", "in": "query", "schema": { "type": "string" } },
+                    { "name": "status", "in": "query", "description": "Case-insensitive; empty means any.",
+                        "schema": { "$ref": "#/components/schemas/JobStatus" } },
+                    { "name": "reportType", "in": "query", "description": "Empty means any.", "schema": report_type },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": ListFilter::MAX_LIMIT, "default": ListFilter::DEFAULT_LIMIT } },
-                    { "name": "cursor", "in": "query", "description": "`nextCursor` of the previous page.", "schema": { "type": "string" } }
+                    { "name": "cursor", "in": "query", "description": "`nextCursor` of the previous page: `<created_at µs>.<jobId>`.",
+                        "schema": { "type": "string", "pattern": CURSOR_PATTERN } }
                 ],
-                "responses": auth_errors(obj(json!({
+                "responses": store_errors(auth_errors(obj(json!({
                     "200": { "description": "A page; keep going while `nextCursor` is not null.",
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobList" } } } },
                     "400": error("Unknown status or report type, bad limit or cursor, unknown parameter.")
-                })))
+                }))))
             }}),
     );
     paths.insert(
@@ -1218,10 +1658,11 @@ pub fn openapi() -> Value {
                 "summary": "One job, with its parents and children",
                 "security": secured,
                 "parameters": [job_id],
-                "responses": auth_errors(obj(json!({
+                "responses": store_errors(auth_errors(obj(json!({
                     "200": { "description": "The job.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } },
+                    "400": error("The path is not valid UTF-8."),
                     "404": error("No such job, or not the caller's county.")
-                })))
+                }))))
             }}),
     );
     paths.insert(
@@ -1230,12 +1671,13 @@ pub fn openapi() -> Value {
                 "summary": "Cancel a job: QUEUED ends at once, PROCESSING stops at its next chunk",
                 "security": secured,
                 "parameters": [job_id],
-                "responses": auth_errors(obj(json!({
+                "responses": store_errors(auth_errors(obj(json!({
                     "200": { "description": "The job after the request: CANCELLED, or PROCESSING with cancelRequested.",
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } },
+                    "400": error("The path is not valid UTF-8."),
                     "404": error("No such job, or not the caller's county."),
                     "409": error("The job already finished.")
-                })))
+                }))))
             }}),
     );
     paths.insert(
@@ -1244,16 +1686,17 @@ pub fn openapi() -> Value {
                 "summary": "Download the result file (streamed)",
                 "security": secured,
                 "parameters": [job_id],
-                "responses": auth_errors(obj(json!({
+                "responses": store_errors(auth_errors(obj(json!({
                     "200": { "description": "The result, masked for the job's role and filtered to its county.",
                         "headers": { "ETag": { "description": "SHA-256 of the file.", "schema": { "type": "string" } } },
                         "content": {
                             "text/csv": { "schema": { "type": "string" } },
                             "application/x-ndjson": { "schema": { "type": "string" } }
                         } },
+                    "400": error("The path is not valid UTF-8."),
                     "404": error("No such job, not the caller's county, or the file is gone."),
                     "409": error("The job is not COMPLETED.")
-                })))
+                }))))
             }}),
     );
     paths.insert(
@@ -1310,7 +1753,7 @@ pub fn openapi() -> Value {
     let components = json!({
         "securitySchemes": {
             "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                "description": "Claims: `sub`, `role` (declared in the workflow), `countyId` (required unless ADMIN), `exp`; `nbf`, `iss`, `aud` checked when configured." }
+                "description": "Claims: `sub`, `role` (declared in the workflow), `countyId` (required unless ADMIN), `exp` at most 24 h ahead (and after `iat`; `FLOWCTL_JWT_MAX_LIFETIME`); `nbf`, `iss` (one string, never a list), `aud` checked when configured." }
         },
         "schemas": {
             "Error": {
@@ -1324,13 +1767,14 @@ pub fn openapi() -> Value {
             "GenerateRequest": {
                 "type": "object", "required": ["reportType"], "additionalProperties": false,
                 "properties": {
-                    "reportType": { "type": "string", "description": "A report type of the workflow." },
+                    "reportType": report_type,
                     "dataFormat": { "type": "string", "enum": ["csv", "jsonl"] },
                     "chunkSize": { "type": "integer", "minimum": 1, "maximum": MAX_CHUNK_SIZE },
                     "priority": { "type": "integer", "minimum": 0, "maximum": 255 },
-                    "targetSystem": { "type": "string", "maxLength": MAX_KEY_LEN },
+                    "targetSystem": { "type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN, "pattern": TARGET_SYSTEM_PATTERN },
                     "idempotencyKey": { "type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN,
-                        "description": "The same key from the same subject returns the first job." },
+                        "pattern": IDEMPOTENCY_KEY_PATTERN,
+                        "description": "The same key from the same principal (sub, role, county) with the same request returns the first job; with another request, 422." },
                     "role": { "description": "Accepted and ignored: the token's `role` decides." },
                     "countyId": { "description": "Accepted and ignored: the token's `countyId` decides." }
                 }
@@ -1415,7 +1859,7 @@ mod tests {
 
     #[test]
     fn every_route_is_documented_with_its_method() {
-        let doc = openapi();
+        let doc = openapi(&["DAILY_REPORT"]);
         for (method, path) in route_list() {
             let op = &doc["paths"][path][method.to_lowercase()];
             assert!(
@@ -1433,6 +1877,73 @@ mod tests {
             documented,
             route_list().len(),
             "the document names a route the router lacks"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_error_answers_become_json() {
+        let plain = (
+            StatusCode::BAD_REQUEST,
+            [(header::ALLOW, "GET")],
+            "Invalid URL",
+        )
+            .into_response();
+        let fixed = json_error_body(plain).await;
+        assert_eq!(fixed.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(fixed.headers()[header::ALLOW], "GET");
+        assert!(fixed.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        let body = axum::body::to_bytes(fixed.into_body(), 4096).await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({ "code": "invalid_request", "message": "Invalid URL" })
+        );
+        // A bare 5xx says nothing of what it held.
+        let panic = (StatusCode::BAD_GATEWAY, "upstream /secret/path").into_response();
+        let body = axum::body::to_bytes(json_error_body(panic).await.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "internal");
+        assert!(!body.to_string().contains("secret"), "{body}");
+        // JSON errors and successes pass unchanged.
+        let ok = json_error_body((StatusCode::OK, "fine").into_response()).await;
+        assert_eq!(
+            ok.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn idempotency_scope_is_the_whole_principal() {
+        let p = |sub: &str, role: &str, county: Option<&str>| Principal {
+            subject: sub.into(),
+            role: role.into(),
+            county: county.map(str::to_string),
+        };
+        let keys: Vec<UniqueKey> = [
+            p("alice", "CASE_WORKER", Some("C01")),
+            p("alice", "CASE_WORKER", Some("C02")),
+            p("alice", "SUPERVISOR", Some("C01")),
+            p("alice", "CASE_WORKER", None),
+            p("bob", "CASE_WORKER", Some("C01")),
+            // No text concatenation makes two principals one.
+            p("alice\u{0}CASE_WORKER", "", Some("C01")),
+        ]
+        .iter()
+        .map(|principal| idempotency_unique_key(principal, "k"))
+        .collect();
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(
+            idempotency_unique_key(&p("alice", "CASE_WORKER", Some("C01")), "k"),
+            keys[0]
         );
     }
 

@@ -160,6 +160,7 @@ struct Options {
     dispatcher: bool,
     /// Serve through a store that can be made to fail transiently.
     flaky: Option<Arc<Outage>>,
+    serve: server::ServeConfig,
 }
 
 impl Default for Options {
@@ -168,6 +169,7 @@ impl Default for Options {
             auth: AuthConfig::hs256(SECRET.as_bytes()).unwrap(),
             dispatcher: true,
             flaky: None,
+            serve: server::ServeConfig::default(),
         }
     }
 }
@@ -372,7 +374,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = AppState::new(engine.clone(), Arc::new(options.auth));
-        let serve = server::serve(listener, state, until(stopped));
+        let serve = server::serve_with(listener, state, options.serve, until(stopped));
         tasks.push(tokio::spawn(async move {
             serve.await.expect("server");
         }));
@@ -1086,7 +1088,7 @@ async fn jwt_hs_rs_confusion_is_401() {
     let server = TestServer::start_with(Options {
         auth: AuthConfig::from_public_key_pem(RSA_PUBLIC, None).unwrap(),
         dispatcher: false,
-        flaky: None,
+        ..Options::default()
     })
     .await;
     let claims =
@@ -1162,7 +1164,7 @@ async fn jwt_issuer_and_audience_are_enforced_when_configured() {
             .with_issuers(&["https://idp.example"])
             .with_audiences(&["flowctl"]),
         dispatcher: false,
-        flaky: None,
+        ..Options::default()
     })
     .await;
     let base = json!({ "sub": "a", "role": "CASE_WORKER", "countyId": "C01", "exp": now() + 600 });
@@ -1209,7 +1211,7 @@ async fn jwt_issuer_list_and_unbounded_lifetime_are_401() {
             .unwrap()
             .with_issuers(&["https://idp.example"]),
         dispatcher: false,
-        flaky: None,
+        ..Options::default()
     })
     .await;
     let bearer = |claims: Value| format!("Bearer {}", sign(&claims));
@@ -1391,6 +1393,363 @@ async fn bad_input_gets_json_errors_with_codes() {
     let counts = server.engine.store.counts().await.unwrap();
     assert_eq!(counts.values().sum::<u64>(), 0);
     assert_eq!(server.get("/healthz", &t).await.status, 200);
+    server.shutdown().await;
+}
+
+/// Every rejection is `{"code", "message"}` JSON: a path that is not UTF-8 (axum's own
+/// rejection is `400 text/plain`), a query that does not parse, a request head over the limit
+/// (hyper's own `431` has no body), a method not allowed, no route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_json_with_a_code() {
+    let server = TestServer::start_idle().await;
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    for (method, path, status, code) in [
+        ("GET", "/api/jobs/%ff", 400, "invalid_request"),
+        ("GET", "/api/jobs/%ff/result", 400, "invalid_request"),
+        ("POST", "/api/jobs/%ff/cancel", 400, "invalid_request"),
+        ("GET", "/api/jobs?limit=%ff", 400, "invalid_request"),
+        ("GET", "/api/graph?format=%ff", 400, "invalid_request"),
+        ("PUT", "/api/jobs/JOB_AAAAAAAA", 405, "method_not_allowed"),
+        ("GET", "/api/nope/%ff", 404, "not_found"),
+    ] {
+        let reply = server
+            .request(method, path, Some(&t), None, Vec::new())
+            .await;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.text());
+        reply.assert_error(status, code);
+    }
+    // A head over the API's limit, in one large field or in many fields.
+    let big = Request::builder()
+        .uri(format!("{}/api/jobs", server.base))
+        .header("authorization", format!("Bearer {t}"))
+        .header("x-padding", "p".repeat(20 * 1024))
+        .body(Full::default())
+        .unwrap();
+    let mut many = Request::builder()
+        .uri(format!("{}/api/jobs", server.base))
+        .header("authorization", format!("Bearer {t}"));
+    for i in 0..150 {
+        many = many.header(format!("x-field-{i}"), "v");
+    }
+    for req in [big, many.body(Full::default()).unwrap()] {
+        let resp = server.client.request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let reply = Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        };
+        reply.assert_error(431, "headers_too_large");
+    }
+    assert_eq!(server.get("/api/jobs", &t).await.status, 200);
+    server.shutdown().await;
+}
+
+/// The OpenAPI document states what the handlers enforce: every documented enum value, bound
+/// and length is accepted, and its neighbour outside is refused with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_states_what_the_handlers_enforce() {
+    let server = TestServer::start_idle().await;
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    let doc = server
+        .request("GET", "/api/openapi.json", None, None, Vec::new())
+        .await
+        .json();
+    let props = doc["components"]["schemas"]["GenerateRequest"]["properties"].clone();
+    let generate = |body: Value| {
+        let t = t.clone();
+        let server = &server;
+        async move {
+            server
+                .post_json("/api/reports/generate", &t, body)
+                .await
+                .status
+        }
+    };
+    let mut n = 0;
+    let mut key = || {
+        n += 1;
+        format!("k{n}")
+    };
+
+    // reportType: exactly the workflow's report types.
+    let names: Vec<String> = server
+        .engine
+        .workflow
+        .reports
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    let documented: Vec<String> = props["reportType"]["enum"]
+        .as_array()
+        .expect("reportType is an enum")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(documented, names);
+    assert_eq!(props["reportType"]["minLength"], 1);
+    for name in &names {
+        assert_eq!(generate(json!({ "reportType": name })).await, 202, "{name}");
+    }
+    assert_eq!(generate(json!({ "reportType": "" })).await, 400);
+    assert_eq!(generate(json!({ "reportType": "NOT_A_REPORT" })).await, 400);
+
+    // Enums, integer bounds and string lengths of the other fields.
+    for (field, schema) in props.as_object().unwrap() {
+        if field == "reportType" || schema.get("type").is_none() {
+            continue;
+        }
+        let with = |value: Value| json!({ "reportType": "DAILY_REPORT", field.as_str(): value });
+        if let Some(values) = schema["enum"].as_array() {
+            for v in values {
+                assert_eq!(generate(with(v.clone())).await, 202, "{field}={v}");
+            }
+            assert_eq!(generate(with(json!("no-such-value"))).await, 400, "{field}");
+        }
+        if let Some(min) = schema["minimum"].as_i64() {
+            assert_eq!(generate(with(json!(min))).await, 202, "{field}={min}");
+            assert_eq!(
+                generate(with(json!(min - 1))).await,
+                400,
+                "{field}={}",
+                min - 1
+            );
+        }
+        if let Some(max) = schema["maximum"].as_i64() {
+            assert_eq!(generate(with(json!(max))).await, 202, "{field}={max}");
+            assert_eq!(
+                generate(with(json!(max + 1))).await,
+                400,
+                "{field}={}",
+                max + 1
+            );
+        }
+        // Lengths count characters, as JSON Schema does: `é` is two bytes.
+        let mut text = |len: usize| {
+            let mut s = key();
+            while s.chars().count() < len {
+                s.push('é');
+            }
+            s.chars().take(len).collect::<String>()
+        };
+        if let Some(max) = schema["maxLength"].as_u64() {
+            let max = max as usize;
+            assert_eq!(
+                generate(with(json!(text(max)))).await,
+                202,
+                "{field} of {max}"
+            );
+            assert_eq!(
+                generate(with(json!(text(max + 1)))).await,
+                400,
+                "{field} of {}",
+                max + 1
+            );
+        }
+        if schema["minLength"].as_u64() == Some(1) {
+            assert_eq!(generate(with(json!(""))).await, 400, "{field} empty");
+        }
+    }
+    assert_eq!(
+        props["idempotencyKey"]["pattern"],
+        server::IDEMPOTENCY_KEY_PATTERN
+    );
+    let body = json!({ "reportType": "DAILY_REPORT", "idempotencyKey": "a\u{1}b" });
+    assert_eq!(generate(body).await, 400);
+    assert_eq!(
+        props["targetSystem"]["pattern"],
+        server::TARGET_SYSTEM_PATTERN
+    );
+    let body = json!({ "reportType": "DAILY_REPORT", "targetSystem": "   " });
+    assert_eq!(generate(body).await, 400);
+
+    // The list's parameters.
+    let params = doc["paths"]["/api/jobs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no parameter {name}"))["schema"]
+            .clone()
+    };
+    let list = |query: String| {
+        let t = t.clone();
+        let server = &server;
+        async move { server.get(&format!("/api/jobs?{query}"), &t).await.status }
+    };
+    assert_eq!(param("status")["$ref"], "#/components/schemas/JobStatus");
+    let statuses = doc["components"]["schemas"]["JobStatus"]["enum"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(statuses.len(), JobStatus::ALL.len());
+    for s in &statuses {
+        assert_eq!(
+            list(format!("status={}", s.as_str().unwrap())).await,
+            200,
+            "{s}"
+        );
+    }
+    assert_eq!(list("status=DONE".into()).await, 400);
+    assert_eq!(
+        param("reportType")["enum"].as_array().unwrap().len(),
+        names.len()
+    );
+    assert_eq!(list("reportType=NOT_A_REPORT".into()).await, 400);
+    let limit = param("limit");
+    let (min, max) = (
+        limit["minimum"].as_i64().unwrap(),
+        limit["maximum"].as_i64().unwrap(),
+    );
+    assert_eq!(list(format!("limit={min}")).await, 200);
+    assert_eq!(list(format!("limit={max}")).await, 200);
+    assert_eq!(list(format!("limit={}", min - 1)).await, 400);
+    assert_eq!(list(format!("limit={}", max + 1)).await, 400);
+    assert_eq!(param("cursor")["pattern"], server::CURSOR_PATTERN);
+    for good in [
+        "0.JOB_AAAAAAAA",
+        "1767225600000000.JOB_ZZZZ9999",
+        "-5.JOB_A1B2C3D4",
+    ] {
+        assert_eq!(list(format!("cursor={good}")).await, 200, "{good}");
+    }
+    for bad in ["garbage", "1.JOB_aaaaaaaa", "x.JOB_AAAAAAAA", "1.JOB_AAAA"] {
+        assert_eq!(list(format!("cursor={bad}")).await, 400, "{bad}");
+    }
+    // A real cursor has the documented form.
+    let page = server.get("/api/jobs?limit=1", &t).await.json();
+    let cursor = page["nextCursor"].as_str().expect("more than one job");
+    let (micros, id) = cursor.split_once('.').unwrap();
+    assert!(
+        micros.parse::<i64>().is_ok() && id.parse::<JobId>().is_ok(),
+        "{cursor}"
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------------------------
+
+/// Open descriptors of this process (the server runs in it), where the system says.
+fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
+/// Reads until the server closes the socket; `false` if it is still open after `limit`.
+async fn closed_within(sock: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// 300 connections that send nothing or half a request head, and a kept-alive one that went
+/// quiet, are closed after the configured timeouts; a real request is served at once while
+/// they are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(Options {
+        dispatcher: false,
+        serve: server::ServeConfig {
+            header_read_timeout: Duration::from_millis(400),
+            idle_timeout: Duration::from_millis(300),
+            max_connections: 1000,
+        },
+        ..Options::default()
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 1 {
+            sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half: ")
+                .await
+                .unwrap();
+        }
+        idle.push(sock);
+    }
+    let started = Instant::now();
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    assert_eq!(server.get("/api/jobs", &t).await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A kept-alive connection that sends one request and then nothing.
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut kept, &mut first)
+        .await
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    for (i, sock) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_within(sock, Duration::from_secs(3)).await,
+            "socket {i} still open"
+        );
+    }
+    assert!(closed_within(&mut kept, Duration::from_secs(3)).await);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(server.get("/api/jobs", &t).await.status, 200);
+    server.shutdown().await;
+}
+
+/// Beyond `max_connections` the server stops accepting (300 silent sockets against a cap of 50
+/// hold at most 50 server-side descriptors), and a real request still gets through once the
+/// silent ones time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_and_a_real_request_gets_through() {
+    let cap = 50;
+    let server = TestServer::start_with(Options {
+        dispatcher: false,
+        serve: server::ServeConfig {
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(200),
+            max_connections: cap,
+        },
+        ..Options::default()
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let before = open_fds();
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if let (Some(before), Some(now)) = (before, open_fds()) {
+        assert!(
+            now <= before + 300 + cap + 10,
+            "{} descriptors for 300 client sockets and a cap of {cap}",
+            now - before
+        );
+    }
+    let started = Instant::now();
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    let reply = tokio::time::timeout(Duration::from_secs(15), server.get("/api/jobs", &t))
+        .await
+        .expect("a real request is served beyond the cap");
+    assert_eq!(reply.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(idle);
     server.shutdown().await;
 }
 
