@@ -8,7 +8,17 @@
 //!   `countyId` a client puts in a body are accepted and ignored.
 //! - **A job outside the caller's county answers exactly as a job that does not exist** (`404`).
 //! - **The route table is the one list**: [`app`] registers [`route_list`], and the OpenAPI
-//!   document must name every entry (a test checks it).
+//!   document must name every entry (a test checks it) and state the constraints the
+//!   handlers enforce (another sends each bound and its neighbour).
+//! - **Handlers reach the store through [`store_call`]**: a transient failure is retried
+//!   briefly, then answered `503 store_unavailable` with `Retry-After`, never `500`. A retried
+//!   enqueue always carries a unique key (the client's, scoped by principal, or the trigger's),
+//!   so a retry never queues twice.
+//! - **An idempotency key belongs to the whole principal** (sub, role, county); its job record
+//!   is the first request's fingerprint, and another request under it is `422`.
+//! - **No connection holds the server forever**: [`serve_with`] bounds the time to send a
+//!   request head and the time idle, and caps the number of open connections
+//!   ([`ServeConfig`]).
 
 use std::any::Any;
 use std::collections::BTreeMap;

@@ -180,10 +180,14 @@ impl Default for Options {
 struct Outage {
     failures_left: std::sync::atomic::AtomicU32,
     calls: std::sync::atomic::AtomicU32,
+    /// Fail after the inner store applied the call (a connection lost before the answer).
+    after_applying: std::sync::atomic::AtomicBool,
 }
 
 impl Outage {
     fn fail_next(&self, n: u32) {
+        self.after_applying
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         self.failures_left
             .store(n, std::sync::atomic::Ordering::SeqCst);
         self.calls.store(0, std::sync::atomic::Ordering::SeqCst);
@@ -227,6 +231,15 @@ impl FlakyStore {
         op: BoxFuture<'a, StoreResult<T>>,
     ) -> BoxFuture<'a, StoreResult<T>> {
         Box::pin(async move {
+            if self
+                .outage
+                .after_applying
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let value = op.await?;
+                self.outage.check()?;
+                return Ok(value);
+            }
             self.outage.check()?;
             op.await
         })
@@ -883,6 +896,21 @@ async fn store_outage_is_retried_then_503_with_retry_after() {
     outage.fail_next(0);
     let counts = server.engine.store.counts().await.unwrap();
     assert_eq!(counts.values().sum::<u64>(), 2, "{counts:?}");
+
+    // The store applied the enqueue but the answer was lost: the retry finds the same job
+    // (its trigger's key) instead of queueing a second one.
+    outage.fail_next(1);
+    outage
+        .after_applying
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let once = server.generate(&t, daily()).await;
+    outage.fail_next(0);
+    let counts = server.engine.store.counts().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 3, "{counts:?}");
+    assert_eq!(
+        server.get(&format!("/api/jobs/{once}"), &t).await.json()["status"],
+        "QUEUED"
+    );
     assert_eq!(
         server.get(&format!("/api/jobs/{id}"), &t).await.json()["status"],
         "QUEUED"
