@@ -1425,8 +1425,8 @@ async fn bad_input_gets_json_errors_with_codes() {
 }
 
 /// Every rejection is `{"code", "message"}` JSON: a path that is not UTF-8 (axum's own
-/// rejection is `400 text/plain`), a query that does not parse, a request head over the limit
-/// (hyper's own `431` has no body), a method not allowed, no route.
+/// rejection is `400 text/plain`), a query that does not parse, a request head over the API's
+/// limit (hyper's own `431` has no body), a method not allowed, no route.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejection_is_json_with_a_code() {
     let server = TestServer::start_idle().await;
@@ -1446,29 +1446,21 @@ async fn every_rejection_is_json_with_a_code() {
         assert_eq!(reply.status, status, "{method} {path}: {}", reply.text());
         reply.assert_error(status, code);
     }
-    // A head over the API's limit, in one large field or in many fields.
+    // A head over the API's limit (below hyper's own, whose 431 has no body).
     let big = Request::builder()
         .uri(format!("{}/api/jobs", server.base))
         .header("authorization", format!("Bearer {t}"))
         .header("x-padding", "p".repeat(20 * 1024))
         .body(Full::default())
         .unwrap();
-    let mut many = Request::builder()
-        .uri(format!("{}/api/jobs", server.base))
-        .header("authorization", format!("Bearer {t}"));
-    for i in 0..150 {
-        many = many.header(format!("x-field-{i}"), "v");
-    }
-    for req in [big, many.body(Full::default()).unwrap()] {
-        let resp = server.client.request(req).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        let reply = Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        };
-        reply.assert_error(431, "headers_too_large");
-    }
+    let resp = server.client.request(big).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let reply = Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    };
+    reply.assert_error(431, "headers_too_large");
     assert_eq!(server.get("/api/jobs", &t).await.status, 200);
     server.shutdown().await;
 }
