@@ -844,6 +844,21 @@ struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
 }
 
+impl Activity {
+    fn touch(&self, start: tokio::time::Instant) {
+        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self, start: tokio::time::Instant) -> tokio::time::Instant {
+        start + Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
+
 /// One connection: hyper's HTTP/1 state machine, closed gracefully when the server stops or
 /// when it idles longer than `idle_timeout`.
 async fn serve_connection(
@@ -854,8 +869,6 @@ async fn serve_connection(
     mut closing: tokio::sync::watch::Receiver<bool>,
     _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    use std::sync::atomic::Ordering;
-
     let start = tokio::time::Instant::now();
     let activity = Arc::new(Activity::default());
     let io = hyper_util::rt::TokioIo::new(Watched {
@@ -878,8 +891,7 @@ async fn serve_connection(
     let mut conn = std::pin::pin!(conn);
     let mut closed = false;
     loop {
-        let last = Duration::from_millis(activity.last.load(Ordering::Relaxed));
-        let idle_deadline = start + last + idle_timeout;
+        let idle_deadline = activity.last(start) + idle_timeout;
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -894,14 +906,15 @@ async fn serve_connection(
                 }
             }
             _ = tokio::time::sleep_until(idle_deadline), if !closed => {
-                let idle = start.elapsed().saturating_sub(Duration::from_millis(activity.last.load(Ordering::Relaxed)));
-                if activity.in_flight.load(Ordering::Relaxed) == 0 && idle >= idle_timeout {
+                if activity.busy() {
+                    // A handler is working (no bytes move meanwhile): look again later.
+                    activity.touch(start);
+                } else if activity.last(start) + idle_timeout <= tokio::time::Instant::now() {
+                    // Closes a connection waiting for a request; one whose response is still
+                    // being written finishes it first.
                     tracing::debug!("closing an idle connection");
                     closed = true;
                     conn.as_mut().graceful_shutdown();
-                } else if activity.in_flight.load(Ordering::Relaxed) > 0 {
-                    // A request is being handled: look again after another period.
-                    activity.last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
                 }
             }
         }
@@ -937,10 +950,7 @@ struct Watched {
 
 impl Watched {
     fn touch(&self) {
-        self.activity.last.store(
-            self.start.elapsed().as_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.activity.touch(self.start);
     }
 }
 
@@ -1955,6 +1965,38 @@ mod tests {
             idempotency_unique_key(&p("alice", "CASE_WORKER", Some("C01")), "k"),
             keys[0]
         );
+    }
+
+    #[test]
+    fn serve_config_reads_its_variables() {
+        use crate::env::{HTTP_HEADER_TIMEOUT, HTTP_IDLE_TIMEOUT, HTTP_MAX_CONNECTIONS};
+        let with = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ServeConfig::from_lookup(move |name| {
+                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+        };
+        assert_eq!(with(&[]).unwrap(), ServeConfig::default());
+        let c = with(&[
+            (HTTP_HEADER_TIMEOUT, "2s"),
+            (HTTP_IDLE_TIMEOUT, "500ms"),
+            (HTTP_MAX_CONNECTIONS, "64"),
+        ])
+        .unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.max_connections, 64);
+        for (name, value) in [
+            (HTTP_HEADER_TIMEOUT, "0s"),
+            (HTTP_IDLE_TIMEOUT, "soon"),
+            (HTTP_MAX_CONNECTIONS, "0"),
+        ] {
+            let err = with(&[(name, value)]).unwrap_err();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]
