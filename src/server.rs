@@ -1221,8 +1221,16 @@ async fn generate(
                 .await?
                 .ok_or_else(|| AppError::Internal(format!("idempotent job {id} is gone")))?;
             // The job record is the first request's fingerprint: the same key for another
-            // request must not answer with the first one's job as if it were this one's.
-            if job.report_type != new_job.report_type || job.request != new_job.request {
+            // request must not answer with the first one's job as if it were this one's; nor
+            // may a key ever answer with another principal's job (fail closed).
+            let principal = &caller.principal;
+            let same_principal = job.subject == principal.subject
+                && job.role == principal.role
+                && job.county == principal.county;
+            if !same_principal
+                || job.report_type != new_job.report_type
+                || job.request != new_job.request
+            {
                 return Err(AppError::IdempotencyKeyReused(
                     "this idempotency key was already used for a different request; use a new key for a new request".into(),
                 ));
