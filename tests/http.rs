@@ -1654,9 +1654,22 @@ async fn openapi_states_what_the_handlers_enforce() {
 // Connections
 // ---------------------------------------------------------------------------------------------
 
-/// Open descriptors of this process (the server runs in it), where the system says.
-fn open_fds() -> Option<usize> {
-    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+/// Connections the server on `port` has accepted (sockets owned by a process, local port
+/// `port`, established), from `/proc/net/tcp`; `None` where the system does not say.
+/// Connections still waiting in the listen backlog have no owner (inode 0) and do not count.
+fn accepted_connections(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = format!(":{port:04X}");
+    Some(
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                cols.len() > 9 && cols[1].ends_with(&port) && cols[3] == "01" && cols[9] != "0"
+            })
+            .count(),
+    )
 }
 
 /// Reads until the server closes the socket; `false` if it is still open after `limit`.
@@ -1703,8 +1716,9 @@ async fn slow_and_idle_connections_are_closed() {
     let started = Instant::now();
     let t = token("alice", "CASE_WORKER", Some("C01"));
     assert_eq!(server.get("/api/jobs", &t).await.status, 200);
+    // Served while they are open, without waiting for them to time out.
     assert!(
-        started.elapsed() < Duration::from_millis(300),
+        started.elapsed() < Duration::from_secs(1),
         "{:?}",
         started.elapsed()
     );
@@ -1727,13 +1741,13 @@ async fn slow_and_idle_connections_are_closed() {
         );
     }
     assert!(closed_within(&mut kept, Duration::from_secs(3)).await);
-    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(started.elapsed() < Duration::from_secs(6));
     assert_eq!(server.get("/api/jobs", &t).await.status, 200);
     server.shutdown().await;
 }
 
-/// Beyond `max_connections` the server stops accepting (300 silent sockets against a cap of 50
-/// hold at most 50 server-side descriptors), and a real request still gets through once the
+/// Beyond `max_connections` the server stops accepting (of 300 silent sockets, at most 50 are
+/// accepted: the rest wait in the listen backlog), and a real request still gets through once the
 /// silent ones time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_wait_and_a_real_request_gets_through() {
@@ -1749,18 +1763,18 @@ async fn connections_beyond_the_cap_wait_and_a_real_request_gets_through() {
     })
     .await;
     let addr = server.base.trim_start_matches("http://").to_string();
-    let before = open_fds();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
     let mut idle = Vec::new();
     for _ in 0..300 {
         idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    if let (Some(before), Some(now)) = (before, open_fds()) {
+    if let Some(accepted) = accepted_connections(port) {
         assert!(
-            now <= before + 300 + cap + 10,
-            "{} descriptors for 300 client sockets and a cap of {cap}",
-            now - before
+            accepted <= cap,
+            "{accepted} connections accepted with a cap of {cap}"
         );
+        assert!(accepted > 0, "nothing accepted");
     }
     let started = Instant::now();
     let t = token("alice", "CASE_WORKER", Some("C01"));
