@@ -29,9 +29,15 @@ pub const ENV_JWT_ALGORITHM: &str = "FLOWCTL_JWT_ALGORITHM";
 pub const ENV_JWT_ISSUER: &str = "FLOWCTL_JWT_ISSUER";
 /// Optional: the required `aud` claim (comma-separated for several accepted audiences).
 pub const ENV_JWT_AUDIENCE: &str = "FLOWCTL_JWT_AUDIENCE";
+/// Optional: the longest lifetime a token may claim (`exp` − now, and `exp` − `iat`), e.g.
+/// `12h`; default [`DEFAULT_MAX_LIFETIME`].
+pub const ENV_JWT_MAX_LIFETIME: &str = "FLOWCTL_JWT_MAX_LIFETIME";
 
 /// Clock skew tolerated on `exp` and `nbf`.
 pub const LEEWAY: Duration = Duration::from_secs(30);
+/// The longest lifetime a token may claim unless configured otherwise: a token whose `exp`
+/// lies further ahead (e.g. 2^64 − 1, "never") is refused.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Secrets shorter than this are accepted with a warning: fine for development only.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -40,6 +46,7 @@ pub struct AuthConfig {
     key: DecodingKey,
     validation: Validation,
     algorithm: Algorithm,
+    max_lifetime: Duration,
 }
 
 /// Never prints the key.
@@ -49,6 +56,7 @@ impl fmt::Debug for AuthConfig {
             .field("algorithm", &self.algorithm)
             .field("issuer", &self.validation.iss)
             .field("audience", &self.validation.aud)
+            .field("max_lifetime", &self.max_lifetime)
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +80,8 @@ pub enum AuthConfigError {
         algorithm: Algorithm,
         key: &'static str,
     },
+    #[error("{ENV_JWT_MAX_LIFETIME}={0}: expected a duration such as 12h or 30m")]
+    MaxLifetime(String),
 }
 
 /// Why a token was refused. Every variant answers `401`; the message is safe to show.
@@ -99,6 +109,10 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("token claim `{0}` has the wrong type")]
     ClaimFormat(String),
+    #[error("token claim `iss` must be a single string (RFC 7519), not a list")]
+    IssuerNotString,
+    #[error("token lifetime exceeds the {0} this server accepts: use a shorter-lived token")]
+    Lifetime(String),
 }
 
 /// The verified claims flowctl reads. Other claims are ignored.
@@ -135,6 +149,8 @@ struct RawClaims {
     #[serde(rename = "countyId")]
     county_id: Option<serde_json::Value>,
     exp: Option<u64>,
+    iat: Option<serde_json::Value>,
+    iss: Option<serde_json::Value>,
 }
 
 impl AuthConfig {
@@ -198,7 +214,15 @@ impl AuthConfig {
             key,
             validation,
             algorithm,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
         }
+    }
+
+    /// The longest lifetime a token may claim: `exp` at most this far after now (and after
+    /// `iat`, when the token has one). Default [`DEFAULT_MAX_LIFETIME`].
+    pub fn with_max_lifetime(mut self, max: Duration) -> AuthConfig {
+        self.max_lifetime = max;
+        self
     }
 
     /// Requires `iss` to be one of `issuers`.
@@ -261,6 +285,13 @@ impl AuthConfig {
                 AuthConfig::from_public_key_pem(&pem, algorithm)?
             }
         };
+        let max_lifetime = match var(ENV_JWT_MAX_LIFETIME) {
+            Some(text) => crate::compiler::parse_duration(text.trim())
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or(AuthConfigError::MaxLifetime(text))?,
+            None => DEFAULT_MAX_LIFETIME,
+        };
         let list = |v: Option<String>| -> Vec<String> {
             v.map(|v| {
                 v.split(',')
@@ -272,7 +303,8 @@ impl AuthConfig {
         };
         Ok(config
             .with_issuers(&list(var(ENV_JWT_ISSUER)))
-            .with_audiences(&list(var(ENV_JWT_AUDIENCE))))
+            .with_audiences(&list(var(ENV_JWT_AUDIENCE)))
+            .with_max_lifetime(max_lifetime))
     }
 
     /// The pinned algorithm.
@@ -298,11 +330,40 @@ impl AuthConfig {
         self.verify(token)
     }
 
-    /// Verifies signature, algorithm, `exp`, `nbf`, `iss`, `aud`, and reads the claims.
+    /// Verifies signature, algorithm, `exp`, `nbf`, `iss`, `aud`, the lifetime cap, and reads
+    /// the claims.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let data = jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation)
             .map_err(|e| self.refusal(e.kind()))?;
         let raw = data.claims;
+        // jsonwebtoken accepts a list `iss` when any element matches; RFC 7519 makes `iss` one
+        // StringOrURI, so a list is refused whether or not an issuer is configured.
+        match &raw.iss {
+            None | Some(serde_json::Value::String(_)) => {}
+            Some(serde_json::Value::Array(_)) => return Err(AuthError::IssuerNotString),
+            Some(_) => return Err(AuthError::ClaimFormat("iss".into())),
+        }
+        let exp = raw
+            .exp
+            .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+        let max = self.max_lifetime.as_secs();
+        let too_long = || AuthError::Lifetime(format_lifetime(self.max_lifetime));
+        let now = jsonwebtoken::get_current_timestamp();
+        if exp.saturating_sub(now) > max.saturating_add(LEEWAY.as_secs()) {
+            return Err(too_long());
+        }
+        match &raw.iat {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Number(n)) => {
+                let iat = n
+                    .as_u64()
+                    .ok_or_else(|| AuthError::ClaimFormat("iat".into()))?;
+                if exp.saturating_sub(iat) > max.saturating_add(LEEWAY.as_secs()) {
+                    return Err(too_long());
+                }
+            }
+            Some(_) => return Err(AuthError::ClaimFormat("iat".into())),
+        }
         let string_claim = |name: &str, value: Option<serde_json::Value>| match value {
             None | Some(serde_json::Value::Null) => Err(AuthError::MissingClaim(name.into())),
             Some(serde_json::Value::String(s)) if s.trim().is_empty() => {
@@ -324,7 +385,7 @@ impl AuthConfig {
             sub,
             role,
             county_id,
-            exp: raw.exp.unwrap_or_default(),
+            exp,
         })
     }
 
@@ -354,6 +415,18 @@ impl AuthConfig {
             }
             _ => AuthError::Malformed,
         }
+    }
+}
+
+/// `24h`, `90m`, `45s`: the largest whole unit.
+fn format_lifetime(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
     }
 }
 
@@ -611,6 +684,54 @@ mod tests {
             config.verify(&numeric_county).unwrap().county_id.as_deref(),
             Some("7")
         );
+    }
+
+    #[test]
+    fn an_issuer_list_is_refused() {
+        let config = AuthConfig::hs256(SECRET)
+            .unwrap()
+            .with_issuers(&["https://idp"]);
+        let list = token(
+            serde_json::json!({"sub": "a", "role": "R", "exp": now() + 60, "iss": ["evil", "https://idp"]}),
+        );
+        assert_eq!(config.verify(&list), Err(AuthError::IssuerNotString));
+        // Without a configured issuer too: a list is not an `iss`.
+        let open = AuthConfig::hs256(SECRET).unwrap();
+        assert_eq!(open.verify(&list), Err(AuthError::IssuerNotString));
+        let number =
+            token(serde_json::json!({"sub": "a", "role": "R", "exp": now() + 60, "iss": 7}));
+        assert!(open.verify(&number).is_err());
+    }
+
+    #[test]
+    fn token_lifetime_is_capped() {
+        let config = AuthConfig::hs256(SECRET).unwrap();
+        let forever = token(serde_json::json!({"sub": "a", "role": "R", "exp": u64::MAX}));
+        let err = config.verify(&forever).unwrap_err();
+        assert_eq!(err, AuthError::Lifetime("24h".into()));
+        assert!(err.to_string().contains("24h"), "{err}");
+        let day = token(serde_json::json!({"sub": "a", "role": "R", "exp": now() + 24 * 3600}));
+        assert!(config.verify(&day).is_ok());
+        let old_long = token(
+            serde_json::json!({"sub": "a", "role": "R", "iat": now() - 30 * 24 * 3600, "exp": now() + 60}),
+        );
+        assert_eq!(
+            config.verify(&old_long),
+            Err(AuthError::Lifetime("24h".into()))
+        );
+        let short = AuthConfig::hs256(SECRET)
+            .unwrap()
+            .with_max_lifetime(Duration::from_secs(600));
+        assert!(short.verify(&day).is_err());
+        let vars = |name: &str| match name {
+            ENV_JWT_SECRET => Some(String::from_utf8(SECRET.to_vec()).unwrap()),
+            ENV_JWT_MAX_LIFETIME => Some("soon".into()),
+            _ => None,
+        };
+        assert!(matches!(
+            AuthConfig::from_lookup(vars),
+            Err(AuthConfigError::MaxLifetime(_))
+        ));
     }
 
     #[test]

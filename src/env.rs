@@ -14,6 +14,7 @@
 //! | `FLOWCTL_JWT_PUBLIC_KEY` | PEM public key file for RS256/ES256 tokens |
 //! | `FLOWCTL_JWT_ALGORITHM` | pin another algorithm of the key's family |
 //! | `FLOWCTL_JWT_ISSUER` / `FLOWCTL_JWT_AUDIENCE` | required `iss` / `aud` |
+//! | `FLOWCTL_JWT_MAX_LIFETIME` | longest lifetime a token may claim (`exp` − now, `exp` − `iat`), default `24h` |
 //! | `FLOWCTL_WORKER_POOL_SIZE` | `config.worker_pool_size` |
 //! | `FLOWCTL_MAX_JOBS_PER_POLL` | `config.max_jobs_per_poll` |
 //! | `FLOWCTL_POLL_INTERVAL` | `config.poll_interval` |
@@ -23,6 +24,9 @@
 //! | `FLOWCTL_DEPENDENCIES` | `config.dependencies` (`on`/`off`) |
 //! | `FLOWCTL_CATCH_UP_WINDOW` | `config.catch_up_window` |
 //! | `FLOWCTL_LOG` | log filter, e.g. `info`, `flowctl=debug` |
+//! | `FLOWCTL_HTTP_HEADER_TIMEOUT` | time a connection has to send a whole request head (`serve`), default `10s` |
+//! | `FLOWCTL_HTTP_IDLE_TIMEOUT` | a kept-alive connection idle this long is closed (`serve`), default `5s` |
+//! | `FLOWCTL_HTTP_MAX_CONNECTIONS` | open connections `serve` holds at most; beyond, new ones wait, default `512` |
 
 use std::path::PathBuf;
 
@@ -34,8 +38,8 @@ pub const STORE: &str = "FLOWCTL_STORE";
 pub const LISTEN: &str = "FLOWCTL_LISTEN";
 pub use crate::auth::{
     ENV_JWT_ALGORITHM as JWT_ALGORITHM, ENV_JWT_AUDIENCE as JWT_AUDIENCE,
-    ENV_JWT_ISSUER as JWT_ISSUER, ENV_JWT_PUBLIC_KEY as JWT_PUBLIC_KEY,
-    ENV_JWT_SECRET as JWT_SECRET,
+    ENV_JWT_ISSUER as JWT_ISSUER, ENV_JWT_MAX_LIFETIME as JWT_MAX_LIFETIME,
+    ENV_JWT_PUBLIC_KEY as JWT_PUBLIC_KEY, ENV_JWT_SECRET as JWT_SECRET,
 };
 pub use crate::masking_key::ENV_MASK_KEY as MASK_KEY;
 pub const WORKER_POOL_SIZE: &str = "FLOWCTL_WORKER_POOL_SIZE";
@@ -47,9 +51,12 @@ pub const SCHEDULER: &str = "FLOWCTL_SCHEDULER";
 pub const DEPENDENCIES: &str = "FLOWCTL_DEPENDENCIES";
 pub const CATCH_UP_WINDOW: &str = "FLOWCTL_CATCH_UP_WINDOW";
 pub const LOG: &str = "FLOWCTL_LOG";
+pub const HTTP_HEADER_TIMEOUT: &str = "FLOWCTL_HTTP_HEADER_TIMEOUT";
+pub const HTTP_IDLE_TIMEOUT: &str = "FLOWCTL_HTTP_IDLE_TIMEOUT";
+pub const HTTP_MAX_CONNECTIONS: &str = "FLOWCTL_HTTP_MAX_CONNECTIONS";
 
 /// Every variable above: the README's table must list each (a test checks it).
-pub const ALL: [&str; 18] = [
+pub const ALL: [&str; 22] = [
     DB,
     STORE,
     LISTEN,
@@ -59,6 +66,10 @@ pub const ALL: [&str; 18] = [
     JWT_ALGORITHM,
     JWT_ISSUER,
     JWT_AUDIENCE,
+    JWT_MAX_LIFETIME,
+    HTTP_HEADER_TIMEOUT,
+    HTTP_IDLE_TIMEOUT,
+    HTTP_MAX_CONNECTIONS,
     WORKER_POOL_SIZE,
     MAX_JOBS_PER_POLL,
     POLL_INTERVAL,

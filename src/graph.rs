@@ -362,7 +362,10 @@ mod tests {
     #[test]
     fn dot_output_uses_only_ascii_even_for_non_ascii_values() {
         let w = workflow(
-            r#"roles ADMIN
+            r#"config {
+  all_counties ADMIN
+}
+roles ADMIN
 source cases {
   path "data/cases.csv"
 }

@@ -8,7 +8,17 @@
 //!   `countyId` a client puts in a body are accepted and ignored.
 //! - **A job outside the caller's county answers exactly as a job that does not exist** (`404`).
 //! - **The route table is the one list**: [`app`] registers [`route_list`], and the OpenAPI
-//!   document must name every entry (a test checks it).
+//!   document must name every entry (a test checks it) and state the constraints the
+//!   handlers enforce (another sends each bound and its neighbour).
+//! - **Handlers reach the store through [`store_call`]**: a transient failure is retried
+//!   briefly, then answered `503 store_unavailable` with `Retry-After`, never `500`. A retried
+//!   enqueue always carries a unique key (the client's, scoped by principal, or the trigger's),
+//!   so a retry never queues twice.
+//! - **An idempotency key belongs to the whole principal** (sub, role, county); its job record
+//!   is the first request's fingerprint, and another request under it is `422`.
+//! - **No connection holds the server forever**: [`serve_with`] bounds the time to send a
+//!   request head and the time idle, and caps the number of open connections
+//!   ([`ServeConfig`]).
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -28,7 +38,6 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -47,7 +56,7 @@ use crate::workflow::DataFormat;
 pub const BODY_LIMIT: usize = 64 * 1024;
 /// Largest `chunkSize` a request may ask for (the workflow language's own bound).
 pub const MAX_CHUNK_SIZE: u32 = 10_000_000;
-/// Longest `idempotencyKey` and `targetSystem`.
+/// Longest `idempotencyKey` and `targetSystem`, in characters.
 pub const MAX_KEY_LEN: usize = 255;
 /// How long `/readyz` waits for the store.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -59,11 +68,17 @@ const FILE_CHUNK: usize = 64 * 1024;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<AuthConfig>,
+    /// The OpenAPI document of this workflow, made at its first request.
+    openapi: Arc<OnceLock<Bytes>>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, auth: Arc<AuthConfig>) -> AppState {
-        AppState { engine, auth }
+        AppState {
+            engine,
+            auth,
+            openapi: Arc::default(),
+        }
     }
 }
 
@@ -88,10 +103,19 @@ pub enum AppError {
     Conflict(String),
     /// 413.
     PayloadTooLarge(String),
+    /// 431: request head over [`HEADER_LIMIT`].
+    HeadersTooLarge(String),
     /// 415.
     UnsupportedMediaType(String),
-    /// 503: the store does not answer.
+    /// 422: an idempotency key this principal already used for another request.
+    IdempotencyKeyReused(String),
+    /// 422: the `Idempotency-Key` header and the body's `idempotencyKey` differ.
+    IdempotencyKeyMismatch(String),
+    /// 503: the store does not answer (readiness).
     Unavailable(String),
+    /// 503 with `Retry-After`: the store failed transiently and kept failing through the
+    /// retries ([`store_call`]).
+    StoreUnavailable(String),
     /// 500: the detail is logged, never sent.
     Internal(String),
 }
@@ -106,8 +130,14 @@ impl AppError {
             AppError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::IdempotencyKeyReused(_) | AppError::IdempotencyKeyMismatch(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            AppError::Unavailable(_) | AppError::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -122,14 +152,18 @@ impl AppError {
             AppError::InvalidRequest(_) => "invalid_request",
             AppError::Conflict(_) => "conflict",
             AppError::PayloadTooLarge(_) => "payload_too_large",
+            AppError::HeadersTooLarge(_) => "headers_too_large",
             AppError::UnsupportedMediaType(_) => "unsupported_media_type",
+            AppError::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            AppError::IdempotencyKeyMismatch(_) => "idempotency_key_mismatch",
             AppError::Unavailable(_) => "unavailable",
+            AppError::StoreUnavailable(_) => "store_unavailable",
             AppError::Internal(_) => "internal",
         }
     }
 
     /// Every code, for the OpenAPI document.
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 14] = [
         "unauthorized",
         "forbidden",
         "not_found",
@@ -137,8 +171,12 @@ impl AppError {
         "invalid_request",
         "conflict",
         "payload_too_large",
+        "headers_too_large",
         "unsupported_media_type",
+        "idempotency_key_reused",
+        "idempotency_key_mismatch",
         "unavailable",
+        "store_unavailable",
         "internal",
     ];
 
@@ -153,8 +191,12 @@ impl AppError {
             | AppError::InvalidRequest(m)
             | AppError::Conflict(m)
             | AppError::PayloadTooLarge(m)
+            | AppError::HeadersTooLarge(m)
             | AppError::UnsupportedMediaType(m)
-            | AppError::Unavailable(m) => m,
+            | AppError::IdempotencyKeyReused(m)
+            | AppError::IdempotencyKeyMismatch(m)
+            | AppError::Unavailable(m)
+            | AppError::StoreUnavailable(m) => m,
         }
     }
 }
@@ -166,11 +208,20 @@ impl IntoResponse for AppError {
         }
         let body = json!({ "code": self.code(), "message": self.message() });
         let mut response = (self.status(), Json(body)).into_response();
-        if let AppError::Unauthorized(_) = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
-            );
+        match self {
+            AppError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            AppError::StoreUnavailable(_) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(STORE_RETRY_AFTER_SECS),
+                );
+            }
+            _ => {}
         }
         response
     }
@@ -180,9 +231,150 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> AppError {
         match e {
             StoreError::InvalidCursor(_) => AppError::InvalidRequest("invalid cursor".into()),
+            e if e.is_transient() => {
+                tracing::warn!(error = %e, "the job store is unavailable");
+                AppError::StoreUnavailable(STORE_UNAVAILABLE_MESSAGE.into())
+            }
             other => AppError::Internal(other.to_string()),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store calls
+// ---------------------------------------------------------------------------------------------
+
+/// Pauses between the attempts of a store call that failed transiently (each ±25 %), as long
+/// as [`STORE_RETRY_BUDGET`] allows.
+const STORE_RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(600),
+];
+/// How long a request keeps retrying a store that fails transiently before it answers 503
+/// `store_unavailable`.
+pub const STORE_RETRY_BUDGET: Duration = Duration::from_millis(1500);
+/// The `Retry-After` (seconds) of a 503 `store_unavailable`.
+pub const STORE_RETRY_AFTER_SECS: u64 = 2;
+const STORE_UNAVAILABLE_MESSAGE: &str =
+    "the job store is unavailable; retry after the time in Retry-After";
+
+/// Runs one store operation for a request: a transient failure
+/// ([`StoreError::is_transient`]) is retried with backoff within [`STORE_RETRY_BUDGET`], then
+/// answered 503 `store_unavailable` with `Retry-After`; any other error is mapped once
+/// ([`AppError::from`]). Every handler reaches the store through this, so none answers `500`
+/// for a store that is only briefly away.
+///
+/// `op` must be safe to repeat: a transient failure may come after the store applied the
+/// change (reads, `cancel`, and an `enqueue` with a unique key are).
+pub async fn store_call<T, F, Fut>(mut op: F) -> Result<T, AppError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let started = Instant::now();
+    let mut delays = STORE_RETRY_DELAYS.iter();
+    loop {
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(e) if e.is_transient() => {
+                let delay = delays
+                    .next()
+                    .map(|d| d.mul_f64(rand::random_range(0.75..1.25)))
+                    .filter(|d| started.elapsed() + *d <= STORE_RETRY_BUDGET);
+                match delay {
+                    Some(delay) => {
+                        tracing::debug!(error = %e, ?delay, "the job store failed transiently; retrying");
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency
+// ---------------------------------------------------------------------------------------------
+
+/// The request header that carries an idempotency key (the body's `idempotencyKey` too).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The store key of a client's idempotency key: scoped by the whole principal (subject, role,
+/// county), so that one principal's key never names another's job. The principal is hashed
+/// (length-prefixed, so no two principals share a text) into the key's subject part.
+pub fn idempotency_unique_key(principal: &Principal, key: &str) -> UniqueKey {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"flowctl idempotency scope v1\0");
+    for part in [
+        Some(principal.subject.as_str()),
+        Some(principal.role.as_str()),
+        principal.county.as_deref(),
+    ] {
+        match part {
+            Some(text) => {
+                hash.update([1]);
+                hash.update((text.len() as u64).to_be_bytes());
+                hash.update(text.as_bytes());
+            }
+            None => hash.update([0]),
+        }
+    }
+    UniqueKey::idempotency(format!("principal:{}", hex::encode(hash.finalize())), key)
+}
+
+/// The key of a request that names none: its own trigger, so that retrying the enqueue after
+/// a transient store failure (which may have been applied) cannot queue the job twice.
+fn trigger_unique_key(trigger: &str) -> UniqueKey {
+    UniqueKey::idempotency("trigger", trigger)
+}
+
+/// The idempotency key of a request: the `Idempotency-Key` header or the body's
+/// `idempotencyKey`; both may be given if they are equal.
+fn idempotency_key(
+    headers: &axum::http::HeaderMap,
+    body: Option<String>,
+) -> Result<Option<String>, AppError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY_HEADER).iter();
+    let header = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    AppError::InvalidRequest(
+                        "the Idempotency-Key header must be visible ASCII".into(),
+                    )
+                })?
+                .to_string(),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(AppError::InvalidRequest(
+                "send one Idempotency-Key header".into(),
+            ))
+        }
+    };
+    let key = match (header, body) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(AppError::IdempotencyKeyMismatch(
+                "the Idempotency-Key header and the body's idempotencyKey differ; send one, or the same in both".into(),
+            ))
+        }
+        (Some(h), _) => Some(h),
+        (None, b) => b,
+    };
+    if let Some(k) = &key {
+        if k.is_empty() || k.chars().count() > MAX_KEY_LEN || k.chars().any(char::is_control) {
+            return Err(AppError::InvalidRequest(format!(
+                "idempotencyKey must be 1 to {MAX_KEY_LEN} characters without control characters"
+            )));
+        }
+    }
+    Ok(key)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -287,6 +479,23 @@ fn serde_source(text: &str) -> String {
     text.split_once("target type: ")
         .map_or(text, |(_, rest)| rest)
         .to_string()
+}
+
+/// `Path<T>` whose rejection (e.g. `%ff`, not UTF-8) is a `400` [`AppError`].
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(AppError::InvalidRequest(format!(
+                "invalid path: {}",
+                clip(&rejection.body_text())
+            ))),
+        }
+    }
 }
 
 /// `Query<T>` whose rejection is a `400` [`AppError`].
@@ -476,28 +685,355 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `app(state)` on `listener` until `shutdown` resolves, then lets requests in flight
-/// finish.
+/// How [`serve`] treats connections. Slow or silent clients must not hold the server's file
+/// descriptors: every connection is bounded in time, and their number is capped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Time a connection has to send a whole request head, counted from when the server starts
+    /// waiting for it (at connect, and after each response): partial headers, and silent
+    /// connections, are closed after it.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no bytes moving for this long is closed
+    /// (kept-alive connections between requests). The header timer bounds waiting for a
+    /// request too, so the shorter of the two applies to an idle connection.
+    pub idle_timeout: Duration,
+    /// Connections held open at most; beyond it the server stops accepting (new connections
+    /// wait in the listen backlog) until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(5),
+            max_connections: 512,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// The defaults overridden by [`crate::env::HTTP_HEADER_TIMEOUT`],
+    /// [`crate::env::HTTP_IDLE_TIMEOUT`] and [`crate::env::HTTP_MAX_CONNECTIONS`] as `var`
+    /// finds them. Errors name the variable.
+    pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<ServeConfig, String> {
+        use crate::env::{HTTP_HEADER_TIMEOUT, HTTP_IDLE_TIMEOUT, HTTP_MAX_CONNECTIONS};
+        let mut config = ServeConfig::default();
+        let duration = |name: &str| -> Result<Option<Duration>, String> {
+            var(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    crate::compiler::parse_duration(v.trim())
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            format!("{name}={v}: expected a duration such as 10s or 500ms")
+                        })
+                })
+                .transpose()
+        };
+        if let Some(d) = duration(HTTP_HEADER_TIMEOUT)? {
+            config.header_read_timeout = d;
+        }
+        if let Some(d) = duration(HTTP_IDLE_TIMEOUT)? {
+            config.idle_timeout = d;
+        }
+        if let Some(v) = var(HTTP_MAX_CONNECTIONS).filter(|v| !v.trim().is_empty()) {
+            config.max_connections = v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| {
+                    format!("{HTTP_MAX_CONNECTIONS}={v}: expected a whole number from 1 to 1000000")
+                })?;
+        }
+        Ok(config)
+    }
+}
+
+/// Request heads hyper itself accepts, in bytes: beyond it hyper answers a bare `431` (no body)
+/// and closes the connection. Heads between [`HEADER_LIMIT`] and this get the JSON `431`.
+const HYPER_HEADER_LIMIT: usize = 64 * 1024;
+/// Largest request head (request line and header fields) the API accepts, in bytes.
+pub const HEADER_LIMIT: usize = 16 * 1024;
+/// Most header fields a request may have: hyper's own limit (its default, which keeps header
+/// parsing on the stack), so a request over it gets hyper's bare `431`, not JSON.
+pub const MAX_HEADERS: usize = 100;
+
+/// Serves `app(state)` on `listener` with [`ServeConfig::default`] until `shutdown` resolves,
+/// then lets requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        // Small JSON answers: send them now rather than wait for more to coalesce.
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, state, ServeConfig::default(), shutdown).await
 }
 
-/// Logs each request at debug level and turns a handler panic into a `500` instead of a
-/// dropped connection.
+/// Serves `app(state)` on `listener` until `shutdown` resolves, then stops accepting, closes
+/// idle connections and lets requests in flight finish.
+///
+/// A hand-written accept loop over hyper's HTTP/1 connection (axum's `serve` has no timeouts
+/// and no cap): a permit of a semaphore of [`ServeConfig::max_connections`] per connection,
+/// hyper's header-read timer, and an idle watchdog per connection.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use tokio::sync::{watch, Semaphore};
+
+    let app = app(state);
+    let max = config.max_connections.max(1);
+    let permits = Arc::new(Semaphore::new(max));
+    let (closing, _) = watch::channel(false);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_header_size(HYPER_HEADER_LIMIT)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors (EMFILE/ENFILE) or a connection reset before accept:
+                    // keep serving the connections we have, and try again shortly.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small JSON answers: send them now rather than wait for more to coalesce.
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            tcp,
+            app.clone(),
+            builder.clone(),
+            config.idle_timeout,
+            closing.subscribe(),
+            permit,
+        ));
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    // Every connection holds a permit until it ends.
+    let _ = permits.acquire_many(max as u32).await;
+    Ok(())
+}
+
+/// Activity of one connection, for its idle watchdog.
+#[derive(Default)]
+struct Activity {
+    /// Milliseconds after `start` of the last byte read or written.
+    last: std::sync::atomic::AtomicU64,
+    /// Requests whose handler has not answered yet.
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self, start: tokio::time::Instant) {
+        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self, start: tokio::time::Instant) -> tokio::time::Instant {
+        start + Duration::from_millis(self.last.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
+
+/// One connection: hyper's HTTP/1 state machine, closed gracefully when the server stops or
+/// when it idles longer than `idle_timeout`.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    idle_timeout: Duration,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let start = tokio::time::Instant::now();
+    let activity = Arc::new(Activity::default());
+    let io = hyper_util::rt::TokioIo::new(Watched {
+        inner: tcp,
+        activity: activity.clone(),
+        start,
+    });
+    let tower = hyper_util::service::TowerToHyperService::new(app);
+    let busy = activity.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let guard = InFlight::enter(busy.clone());
+        let answer = hyper::service::Service::call(&tower, request);
+        async move {
+            let response = answer.await;
+            drop(guard);
+            response
+        }
+    });
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut closed = false;
+    loop {
+        let idle_deadline = activity.last(start) + idle_timeout;
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = closing.changed(), if !closed => {
+                if changed.is_err() || *closing.borrow() {
+                    closed = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep_until(idle_deadline), if !closed => {
+                if activity.busy() {
+                    // A handler is working (no bytes move meanwhile): look again later.
+                    activity.touch(start);
+                } else if activity.last(start) + idle_timeout <= tokio::time::Instant::now() {
+                    // Closes a connection waiting for a request; one whose response is still
+                    // being written finishes it first.
+                    tracing::debug!("closing an idle connection");
+                    closed = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Counts a request in flight on its connection while alive.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: Arc<Activity>) -> InFlight {
+        activity
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A socket that records when bytes last moved through it.
+struct Watched {
+    inner: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+    start: tokio::time::Instant,
+}
+
+impl Watched {
+    fn touch(&self) {
+        self.activity.touch(self.start);
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.touch();
+        }
+        result
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Logs each request at debug level, refuses request heads over [`HEADER_LIMIT`], turns a handler panic into a `500` instead of a dropped connection, and
+/// makes sure every error answer is JSON ([`json_error_body`]).
 async fn observe(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let started = Instant::now();
+    let head_len = method.as_str().len()
+        + request
+            .uri()
+            .path_and_query()
+            .map_or(0, |p| p.as_str().len())
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head_len > HEADER_LIMIT {
+        return AppError::HeadersTooLarge(format!(
+            "request head larger than {} KiB",
+            HEADER_LIMIT / 1024
+        ))
+        .into_response();
+    }
     let response = match CatchUnwind(Box::pin(next.run(request))).await {
         Ok(response) => response,
         Err(panic) => {
@@ -509,8 +1045,55 @@ async fn observe(request: Request, next: Next) -> Response {
             AppError::Internal(format!("handler panicked: {what}")).into_response()
         }
     };
+    let response = json_error_body(response).await;
     tracing::debug!(%method, path, status = response.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     response
+}
+
+/// An error answer that is not JSON (a rejection axum made itself) becomes `{"code",
+/// "message"}` with the code of its status; JSON answers and successes pass unchanged.
+async fn json_error_body(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|t| !t.trim().is_empty());
+    let reason = status.canonical_reason().unwrap_or("error").to_string();
+    let error = match status.as_u16() {
+        400 => AppError::InvalidRequest(clip(&text.unwrap_or(reason))),
+        401 => AppError::Unauthorized(clip(&text.unwrap_or(reason))),
+        403 => AppError::Forbidden(clip(&text.unwrap_or(reason))),
+        404 => AppError::NotFound(clip(&text.unwrap_or(reason))),
+        405 => AppError::MethodNotAllowed(clip(&text.unwrap_or(reason))),
+        409 => AppError::Conflict(clip(&text.unwrap_or(reason))),
+        413 => AppError::PayloadTooLarge(clip(&text.unwrap_or(reason))),
+        415 => AppError::UnsupportedMediaType(clip(&text.unwrap_or(reason))),
+        431 => AppError::HeadersTooLarge(clip(&text.unwrap_or(reason))),
+        503 => AppError::Unavailable(reason),
+        s if s < 500 => AppError::InvalidRequest(clip(&text.unwrap_or(reason))),
+        _ => AppError::Internal(text.unwrap_or(reason)),
+    };
+    let mut fixed = error.into_response();
+    *fixed.status_mut() = status;
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let own: Vec<header::HeaderName> = fixed.headers().keys().cloned().collect();
+    for (name, value) in parts.headers.iter() {
+        if !own.contains(name) {
+            fixed.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    fixed
 }
 
 struct CatchUnwind<F>(Pin<Box<F>>);
@@ -555,6 +1138,7 @@ fn clip(s: &str) -> String {
 async fn generate(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<GenerateRequest>,
 ) -> Result<Response, AppError> {
     let workflow = &state.engine.workflow;
@@ -586,19 +1170,13 @@ async fn generate(
         }
     }
     if let Some(t) = &body.target_system {
-        if t.trim().is_empty() || t.len() > MAX_KEY_LEN {
+        if t.trim().is_empty() || t.chars().count() > MAX_KEY_LEN {
             return Err(AppError::InvalidRequest(format!(
-                "targetSystem must be 1 to {MAX_KEY_LEN} bytes"
+                "targetSystem must be 1 to {MAX_KEY_LEN} characters, not only spaces"
             )));
         }
     }
-    if let Some(k) = &body.idempotency_key {
-        if k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(char::is_control) {
-            return Err(AppError::InvalidRequest(format!(
-                "idempotencyKey must be 1 to {MAX_KEY_LEN} bytes without control characters"
-            )));
-        }
-    }
+    let idempotency_key = idempotency_key(&headers, body.idempotency_key)?;
     let request = JobRequest {
         chunk_size: body.chunk_size,
         data_format: body.data_format,
@@ -612,6 +1190,10 @@ async fn generate(
     let principal = caller.principal.clone();
     let report_type = report.name.clone();
     let trigger = format!("http:{:016x}", rand::random::<u64>());
+    let unique = match &idempotency_key {
+        Some(key) => idempotency_unique_key(&caller.principal, key),
+        None => trigger_unique_key(&trigger),
+    };
     let new_job = tokio::task::spawn_blocking(move || {
         engine.new_job(&report_type, principal, &trigger, request)
     })
@@ -624,15 +1206,10 @@ async fn generate(
         }
     })?;
     let now = Utc::now();
-    let unique = body
-        .idempotency_key
-        .map(|key| UniqueKey::idempotency(caller.principal.subject.clone(), key));
-    let (job_id, status, estimated_completion_time) = match state
-        .engine
-        .store
-        .enqueue(vec![new_job], unique, now)
-        .await?
-    {
+    let store = &state.engine.store;
+    let enqueued =
+        store_call(|| store.enqueue(vec![new_job.clone()], Some(unique.clone()), now)).await?;
+    let (job_id, status, estimated_completion_time) = match enqueued {
         Enqueued::Created(jobs) => {
             let job = jobs
                 .into_iter()
@@ -646,12 +1223,24 @@ async fn generate(
                 .into_iter()
                 .next()
                 .ok_or_else(|| AppError::Internal("idempotency key names no job".into()))?;
-            let job = state
-                .engine
-                .store
-                .get(&id)
+            let job = store_call(|| store.get(&id))
                 .await?
                 .ok_or_else(|| AppError::Internal(format!("idempotent job {id} is gone")))?;
+            // The job record is the first request's fingerprint: the same key for another
+            // request must not answer with the first one's job as if it were this one's; nor
+            // may a key ever answer with another principal's job (fail closed).
+            let principal = &caller.principal;
+            let same_principal = job.subject == principal.subject
+                && job.role == principal.role
+                && job.county == principal.county;
+            if !same_principal
+                || job.report_type != new_job.report_type
+                || job.request != new_job.request
+            {
+                return Err(AppError::IdempotencyKeyReused(
+                    "this idempotency key was already used for a different request; use a new key for a new request".into(),
+                ));
+            }
             (job.job_id, job.status, job.estimated_completion)
         }
     };
@@ -674,7 +1263,7 @@ async fn generate(
 async fn visible_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, AppError> {
     let not_found = || AppError::NotFound(format!("job {} not found", clip(id)));
     let job_id: JobId = id.parse().map_err(|_| not_found())?;
-    match state.engine.store.get(&job_id).await? {
+    match store_call(|| state.engine.store.get(&job_id)).await? {
         Some(job) if caller.can_see(&job) => Ok(job),
         _ => Err(not_found()),
     }
@@ -683,13 +1272,10 @@ async fn visible_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job,
 async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
-    let children = state
-        .engine
-        .store
-        .children(&job.job_id)
+    let children = store_call(|| state.engine.store.children(&job.job_id))
         .await?
         .into_iter()
         .map(|c| c.job_id)
@@ -725,22 +1311,19 @@ async fn list_jobs(
             ListFilter::MAX_LIMIT
         )));
     }
-    let page = state
-        .engine
-        .store
-        .list(ListFilter {
-            status,
-            report_type,
-            // County-scoped callers always have a county (the extractor checks).
-            county: if caller.admin {
-                None
-            } else {
-                caller.principal.county.clone()
-            },
-            limit,
-            cursor: params.cursor.filter(|c| !c.is_empty()),
-        })
-        .await?;
+    let filter = ListFilter {
+        status,
+        report_type,
+        // County-scoped callers always have a county (the extractor checks).
+        county: if caller.admin {
+            None
+        } else {
+            caller.principal.county.clone()
+        },
+        limit,
+        cursor: params.cursor.filter(|c| !c.is_empty()),
+    };
+    let page = store_call(|| state.engine.store.list(filter.clone())).await?;
     let jobs = page
         .jobs
         .into_iter()
@@ -756,10 +1339,11 @@ async fn list_jobs(
 async fn cancel_job(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<JobView>, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
-    match state.engine.store.cancel(&job.job_id, Utc::now()).await? {
+    let now = Utc::now();
+    match store_call(|| state.engine.store.cancel(&job.job_id, now)).await? {
         CancelOutcome::Cancelled(job) => {
             tracing::info!(job = %job.job_id, subject = %caller.principal.subject, "job cancelled");
             Ok(Json(JobView::new(job, None)))
@@ -779,7 +1363,7 @@ async fn cancel_job(
 async fn job_result(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
     if job.status != JobStatus::Completed {
@@ -865,9 +1449,17 @@ async fn graph(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-async fn openapi_json() -> Response {
-    static DOC: OnceLock<Bytes> = OnceLock::new();
-    let doc = DOC.get_or_init(|| Bytes::from(openapi().to_string()));
+async fn openapi_json(State(state): State<AppState>) -> Response {
+    let doc = state.openapi.get_or_init(|| {
+        let names: Vec<&str> = state
+            .engine
+            .workflow
+            .reports
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        Bytes::from(openapi(&names).to_string())
+    });
     ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }
 
@@ -992,8 +1584,19 @@ impl http_body::Body for FileBody {
 // OpenAPI
 // ---------------------------------------------------------------------------------------------
 
-/// The OpenAPI 3 document of this API, served at `/api/openapi.json`.
-pub fn openapi() -> Value {
+/// A job id: what [`JobId`]'s parser accepts.
+pub const JOB_ID_PATTERN: &str = "^JOB_[A-Z0-9]{8}$";
+/// A list cursor, as both stores write and read it: `<created_at µs>.<job id>`.
+pub const CURSOR_PATTERN: &str = r"^[+-]?[0-9]+\.JOB_[A-Z0-9]{8}$";
+/// An idempotency key: no control characters (`char::is_control`).
+pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]+$";
+/// A target system: not only white space.
+pub const TARGET_SYSTEM_PATTERN: &str = r"\S";
+
+/// The OpenAPI 3 document of this API for a workflow with these report types (an empty list
+/// leaves `reportType` an open string), served at `/api/openapi.json`. It states what the
+/// handlers enforce: a test sends each documented bound and its neighbour.
+pub fn openapi(report_types: &[&str]) -> Value {
     let error = |description: &str| {
         json!({
             "description": description,
@@ -1002,8 +1605,27 @@ pub fn openapi() -> Value {
     };
     let job_id = json!({
         "name": "id", "in": "path", "required": true,
-        "schema": { "type": "string", "pattern": "^JOB_[A-Z0-9]{8}$" }
+        "description": "An id of another form answers 404 like a missing job.",
+        "schema": { "type": "string", "pattern": JOB_ID_PATTERN }
     });
+    let report_type = {
+        let mut schema = json!({ "type": "string", "minLength": 1,
+            "description": "A report type of the workflow." });
+        if !report_types.is_empty() {
+            schema["enum"] = json!(report_types);
+        }
+        schema
+    };
+    let idempotency_key = json!({ "type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN,
+        "pattern": IDEMPOTENCY_KEY_PATTERN });
+    let store_errors = |mut responses: Value| {
+        responses["503"] = json!({
+            "description": "`store_unavailable`: the job store kept failing through ~1.5 s of retries; try again after `Retry-After` seconds.",
+            "headers": { "Retry-After": { "schema": { "type": "integer", "minimum": 0 } } },
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+        });
+        responses
+    };
     let auth_errors = |mut responses: serde_json::Map<String, Value>| {
         responses.insert(
             "401".into(),
@@ -1012,6 +1634,10 @@ pub fn openapi() -> Value {
         responses.insert(
             "403".into(),
             error("Role not declared in the workflow, a token without `countyId` for a county-scoped role, or (result) a result masked for another role."),
+        );
+        responses.insert(
+            "431".into(),
+            error(&format!("Request head over {} KiB (beyond {} KiB, or over {MAX_HEADERS} header fields, the connection is closed with a bare 431).", HEADER_LIMIT / 1024, HYPER_HEADER_LIMIT / 1024)),
         );
         responses.insert(
             "500".into(),
@@ -1030,16 +1656,20 @@ pub fn openapi() -> Value {
         json!({ "post": {
                 "summary": "Queue a report job run as the token's principal",
                 "security": secured,
+                "parameters": [{ "name": "Idempotency-Key", "in": "header", "required": false,
+                    "description": "As the body's `idempotencyKey`; if both are sent they must be equal (else 422 `idempotency_key_mismatch`).",
+                    "schema": idempotency_key }],
                 "requestBody": { "required": true, "content": { "application/json": {
                     "schema": { "$ref": "#/components/schemas/GenerateRequest" } } } },
-                "responses": auth_errors(obj(json!({
-                    "202": { "description": "Queued (or the job first created with this idempotencyKey).",
+                "responses": store_errors(auth_errors(obj(json!({
+                    "202": { "description": "Queued (or the job first created with this idempotency key by this principal).",
                         "headers": { "Location": { "schema": { "type": "string" } } },
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/GenerateResponse" } } } },
                     "400": error("Unknown report type, bad field type, unknown field, out-of-range value or malformed JSON."),
                     "413": error("Body larger than 64 KiB."),
-                    "415": error("Content-Type is not application/json.")
-                })))
+                    "415": error("Content-Type is not application/json."),
+                    "422": error("`idempotency_key_reused`: this principal used the key for a different request; `idempotency_key_mismatch`: the header and the body name different keys.")
+                }))))
             }}),
     );
     paths.insert(
@@ -1048,16 +1678,18 @@ pub fn openapi() -> Value {
                 "summary": "The caller's jobs (a role in `all_counties`: every county's), newest first, one page at a time",
                 "security": secured,
                 "parameters": [
-                    { "name": "status", "in": "query", "schema": { "$ref": "#/components/schemas/JobStatus" } },
-                    { "name": "reportType", "in": "query", "schema": { "type": "string" } },
+                    { "name": "status", "in": "query", "description": "Case-insensitive; empty means any.",
+                        "schema": { "$ref": "#/components/schemas/JobStatus" } },
+                    { "name": "reportType", "in": "query", "description": "Empty means any.", "schema": report_type },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": ListFilter::MAX_LIMIT, "default": ListFilter::DEFAULT_LIMIT } },
-                    { "name": "cursor", "in": "query", "description": "`nextCursor` of the previous page.", "schema": { "type": "string" } }
+                    { "name": "cursor", "in": "query", "description": "`nextCursor` of the previous page: `<created_at µs>.<jobId>`.",
+                        "schema": { "type": "string", "pattern": CURSOR_PATTERN } }
                 ],
-                "responses": auth_errors(obj(json!({
+                "responses": store_errors(auth_errors(obj(json!({
                     "200": { "description": "A page; keep going while `nextCursor` is not null.",
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/JobList" } } } },
                     "400": error("Unknown status or report type, bad limit or cursor, unknown parameter.")
-                })))
+                }))))
             }}),
     );
     paths.insert(
@@ -1066,10 +1698,11 @@ pub fn openapi() -> Value {
                 "summary": "One job, with its parents and children",
                 "security": secured,
                 "parameters": [job_id],
-                "responses": auth_errors(obj(json!({
+                "responses": store_errors(auth_errors(obj(json!({
                     "200": { "description": "The job.", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } },
+                    "400": error("The path is not valid UTF-8."),
                     "404": error("No such job, or not the caller's county.")
-                })))
+                }))))
             }}),
     );
     paths.insert(
@@ -1078,12 +1711,13 @@ pub fn openapi() -> Value {
                 "summary": "Cancel a job: QUEUED ends at once, PROCESSING stops at its next chunk",
                 "security": secured,
                 "parameters": [job_id],
-                "responses": auth_errors(obj(json!({
+                "responses": store_errors(auth_errors(obj(json!({
                     "200": { "description": "The job after the request: CANCELLED, or PROCESSING with cancelRequested.",
                         "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } },
+                    "400": error("The path is not valid UTF-8."),
                     "404": error("No such job, or not the caller's county."),
                     "409": error("The job already finished.")
-                })))
+                }))))
             }}),
     );
     paths.insert(
@@ -1092,16 +1726,17 @@ pub fn openapi() -> Value {
                 "summary": "Download the result file (streamed)",
                 "security": secured,
                 "parameters": [job_id],
-                "responses": auth_errors(obj(json!({
+                "responses": store_errors(auth_errors(obj(json!({
                     "200": { "description": "The result, masked for the job's role and filtered to its county.",
                         "headers": { "ETag": { "description": "SHA-256 of the file.", "schema": { "type": "string" } } },
                         "content": {
                             "text/csv": { "schema": { "type": "string" } },
                             "application/x-ndjson": { "schema": { "type": "string" } }
                         } },
+                    "400": error("The path is not valid UTF-8."),
                     "404": error("No such job, not the caller's county, or the file is gone."),
                     "409": error("The job is not COMPLETED.")
-                })))
+                }))))
             }}),
     );
     paths.insert(
@@ -1158,7 +1793,7 @@ pub fn openapi() -> Value {
     let components = json!({
         "securitySchemes": {
             "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
-                "description": "Claims: `sub`, `role` (declared in the workflow), `countyId` (required unless the role is in the workflow's `all_counties`), `exp`; `nbf`, `iss`, `aud` checked when configured." }
+                "description": "Claims: `sub`, `role` (declared in the workflow), `countyId` (required unless the role is in the workflow's `all_counties`), `exp` at most 24 h ahead (and after `iat`; `FLOWCTL_JWT_MAX_LIFETIME`); `nbf`, `iss` (one string, never a list), `aud` checked when configured." }
         },
         "schemas": {
             "Error": {
@@ -1172,13 +1807,14 @@ pub fn openapi() -> Value {
             "GenerateRequest": {
                 "type": "object", "required": ["reportType"], "additionalProperties": false,
                 "properties": {
-                    "reportType": { "type": "string", "description": "A report type of the workflow." },
+                    "reportType": report_type,
                     "dataFormat": { "type": "string", "enum": ["csv", "jsonl"] },
                     "chunkSize": { "type": "integer", "minimum": 1, "maximum": MAX_CHUNK_SIZE },
                     "priority": { "type": "integer", "minimum": 0, "maximum": 255 },
-                    "targetSystem": { "type": "string", "maxLength": MAX_KEY_LEN },
+                    "targetSystem": { "type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN, "pattern": TARGET_SYSTEM_PATTERN },
                     "idempotencyKey": { "type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN,
-                        "description": "The same key from the same subject returns the first job." },
+                        "pattern": IDEMPOTENCY_KEY_PATTERN,
+                        "description": "The same key from the same principal (sub, role, county) with the same request returns the first job; with another request, 422." },
                     "role": { "description": "Accepted and ignored: the token's `role` decides." },
                     "countyId": { "description": "Accepted and ignored: the token's `countyId` decides." }
                 }
@@ -1263,7 +1899,7 @@ mod tests {
 
     #[test]
     fn every_route_is_documented_with_its_method() {
-        let doc = openapi();
+        let doc = openapi(&["DAILY_REPORT"]);
         for (method, path) in route_list() {
             let op = &doc["paths"][path][method.to_lowercase()];
             assert!(
@@ -1282,6 +1918,105 @@ mod tests {
             route_list().len(),
             "the document names a route the router lacks"
         );
+    }
+
+    #[tokio::test]
+    async fn plain_error_answers_become_json() {
+        let plain = (
+            StatusCode::BAD_REQUEST,
+            [(header::ALLOW, "GET")],
+            "Invalid URL",
+        )
+            .into_response();
+        let fixed = json_error_body(plain).await;
+        assert_eq!(fixed.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(fixed.headers()[header::ALLOW], "GET");
+        assert!(fixed.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        let body = axum::body::to_bytes(fixed.into_body(), 4096).await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({ "code": "invalid_request", "message": "Invalid URL" })
+        );
+        // A bare 5xx says nothing of what it held.
+        let panic = (StatusCode::BAD_GATEWAY, "upstream /secret/path").into_response();
+        let body = axum::body::to_bytes(json_error_body(panic).await.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "internal");
+        assert!(!body.to_string().contains("secret"), "{body}");
+        // JSON errors and successes pass unchanged.
+        let ok = json_error_body((StatusCode::OK, "fine").into_response()).await;
+        assert_eq!(
+            ok.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
+
+    #[test]
+    fn idempotency_scope_is_the_whole_principal() {
+        let p = |sub: &str, role: &str, county: Option<&str>| Principal {
+            subject: sub.into(),
+            role: role.into(),
+            county: county.map(str::to_string),
+        };
+        let keys: Vec<UniqueKey> = [
+            p("alice", "CASE_WORKER", Some("C01")),
+            p("alice", "CASE_WORKER", Some("C02")),
+            p("alice", "SUPERVISOR", Some("C01")),
+            p("alice", "CASE_WORKER", None),
+            p("bob", "CASE_WORKER", Some("C01")),
+            // No text concatenation makes two principals one.
+            p("alice\u{0}CASE_WORKER", "", Some("C01")),
+        ]
+        .iter()
+        .map(|principal| idempotency_unique_key(principal, "k"))
+        .collect();
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(
+            idempotency_unique_key(&p("alice", "CASE_WORKER", Some("C01")), "k"),
+            keys[0]
+        );
+    }
+
+    #[test]
+    fn serve_config_reads_its_variables() {
+        use crate::env::{HTTP_HEADER_TIMEOUT, HTTP_IDLE_TIMEOUT, HTTP_MAX_CONNECTIONS};
+        let with = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            ServeConfig::from_lookup(move |name| {
+                vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+        };
+        assert_eq!(with(&[]).unwrap(), ServeConfig::default());
+        let c = with(&[
+            (HTTP_HEADER_TIMEOUT, "2s"),
+            (HTTP_IDLE_TIMEOUT, "500ms"),
+            (HTTP_MAX_CONNECTIONS, "64"),
+        ])
+        .unwrap();
+        assert_eq!(c.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(c.idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.max_connections, 64);
+        for (name, value) in [
+            (HTTP_HEADER_TIMEOUT, "0s"),
+            (HTTP_IDLE_TIMEOUT, "soon"),
+            (HTTP_MAX_CONNECTIONS, "0"),
+        ] {
+            let err = with(&[(name, value)]).unwrap_err();
+            assert!(err.contains(name), "{err}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ fn small_workflow(dir: &Path) -> PathBuf {
     let flow = dir.join("w.flow");
     std::fs::write(
         &flow,
-        "roles ADMIN\n\nsource cases {\n  path          \"cases.csv\"\n  county_column county_id\n}\n\n\
+        "config {\n  all_counties ADMIN\n}\n\nroles ADMIN\n\nsource cases {\n  path          \"cases.csv\"\n  county_column county_id\n}\n\n\
          report DAILY_REPORT {\n  source cases\n  mask ssn hash\n}\n\n\
          report DAILY_SUMMARY {\n  source cases\n}\n",
     )

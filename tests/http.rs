@@ -11,9 +11,14 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Request};
 use flowctl::auth::AuthConfig;
 use flowctl::executor::{Engine, ExecutorConfig};
+use flowctl::job::{JobId, JobStatus, NewJob};
 use flowctl::metrics::Metrics;
 use flowctl::server::{self, AppState};
-use flowctl::store::{SledConfig, SledStore};
+use flowctl::store::{
+    BoxFuture, CancelOutcome, Cas, Completion, Enqueued, Expired, JoinEdge, JoinRules, ListFilter,
+    Outcome, Page, ProgressUpdate, SledConfig, SledStore, Store, StoreError, StoreResult,
+    UniqueKey,
+};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -153,6 +158,9 @@ impl Reply {
 struct Options {
     auth: AuthConfig,
     dispatcher: bool,
+    /// Serve through a store that can be made to fail transiently.
+    flaky: Option<Arc<Outage>>,
+    serve: server::ServeConfig,
 }
 
 impl Default for Options {
@@ -160,7 +168,170 @@ impl Default for Options {
         Options {
             auth: AuthConfig::hs256(SECRET.as_bytes()).unwrap(),
             dispatcher: true,
+            flaky: None,
+            serve: server::ServeConfig::default(),
         }
+    }
+}
+
+/// How many of the next store calls fail with a transient error (`u32::MAX`: all), and how
+/// many calls were made.
+#[derive(Default)]
+struct Outage {
+    failures_left: std::sync::atomic::AtomicU32,
+    calls: std::sync::atomic::AtomicU32,
+    /// Fail after the inner store applied the call (a connection lost before the answer).
+    after_applying: std::sync::atomic::AtomicBool,
+}
+
+impl Outage {
+    fn fail_next(&self, n: u32) {
+        self.after_applying
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.failures_left
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+        self.calls.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> u32 {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn check(&self) -> StoreResult<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.calls.fetch_add(1, SeqCst);
+        let failing = self
+            .failures_left
+            .fetch_update(SeqCst, SeqCst, |n| match n {
+                0 => None,
+                u32::MAX => Some(u32::MAX),
+                n => Some(n - 1),
+            })
+            .is_ok();
+        if failing {
+            Err(StoreError::Unavailable(
+                "connection refused (test outage)".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A sled store whose API-facing calls fail transiently while its [`Outage`] says so, as a
+/// PostgreSQL store does while the database is down.
+struct FlakyStore {
+    inner: SledStore,
+    outage: Arc<Outage>,
+}
+
+impl FlakyStore {
+    fn gate<'a, T: Send + 'a>(
+        &'a self,
+        op: BoxFuture<'a, StoreResult<T>>,
+    ) -> BoxFuture<'a, StoreResult<T>> {
+        Box::pin(async move {
+            if self
+                .outage
+                .after_applying
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let value = op.await?;
+                self.outage.check()?;
+                return Ok(value);
+            }
+            self.outage.check()?;
+            op.await
+        })
+    }
+}
+
+impl Store for FlakyStore {
+    fn enqueue(
+        &self,
+        batch: Vec<NewJob>,
+        unique: Option<UniqueKey>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'_, StoreResult<Enqueued>> {
+        self.gate(self.inner.enqueue(batch, unique, now))
+    }
+    fn claim<'a>(
+        &'a self,
+        worker: &'a str,
+        max: usize,
+        lease: Duration,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, StoreResult<Vec<flowctl::job::Job>>> {
+        self.inner.claim(worker, max, lease, now)
+    }
+    fn renew<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        lease_until: chrono::DateTime<chrono::Utc>,
+        progress: Option<ProgressUpdate>,
+    ) -> BoxFuture<'a, StoreResult<Cas<flowctl::job::Job>>> {
+        self.inner
+            .renew(job_id, expected_version, lease_until, progress)
+    }
+    fn complete<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        expected_version: u64,
+        outcome: Outcome,
+        joins: &'a [JoinEdge],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, StoreResult<Cas<Completion>>> {
+        self.inner
+            .complete(job_id, expected_version, outcome, joins, now)
+    }
+    fn cancel<'a>(
+        &'a self,
+        job_id: &'a JobId,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
+        self.gate(self.inner.cancel(job_id, now))
+    }
+    fn requeue_expired<'a>(
+        &'a self,
+        now: chrono::DateTime<chrono::Utc>,
+        joins: &'a dyn JoinRules,
+    ) -> BoxFuture<'a, StoreResult<Expired>> {
+        self.inner.requeue_expired(now, joins)
+    }
+    fn requeue_all_processing<'a>(
+        &'a self,
+        now: chrono::DateTime<chrono::Utc>,
+        joins: &'a dyn JoinRules,
+    ) -> BoxFuture<'a, StoreResult<Expired>> {
+        self.inner.requeue_all_processing(now, joins)
+    }
+    fn get<'a>(
+        &'a self,
+        job_id: &'a JobId,
+    ) -> BoxFuture<'a, StoreResult<Option<flowctl::job::Job>>> {
+        self.gate(self.inner.get(job_id))
+    }
+    fn children<'a>(
+        &'a self,
+        job_id: &'a JobId,
+    ) -> BoxFuture<'a, StoreResult<Vec<flowctl::job::Job>>> {
+        self.gate(self.inner.children(job_id))
+    }
+    fn list(&self, filter: ListFilter) -> BoxFuture<'_, StoreResult<Page>> {
+        self.gate(self.inner.list(filter))
+    }
+    fn counts(&self) -> BoxFuture<'_, StoreResult<std::collections::BTreeMap<JobStatus, u64>>> {
+        self.inner.counts()
+    }
+    fn last_fire<'a>(
+        &'a self,
+        schedule: &'a str,
+    ) -> BoxFuture<'a, StoreResult<Option<chrono::DateTime<chrono::Utc>>>> {
+        self.inner.last_fire(schedule)
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.subscribe()
     }
 }
 
@@ -189,9 +360,16 @@ impl TestServer {
         })
         .unwrap();
         let config = ExecutorConfig::from_workflow(&workflow, [7; 32]);
+        let store: Arc<dyn Store> = match &options.flaky {
+            Some(outage) => Arc::new(FlakyStore {
+                inner: store,
+                outage: outage.clone(),
+            }),
+            None => Arc::new(store),
+        };
         let engine = Arc::new(Engine::new(
             Arc::new(workflow),
-            Arc::new(store),
+            store,
             config,
             Arc::new(Metrics::new()),
         ));
@@ -209,7 +387,7 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = AppState::new(engine.clone(), Arc::new(options.auth));
-        let serve = server::serve(listener, state, until(stopped));
+        let serve = server::serve_with(listener, state, options.serve, until(stopped));
         tasks.push(tokio::spawn(async move {
             serve.await.expect("server");
         }));
@@ -578,6 +756,168 @@ async fn the_same_idempotency_key_returns_the_first_job() {
     server.shutdown().await;
 }
 
+/// An idempotency key belongs to the whole principal (subject, role, county): the same `sub`
+/// in another county or role gets its own job and learns nothing of the first; the same
+/// principal reusing a key for another request gets 422; the `Idempotency-Key` header works
+/// like the body field, and the two may not disagree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_is_scoped_by_principal() {
+    let server = TestServer::start_idle().await;
+    let c01 = token("alice", "CASE_WORKER", Some("C01"));
+    let body = json!({ "reportType": "DAILY_REPORT", "idempotencyKey": "order-42" });
+    let first = server.generate(&c01, body.clone()).await;
+
+    // Same subject, other county; then same subject and county, other role.
+    let c02 = token("alice", "CASE_WORKER", Some("C02"));
+    let other_county = server.generate(&c02, body.clone()).await;
+    assert_ne!(other_county, first, "a C02 caller got the C01 job's id");
+    let job = server
+        .get(&format!("/api/jobs/{other_county}"), &c02)
+        .await
+        .json();
+    assert_eq!(job["countyId"], "C02");
+    let supervisor = token("alice", "SUPERVISOR", Some("C01"));
+    let other_role = server.generate(&supervisor, body.clone()).await;
+    assert_ne!(other_role, first);
+    assert_ne!(other_role, other_county);
+
+    // The same principal again: the first job.
+    assert_eq!(server.generate(&c01, body.clone()).await, first);
+
+    // The same principal, the same key, another request.
+    let reused = json!({ "reportType": "WEEKLY_REPORT", "idempotencyKey": "order-42" });
+    server
+        .post_json("/api/reports/generate", &c01, reused)
+        .await
+        .assert_error(422, "idempotency_key_reused");
+    let reused =
+        json!({ "reportType": "DAILY_REPORT", "chunkSize": 7, "idempotencyKey": "order-42" });
+    server
+        .post_json("/api/reports/generate", &c01, reused)
+        .await
+        .assert_error(422, "idempotency_key_reused");
+
+    // The header carries the same key.
+    let with_header = |key: &str, body: Value| {
+        Request::builder()
+            .method("POST")
+            .uri(format!("{}/api/reports/generate", server.base))
+            .header("authorization", format!("Bearer {c01}"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let send = |req: Request<Full<Bytes>>| async {
+        let resp = server.client.request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    };
+    let reply = send(with_header("order-42", daily())).await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    assert_eq!(reply.json()["jobId"], first);
+    let reply = send(with_header("order-42", body.clone())).await;
+    assert_eq!(reply.json()["jobId"], first);
+    let fresh = send(with_header("order-43", daily())).await;
+    assert_eq!(fresh.status, 202);
+    assert_ne!(fresh.json()["jobId"], first);
+    send(with_header("order-44", body))
+        .await
+        .assert_error(422, "idempotency_key_mismatch");
+
+    // Four jobs in all: first, other county, other role, order-43.
+    let counts = server.engine.store.counts().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 4, "{counts:?}");
+    server.shutdown().await;
+}
+
+/// A store that fails transiently (a shared database that is down) is retried briefly: a short
+/// outage is bridged; a longer one answers 503 `store_unavailable` with `Retry-After` after a
+/// bounded time, on every route that reads or writes jobs, never 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_outage_is_retried_then_503_with_retry_after() {
+    let outage = Arc::new(Outage::default());
+    let server = TestServer::start_with(Options {
+        dispatcher: false,
+        flaky: Some(outage.clone()),
+        ..Options::default()
+    })
+    .await;
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    let id = server.generate(&t, daily()).await;
+
+    // Two failures, then the store is back: the caller sees only a 202.
+    outage.fail_next(2);
+    let bridged = server.generate(&t, daily()).await;
+    assert_ne!(bridged, id);
+    assert_eq!(outage.calls(), 3);
+
+    outage.fail_next(u32::MAX);
+    let requests = [
+        (
+            "POST",
+            "/api/reports/generate".to_string(),
+            daily().to_string(),
+        ),
+        ("GET", format!("/api/jobs/{id}"), String::new()),
+        ("GET", "/api/jobs".to_string(), String::new()),
+        ("POST", format!("/api/jobs/{id}/cancel"), String::new()),
+        ("GET", format!("/api/jobs/{id}/result"), String::new()),
+    ];
+    for (method, path, body) in requests {
+        let before = outage.calls();
+        let started = Instant::now();
+        let reply = server
+            .request(
+                method,
+                &path,
+                Some(&t),
+                Some("application/json"),
+                body.into_bytes(),
+            )
+            .await;
+        let took = started.elapsed();
+        reply.assert_error(503, "store_unavailable");
+        assert_eq!(reply.header("retry-after"), "2", "{method} {path}");
+        assert!(
+            outage.calls() - before > 2,
+            "{method} {path}: not retried ({} calls)",
+            outage.calls() - before
+        );
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+            "{method} {path}: answered after {took:?}"
+        );
+    }
+    outage.fail_next(0);
+    let counts = server.engine.store.counts().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 2, "{counts:?}");
+
+    // The store applied the enqueue but the answer was lost: the retry finds the same job
+    // (its trigger's key) instead of queueing a second one.
+    outage.fail_next(1);
+    outage
+        .after_applying
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let once = server.generate(&t, daily()).await;
+    outage.fail_next(0);
+    let counts = server.engine.store.counts().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 3, "{counts:?}");
+    assert_eq!(
+        server.get(&format!("/api/jobs/{once}"), &t).await.json()["status"],
+        "QUEUED"
+    );
+    assert_eq!(
+        server.get(&format!("/api/jobs/{id}"), &t).await.json()["status"],
+        "QUEUED"
+    );
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_is_newest_first_filtered_and_paginated() {
     let server = TestServer::start_idle().await;
@@ -776,6 +1116,7 @@ async fn jwt_hs_rs_confusion_is_401() {
     let server = TestServer::start_with(Options {
         auth: AuthConfig::from_public_key_pem(RSA_PUBLIC, None).unwrap(),
         dispatcher: false,
+        ..Options::default()
     })
     .await;
     let claims =
@@ -851,6 +1192,7 @@ async fn jwt_issuer_and_audience_are_enforced_when_configured() {
             .with_issuers(&["https://idp.example"])
             .with_audiences(&["flowctl"]),
         dispatcher: false,
+        ..Options::default()
     })
     .await;
     let base = json!({ "sub": "a", "role": "CASE_WORKER", "countyId": "C01", "exp": now() + 600 });
@@ -883,6 +1225,34 @@ async fn jwt_issuer_and_audience_are_enforced_when_configured() {
         )),
     )
     .await;
+    assert_eq!(reply.status, 202, "{}", reply.text());
+    server.shutdown().await;
+}
+
+/// RFC 7519 makes `iss` one string: a list is refused even when one element is the configured
+/// issuer; and a token may not claim a lifetime beyond the server's cap (24 h by default), so
+/// `exp` = 2^64 − 1 ("never expires") is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_issuer_list_and_unbounded_lifetime_are_401() {
+    let server = TestServer::start_with(Options {
+        auth: AuthConfig::hs256(SECRET.as_bytes())
+            .unwrap()
+            .with_issuers(&["https://idp.example"]),
+        dispatcher: false,
+        ..Options::default()
+    })
+    .await;
+    let bearer = |claims: Value| format!("Bearer {}", sign(&claims));
+    let base = |exp: u64| json!({ "sub": "a", "role": "CASE_WORKER", "countyId": "C01", "iss": "https://idp.example", "exp": exp });
+    let mut listed = base(now() + 600);
+    listed["iss"] = json!(["https://evil", "https://idp.example"]);
+    assert_refused(&server, Some(&bearer(listed)), "single string").await;
+    assert_refused(&server, Some(&bearer(base(u64::MAX))), "24h").await;
+    assert_refused(&server, Some(&bearer(base(now() + 48 * 3600))), "lifetime").await;
+    let mut issued_long_ago = base(now() + 600);
+    issued_long_ago["iat"] = json!(now() - 7 * 24 * 3600);
+    assert_refused(&server, Some(&bearer(issued_long_ago)), "lifetime").await;
+    let reply = generate_with_header(&server, Some(&bearer(base(now() + 23 * 3600)))).await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     server.shutdown().await;
 }
@@ -1051,6 +1421,369 @@ async fn bad_input_gets_json_errors_with_codes() {
     let counts = server.engine.store.counts().await.unwrap();
     assert_eq!(counts.values().sum::<u64>(), 0);
     assert_eq!(server.get("/healthz", &t).await.status, 200);
+    server.shutdown().await;
+}
+
+/// Every rejection is `{"code", "message"}` JSON: a path that is not UTF-8 (axum's own
+/// rejection is `400 text/plain`), a query that does not parse, a request head over the API's
+/// limit (hyper's own `431` has no body), a method not allowed, no route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_json_with_a_code() {
+    let server = TestServer::start_idle().await;
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    for (method, path, status, code) in [
+        ("GET", "/api/jobs/%ff", 400, "invalid_request"),
+        ("GET", "/api/jobs/%ff/result", 400, "invalid_request"),
+        ("POST", "/api/jobs/%ff/cancel", 400, "invalid_request"),
+        ("GET", "/api/jobs?limit=%ff", 400, "invalid_request"),
+        ("GET", "/api/graph?format=%ff", 400, "invalid_request"),
+        ("PUT", "/api/jobs/JOB_AAAAAAAA", 405, "method_not_allowed"),
+        ("GET", "/api/nope/%ff", 404, "not_found"),
+    ] {
+        let reply = server
+            .request(method, path, Some(&t), None, Vec::new())
+            .await;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.text());
+        reply.assert_error(status, code);
+    }
+    // A head over the API's limit (below hyper's own, whose 431 has no body).
+    let big = Request::builder()
+        .uri(format!("{}/api/jobs", server.base))
+        .header("authorization", format!("Bearer {t}"))
+        .header("x-padding", "p".repeat(20 * 1024))
+        .body(Full::default())
+        .unwrap();
+    let resp = server.client.request(big).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let reply = Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    };
+    reply.assert_error(431, "headers_too_large");
+    assert_eq!(server.get("/api/jobs", &t).await.status, 200);
+    server.shutdown().await;
+}
+
+/// The OpenAPI document states what the handlers enforce: every documented enum value, bound
+/// and length is accepted, and its neighbour outside is refused with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_states_what_the_handlers_enforce() {
+    let server = TestServer::start_idle().await;
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    let doc = server
+        .request("GET", "/api/openapi.json", None, None, Vec::new())
+        .await
+        .json();
+    let props = doc["components"]["schemas"]["GenerateRequest"]["properties"].clone();
+    let generate = |body: Value| {
+        let t = t.clone();
+        let server = &server;
+        async move {
+            server
+                .post_json("/api/reports/generate", &t, body)
+                .await
+                .status
+        }
+    };
+    let mut n = 0;
+    let mut key = || {
+        n += 1;
+        format!("k{n}")
+    };
+
+    // reportType: exactly the workflow's report types.
+    let names: Vec<String> = server
+        .engine
+        .workflow
+        .reports
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    let documented: Vec<String> = props["reportType"]["enum"]
+        .as_array()
+        .expect("reportType is an enum")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(documented, names);
+    assert_eq!(props["reportType"]["minLength"], 1);
+    for name in &names {
+        assert_eq!(generate(json!({ "reportType": name })).await, 202, "{name}");
+    }
+    assert_eq!(generate(json!({ "reportType": "" })).await, 400);
+    assert_eq!(generate(json!({ "reportType": "NOT_A_REPORT" })).await, 400);
+
+    // Enums, integer bounds and string lengths of the other fields.
+    for (field, schema) in props.as_object().unwrap() {
+        if field == "reportType" || schema.get("type").is_none() {
+            continue;
+        }
+        let with = |value: Value| json!({ "reportType": "DAILY_REPORT", field.as_str(): value });
+        if let Some(values) = schema["enum"].as_array() {
+            for v in values {
+                assert_eq!(generate(with(v.clone())).await, 202, "{field}={v}");
+            }
+            assert_eq!(generate(with(json!("no-such-value"))).await, 400, "{field}");
+        }
+        if let Some(min) = schema["minimum"].as_i64() {
+            assert_eq!(generate(with(json!(min))).await, 202, "{field}={min}");
+            assert_eq!(
+                generate(with(json!(min - 1))).await,
+                400,
+                "{field}={}",
+                min - 1
+            );
+        }
+        if let Some(max) = schema["maximum"].as_i64() {
+            assert_eq!(generate(with(json!(max))).await, 202, "{field}={max}");
+            assert_eq!(
+                generate(with(json!(max + 1))).await,
+                400,
+                "{field}={}",
+                max + 1
+            );
+        }
+        // Lengths count characters, as JSON Schema does: `é` is two bytes.
+        let mut text = |len: usize| {
+            let mut s = key();
+            while s.chars().count() < len {
+                s.push('é');
+            }
+            s.chars().take(len).collect::<String>()
+        };
+        if let Some(max) = schema["maxLength"].as_u64() {
+            let max = max as usize;
+            assert_eq!(
+                generate(with(json!(text(max)))).await,
+                202,
+                "{field} of {max}"
+            );
+            assert_eq!(
+                generate(with(json!(text(max + 1)))).await,
+                400,
+                "{field} of {}",
+                max + 1
+            );
+        }
+        if schema["minLength"].as_u64() == Some(1) {
+            assert_eq!(generate(with(json!(""))).await, 400, "{field} empty");
+        }
+    }
+    assert_eq!(
+        props["idempotencyKey"]["pattern"],
+        server::IDEMPOTENCY_KEY_PATTERN
+    );
+    let body = json!({ "reportType": "DAILY_REPORT", "idempotencyKey": "a\u{1}b" });
+    assert_eq!(generate(body).await, 400);
+    assert_eq!(
+        props["targetSystem"]["pattern"],
+        server::TARGET_SYSTEM_PATTERN
+    );
+    let body = json!({ "reportType": "DAILY_REPORT", "targetSystem": "   " });
+    assert_eq!(generate(body).await, 400);
+
+    // The list's parameters.
+    let params = doc["paths"]["/api/jobs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no parameter {name}"))["schema"]
+            .clone()
+    };
+    let list = |query: String| {
+        let t = t.clone();
+        let server = &server;
+        async move { server.get(&format!("/api/jobs?{query}"), &t).await.status }
+    };
+    assert_eq!(param("status")["$ref"], "#/components/schemas/JobStatus");
+    let statuses = doc["components"]["schemas"]["JobStatus"]["enum"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(statuses.len(), JobStatus::ALL.len());
+    for s in &statuses {
+        assert_eq!(
+            list(format!("status={}", s.as_str().unwrap())).await,
+            200,
+            "{s}"
+        );
+    }
+    assert_eq!(list("status=DONE".into()).await, 400);
+    assert_eq!(
+        param("reportType")["enum"].as_array().unwrap().len(),
+        names.len()
+    );
+    assert_eq!(list("reportType=NOT_A_REPORT".into()).await, 400);
+    let limit = param("limit");
+    let (min, max) = (
+        limit["minimum"].as_i64().unwrap(),
+        limit["maximum"].as_i64().unwrap(),
+    );
+    assert_eq!(list(format!("limit={min}")).await, 200);
+    assert_eq!(list(format!("limit={max}")).await, 200);
+    assert_eq!(list(format!("limit={}", min - 1)).await, 400);
+    assert_eq!(list(format!("limit={}", max + 1)).await, 400);
+    assert_eq!(param("cursor")["pattern"], server::CURSOR_PATTERN);
+    for good in [
+        "0.JOB_AAAAAAAA",
+        "1767225600000000.JOB_ZZZZ9999",
+        "-5.JOB_A1B2C3D4",
+    ] {
+        assert_eq!(list(format!("cursor={good}")).await, 200, "{good}");
+    }
+    for bad in ["garbage", "1.JOB_aaaaaaaa", "x.JOB_AAAAAAAA", "1.JOB_AAAA"] {
+        assert_eq!(list(format!("cursor={bad}")).await, 400, "{bad}");
+    }
+    // A real cursor has the documented form.
+    let page = server.get("/api/jobs?limit=1", &t).await.json();
+    let cursor = page["nextCursor"].as_str().expect("more than one job");
+    let (micros, id) = cursor.split_once('.').unwrap();
+    assert!(
+        micros.parse::<i64>().is_ok() && id.parse::<JobId>().is_ok(),
+        "{cursor}"
+    );
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------------------------
+
+/// Connections the server on `port` has accepted (sockets owned by a process, local port
+/// `port`, established), from `/proc/net/tcp`; `None` where the system does not say.
+/// Connections still waiting in the listen backlog have no owner (inode 0) and do not count.
+fn accepted_connections(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = format!(":{port:04X}");
+    Some(
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                cols.len() > 9 && cols[1].ends_with(&port) && cols[3] == "01" && cols[9] != "0"
+            })
+            .count(),
+    )
+}
+
+/// Reads until the server closes the socket; `false` if it is still open after `limit`.
+async fn closed_within(sock: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, sock.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// 300 connections that send nothing or half a request head, and a kept-alive one that went
+/// quiet, are closed after the configured timeouts; a real request is served at once while
+/// they are open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start_with(Options {
+        dispatcher: false,
+        serve: server::ServeConfig {
+            header_read_timeout: Duration::from_millis(400),
+            idle_timeout: Duration::from_millis(300),
+            max_connections: 1000,
+        },
+        ..Options::default()
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut idle = Vec::new();
+    for i in 0..300 {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 1 {
+            sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Half: ")
+                .await
+                .unwrap();
+        }
+        idle.push(sock);
+    }
+    let started = Instant::now();
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    assert_eq!(server.get("/api/jobs", &t).await.status, 200);
+    // Served while they are open, without waiting for them to time out.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A kept-alive connection that sends one request and then nothing.
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut kept, &mut first)
+        .await
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+
+    for (i, sock) in idle.iter_mut().enumerate() {
+        assert!(
+            closed_within(sock, Duration::from_secs(3)).await,
+            "socket {i} still open"
+        );
+    }
+    assert!(closed_within(&mut kept, Duration::from_secs(3)).await);
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_eq!(server.get("/api/jobs", &t).await.status, 200);
+    server.shutdown().await;
+}
+
+/// Beyond `max_connections` the server stops accepting (of 300 silent sockets, at most 50 are
+/// accepted: the rest wait in the listen backlog), and a real request still gets through once the
+/// silent ones time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_and_a_real_request_gets_through() {
+    let cap = 50;
+    let server = TestServer::start_with(Options {
+        dispatcher: false,
+        serve: server::ServeConfig {
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(200),
+            max_connections: cap,
+        },
+        ..Options::default()
+    })
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Some(accepted) = accepted_connections(port) {
+        assert!(
+            accepted <= cap,
+            "{accepted} connections accepted with a cap of {cap}"
+        );
+        assert!(accepted > 0, "nothing accepted");
+    }
+    let started = Instant::now();
+    let t = token("alice", "CASE_WORKER", Some("C01"));
+    let reply = tokio::time::timeout(Duration::from_secs(15), server.get("/api/jobs", &t))
+        .await
+        .expect("a real request is served beyond the cap");
+    assert_eq!(reply.status, 200);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(idle);
     server.shutdown().await;
 }
 

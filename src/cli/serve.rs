@@ -14,7 +14,7 @@ use super::{
     EXIT_ERROR, EXIT_OK,
 };
 use crate::auth::AuthConfig;
-use crate::server::{self, AppState};
+use crate::server::{self, AppState, ServeConfig};
 use crate::workflow::Workflow;
 
 /// How long requests in flight (e.g. a large download) may take after shutdown begins.
@@ -53,6 +53,11 @@ pub fn run(args: ServeArgs) -> u8 {
 }
 
 async fn serve_async(workflow: Arc<Workflow>, auth: Arc<AuthConfig>, args: ServeArgs) -> u8 {
+    // Header-read and idle timeouts, connection cap: the `env::HTTP_*` variables.
+    let http_config = match ServeConfig::from_lookup(|name| std::env::var(name).ok()) {
+        Ok(c) => c,
+        Err(e) => return error(e),
+    };
     let selection = args.store.selection();
     let Started {
         engine, recovered, ..
@@ -99,7 +104,7 @@ async fn serve_async(workflow: Arc<Workflow>, auth: Arc<AuthConfig>, args: Serve
     let state = AppState::new(engine.clone(), auth);
     let http = tokio::spawn(stopping_all(
         stop.clone(),
-        server::serve(listener, state, until(stopped.clone())),
+        server::serve_with(listener, state, http_config, until(stopped.clone())),
     ));
     let dispatcher = tokio::spawn(stopping_all(
         stop.clone(),
