@@ -14,7 +14,8 @@ pub struct TokenArgs {
     /// The `countyId` claim; required by the server for every role but ADMIN.
     #[arg(long)]
     pub county: Option<String>,
-    /// Lifetime, e.g. 30m, 1h, 7d.
+    /// Lifetime, e.g. 30m, 1h. `serve` refuses tokens that claim more than
+    /// `FLOWCTL_JWT_MAX_LIFETIME` (default 24h).
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     pub ttl: Duration,
     /// The `sub` claim.
