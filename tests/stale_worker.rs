@@ -50,6 +50,9 @@ fn source(rows: usize, salt: usize) -> String {
     csv
 }
 
+/// How often the test looks at the store and the logs.
+const POLL: Duration = Duration::from_millis(20);
+
 /// A `flowctl worker` whose stderr goes to a file; killed when dropped.
 struct Worker {
     child: Child,
@@ -105,8 +108,13 @@ impl Drop for Worker {
     }
 }
 
-/// Polls `probe` every few milliseconds until it returns `Some`, up to `limit`.
-async fn until<T, F, Fut>(limit: Duration, what: impl Fn() -> String, mut probe: F) -> T
+/// Polls `probe` `every` so often until it returns `Some`, up to `limit`.
+async fn until<T, F, Fut>(
+    limit: Duration,
+    every: Duration,
+    what: impl Fn() -> String,
+    mut probe: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -121,8 +129,17 @@ where
             "gave up after {limit:?}: {}",
             what()
         );
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        tokio::time::sleep(every).await;
     }
+}
+
+/// Waits until `id` is COMPLETED, FAILED or CANCELLED.
+async fn wait_terminal(store: &PgStore, id: &JobId, logs: impl Fn() -> String) -> Job {
+    until(Duration::from_secs(120), POLL, logs, || async {
+        let job = store.get(id).await.unwrap().unwrap();
+        job.status.is_terminal().then_some(job)
+    })
+    .await
 }
 
 /// Files of `dir` whose name mentions `job`.
@@ -205,7 +222,7 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
     let mut tries = 0;
     let (job_id, stale) = loop {
         tries += 1;
-        assert!(tries <= 5, "never paused a worker mid-run:\n{}", logs());
+        assert!(tries <= 8, "never paused a worker mid-run:\n{}", logs());
         let original = source(1_000_000, 0);
         std::fs::write(dir.join("big.csv"), &original).unwrap();
         let job = NewJob {
@@ -223,39 +240,48 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
             panic!("no job created");
         };
         let id = jobs[0].job_id.clone();
-        // Late in attempt 1: its temporary file nearly the size of the whole result.
-        let nearly = original.len() as u64 * 97 / 100;
-        let paused = until(Duration::from_secs(120), logs, || async {
+        let stale = until(Duration::from_secs(120), POLL, logs, || async {
             let job = store.get(&id).await.unwrap().unwrap();
-            if job.status != JobStatus::Processing {
-                return (job.status == JobStatus::Completed).then_some(None);
-            }
             let pid = owner_pid(&job)?;
-            let worker = workers.iter().position(|w| w.pid() == pid)?;
-            let temp = format!(".tmp-{pid}-");
-            let written = files_of(&results, &id)
-                .iter()
-                .filter(|n| n.contains(&temp))
-                .filter_map(|n| std::fs::metadata(results.join(n)).ok())
-                .map(|m| m.len())
-                .max()?;
-            if written < nearly {
-                return None;
-            }
-            workers[worker].signal("-STOP");
-            Some(Some(worker))
+            workers.iter().position(|w| w.pid() == pid)
         })
         .await;
-        let Some(stale) = paused else {
-            println!("try {tries}: attempt 1 completed before it could be paused");
+        // Late in attempt 1: its temporary file nearly the size of the whole result (1% is
+        // tens of milliseconds of work), watched without a database round trip.
+        let nearly = original.len() as u64 * 99 / 100;
+        let temp = format!(".tmp-{}-", workers[stale].pid());
+        let first_name = format!("{id}.csv");
+        let paused = until(
+            Duration::from_secs(120),
+            Duration::from_millis(1),
+            logs,
+            || async {
+                let names = files_of(&results, &id);
+                if names.contains(&first_name) {
+                    return Some(false);
+                }
+                let written = names
+                    .iter()
+                    .filter(|n| n.contains(&temp))
+                    .filter_map(|n| std::fs::metadata(results.join(n)).ok())
+                    .map(|m| m.len())
+                    .max()?;
+                (written >= nearly).then(|| workers[stale].signal("-STOP"))?;
+                Some(true)
+            },
+        )
+        .await;
+        if !paused {
+            println!("try {tries}: attempt 1 wrote its result before it could be paused");
+            wait_terminal(&store, &id, logs).await;
             continue;
-        };
+        }
         // While A is paused: a new version of the source, for attempt 2.
         let replaced = dir.join("big.csv.new");
         std::fs::write(&replaced, source(50_000, 1)).unwrap();
         std::fs::rename(&replaced, dir.join("big.csv")).unwrap();
         // A's completion may have been on its way when it stopped.
-        let job = until(Duration::from_secs(120), logs, || async {
+        let job = until(Duration::from_secs(120), POLL, logs, || async {
             let job = store.get(&id).await.unwrap().unwrap();
             (job.attempt > 1 || job.status == JobStatus::Completed).then_some(job)
         })
@@ -269,11 +295,7 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
     };
 
     // B completes attempt 2 while A is still paused.
-    let done = until(Duration::from_secs(120), logs, || async {
-        let job = store.get(&job_id).await.unwrap().unwrap();
-        job.status.is_terminal().then_some(job)
-    })
-    .await;
+    let done = wait_terminal(&store, &job_id, logs).await;
     assert_eq!(done.status, JobStatus::Completed, "{done:?}\n{}", logs());
     assert_eq!(done.attempt, 2, "{done:?}");
     assert_ne!(owner_pid(&done), Some(workers[stale].pid()), "{done:?}");
@@ -301,7 +323,7 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
         "lease lost; stopping without writing",
         "job changed hands before completion; result discarded",
     ];
-    let how = until(Duration::from_secs(120), logs, || async {
+    let how = until(Duration::from_secs(120), POLL, logs, || async {
         let log = workers[stale].log();
         lost.into_iter().find(|line| log.contains(line))
     })
@@ -309,6 +331,7 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
     let recorded_name = recorded.file_name().unwrap().to_string_lossy().into_owned();
     until(
         Duration::from_secs(60),
+        POLL,
         || format!("{:?}\n{}", files_of(&results, &job_id), logs()),
         || async { (files_of(&results, &job_id) == [recorded_name.clone()]).then_some(()) },
     )
