@@ -120,7 +120,7 @@ pub enum AuthError {
 pub struct Claims {
     pub sub: String,
     pub role: String,
-    /// Absent for ADMIN tokens.
+    /// Absent for a role in the workflow's `all_counties`.
     pub county_id: Option<String>,
     pub exp: u64,
 }

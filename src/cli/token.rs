@@ -11,7 +11,7 @@ pub struct TokenArgs {
     /// The `role` claim (a role declared in the workflow).
     #[arg(long)]
     pub role: String,
-    /// The `countyId` claim; required by the server for every role but ADMIN.
+    /// The `countyId` claim; the server requires it unless the role is in `all_counties`.
     #[arg(long)]
     pub county: Option<String>,
     /// Lifetime, e.g. 30m, 1h. `serve` refuses tokens that claim more than
