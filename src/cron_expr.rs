@@ -28,10 +28,12 @@
 //!
 //! Fire instants are strictly increasing: two local times that map to the same instant fire once.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use cron::{Schedule, TimeUnitSpec};
 
@@ -517,6 +519,21 @@ impl CronExpr {
     ///
     /// `None` when the schedule never fires again (years are limited to 2099).
     pub fn next_after(&self, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.fires_after(zone, after).next()
+    }
+
+    /// Every fire instant strictly after `after`, in increasing order: each costs one
+    /// wall-clock candidate of the expression, also next to a daylight-saving transition.
+    pub fn fires_after(&self, zone: Tz, after: DateTime<Utc>) -> Fires<'_> {
+        Fires::new(self, zone, after)
+    }
+
+    /// The first implementation of [`CronExpr::next_after`], kept as the oracle the fast path
+    /// is tested (and benchmarked) against: it maps every local candidate from a window
+    /// before `after` (hours wide when a transition is within 30 hours), so it costs
+    /// thousands of candidates per call near a transition for a sub-minute schedule.
+    #[doc(hidden)]
+    pub fn next_after_by_scan(&self, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let after_n = after.naive_utc();
         let after_local = after_n.checked_add_signed(offset_at(zone, after_n))?;
         // A transition near `after` can map local times before `after_local` to instants after
@@ -556,16 +573,8 @@ impl CronExpr {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> impl Iterator<Item = DateTime<Utc>> + '_ {
-        let mut cursor = Some(from);
-        std::iter::from_fn(move || {
-            let current = cursor.take()?;
-            if current >= to {
-                return None;
-            }
-            let next = self.next_after(zone, current).filter(|n| *n <= to)?;
-            cursor = Some(next);
-            Some(next)
-        })
+        let fires = (from < to).then(|| self.fires_after(zone, from));
+        fires.into_iter().flatten().take_while(move |t| *t <= to)
     }
 
     /// Maps a local wall-clock time to the instants (as naive UTC) at which it fires.
@@ -629,6 +638,164 @@ fn offset_before_gap(zone: Tz, local: NaiveDateTime) -> Option<TimeDelta> {
             LocalResult::None => None,
         }
     })
+}
+
+/// The fire instants of a [`CronExpr`] in a zone after a start, in increasing order
+/// ([`CronExpr::fires_after`]).
+///
+/// It walks the expression's local wall-clock candidates forward once and maps each to its
+/// instants as [`CronExpr::next_after_by_scan`] does, without rescanning: a local hour whose
+/// first and last second exist once with the same offset (every hour but those of a
+/// transition) maps by subtraction; the others ask the zone candidate by candidate.
+///
+/// Ordering: the *regular* instant of a candidate (the only one, or the first of a repeated
+/// time) grows with the local time. The other instants (a gap time shifted forward, the second
+/// pass of a repeated time) are held in a heap until the next regular instant is later than
+/// they are: a later candidate's instants can fall before them only when they are regular
+/// and on the near side of the same transition.
+pub struct Fires<'a> {
+    cron: &'a CronExpr,
+    zone: Tz,
+    candidates: cron::ScheduleIterator<'a, Utc>,
+    exhausted: bool,
+    /// The regular instant of the newest candidate, not yet returned.
+    regular: Option<NaiveDateTime>,
+    /// Gap-shifted and second-pass instants, earliest first.
+    held: BinaryHeap<Reverse<NaiveDateTime>>,
+    /// The last instant returned (at first the start): every later one is after it.
+    last: NaiveDateTime,
+    /// The local hour mapped last, and its offset when the whole hour maps by subtraction.
+    hour: Option<(NaiveDateTime, Option<TimeDelta>)>,
+}
+
+impl<'a> Fires<'a> {
+    fn new(cron: &'a CronExpr, zone: Tz, after: DateTime<Utc>) -> Fires<'a> {
+        let after_n = after.naive_utc();
+        // A candidate at or before `after` plus the smallest offset in force nearby maps to an
+        // instant at or before `after`, whatever its offset: start there.
+        let probe = TimeDelta::hours(30);
+        let smallest = [
+            after_n.checked_sub_signed(probe),
+            Some(after_n),
+            after_n.checked_add_signed(probe),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|t| offset_at(zone, t))
+        .min()
+        .unwrap_or_default();
+        let start = after_n.checked_add_signed(smallest);
+        Fires {
+            cron,
+            zone,
+            candidates: cron
+                .schedule
+                .after(&Utc.from_utc_datetime(&start.unwrap_or(NaiveDateTime::MAX))),
+            exhausted: start.is_none(),
+            regular: None,
+            held: BinaryHeap::new(),
+            last: after_n,
+            hour: None,
+        }
+    }
+
+    /// The offset of every second of the local hour starting at `hour`, when they all exist
+    /// once with the same offset. Assumes no zone changes its offset twice within an hour.
+    fn uniform_offset(&self, hour: NaiveDateTime) -> Option<TimeDelta> {
+        let end = hour.checked_add_signed(TimeDelta::seconds(3599))?;
+        match (
+            self.zone.from_local_datetime(&hour),
+            self.zone.from_local_datetime(&end),
+        ) {
+            (LocalResult::Single(a), LocalResult::Single(b)) => {
+                let (a, b) = (a.offset().fix(), b.offset().fix());
+                (a == b).then(|| TimeDelta::seconds(i64::from(a.local_minus_utc())))
+            }
+            _ => None,
+        }
+    }
+
+    /// The next candidate's (regular, other) instants; `None` when there are no candidates.
+    fn pull(&mut self) -> Option<(Option<NaiveDateTime>, Option<NaiveDateTime>)> {
+        let local = self.candidates.next()?.naive_utc();
+        let hour = local.with_minute(0).and_then(|t| t.with_second(0))?;
+        let offset = match self.hour {
+            Some((h, offset)) if h == hour => offset,
+            _ => {
+                let offset = self.uniform_offset(hour);
+                self.hour = Some((hour, offset));
+                offset
+            }
+        };
+        if let Some(offset) = offset {
+            let instant = local.checked_sub_signed(offset)?;
+            if instant <= self.last {
+                // Catching up to the start: skip the candidates of this hour that map before
+                // it in one step instead of one by one.
+                let skip_to = self
+                    .last
+                    .checked_add_signed(offset)?
+                    .min(hour.checked_add_signed(TimeDelta::seconds(3599))?);
+                if skip_to - local > TimeDelta::seconds(60) {
+                    self.candidates = self.cron.schedule.after(&Utc.from_utc_datetime(&skip_to));
+                }
+            }
+            return Some((Some(instant), None));
+        }
+        Some(match self.zone.from_local_datetime(&local) {
+            LocalResult::Single(t) => (Some(t.naive_utc()), None),
+            LocalResult::Ambiguous(first, second) => (
+                Some(first.naive_utc()),
+                self.cron.sub_hourly.then(|| second.naive_utc()),
+            ),
+            LocalResult::None => (
+                None,
+                if self.cron.sub_hourly {
+                    None
+                } else {
+                    offset_before_gap(self.zone, local)
+                        .and_then(|off| local.checked_sub_signed(off))
+                },
+            ),
+        })
+    }
+}
+
+impl Iterator for Fires<'_> {
+    type Item = DateTime<Utc>;
+
+    fn next(&mut self) -> Option<DateTime<Utc>> {
+        loop {
+            if self.regular.is_none() && !self.exhausted {
+                match self.pull() {
+                    None => self.exhausted = true,
+                    Some((regular, other)) => {
+                        if let Some(other) = other.filter(|o| *o > self.last) {
+                            self.held.push(Reverse(other));
+                        }
+                        self.regular = regular.filter(|r| *r > self.last);
+                    }
+                }
+                continue;
+            }
+            let held = self.held.peek().map(|r| r.0);
+            let instant = match (held, self.regular) {
+                (None, None) => return None,
+                (Some(held), regular) if regular.is_none_or(|r| held <= r) => {
+                    self.held.pop();
+                    held
+                }
+                (_, regular) => {
+                    self.regular = None;
+                    regular?
+                }
+            };
+            if instant > self.last {
+                self.last = instant;
+                return Some(Utc.from_utc_datetime(&instant));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1044,6 +1211,102 @@ mod tests {
         assert_eq!(day.len(), 25 * 30);
         for pair in day.windows(2) {
             assert_eq!(pair[1] - pair[0], TimeDelta::minutes(2));
+        }
+    }
+
+    #[test]
+    fn berlin_transitions_fixed_times_and_every_second() {
+        use chrono_tz::Europe::Berlin;
+        // 2026-03-29 02:00 CET -> 03:00 CEST; 2026-10-25 03:00 CEST -> 02:00 CET.
+        check_table(&[
+            (
+                "0 30 2 * * ?",
+                Berlin,
+                "2026-03-28T00:00:00Z",
+                &[
+                    "2026-03-28T02:30:00+01:00",
+                    "2026-03-29T03:30:00+02:00",
+                    "2026-03-30T02:30:00+02:00",
+                ],
+            ),
+            (
+                "0 30 2 * * ?",
+                Berlin,
+                "2026-10-24T00:00:00Z",
+                &[
+                    "2026-10-24T02:30:00+02:00",
+                    "2026-10-25T02:30:00+02:00",
+                    "2026-10-26T02:30:00+01:00",
+                ],
+            ),
+            (
+                "* * * * * ?",
+                Berlin,
+                "2026-03-29T00:59:58Z",
+                &[
+                    "2026-03-29T01:59:59+01:00",
+                    "2026-03-29T03:00:00+02:00",
+                    "2026-03-29T03:00:01+02:00",
+                ],
+            ),
+            (
+                "* * * * * ?",
+                Berlin,
+                "2026-10-25T00:59:58Z",
+                &[
+                    "2026-10-25T02:59:59+02:00",
+                    "2026-10-25T02:00:00+01:00",
+                    "2026-10-25T02:00:01+01:00",
+                ],
+            ),
+        ]);
+        // Every second of real time: a 23-hour and a 25-hour day.
+        let cron = CronExpr::parse("* * * * * ?").unwrap();
+        for (from, to, hours) in [
+            ("2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z", 23),
+            ("2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z", 25),
+        ] {
+            let mut n = 0i64;
+            let mut last = utc(from);
+            for t in cron.fires_between(Berlin, utc(from), utc(to)) {
+                assert_eq!(t - last, TimeDelta::seconds(1), "{t}");
+                last = t;
+                n += 1;
+            }
+            assert_eq!(n, hours * 3600, "{from}");
+        }
+    }
+
+    #[test]
+    fn fires_after_walks_like_repeated_scans_across_transitions() {
+        use chrono_tz::Europe::Berlin;
+        // Every fire from 3 hours before to 3 hours after each transition, both ways.
+        for expr in [
+            "0 */5 * * * ?",
+            "0 0,30 2 * * ?",
+            "*/20 */20 1-3 * * ?",
+            "0 45 1,2 * * ?",
+        ] {
+            let cron = CronExpr::parse(expr).unwrap();
+            for (zone, from) in [
+                (Berlin, "2026-03-28T22:00:00Z"),
+                (Berlin, "2026-10-24T22:00:00Z"),
+                (New_York, "2026-03-08T04:00:00Z"),
+                (New_York, "2026-11-01T03:00:00Z"),
+                (Lord_Howe, "2026-10-03T12:00:00Z"),
+                (Lord_Howe, "2026-04-04T12:00:00Z"),
+            ] {
+                let from = utc(from);
+                let to = from + TimeDelta::hours(6);
+                let fast: Vec<_> = cron.fires_between(zone, from, to).collect();
+                let mut slow = Vec::new();
+                let mut t = from;
+                while let Some(next) = cron.next_after_by_scan(zone, t).filter(|n| *n <= to) {
+                    slow.push(next);
+                    t = next;
+                }
+                assert_eq!(fast, slow, "{expr} in {zone} from {from}");
+            }
         }
     }
 
@@ -1744,6 +2007,23 @@ mod tests {
             })
     }
 
+    /// Expressions for the fast path against the scan: sub-minute ones included, where the
+    /// two differ most in cost.
+    fn fast_path_expr_strategy() -> impl Strategy<Value = String> {
+        let pick = |xs: &'static [&'static str]| prop::sample::select(xs);
+        prop_oneof![
+            expr_strategy(),
+            (
+                pick(&["*", "*/7", "0-5", "59", "*/20"]),
+                pick(&["*", "0", "*/15", "29-31", "59"]),
+                pick(&["*", "2", "1-3", "0,3", "*/2"]),
+                pick(&["?", "*", "1-10", "*/3"]),
+                pick(&["*", "MAR", "OCT,NOV", "3-4,9-11"]),
+            )
+                .prop_map(|(s, m, h, dom, mon)| format!("{s} {m} {h} {dom} {mon} ?")),
+        ]
+    }
+
     fn zone_strategy() -> impl Strategy<Value = Tz> {
         prop::sample::select(vec![
             UTC,
@@ -1756,6 +2036,7 @@ mod tests {
             chrono_tz::Asia::Kolkata,
             chrono_tz::America::Santiago,
             chrono_tz::Europe::Moscow,
+            chrono_tz::Europe::Berlin,
         ])
     }
 
@@ -1870,5 +2151,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        // The oracle costs thousands of candidates per call near a transition (seconds in a
+        // debug build for sub-minute schedules): fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn fast_fires_equal_the_scan_oracle(
+            expr in fast_path_expr_strategy(),
+            (zone, start) in zone_and_instant(),
+            nanos in prop_oneof![Just(0u32), 0u32..1_000_000_000],
+            n in 1usize..4,
+        ) {
+            let cron = CronExpr::parse(&expr).unwrap();
+            let start = start + TimeDelta::nanoseconds(i64::from(nanos));
+            prop_assert_eq!(
+                cron.next_after(zone, start),
+                cron.next_after_by_scan(zone, start),
+                "{} in {} after {}", expr, zone, start
+            );
+            let fast: Vec<_> = cron.fires_after(zone, start).take(n).collect();
+            let mut slow = Vec::new();
+            let mut t = start;
+            while slow.len() < n {
+                let Some(next) = cron.next_after_by_scan(zone, t) else { break };
+                slow.push(next);
+                t = next;
+            }
+            prop_assert_eq!(fast, slow, "{} in {} after {}", expr, zone, start);
+        }
+
     }
 }
