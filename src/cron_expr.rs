@@ -9,9 +9,16 @@
 //! day-of-month and day-of-week fields and means the same as `*`. The Quartz specials `L`, `W`,
 //! `LW` and `#` are rejected with a clear error.
 //!
-//! When both day-of-month and day-of-week are restricted, a day must match **both** (as in
-//! Spring's `CronExpression` and the `cron` crate; classic Unix cron would use "either"): for
-//! example `0 0 9 1-7 * MON` fires on the first Monday of each month.
+//! At most one of day-of-month and day-of-week may be restricted: the other is `*` or `?`
+//! (`0 0 9 1 * ?`, `0 0 9 ? * MON`, `0 0 9 * * *`). Restricting both (`0 0 9 1-7 * MON`) is
+//! refused, as in Quartz: Unix cron fires on days matching either field, Spring and the `cron`
+//! crate on days matching both, and a schedule should not depend on which the reader assumed.
+//! Both `?` (`0 0 9 ? * ?`) is refused too: it leaves the day to neither field.
+//!
+//! An expression that matches no date at all between 1970 and 2099 is refused: a day-of-month
+//! no selected month has (`0 0 0 30 2 ?`), or Feb 29 in selected years none of which is a
+//! leap year (`0 0 0 29 2 ? 2027`). One that fires only in the past (`0 0 0 * * ? 2020`) is
+//! valid; `flowctl check` warns about it (W005), since that depends on the date.
 //!
 //! # Daylight saving time
 //!
@@ -21,7 +28,8 @@
 //! * a local time that exists once fires at that instant;
 //! * a local time inside a spring-forward gap fires shifted forward by the length of the gap
 //!   (02:30 in America/New_York on 2026-03-08 fires at 03:30 EDT), unless the schedule is
-//!   *sub-hourly* (its hour field matches every hour), in which case it follows real elapsed
+//!   *sub-hourly* (its hour field matches every hour: `*`, `0-23`, `*/1`; hourly `0 0 * * * ?`
+//!   included, `0 0 */2 * * ?` not), in which case it follows real elapsed
 //!   time and the times inside the gap simply do not occur;
 //! * a local time repeated at fall-back fires once, at its first occurrence, unless the schedule
 //!   is sub-hourly, in which case it fires at both occurrences.
@@ -441,6 +449,38 @@ fn parse_field(field: CronField, text: &str, offset: usize) -> Result<String, Cr
     Ok(out.join(","))
 }
 
+/// One day field must leave the day to the other (`*` or `?`): both restricted means "both
+/// match" in Spring and the `cron` crate but "either matches" in Unix cron, and Quartz refuses
+/// it; both `?` leaves the day to neither (Quartz refuses that too).
+fn check_day_fields(day_of_month: Token<'_>, day_of_week: Token<'_>) -> Result<(), CronError> {
+    let (offset, dow) = day_of_week;
+    let dom = day_of_month.1;
+    let free = |t: &str| t == "*" || t == "?";
+    if dom == "?" && dow == "?" {
+        return Err(CronError::at(
+            CronField::DayOfWeek,
+            offset,
+            dow.len(),
+            "'?' in both day-of-month and day-of-week leaves the day to neither: write '*' in \
+             one of them for every day"
+                .to_string(),
+        ));
+    }
+    if !free(dom) && !free(dow) {
+        return Err(CronError::at(
+            CronField::DayOfWeek,
+            offset,
+            dow.len(),
+            format!(
+                "day-of-month '{dom}' and day-of-week '{dow}' are both restricted, which Quartz \
+                 refuses (Unix cron would fire on either, Spring on both): write '?' in one of \
+                 them"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn days_in_month_max(month: u32) -> u32 {
     match month {
         2 => 29,
@@ -469,6 +509,7 @@ impl CronExpr {
         for (&field, &(offset, tok)) in FIELDS.iter().zip(tokens.iter()) {
             normalized.push(parse_field(field, tok, offset)?);
         }
+        check_day_fields(tokens[3], tokens[5])?;
         let schedule = Schedule::from_str(&normalized.join(" ")).map_err(|e| CronError {
             field: None,
             offset: 0,
@@ -500,6 +541,23 @@ impl CronExpr {
                     months.join(", ")
                 ),
             ));
+        }
+
+        // Feb 29 in selected years none of which is a leap year: no fire at all.
+        if let Some(&(offset, tok)) = tokens.get(6) {
+            let epoch = DateTime::<Utc>::UNIX_EPOCH;
+            if !schedule.includes(epoch) && schedule.after(&epoch).next().is_none() {
+                return Err(CronError::at(
+                    CronField::Year,
+                    offset,
+                    tok.len(),
+                    format!(
+                        "year {tok} has no date with the selected day-of-month {} and month {}: \
+                         the expression never fires",
+                        tokens[3].1, tokens[4].1
+                    ),
+                ));
+            }
         }
 
         let sub_hourly = schedule.hours().is_all();
@@ -1461,38 +1519,122 @@ mod tests {
     }
 
     #[test]
-    fn day_of_month_and_day_of_week_both_must_match() {
+    fn both_day_fields_restricted_is_refused() {
+        for (expr, offset, len) in [
+            ("0 0 9 1-7 * MON", 12, 3),
+            ("0 0 9 13 * FRI", 11, 3),
+            ("0 0 9 1-31 * 1-7", 13, 3),
+            ("0 0 9 */2 * MON-FRI", 12, 7),
+        ] {
+            let err = CronExpr::parse(expr).expect_err(expr);
+            assert_eq!(err.field, Some(CronField::DayOfWeek), "{expr}");
+            assert_eq!((err.offset, err.len), (offset, len), "{expr}");
+            assert!(
+                err.message
+                    .contains("are both restricted, which Quartz refuses")
+                    && err.message.contains("write '?' in one of them"),
+                "{expr}: {}",
+                err.message
+            );
+        }
+        // One field left to the other (`*` and `?` are the same thing): accepted.
         check_table(&[
             (
-                // First Monday of the month.
-                "0 0 9 1-7 * MON",
-                UTC,
-                "2026-01-01T00:00:00Z",
-                &[
-                    "2026-01-05T09:00:00Z",
-                    "2026-02-02T09:00:00Z",
-                    "2026-03-02T09:00:00Z",
-                ],
-            ),
-            (
-                // Friday the 13th.
-                "0 0 9 13 * FRI",
-                UTC,
-                "2026-01-01T00:00:00Z",
-                &[
-                    "2026-02-13T09:00:00Z",
-                    "2026-03-13T09:00:00Z",
-                    "2026-11-13T09:00:00Z",
-                ],
-            ),
-            (
-                // `*` and `?` are the same thing.
                 "0 0 9 * * *",
                 UTC,
                 "2026-01-01T00:00:00Z",
                 &["2026-01-01T09:00:00Z", "2026-01-02T09:00:00Z"],
             ),
+            (
+                "0 0 9 13 * *",
+                UTC,
+                "2026-01-01T00:00:00Z",
+                &["2026-01-13T09:00:00Z", "2026-02-13T09:00:00Z"],
+            ),
+            (
+                "0 0 9 * * FRI",
+                UTC,
+                "2026-01-01T00:00:00Z",
+                &["2026-01-02T09:00:00Z", "2026-01-09T09:00:00Z"],
+            ),
+            (
+                "0 0 9 ? * *",
+                UTC,
+                "2026-01-01T00:00:00Z",
+                &["2026-01-01T09:00:00Z", "2026-01-02T09:00:00Z"],
+            ),
         ]);
+    }
+
+    #[test]
+    fn both_day_fields_question_mark_is_refused() {
+        let err = CronExpr::parse("0 0 9 ? * ?").expect_err("? ?");
+        assert_eq!(err.field, Some(CronField::DayOfWeek));
+        assert_eq!((err.offset, err.len), (10, 1));
+        assert_eq!(
+            err.message,
+            "'?' in both day-of-month and day-of-week leaves the day to neither: write '*' in \
+             one of them for every day"
+        );
+    }
+
+    #[test]
+    fn never_firing_expressions_are_refused_year_included() {
+        for (expr, field, offset, message) in [
+            (
+                "0 0 0 30 2 ?",
+                CronField::DayOfMonth,
+                6,
+                "day-of-month 30 never occurs in the selected months (FEB)",
+            ),
+            (
+                "0 0 0 30 2 ? 2026-2030",
+                CronField::DayOfMonth,
+                6,
+                "day-of-month 30 never occurs in the selected months (FEB)",
+            ),
+            (
+                "0 0 0 29 2 ? 2027",
+                CronField::Year,
+                13,
+                "year 2027 has no date with the selected day-of-month 29 and month 2: the \
+                 expression never fires",
+            ),
+            (
+                "0 0 0 29 FEB ? 2097-2099",
+                CronField::Year,
+                15,
+                "year 2097-2099 has no date with the selected day-of-month 29 and month FEB: \
+                 the expression never fires",
+            ),
+            (
+                "0 0 0 29 2 ? 2025,2026/100",
+                CronField::Year,
+                13,
+                "year 2025,2026/100 has no date with the selected day-of-month 29 and month 2: \
+                 the expression never fires",
+            ),
+        ] {
+            let err = CronExpr::parse(expr).expect_err(expr);
+            assert_eq!(err.field, Some(field), "{expr}");
+            assert_eq!(err.offset, offset, "{expr}");
+            assert_eq!(err.message, message, "{expr}");
+        }
+        // A leap year among the selected ones: valid, and fires then.
+        check_table(&[(
+            "0 0 0 29 2 ? 2027-2028",
+            UTC,
+            "2026-01-01T00:00:00Z",
+            &["2028-02-29T00:00:00Z"],
+        )]);
+        // Fires only in the past: valid (whether it fires again depends on the date; `check`
+        // warns), and has no fire after 2020.
+        let past = CronExpr::parse("0 0 0 * * ? 2020").unwrap();
+        assert_eq!(
+            past.next_after(UTC, utc("2020-12-30T12:00:00Z")),
+            Some(utc("2020-12-31T00:00:00Z"))
+        );
+        assert_eq!(past.next_after(UTC, utc("2020-12-31T00:00:00Z")), None);
     }
 
     #[test]
@@ -1946,7 +2088,7 @@ mod tests {
         let start = utc("2026-01-25T00:00:00Z");
         let end = utc("2026-03-10T00:00:00Z");
         for expr in [
-            "0 0 9 1-7 * MON",
+            "0 0 9 ? * MON",
             "0 */20 1-3 ? * MON-FRI",
             "0 30 5 1 1,2,3 ?",
             "0 15 */5 10-20/3 * ?",
@@ -2001,8 +2143,12 @@ mod tests {
             pick(&["", " *", " 2026-2031"]),
         )
             .prop_map(|(s, m, h, dom, mon, dow, y)| {
-                // Quartz style: at least one of the day fields is unrestricted.
-                let dom = if dow == "?" || dow == "*" { dom } else { "?" };
+                // Quartz style: one day field is restricted at most, and not both are `?`.
+                let dom = match (dom, dow) {
+                    ("?", "?") => "*",
+                    (dom, "?" | "*") => dom,
+                    _ => "?",
+                };
                 format!("{s} {m} {h} {dom} {mon} {dow}{y}")
             })
     }
@@ -2020,7 +2166,10 @@ mod tests {
                 pick(&["?", "*", "1-10", "*/3"]),
                 pick(&["*", "MAR", "OCT,NOV", "3-4,9-11"]),
             )
-                .prop_map(|(s, m, h, dom, mon)| format!("{s} {m} {h} {dom} {mon} ?")),
+                .prop_map(|(s, m, h, dom, mon)| {
+                    let dow = if dom == "?" { "*" } else { "?" };
+                    format!("{s} {m} {h} {dom} {mon} {dow}")
+                }),
         ]
     }
 

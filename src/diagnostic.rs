@@ -38,6 +38,7 @@ pub enum Code {
     NeverTriggered,
     UnusedSource,
     UnusedMasking,
+    NeverFiresAgain,
 }
 
 impl Code {
@@ -62,6 +63,7 @@ impl Code {
             Code::NeverTriggered => "W001",
             Code::UnusedSource => "W002",
             Code::UnusedMasking => "W003",
+            Code::NeverFiresAgain => "W005",
         }
     }
 
@@ -87,6 +89,7 @@ impl Code {
             Code::NeverTriggered => "never-triggered",
             Code::UnusedSource => "unused-source",
             Code::UnusedMasking => "unused-masking",
+            Code::NeverFiresAgain => "never-fires-again",
         }
     }
 }

@@ -398,3 +398,68 @@ fn plan_says_when_it_is_cut_at_its_limit() {
     assert!(whole.stdout().contains("60 fire(s)"), "{}", whole.stdout());
     assert!(!whole.stderr().contains("plan cut"), "{}", whole.stderr());
 }
+
+#[test]
+fn check_refuses_restricted_or_unset_day_fields_and_never_firing_years_with_e006() {
+    let dir = tempfile::tempdir().unwrap();
+    for (cron, says) in [
+        (
+            "0 0 9 1-7 * MON",
+            "are both restricted, which Quartz refuses",
+        ),
+        ("0 0 9 ? * ?", "'?' in both day-of-month and day-of-week"),
+        (
+            "0 0 0 30 2 ?",
+            "day-of-month 30 never occurs in the selected months (FEB)",
+        ),
+        ("0 0 0 29 2 ? 2027", "the expression never fires"),
+    ] {
+        let file = one_schedule_file(dir.path(), cron, "UTC");
+        let run = common::Flowctl::new()
+            .args(["check"])
+            .args([&file])
+            .output()
+            .status(1);
+        // The message as one line (the renderer wraps it).
+        let err: Vec<_> = run
+            .stderr()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let err = err
+            .into_iter()
+            .filter(|w| w != "│")
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(err.contains("E006"), "{cron}: {err}");
+        assert!(err.contains(says), "{cron}: {err}");
+    }
+}
+
+#[test]
+fn check_warns_about_a_schedule_that_fires_only_in_the_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = one_schedule_file(dir.path(), "0 0 0 * * ? 2020", "UTC");
+    let run = common::Flowctl::new()
+        .args(["check"])
+        .args([&file])
+        .output()
+        .success();
+    let err = run.stderr();
+    assert!(err.contains("W005"), "{err}");
+    assert!(
+        err.contains(
+            "schedule `every` never fires again: \"0 0 0 * * ? 2020\" has no fire time after"
+        ),
+        "{err}"
+    );
+    assert!(run.stdout().contains("1 warning"), "{}", run.stdout());
+    // A schedule with fires ahead: no W005.
+    let file = one_schedule_file(dir.path(), "0 0 0 * * ? 2020-2099", "UTC");
+    let run = common::Flowctl::new()
+        .args(["check"])
+        .args([&file])
+        .output()
+        .success();
+    assert!(!run.stderr().contains("W005"), "{}", run.stderr());
+}

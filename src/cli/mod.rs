@@ -223,10 +223,13 @@ fn print_diagnostics(c: &Compilation, quiet_warnings: bool) {
 }
 
 fn check(paths: &[PathBuf]) -> u8 {
-    let c = match compiler::compile_paths(paths) {
+    let mut c = match compiler::compile_paths(paths) {
         Ok(c) => c,
         Err(e) => return error(e),
     };
+    // Depends on today's date, so not the (pure) compiler's business.
+    c.diagnostics
+        .extend(past_schedules(c.workflow.as_ref(), Utc::now()));
     print_diagnostics(&c, false);
     let errors = c.diagnostics.iter().filter(|d| d.is_error()).count();
     let warnings = c.diagnostics.len() - errors;
@@ -251,6 +254,30 @@ fn check(paths: &[PathBuf]) -> u8 {
             EXIT_FAILURE
         }
     }
+}
+
+/// W005 for every schedule that has no fire time after `now` (a past year field).
+fn past_schedules(
+    workflow: Option<&crate::workflow::Workflow>,
+    now: DateTime<Utc>,
+) -> Vec<diagnostic::Diagnostic> {
+    let schedules = workflow.map(|w| w.schedules.as_slice()).unwrap_or_default();
+    schedules
+        .iter()
+        .filter(|s| s.cron.next_after(s.zone, now).is_none())
+        .map(|s| {
+            diagnostic::Diagnostic::warning(
+                diagnostic::Code::NeverFiresAgain,
+                format!(
+                    "schedule `{}` never fires again: \"{}\" has no fire time after {}",
+                    s.name,
+                    s.cron.source(),
+                    now.format("%Y-%m-%d")
+                ),
+            )
+            .help("its year field is in the past; widen it or remove the schedule")
+        })
+        .collect()
 }
 
 fn plural_suffix(n: usize, word: &str) -> String {
