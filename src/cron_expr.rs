@@ -9,9 +9,16 @@
 //! day-of-month and day-of-week fields and means the same as `*`. The Quartz specials `L`, `W`,
 //! `LW` and `#` are rejected with a clear error.
 //!
-//! When both day-of-month and day-of-week are restricted, a day must match **both** (as in
-//! Spring's `CronExpression` and the `cron` crate; classic Unix cron would use "either"): for
-//! example `0 0 9 1-7 * MON` fires on the first Monday of each month.
+//! At most one of day-of-month and day-of-week may be restricted: the other is `*` or `?`
+//! (`0 0 9 1 * ?`, `0 0 9 ? * MON`, `0 0 9 * * *`). Restricting both (`0 0 9 1-7 * MON`) is
+//! refused, as in Quartz: Unix cron fires on days matching either field, Spring and the `cron`
+//! crate on days matching both, and a schedule should not depend on which the reader assumed.
+//! Both `?` (`0 0 9 ? * ?`) is refused too: it leaves the day to neither field.
+//!
+//! An expression that matches no date at all between 1970 and 2099 is refused: a day-of-month
+//! no selected month has (`0 0 0 30 2 ?`), or Feb 29 in selected years none of which is a
+//! leap year (`0 0 0 29 2 ? 2027`). One that fires only in the past (`0 0 0 * * ? 2020`) is
+//! valid; `flowctl check` warns about it (W005), since that depends on the date.
 //!
 //! # Daylight saving time
 //!
@@ -21,17 +28,20 @@
 //! * a local time that exists once fires at that instant;
 //! * a local time inside a spring-forward gap fires shifted forward by the length of the gap
 //!   (02:30 in America/New_York on 2026-03-08 fires at 03:30 EDT), unless the schedule is
-//!   *sub-hourly* (its hour field matches every hour), in which case it follows real elapsed
+//!   *sub-hourly* (its hour field matches every hour: `*`, `0-23`, `*/1`; hourly `0 0 * * * ?`
+//!   included, `0 0 */2 * * ?` not), in which case it follows real elapsed
 //!   time and the times inside the gap simply do not occur;
 //! * a local time repeated at fall-back fires once, at its first occurrence, unless the schedule
 //!   is sub-hourly, in which case it fires at both occurrences.
 //!
 //! Fire instants are strictly increasing: two local times that map to the same instant fire once.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use cron::{Schedule, TimeUnitSpec};
 
@@ -439,6 +449,38 @@ fn parse_field(field: CronField, text: &str, offset: usize) -> Result<String, Cr
     Ok(out.join(","))
 }
 
+/// One day field must leave the day to the other (`*` or `?`): both restricted means "both
+/// match" in Spring and the `cron` crate but "either matches" in Unix cron, and Quartz refuses
+/// it; both `?` leaves the day to neither (Quartz refuses that too).
+fn check_day_fields(day_of_month: Token<'_>, day_of_week: Token<'_>) -> Result<(), CronError> {
+    let (offset, dow) = day_of_week;
+    let dom = day_of_month.1;
+    let free = |t: &str| t == "*" || t == "?";
+    if dom == "?" && dow == "?" {
+        return Err(CronError::at(
+            CronField::DayOfWeek,
+            offset,
+            dow.len(),
+            "'?' in both day-of-month and day-of-week leaves the day to neither: write '*' in \
+             one of them for every day"
+                .to_string(),
+        ));
+    }
+    if !free(dom) && !free(dow) {
+        return Err(CronError::at(
+            CronField::DayOfWeek,
+            offset,
+            dow.len(),
+            format!(
+                "day-of-month '{dom}' and day-of-week '{dow}' are both restricted, which Quartz \
+                 refuses (Unix cron would fire on either, Spring on both): write '?' in one of \
+                 them"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn days_in_month_max(month: u32) -> u32 {
     match month {
         2 => 29,
@@ -467,6 +509,7 @@ impl CronExpr {
         for (&field, &(offset, tok)) in FIELDS.iter().zip(tokens.iter()) {
             normalized.push(parse_field(field, tok, offset)?);
         }
+        check_day_fields(tokens[3], tokens[5])?;
         let schedule = Schedule::from_str(&normalized.join(" ")).map_err(|e| CronError {
             field: None,
             offset: 0,
@@ -500,6 +543,23 @@ impl CronExpr {
             ));
         }
 
+        // Feb 29 in selected years none of which is a leap year: no fire at all.
+        if let Some(&(offset, tok)) = tokens.get(6) {
+            let epoch = DateTime::<Utc>::UNIX_EPOCH;
+            if !schedule.includes(epoch) && schedule.after(&epoch).next().is_none() {
+                return Err(CronError::at(
+                    CronField::Year,
+                    offset,
+                    tok.len(),
+                    format!(
+                        "year {tok} has no date with the selected day-of-month {} and month {}: \
+                         the expression never fires",
+                        tokens[3].1, tokens[4].1
+                    ),
+                ));
+            }
+        }
+
         let sub_hourly = schedule.hours().is_all();
         Ok(CronExpr {
             source: text.to_string(),
@@ -517,6 +577,21 @@ impl CronExpr {
     ///
     /// `None` when the schedule never fires again (years are limited to 2099).
     pub fn next_after(&self, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.fires_after(zone, after).next()
+    }
+
+    /// Every fire instant strictly after `after`, in increasing order: each costs one
+    /// wall-clock candidate of the expression, also next to a daylight-saving transition.
+    pub fn fires_after(&self, zone: Tz, after: DateTime<Utc>) -> Fires<'_> {
+        Fires::new(self, zone, after)
+    }
+
+    /// The first implementation of [`CronExpr::next_after`], kept as the oracle the fast path
+    /// is tested (and benchmarked) against: it maps every local candidate from a window
+    /// before `after` (hours wide when a transition is within 30 hours), so it costs
+    /// thousands of candidates per call near a transition for a sub-minute schedule.
+    #[doc(hidden)]
+    pub fn next_after_by_scan(&self, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let after_n = after.naive_utc();
         let after_local = after_n.checked_add_signed(offset_at(zone, after_n))?;
         // A transition near `after` can map local times before `after_local` to instants after
@@ -556,16 +631,8 @@ impl CronExpr {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> impl Iterator<Item = DateTime<Utc>> + '_ {
-        let mut cursor = Some(from);
-        std::iter::from_fn(move || {
-            let current = cursor.take()?;
-            if current >= to {
-                return None;
-            }
-            let next = self.next_after(zone, current).filter(|n| *n <= to)?;
-            cursor = Some(next);
-            Some(next)
-        })
+        let fires = (from < to).then(|| self.fires_after(zone, from));
+        fires.into_iter().flatten().take_while(move |t| *t <= to)
     }
 
     /// Maps a local wall-clock time to the instants (as naive UTC) at which it fires.
@@ -629,6 +696,164 @@ fn offset_before_gap(zone: Tz, local: NaiveDateTime) -> Option<TimeDelta> {
             LocalResult::None => None,
         }
     })
+}
+
+/// The fire instants of a [`CronExpr`] in a zone after a start, in increasing order
+/// ([`CronExpr::fires_after`]).
+///
+/// It walks the expression's local wall-clock candidates forward once and maps each to its
+/// instants as [`CronExpr::next_after_by_scan`] does, without rescanning: a local hour whose
+/// first and last second exist once with the same offset (every hour but those of a
+/// transition) maps by subtraction; the others ask the zone candidate by candidate.
+///
+/// Ordering: the *regular* instant of a candidate (the only one, or the first of a repeated
+/// time) grows with the local time. The other instants (a gap time shifted forward, the second
+/// pass of a repeated time) are held in a heap until the next regular instant is later than
+/// they are: a later candidate's instants can fall before them only when they are regular
+/// and on the near side of the same transition.
+pub struct Fires<'a> {
+    cron: &'a CronExpr,
+    zone: Tz,
+    candidates: cron::ScheduleIterator<'a, Utc>,
+    exhausted: bool,
+    /// The regular instant of the newest candidate, not yet returned.
+    regular: Option<NaiveDateTime>,
+    /// Gap-shifted and second-pass instants, earliest first.
+    held: BinaryHeap<Reverse<NaiveDateTime>>,
+    /// The last instant returned (at first the start): every later one is after it.
+    last: NaiveDateTime,
+    /// The local hour mapped last, and its offset when the whole hour maps by subtraction.
+    hour: Option<(NaiveDateTime, Option<TimeDelta>)>,
+}
+
+impl<'a> Fires<'a> {
+    fn new(cron: &'a CronExpr, zone: Tz, after: DateTime<Utc>) -> Fires<'a> {
+        let after_n = after.naive_utc();
+        // A candidate at or before `after` plus the smallest offset in force nearby maps to an
+        // instant at or before `after`, whatever its offset: start there.
+        let probe = TimeDelta::hours(30);
+        let smallest = [
+            after_n.checked_sub_signed(probe),
+            Some(after_n),
+            after_n.checked_add_signed(probe),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|t| offset_at(zone, t))
+        .min()
+        .unwrap_or_default();
+        let start = after_n.checked_add_signed(smallest);
+        Fires {
+            cron,
+            zone,
+            candidates: cron
+                .schedule
+                .after(&Utc.from_utc_datetime(&start.unwrap_or(NaiveDateTime::MAX))),
+            exhausted: start.is_none(),
+            regular: None,
+            held: BinaryHeap::new(),
+            last: after_n,
+            hour: None,
+        }
+    }
+
+    /// The offset of every second of the local hour starting at `hour`, when they all exist
+    /// once with the same offset. Assumes no zone changes its offset twice within an hour.
+    fn uniform_offset(&self, hour: NaiveDateTime) -> Option<TimeDelta> {
+        let end = hour.checked_add_signed(TimeDelta::seconds(3599))?;
+        match (
+            self.zone.from_local_datetime(&hour),
+            self.zone.from_local_datetime(&end),
+        ) {
+            (LocalResult::Single(a), LocalResult::Single(b)) => {
+                let (a, b) = (a.offset().fix(), b.offset().fix());
+                (a == b).then(|| TimeDelta::seconds(i64::from(a.local_minus_utc())))
+            }
+            _ => None,
+        }
+    }
+
+    /// The next candidate's (regular, other) instants; `None` when there are no candidates.
+    fn pull(&mut self) -> Option<(Option<NaiveDateTime>, Option<NaiveDateTime>)> {
+        let local = self.candidates.next()?.naive_utc();
+        let hour = local.with_minute(0).and_then(|t| t.with_second(0))?;
+        let offset = match self.hour {
+            Some((h, offset)) if h == hour => offset,
+            _ => {
+                let offset = self.uniform_offset(hour);
+                self.hour = Some((hour, offset));
+                offset
+            }
+        };
+        if let Some(offset) = offset {
+            let instant = local.checked_sub_signed(offset)?;
+            if instant <= self.last {
+                // Catching up to the start: skip the candidates of this hour that map before
+                // it in one step instead of one by one.
+                let skip_to = self
+                    .last
+                    .checked_add_signed(offset)?
+                    .min(hour.checked_add_signed(TimeDelta::seconds(3599))?);
+                if skip_to - local > TimeDelta::seconds(60) {
+                    self.candidates = self.cron.schedule.after(&Utc.from_utc_datetime(&skip_to));
+                }
+            }
+            return Some((Some(instant), None));
+        }
+        Some(match self.zone.from_local_datetime(&local) {
+            LocalResult::Single(t) => (Some(t.naive_utc()), None),
+            LocalResult::Ambiguous(first, second) => (
+                Some(first.naive_utc()),
+                self.cron.sub_hourly.then(|| second.naive_utc()),
+            ),
+            LocalResult::None => (
+                None,
+                if self.cron.sub_hourly {
+                    None
+                } else {
+                    offset_before_gap(self.zone, local)
+                        .and_then(|off| local.checked_sub_signed(off))
+                },
+            ),
+        })
+    }
+}
+
+impl Iterator for Fires<'_> {
+    type Item = DateTime<Utc>;
+
+    fn next(&mut self) -> Option<DateTime<Utc>> {
+        loop {
+            if self.regular.is_none() && !self.exhausted {
+                match self.pull() {
+                    None => self.exhausted = true,
+                    Some((regular, other)) => {
+                        if let Some(other) = other.filter(|o| *o > self.last) {
+                            self.held.push(Reverse(other));
+                        }
+                        self.regular = regular.filter(|r| *r > self.last);
+                    }
+                }
+                continue;
+            }
+            let held = self.held.peek().map(|r| r.0);
+            let instant = match (held, self.regular) {
+                (None, None) => return None,
+                (Some(held), regular) if regular.is_none_or(|r| held <= r) => {
+                    self.held.pop();
+                    held
+                }
+                (_, regular) => {
+                    self.regular = None;
+                    regular?
+                }
+            };
+            if instant > self.last {
+                self.last = instant;
+                return Some(Utc.from_utc_datetime(&instant));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1048,6 +1273,102 @@ mod tests {
     }
 
     #[test]
+    fn berlin_transitions_fixed_times_and_every_second() {
+        use chrono_tz::Europe::Berlin;
+        // 2026-03-29 02:00 CET -> 03:00 CEST; 2026-10-25 03:00 CEST -> 02:00 CET.
+        check_table(&[
+            (
+                "0 30 2 * * ?",
+                Berlin,
+                "2026-03-28T00:00:00Z",
+                &[
+                    "2026-03-28T02:30:00+01:00",
+                    "2026-03-29T03:30:00+02:00",
+                    "2026-03-30T02:30:00+02:00",
+                ],
+            ),
+            (
+                "0 30 2 * * ?",
+                Berlin,
+                "2026-10-24T00:00:00Z",
+                &[
+                    "2026-10-24T02:30:00+02:00",
+                    "2026-10-25T02:30:00+02:00",
+                    "2026-10-26T02:30:00+01:00",
+                ],
+            ),
+            (
+                "* * * * * ?",
+                Berlin,
+                "2026-03-29T00:59:58Z",
+                &[
+                    "2026-03-29T01:59:59+01:00",
+                    "2026-03-29T03:00:00+02:00",
+                    "2026-03-29T03:00:01+02:00",
+                ],
+            ),
+            (
+                "* * * * * ?",
+                Berlin,
+                "2026-10-25T00:59:58Z",
+                &[
+                    "2026-10-25T02:59:59+02:00",
+                    "2026-10-25T02:00:00+01:00",
+                    "2026-10-25T02:00:01+01:00",
+                ],
+            ),
+        ]);
+        // Every second of real time: a 23-hour and a 25-hour day.
+        let cron = CronExpr::parse("* * * * * ?").unwrap();
+        for (from, to, hours) in [
+            ("2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z", 23),
+            ("2026-10-24T22:00:00Z", "2026-10-25T23:00:00Z", 25),
+        ] {
+            let mut n = 0i64;
+            let mut last = utc(from);
+            for t in cron.fires_between(Berlin, utc(from), utc(to)) {
+                assert_eq!(t - last, TimeDelta::seconds(1), "{t}");
+                last = t;
+                n += 1;
+            }
+            assert_eq!(n, hours * 3600, "{from}");
+        }
+    }
+
+    #[test]
+    fn fires_after_walks_like_repeated_scans_across_transitions() {
+        use chrono_tz::Europe::Berlin;
+        // Every fire from 3 hours before to 3 hours after each transition, both ways.
+        for expr in [
+            "0 */5 * * * ?",
+            "0 0,30 2 * * ?",
+            "*/20 */20 1-3 * * ?",
+            "0 45 1,2 * * ?",
+        ] {
+            let cron = CronExpr::parse(expr).unwrap();
+            for (zone, from) in [
+                (Berlin, "2026-03-28T22:00:00Z"),
+                (Berlin, "2026-10-24T22:00:00Z"),
+                (New_York, "2026-03-08T04:00:00Z"),
+                (New_York, "2026-11-01T03:00:00Z"),
+                (Lord_Howe, "2026-10-03T12:00:00Z"),
+                (Lord_Howe, "2026-04-04T12:00:00Z"),
+            ] {
+                let from = utc(from);
+                let to = from + TimeDelta::hours(6);
+                let fast: Vec<_> = cron.fires_between(zone, from, to).collect();
+                let mut slow = Vec::new();
+                let mut t = from;
+                while let Some(next) = cron.next_after_by_scan(zone, t).filter(|n| *n <= to) {
+                    slow.push(next);
+                    t = next;
+                }
+                assert_eq!(fast, slow, "{expr} in {zone} from {from}");
+            }
+        }
+    }
+
+    #[test]
     fn odd_zones_stay_strictly_increasing() {
         use chrono_tz::Antarctica::Casey;
         use chrono_tz::Asia::Kolkata;
@@ -1198,38 +1519,122 @@ mod tests {
     }
 
     #[test]
-    fn day_of_month_and_day_of_week_both_must_match() {
+    fn both_day_fields_restricted_is_refused() {
+        for (expr, offset, len) in [
+            ("0 0 9 1-7 * MON", 12, 3),
+            ("0 0 9 13 * FRI", 11, 3),
+            ("0 0 9 1-31 * 1-7", 13, 3),
+            ("0 0 9 */2 * MON-FRI", 12, 7),
+        ] {
+            let err = CronExpr::parse(expr).expect_err(expr);
+            assert_eq!(err.field, Some(CronField::DayOfWeek), "{expr}");
+            assert_eq!((err.offset, err.len), (offset, len), "{expr}");
+            assert!(
+                err.message
+                    .contains("are both restricted, which Quartz refuses")
+                    && err.message.contains("write '?' in one of them"),
+                "{expr}: {}",
+                err.message
+            );
+        }
+        // One field left to the other (`*` and `?` are the same thing): accepted.
         check_table(&[
             (
-                // First Monday of the month.
-                "0 0 9 1-7 * MON",
-                UTC,
-                "2026-01-01T00:00:00Z",
-                &[
-                    "2026-01-05T09:00:00Z",
-                    "2026-02-02T09:00:00Z",
-                    "2026-03-02T09:00:00Z",
-                ],
-            ),
-            (
-                // Friday the 13th.
-                "0 0 9 13 * FRI",
-                UTC,
-                "2026-01-01T00:00:00Z",
-                &[
-                    "2026-02-13T09:00:00Z",
-                    "2026-03-13T09:00:00Z",
-                    "2026-11-13T09:00:00Z",
-                ],
-            ),
-            (
-                // `*` and `?` are the same thing.
                 "0 0 9 * * *",
                 UTC,
                 "2026-01-01T00:00:00Z",
                 &["2026-01-01T09:00:00Z", "2026-01-02T09:00:00Z"],
             ),
+            (
+                "0 0 9 13 * *",
+                UTC,
+                "2026-01-01T00:00:00Z",
+                &["2026-01-13T09:00:00Z", "2026-02-13T09:00:00Z"],
+            ),
+            (
+                "0 0 9 * * FRI",
+                UTC,
+                "2026-01-01T00:00:00Z",
+                &["2026-01-02T09:00:00Z", "2026-01-09T09:00:00Z"],
+            ),
+            (
+                "0 0 9 ? * *",
+                UTC,
+                "2026-01-01T00:00:00Z",
+                &["2026-01-01T09:00:00Z", "2026-01-02T09:00:00Z"],
+            ),
         ]);
+    }
+
+    #[test]
+    fn both_day_fields_question_mark_is_refused() {
+        let err = CronExpr::parse("0 0 9 ? * ?").expect_err("? ?");
+        assert_eq!(err.field, Some(CronField::DayOfWeek));
+        assert_eq!((err.offset, err.len), (10, 1));
+        assert_eq!(
+            err.message,
+            "'?' in both day-of-month and day-of-week leaves the day to neither: write '*' in \
+             one of them for every day"
+        );
+    }
+
+    #[test]
+    fn never_firing_expressions_are_refused_year_included() {
+        for (expr, field, offset, message) in [
+            (
+                "0 0 0 30 2 ?",
+                CronField::DayOfMonth,
+                6,
+                "day-of-month 30 never occurs in the selected months (FEB)",
+            ),
+            (
+                "0 0 0 30 2 ? 2026-2030",
+                CronField::DayOfMonth,
+                6,
+                "day-of-month 30 never occurs in the selected months (FEB)",
+            ),
+            (
+                "0 0 0 29 2 ? 2027",
+                CronField::Year,
+                13,
+                "year 2027 has no date with the selected day-of-month 29 and month 2: the \
+                 expression never fires",
+            ),
+            (
+                "0 0 0 29 FEB ? 2097-2099",
+                CronField::Year,
+                15,
+                "year 2097-2099 has no date with the selected day-of-month 29 and month FEB: \
+                 the expression never fires",
+            ),
+            (
+                "0 0 0 29 2 ? 2025,2026/100",
+                CronField::Year,
+                13,
+                "year 2025,2026/100 has no date with the selected day-of-month 29 and month 2: \
+                 the expression never fires",
+            ),
+        ] {
+            let err = CronExpr::parse(expr).expect_err(expr);
+            assert_eq!(err.field, Some(field), "{expr}");
+            assert_eq!(err.offset, offset, "{expr}");
+            assert_eq!(err.message, message, "{expr}");
+        }
+        // A leap year among the selected ones: valid, and fires then.
+        check_table(&[(
+            "0 0 0 29 2 ? 2027-2028",
+            UTC,
+            "2026-01-01T00:00:00Z",
+            &["2028-02-29T00:00:00Z"],
+        )]);
+        // Fires only in the past: valid (whether it fires again depends on the date; `check`
+        // warns), and has no fire after 2020.
+        let past = CronExpr::parse("0 0 0 * * ? 2020").unwrap();
+        assert_eq!(
+            past.next_after(UTC, utc("2020-12-30T12:00:00Z")),
+            Some(utc("2020-12-31T00:00:00Z"))
+        );
+        assert_eq!(past.next_after(UTC, utc("2020-12-31T00:00:00Z")), None);
     }
 
     #[test]
@@ -1683,7 +2088,7 @@ mod tests {
         let start = utc("2026-01-25T00:00:00Z");
         let end = utc("2026-03-10T00:00:00Z");
         for expr in [
-            "0 0 9 1-7 * MON",
+            "0 0 9 ? * MON",
             "0 */20 1-3 ? * MON-FRI",
             "0 30 5 1 1,2,3 ?",
             "0 15 */5 10-20/3 * ?",
@@ -1738,10 +2143,34 @@ mod tests {
             pick(&["", " *", " 2026-2031"]),
         )
             .prop_map(|(s, m, h, dom, mon, dow, y)| {
-                // Quartz style: at least one of the day fields is unrestricted.
-                let dom = if dow == "?" || dow == "*" { dom } else { "?" };
+                // Quartz style: one day field is restricted at most, and not both are `?`.
+                let dom = match (dom, dow) {
+                    ("?", "?") => "*",
+                    (dom, "?" | "*") => dom,
+                    _ => "?",
+                };
                 format!("{s} {m} {h} {dom} {mon} {dow}{y}")
             })
+    }
+
+    /// Expressions for the fast path against the scan: sub-minute ones included, where the
+    /// two differ most in cost.
+    fn fast_path_expr_strategy() -> impl Strategy<Value = String> {
+        let pick = |xs: &'static [&'static str]| prop::sample::select(xs);
+        prop_oneof![
+            expr_strategy(),
+            (
+                pick(&["*", "*/7", "0-5", "59", "*/20"]),
+                pick(&["*", "0", "*/15", "29-31", "59"]),
+                pick(&["*", "2", "1-3", "0,3", "*/2"]),
+                pick(&["?", "*", "1-10", "*/3"]),
+                pick(&["*", "MAR", "OCT,NOV", "3-4,9-11"]),
+            )
+                .prop_map(|(s, m, h, dom, mon)| {
+                    let dow = if dom == "?" { "*" } else { "?" };
+                    format!("{s} {m} {h} {dom} {mon} {dow}")
+                }),
+        ]
     }
 
     fn zone_strategy() -> impl Strategy<Value = Tz> {
@@ -1756,6 +2185,7 @@ mod tests {
             chrono_tz::Asia::Kolkata,
             chrono_tz::America::Santiago,
             chrono_tz::Europe::Moscow,
+            chrono_tz::Europe::Berlin,
         ])
     }
 
@@ -1870,5 +2300,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        // The oracle costs thousands of candidates per call near a transition (seconds in a
+        // debug build for sub-minute schedules): fewer cases.
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn fast_fires_equal_the_scan_oracle(
+            expr in fast_path_expr_strategy(),
+            (zone, start) in zone_and_instant(),
+            nanos in prop_oneof![Just(0u32), 0u32..1_000_000_000],
+            n in 1usize..4,
+        ) {
+            let cron = CronExpr::parse(&expr).unwrap();
+            let start = start + TimeDelta::nanoseconds(i64::from(nanos));
+            prop_assert_eq!(
+                cron.next_after(zone, start),
+                cron.next_after_by_scan(zone, start),
+                "{} in {} after {}", expr, zone, start
+            );
+            let fast: Vec<_> = cron.fires_after(zone, start).take(n).collect();
+            let mut slow = Vec::new();
+            let mut t = start;
+            while slow.len() < n {
+                let Some(next) = cron.next_after_by_scan(zone, t) else { break };
+                slow.push(next);
+                t = next;
+            }
+            prop_assert_eq!(fast, slow, "{} in {} after {}", expr, zone, start);
+        }
+
     }
 }

@@ -44,6 +44,7 @@ pub enum Code {
     SourceNotFound,
     RunsTwice,
     RunsPerParentScope,
+    NeverFiresAgain,
 }
 
 impl Code {
@@ -74,6 +75,7 @@ impl Code {
             Code::SourceNotFound => "W004",
             Code::RunsTwice => "W007",
             Code::RunsPerParentScope => "W008",
+            Code::NeverFiresAgain => "W005",
         }
     }
 
@@ -105,6 +107,7 @@ impl Code {
             Code::SourceNotFound => "source-not-found",
             Code::RunsTwice => "runs-twice",
             Code::RunsPerParentScope => "runs-per-parent-scope",
+            Code::NeverFiresAgain => "never-fires-again",
         }
     }
 }

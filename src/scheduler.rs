@@ -7,7 +7,8 @@
 //! time comes from a [`Clock`], so tests drive a simulated year in
 //! milliseconds.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -307,27 +308,42 @@ pub struct PlannedFire {
     pub jobs: Vec<PlannedJob>,
 }
 
-/// Every fire in `(from, to]` and the jobs it would create, dependents
-/// included, assuming every job succeeds. Joins carry state from one fire to
-/// the next, as in the engine: a digest that waits for a daily and a weekly
-/// report appears under the fire that completes it.
-pub fn plan(
-    workflow: &Workflow,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    limit: usize,
-) -> Vec<PlannedFire> {
+/// What `flowctl plan` shows: the first fires of a window and whether there were more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub fires: Vec<PlannedFire>,
+    /// The window has more fires than the limit: `fires` holds the first `limit`.
+    pub truncated: bool,
+}
+
+/// The first `limit` fires in `(from, to]` (by time, then schedule order) and the jobs each
+/// would create, dependents included, assuming every job succeeds. Joins carry state from one
+/// fire to the next, as in the engine: a digest that waits for a daily and a weekly report
+/// appears under the fire that completes it.
+pub fn plan(workflow: &Workflow, from: DateTime<Utc>, to: DateTime<Utc>, limit: usize) -> Plan {
+    // Merge the schedules' fire streams: each is computed only as far as the limit needs.
+    let mut streams: Vec<_> = workflow
+        .schedules
+        .iter()
+        .map(|s| s.cron.fires_between(s.zone, from, to))
+        .collect();
+    let mut heads: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = streams
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, fires)| Some(Reverse((fires.next()?, i))))
+        .collect();
     let mut fires: Vec<(DateTime<Utc>, usize)> = Vec::new();
-    for (i, s) in workflow.schedules.iter().enumerate() {
-        for t in s.cron.fires_between(s.zone, from, to) {
-            fires.push((t, i));
-            if fires.len() > limit.saturating_mul(2) + 1000 {
-                break;
-            }
+    let mut truncated = false;
+    while let Some(Reverse((t, i))) = heads.pop() {
+        if fires.len() == limit {
+            truncated = true;
+            break;
+        }
+        fires.push((t, i));
+        if let Some(next) = streams[i].next() {
+            heads.push(Reverse((next, i)));
         }
     }
-    fires.sort();
-    fires.truncate(limit);
     let mut pending: HashMap<(usize, String, Option<String>), HashSet<String>> = HashMap::new();
     let mut out = Vec::with_capacity(fires.len());
     for (at, i) in fires {
@@ -380,7 +396,10 @@ pub fn plan(
             jobs,
         });
     }
-    out
+    Plan {
+        fires: out,
+        truncated,
+    }
 }
 
 #[cfg(test)]
@@ -535,6 +554,53 @@ mod tests {
             .fires_between(s.zone, t("2026-11-01T00:00:00Z"), t("2026-11-02T00:00:00Z"))
             .collect();
         assert_eq!(fires, vec![t("2026-11-01T05:30:00Z")]);
+    }
+
+    fn two_schedule_workflow(a: &str, b: &str) -> Workflow {
+        let text = format!(
+            "config {{\n  all_counties ADMIN\n}}\nroles ADMIN\nsource s {{\n  path \"x.csv\"\n}}\nreport R {{\n  source s\n}}\n\
+             schedule a {{\n  cron \"{a}\"\n  run R\n  roles ADMIN\n}}\n\
+             schedule b {{\n  cron \"{b}\"\n  run R\n  roles ADMIN\n}}\n"
+        );
+        let loaded = crate::loader::load_text(std::path::Path::new("w.flow"), text);
+        let c = crate::compiler::compile(loaded);
+        c.workflow.unwrap_or_else(|| panic!("{:?}", c.diagnostics))
+    }
+
+    #[test]
+    fn plan_is_cut_at_the_limit_and_says_so() {
+        let w = two_schedule_workflow("0 * * * * ?", "0 30 5 * * ?");
+        let from = t("2027-01-01T00:00:00Z");
+        let to = t("2027-01-01T01:00:00Z");
+        let cut = plan(&w, from, to, 5);
+        assert!(cut.truncated);
+        assert_eq!(cut.fires.len(), 5);
+        let whole = plan(&w, from, to, 60);
+        assert!(!whole.truncated, "exactly the limit is not cut");
+        assert_eq!(whole.fires.len(), 60);
+        assert!(!plan(&w, from, to, 1000).truncated);
+    }
+
+    #[test]
+    fn plan_merges_schedules_by_time_whatever_their_rate() {
+        // Two schedules firing every second: the first ten fires alternate, as the engine
+        // would create them (the plan once took the first schedule's fires only).
+        let w = two_schedule_workflow("* * * * * ?", "* * * * * ?");
+        let from = t("2027-01-01T00:00:00Z");
+        let p = plan(&w, from, from + chrono::Duration::days(1), 10);
+        let got: Vec<_> = p
+            .fires
+            .iter()
+            .map(|f| (f.at, f.schedule.as_str()))
+            .collect();
+        let want: Vec<_> = (1..=5)
+            .flat_map(|s| {
+                let at = from + chrono::Duration::seconds(s);
+                [(at, "a"), (at, "b")]
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert!(p.truncated);
     }
 
     #[tokio::test]

@@ -2,7 +2,11 @@
 //! created at most once across restarts and concurrent schedulers, missed
 //! fires follow the catch-up policy, and `run` follows the clock.
 
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -251,4 +255,217 @@ async fn daily_fire_in_new_york_across_spring_forward() {
             t("2026-03-09T09:30:00Z")
         ]
     );
+}
+
+/// A workflow of one schedule, written to `dir/w.flow` (with its source, so `check` has
+/// nothing to say about the data).
+fn one_schedule_file(dir: &Path, cron: &str, zone: &str) -> std::path::PathBuf {
+    std::fs::write(dir.join("x.csv"), "id\n1\n").unwrap();
+    let path = dir.join("w.flow");
+    std::fs::write(
+        &path,
+        format!(
+            "config {{\n  all_counties ADMIN\n}}\nroles ADMIN\nsource s {{\n  path \"x.csv\"\n}}\nreport R {{\n  source s\n}}\n\
+             schedule every {{\n  cron \"{cron}\"\n  zone \"{zone}\"\n  run R\n  roles ADMIN\n}}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn schedule_output_streams_and_stops_at_a_closed_pipe() {
+    // A year of every-second fires across Berlin's spring-forward: the first lines arrive
+    // while the rest is still being computed, and closing the pipe ends the command, exit 0.
+    let dir = tempfile::tempdir().unwrap();
+    let file = one_schedule_file(dir.path(), "* * * * * ?", "Europe/Berlin");
+    let mut child = common::Flowctl::new()
+        .args([
+            "schedule",
+            "--next",
+            "31536000",
+            "--from",
+            "2026-03-29T00:59:00Z",
+        ])
+        .args([&file])
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flowctl starts");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for _ in 0..3 {
+            let line = lines.next().expect("a line").expect("utf-8");
+            lines_tx.send(line).unwrap();
+        }
+        // Dropping the reader closes the pipe, as `| head -3` does.
+    });
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        // Generous: the old code wrote nothing before computing every fire (hours, GBs).
+        match lines_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => first.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no streamed output; got {first:?}");
+            }
+        }
+    }
+    reader.join().unwrap();
+    assert!(
+        first[0].starts_with("every  \"* * * * * ?\"  Europe/Berlin"),
+        "{first:?}"
+    );
+    assert_eq!(
+        first[1],
+        "  2026-03-29 01:59:01 CET (+01:00)  2026-03-29T00:59:01Z"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("flowctl kept running after its reader left");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn schedule_every_second_crosses_the_spring_forward_gap_in_real_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = one_schedule_file(dir.path(), "* * * * * ?", "Europe/Berlin");
+    let run = common::Flowctl::new()
+        .args(["schedule", "--next", "3", "--from", "2026-03-29T00:59:58Z"])
+        .args([&file])
+        .output()
+        .success();
+    let lines: Vec<_> = run.stdout().lines().skip(1).map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "  2026-03-29 01:59:59 CET (+01:00)  2026-03-29T00:59:59Z",
+            "  2026-03-29 03:00:00 CEST (+02:00)  2026-03-29T01:00:00Z",
+            "  2026-03-29 03:00:01 CEST (+02:00)  2026-03-29T01:00:01Z",
+        ]
+    );
+}
+
+#[test]
+fn plan_says_when_it_is_cut_at_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = one_schedule_file(dir.path(), "0 * * * * ?", "UTC");
+    let window = [
+        "--from",
+        "2027-01-01T00:00:00Z",
+        "--to",
+        "2027-01-01T01:00:00Z",
+    ];
+    let cut = common::Flowctl::new()
+        .args(["plan", "--limit", "5"])
+        .args(window)
+        .args([&file])
+        .output()
+        .success();
+    assert_eq!(
+        cut.stdout()
+            .lines()
+            .filter(|l| l.starts_with("2027"))
+            .count(),
+        5
+    );
+    assert!(
+        cut.stdout().contains("5 fire(s), 5 job(s)"),
+        "{}",
+        cut.stdout()
+    );
+    assert!(
+        cut.stderr()
+            .contains("… plan cut at 5 fires; use --limit to see more"),
+        "{}",
+        cut.stderr()
+    );
+    // 60 fires in the hour: a limit of 60 shows them all and says nothing.
+    let whole = common::Flowctl::new()
+        .args(["plan", "--limit", "60"])
+        .args(window)
+        .args([&file])
+        .output()
+        .success();
+    assert!(whole.stdout().contains("60 fire(s)"), "{}", whole.stdout());
+    assert!(!whole.stderr().contains("plan cut"), "{}", whole.stderr());
+}
+
+#[test]
+fn check_refuses_restricted_or_unset_day_fields_and_never_firing_years_with_e006() {
+    let dir = tempfile::tempdir().unwrap();
+    for (cron, says) in [
+        (
+            "0 0 9 1-7 * MON",
+            "are both restricted, which Quartz refuses",
+        ),
+        ("0 0 9 ? * ?", "'?' in both day-of-month and day-of-week"),
+        (
+            "0 0 0 30 2 ?",
+            "day-of-month 30 never occurs in the selected months (FEB)",
+        ),
+        ("0 0 0 29 2 ? 2027", "the expression never fires"),
+    ] {
+        let file = one_schedule_file(dir.path(), cron, "UTC");
+        let run = common::Flowctl::new()
+            .args(["check"])
+            .args([&file])
+            .output()
+            .status(1);
+        // The message as one line (the renderer wraps it).
+        let err: Vec<_> = run
+            .stderr()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let err = err
+            .into_iter()
+            .filter(|w| w != "│")
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(err.contains("E006"), "{cron}: {err}");
+        assert!(err.contains(says), "{cron}: {err}");
+    }
+}
+
+#[test]
+fn check_warns_about_a_schedule_that_fires_only_in_the_past() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = one_schedule_file(dir.path(), "0 0 0 * * ? 2020", "UTC");
+    let run = common::Flowctl::new()
+        .args(["check"])
+        .args([&file])
+        .output()
+        .success();
+    let err = run.stderr();
+    assert!(err.contains("W005"), "{err}");
+    assert!(
+        err.contains(
+            "schedule `every` never fires again: \"0 0 0 * * ? 2020\" has no fire time after"
+        ),
+        "{err}"
+    );
+    assert!(run.stdout().contains("1 warning"), "{}", run.stdout());
+    // A schedule with fires ahead: no W005.
+    let file = one_schedule_file(dir.path(), "0 0 0 * * ? 2020-2099", "UTC");
+    let run = common::Flowctl::new()
+        .args(["check"])
+        .args([&file])
+        .output()
+        .success();
+    assert!(!run.stderr().contains("W005"), "{}", run.stderr());
 }

@@ -236,6 +236,9 @@ fn check(paths: &[PathBuf]) -> u8 {
         Ok(c) => c,
         Err(e) => return error(e),
     };
+    // Depends on today's date, so not the (pure) compiler's business.
+    let past = past_schedules(c.workflow.as_ref(), Utc::now());
+    c.diagnostics.extend(past);
     // What only the data can prove wrong: each rule's column against its source's header.
     if let Some(w) = &c.workflow {
         let found = crate::source_check::check_sources(w, crate::pipeline::read_columns);
@@ -270,6 +273,30 @@ fn check(paths: &[PathBuf]) -> u8 {
             EXIT_FAILURE
         }
     }
+}
+
+/// W005 for every schedule that has no fire time after `now` (a past year field).
+fn past_schedules(
+    workflow: Option<&crate::workflow::Workflow>,
+    now: DateTime<Utc>,
+) -> Vec<diagnostic::Diagnostic> {
+    let schedules = workflow.map(|w| w.schedules.as_slice()).unwrap_or_default();
+    schedules
+        .iter()
+        .filter(|s| s.cron.next_after(s.zone, now).is_none())
+        .map(|s| {
+            diagnostic::Diagnostic::warning(
+                diagnostic::Code::NeverFiresAgain,
+                format!(
+                    "schedule `{}` never fires again: \"{}\" has no fire time after {}",
+                    s.name,
+                    s.cron.source(),
+                    now.format("%Y-%m-%d")
+                ),
+            )
+            .help("its year field is in the past; widen it or remove the schedule")
+        })
+        .collect()
 }
 
 fn plural_suffix(n: usize, word: &str) -> String {
@@ -359,32 +386,55 @@ fn schedule(paths: &[PathBuf], next: usize, from: Option<&str>) -> u8 {
         Ok(w) => w,
         Err(code) => return code,
     };
-    let mut out = String::new();
+    // Each fire is written as it is computed: `--next 31536000` (a year of seconds) runs in
+    // flat memory, and `| head` ends it at once.
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    match write_schedule(&mut out, w, next, from).and_then(|()| out.flush()) {
+        Ok(()) => EXIT_OK,
+        // The reader is gone (`| head`): a normal end.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) => error(format!("cannot write to stdout: {e}")),
+    }
+}
+
+fn write_schedule(
+    out: &mut impl Write,
+    w: &crate::workflow::Workflow,
+    next: usize,
+    from: DateTime<Utc>,
+) -> std::io::Result<()> {
+    let local_format: Vec<_> = chrono::format::StrftimeItems::new("%Y-%m-%d %H:%M:%S %Z (%:z)")
+        .parse_to_owned()
+        .map_err(std::io::Error::other)?;
+    let utc_format: Vec<_> = chrono::format::StrftimeItems::new("%Y-%m-%dT%H:%M:%SZ")
+        .parse_to_owned()
+        .map_err(std::io::Error::other)?;
     for s in &w.schedules {
-        out.push_str(&format!(
-            "{}  \"{}\"  {}  runs {}\n",
+        writeln!(
+            out,
+            "{}  \"{}\"  {}  runs {}",
             s.name,
             s.cron.source(),
             s.zone.name(),
             s.reports.join(", ")
-        ));
-        let mut t = from;
+        )?;
+        let mut fires = s.cron.fires_after(s.zone, from);
         for _ in 0..next {
-            let Some(fire) = s.cron.next_after(s.zone, t) else {
-                out.push_str("  (no more fire times)\n");
+            let Some(fire) = fires.next() else {
+                writeln!(out, "  (no more fire times)")?;
                 break;
             };
             let local = fire.with_timezone(&s.zone);
-            out.push_str(&format!(
-                "  {}  {}\n",
-                local.format("%Y-%m-%d %H:%M:%S %Z (%:z)"),
-                fire.format("%Y-%m-%dT%H:%M:%SZ")
-            ));
-            t = fire;
+            writeln!(
+                out,
+                "  {}  {}",
+                local.format_with_items(local_format.iter()),
+                fire.format_with_items(utc_format.iter())
+            )?;
         }
     }
-    out!("{out}");
-    EXIT_OK
+    Ok(())
 }
 
 /// `--store` / `--db`: where the jobs are, for every command that reads or runs them.
@@ -490,10 +540,11 @@ fn plan(paths: &[PathBuf], from: Option<&str>, to: Option<&str>, limit: usize) -
         Ok(w) => w,
         Err(code) => return code,
     };
-    let fires = crate::scheduler::plan(w, from, to, limit);
+    let plan = crate::scheduler::plan(w, from, to, limit);
+    let fires = &plan.fires;
     let mut out = String::new();
     let mut total = 0;
-    for f in &fires {
+    for f in fires {
         let zone = w
             .schedules
             .iter()
@@ -528,6 +579,9 @@ fn plan(paths: &[PathBuf], from: Option<&str>, to: Option<&str>, limit: usize) -
         to.format("%Y-%m-%dT%H:%M:%SZ")
     ));
     out!("{out}");
+    if plan.truncated {
+        eprintln!("… plan cut at {limit} fires; use --limit to see more");
+    }
     EXIT_OK
 }
 
