@@ -77,8 +77,7 @@ pub fn parse_with_pest(file: FileId, text: &str) -> Parsed {
         if pos >= text.len() {
             break;
         }
-        let rest = &text[pos..];
-        match FlowParser::parse(Rule::item_line, rest) {
+        match parse_item(text, pos) {
             Ok(mut pairs) => {
                 let Some(pair) = pairs.next() else { break };
                 let end = pair.as_span().end();
@@ -105,6 +104,52 @@ pub fn parse_with_pest(file: FileId, text: &str) -> Parsed {
     Parsed {
         file: FlowFile { items },
         diagnostics,
+    }
+}
+
+/// One `item_line` at `pos`, parsed from as little of the text as gives the
+/// answer the whole rest would give.
+///
+/// pest's error costs the length of its input after the error (it looks for
+/// the start of the error's line from the end of the input), so parsing the
+/// rest of the file for every broken item would make recovery quadratic.
+/// The item is parsed from a prefix that ends at a line start instead: first
+/// up to the next line that starts a declaration, then twice as much, and so
+/// on. A prefix gives the whole text's answer unless the parser reached its
+/// end: every token before it is the same, and reaching the end shows up as an
+/// error (or a match) at the end, after which the prefix is widened.
+fn parse_item(
+    text: &str,
+    pos: usize,
+) -> Result<pest::iterators::Pairs<'_, Rule>, pest::error::Error<Rule>> {
+    let mut cut = resume_point(text, pos);
+    loop {
+        let rest = &text[pos..cut];
+        let at_end = cut >= text.len();
+        let result = FlowParser::parse(Rule::item_line, rest);
+        let reached_cut = match &result {
+            // Matched up to the end of the prefix, not up to a line end.
+            Ok(pairs) => pairs.clone().any(|p| p.as_rule() == Rule::EOI),
+            Err(err) => {
+                let at = match err.location {
+                    InputLocation::Pos(p) => p,
+                    InputLocation::Span((p, _)) => p,
+                };
+                at >= rest.len()
+            }
+        };
+        if at_end || !reached_cut {
+            return result;
+        }
+        let target = pos + 2 * (cut - pos).max(64);
+        cut = match text
+            .as_bytes()
+            .get(target..)
+            .and_then(|t| memchr::memchr(b'\n', t))
+        {
+            Some(i) => target + i + 1,
+            None => text.len(),
+        };
     }
 }
 
