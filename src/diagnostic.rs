@@ -20,6 +20,8 @@ pub const MAX_RENDERED: usize = 100;
 pub const MAX_QUOTE_CHARS: usize = 60;
 /// The most characters of a message, a label or a help text.
 pub const MAX_MESSAGE_CHARS: usize = 400;
+/// The most labels drawn for one diagnostic (a long cycle has one per edge).
+pub const MAX_LABELS: usize = 10;
 /// Names longer than this get no "did you mean" (and cost nothing to compare).
 const MAX_SUGGESTED_NAME_CHARS: usize = 100;
 
@@ -406,17 +408,29 @@ impl MietteView {
             Severity::Warning => miette::Severity::Warning,
         };
         let primary_file = diag.primary_span().map(|s| s.file);
+        let labels = &diag.labels[..diag.labels.len().min(MAX_LABELS)];
+        let mut help = diag.help.clone().map(bounded);
+        if diag.labels.len() > labels.len() {
+            let more = format!(
+                "({} more locations not shown)",
+                diag.labels.len() - labels.len()
+            );
+            help = Some(match help {
+                Some(h) => format!("{h}\n{more}"),
+                None => more,
+            });
+        }
         let mut view = MietteView {
             code: diag.code.to_string(),
             severity,
             message: bounded(diag.message.clone()),
-            help: diag.help.clone().map(bounded),
+            help,
             source: None,
             labels: Vec::new(),
             related: Vec::new(),
         };
         if let Some(file) = primary_file {
-            let in_file: Vec<&Label> = diag.labels.iter().filter(|l| l.span.file == file).collect();
+            let in_file: Vec<&Label> = labels.iter().filter(|l| l.span.file == file).collect();
             let (excerpt, spans) = excerpt_of(sources, file, &in_file);
             view.source = Some(excerpt);
             for (i, (label, span)) in in_file.iter().zip(spans).enumerate() {
@@ -428,11 +442,7 @@ impl MietteView {
                 });
             }
         }
-        for label in diag
-            .labels
-            .iter()
-            .filter(|l| Some(l.span.file) != primary_file)
-        {
+        for label in labels.iter().filter(|l| Some(l.span.file) != primary_file) {
             let (excerpt, spans) = excerpt_of(sources, label.span.file, &[label]);
             view.related.push(MietteView {
                 code: String::new(),

@@ -35,7 +35,7 @@ fn error_cases_match_their_diagnostics() {
     // One case per diagnostic the compiler can emit.
     for code in [
         "E001", "E002", "E003", "E004", "E005", "E006", "E007", "E008", "E009", "E010", "E011",
-        "E012", "E013", "E014", "E015", "E016", "W001", "W002",
+        "E012", "E013", "E014", "E015", "E016", "E017", "E018", "W001", "W002",
     ] {
         assert!(codes.contains(code), "no error case produces {code}");
     }

@@ -15,9 +15,9 @@ use miette::{MietteError, MietteSpanContents, SourceCode, SourceSpan, SpanConten
 use crate::source_map::SourceFile;
 
 /// The most characters of one line a diagnostic shows.
-pub const MAX_LINE_CHARS: usize = 160;
+pub const MAX_LINE_CHARS: usize = 120;
 /// Of which at most this many before the label.
-const CHARS_BEFORE_LABEL: usize = 60;
+const CHARS_BEFORE_LABEL: usize = 50;
 /// Lines shown above and below a label (miette's `context_lines`).
 pub const CONTEXT_LINES: usize = 1;
 /// A label over more lines than this is drawn on its first line only.
