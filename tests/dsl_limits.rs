@@ -143,7 +143,10 @@ fn the_root_of_a_directory_is_that_directory() {
 #[test]
 fn an_include_through_a_symlink_out_of_the_root_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("outside/secret.flow"), "roles LEAKED_ROLE\n");
+    write(
+        &dir.path().join("outside/secret.flow"),
+        "roles LEAKED_ROLE\n",
+    );
     write(
         &dir.path().join("wf/main.flow"),
         &format!("{VALID}include \"link/secret.flow\"\n"),
@@ -194,9 +197,7 @@ fn an_include_of_a_fifo_is_refused_without_blocking() {
         .unwrap();
     assert!(made.success());
     let out = run_with_limit(
-        Flowctl::new()
-            .dir(dir.path())
-            .args(["check", "main.flow"]),
+        Flowctl::new().dir(dir.path()).args(["check", "main.flow"]),
         Duration::from_secs(60),
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -205,9 +206,7 @@ fn an_include_of_a_fifo_is_refused_without_blocking() {
     assert!(err.contains("it is a FIFO, not a regular file"), "{err}");
     // Named on the command line, it is refused too.
     let out = run_with_limit(
-        Flowctl::new()
-            .dir(dir.path())
-            .args(["check", "pipe.flow"]),
+        Flowctl::new().dir(dir.path()).args(["check", "pipe.flow"]),
         Duration::from_secs(60),
     );
     let err = String::from_utf8_lossy(&out.stderr);
@@ -259,7 +258,11 @@ fn an_include_over_16_mib_is_refused() {
         .args(["check", "huge.flow"])
         .output()
         .status(2);
-    assert!(run.stderr().contains("larger than 16 MiB"), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("larger than 16 MiB"),
+        "{}",
+        run.stderr()
+    );
 }
 
 #[test]
@@ -318,7 +321,10 @@ fn a_long_line_is_shown_as_an_excerpt_and_quoted_input_is_cut() {
     let zone = "Z".repeat(2 * 1024 * 1024);
     write(
         &dir.path().join("zone.flow"),
-        &VALID.replace("roles ADMIN\n}", &format!("roles ADMIN\n  zone  \"{zone}\"\n}}")),
+        &VALID.replace(
+            "roles ADMIN\n}",
+            &format!("roles ADMIN\n  zone  \"{zone}\"\n}}"),
+        ),
     );
     let run = Flowctl::new()
         .dir(dir.path())

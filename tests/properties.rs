@@ -18,7 +18,10 @@
 //! * arbitrary text, token soup, mutated valid workflows and random cron
 //!   strings never make the parser, the compiler or the formatter panic,
 //!   every label span lies on char boundaries inside its file, and a syntax
-//!   error always yields `E001`.
+//!   error always yields `E001`;
+//! * for hostile text (very long lines, thousands of broken declarations,
+//!   huge strings, non-ASCII and control characters, a `}` past column
+//!   65,535) the diagnostics render without a panic to bounded output.
 //!
 //! `PROPTEST_CASES=2000 cargo test --test properties` runs a longer soak.
 
@@ -2242,17 +2245,24 @@ proptest! {
 /// declarations, a huge zone string, a `}` past column 65,535, and anything
 /// else.
 fn hostile_text() -> impl Strategy<Value = String> {
-    let fill = select(vec![" ", "é", "x", "\"", "{", "\u{202e}", "\t", "\u{1b}[2J", "😀"]);
+    let fill = select(vec![
+        " ",
+        "é",
+        "x",
+        "\"",
+        "{",
+        "\u{202e}",
+        "\t",
+        "\u{1b}[2J",
+        "😀",
+    ]);
     let piece = prop_oneof![
         select(TOKENS.to_vec()).prop_map(str::to_string),
         any::<String>(),
         (1usize..20_000, fill).prop_map(|(n, s)| s.repeat(n)),
         (1usize..2_000).prop_map(|n| "report X {\n".repeat(n)),
         (1usize..2_000).prop_map(|n| "bogus\n".repeat(n)),
-        (1usize..50_000).prop_map(|n| format!(
-            "schedule s {{\n  zone \"{}\"\n}}\n",
-            "ü".repeat(n)
-        )),
+        (1usize..50_000).prop_map(|n| format!("schedule s {{\n  zone \"{}\"\n}}\n", "ü".repeat(n))),
         Just(format!("{}}}", " ".repeat(70_000))),
         Just("report R {\n  source s\n  chunk_size 0\n}\n".to_string()),
     ];
