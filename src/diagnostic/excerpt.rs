@@ -342,6 +342,7 @@ fn printable_char(c: char) -> char {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // a list of one span
 mod tests {
     use super::*;
     use std::path::PathBuf;
