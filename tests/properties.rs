@@ -2083,6 +2083,21 @@ proptest! {
         check_fmt_if_clean(&text)?;
     }
 
+    #[test]
+    fn recovery_from_prefixes_agrees_on_mutated_workflows(
+        spec in spec(),
+        muts in vec(mutation(), 1..6),
+    ) {
+        let (mut text, _) = spec.render();
+        for m in &muts {
+            text = mutate(&text, m);
+        }
+        let fast = parser::parse_with_pest(FileId(0), &text);
+        let whole = parser::parse_with_pest_whole_rest(FileId(0), &text);
+        prop_assert_eq!(fast.file, whole.file, "{:?}", text);
+        prop_assert_eq!(fast.diagnostics, whole.diagnostics, "{:?}", text);
+    }
+
     /// A character no token can hold, put outside strings and comments of a
     /// valid workflow, is always reported as `E001`.
     #[test]
@@ -2283,6 +2298,19 @@ proptest! {
     /// produced without a panic and is bounded: at most `MAX_RENDERED`
     /// diagnostics, each of a bounded number of bounded lines, and one line
     /// counting the rest.
+    /// Recovery parses each item from a prefix of the text (linear); the
+    /// answer is the one the whole rest of the text gives (quadratic).
+    #[test]
+    fn recovery_from_prefixes_agrees_with_the_whole_rest(
+        toks in vec(select(TOKENS.to_vec()), 0..120),
+    ) {
+        let text = toks.concat();
+        let fast = parser::parse_with_pest(FileId(0), &text);
+        let whole = parser::parse_with_pest_whole_rest(FileId(0), &text);
+        prop_assert_eq!(fast.file, whole.file, "{:?}", text);
+        prop_assert_eq!(fast.diagnostics, whole.diagnostics, "{:?}", text);
+    }
+
     #[test]
     fn check_output_is_bounded_for_any_input(text in hostile_text()) {
         let c = compile_text(&text);
