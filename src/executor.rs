@@ -581,12 +581,12 @@ impl Engine {
         let shared = Arc::new(Shared::default());
         let observer_state = shared.clone();
         let run_started = Instant::now();
-        let earlier = earlier_results(job, &spec.result_path, spec.output_format);
+        let leftovers = leftover_results(job, &spec.result_path, spec.output_format);
         let job_id = job.job_id.clone();
         let mut handle = tokio::task::spawn_blocking(move || {
-            // This attempt holds the job: what an earlier attempt left (it died after writing
+            // This attempt holds the job: what an earlier holder left (it died after writing
             // its result, before completing) is nobody's result.
-            for path in earlier {
+            for path in leftovers {
                 discard_result(&job_id, &path);
             }
             let mut observer = SharedObserver(observer_state);
@@ -917,10 +917,15 @@ pub fn result_file_name(job_id: &JobId, attempt: u32, format: DataFormat) -> Str
     }
 }
 
-/// The result paths of the attempts before `job`'s, beside `result_path`.
-fn earlier_results(job: &Job, result_path: &std::path::Path, format: DataFormat) -> Vec<PathBuf> {
+/// The result paths of `job`'s attempts up to its current one, beside `result_path`: what
+/// holders that are gone may have left. The current attempt's own path is among them because
+/// a claim of the embedded store may be lost in a crash (claims are written lazily), so the
+/// same attempt number can run again after a restart; its earlier holder was the process
+/// that died, since one process holds an embedded store. A shared store's claims are durable,
+/// so there an attempt number has one holder and its path is free.
+fn leftover_results(job: &Job, result_path: &std::path::Path, format: DataFormat) -> Vec<PathBuf> {
     let dir = result_path.parent().unwrap_or(std::path::Path::new("."));
-    (1..job.attempt)
+    (1..=job.attempt.max(1))
         .map(|attempt| dir.join(result_file_name(&job.job_id, attempt, format)))
         .collect()
 }

@@ -74,19 +74,52 @@ impl SourceFile {
         }
     }
 
-    /// 1-based line and column (in characters) of a byte offset.
+    /// 1-based line and column (in characters) of a byte offset: a binary
+    /// search in the line index, then a count of the characters before the
+    /// offset on its line.
     pub fn line_col(&self, offset: u32) -> (usize, usize) {
-        let line = match self.line_starts.binary_search(&offset) {
-            Ok(i) => i,
-            Err(i) => i - 1,
-        };
+        let line = self.line_of(offset as usize);
         let start = self.line_starts[line] as usize;
-        let end = (offset as usize).min(self.text.len());
+        let mut end = (offset as usize).min(self.text.len());
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
         let col = self
             .text
             .get(start..end)
             .map_or(1, |s| s.chars().count() + 1);
         (line + 1, col)
+    }
+
+    /// 0-based index of the line holding a byte offset (offsets past the end
+    /// are on the last line).
+    pub fn line_of(&self, offset: usize) -> usize {
+        let offset = u32::try_from(offset).unwrap_or(u32::MAX);
+        match self.line_starts.binary_search(&offset) {
+            Ok(i) => i,
+            // `line_starts[0]` is 0, so `i` is at least 1.
+            Err(i) => i.saturating_sub(1),
+        }
+    }
+
+    /// Number of lines: one more than the number of `\n` (a file ending with
+    /// a line end has an empty last line).
+    pub fn line_count(&self) -> usize {
+        self.line_starts.len()
+    }
+
+    /// Byte range of a 0-based line's text, without its `\n` (or `\r\n`).
+    pub fn line_range(&self, line: usize) -> std::ops::Range<usize> {
+        let len = self.text.len();
+        let start = self.line_starts.get(line).map_or(len, |s| *s as usize);
+        let mut end = self
+            .line_starts
+            .get(line + 1)
+            .map_or(len, |next| (*next as usize).saturating_sub(1));
+        if end > start && self.text.as_bytes().get(end - 1) == Some(&b'\r') {
+            end -= 1;
+        }
+        start.min(len)..end.max(start).min(len)
     }
 
     /// The directory relative paths inside this file are resolved against.

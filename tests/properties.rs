@@ -18,7 +18,10 @@
 //! * arbitrary text, token soup, mutated valid workflows and random cron
 //!   strings never make the parser, the compiler or the formatter panic,
 //!   every label span lies on char boundaries inside its file, and a syntax
-//!   error always yields `E001`.
+//!   error always yields `E001`;
+//! * for hostile text (very long lines, thousands of broken declarations,
+//!   huge strings, non-ASCII and control characters, a `}` past column
+//!   65,535) the diagnostics render without a panic to bounded output.
 //!
 //! `PROPTEST_CASES=2000 cargo test --test properties` runs a longer soak.
 
@@ -2088,6 +2091,21 @@ proptest! {
         check_fmt_if_clean(&text)?;
     }
 
+    #[test]
+    fn recovery_from_prefixes_agrees_on_mutated_workflows(
+        spec in spec(),
+        muts in vec(mutation(), 1..6),
+    ) {
+        let (mut text, _) = spec.render();
+        for m in &muts {
+            text = mutate(&text, m);
+        }
+        let fast = parser::parse_with_pest(FileId(0), &text);
+        let whole = parser::parse_with_pest_whole_rest(FileId(0), &text);
+        prop_assert_eq!(fast.file, whole.file, "{:?}", text);
+        prop_assert_eq!(fast.diagnostics, whole.diagnostics, "{:?}", text);
+    }
+
     /// A character no token can hold, put outside strings and comments of a
     /// valid workflow, is always reported as `E001`.
     #[test]
@@ -2242,6 +2260,92 @@ proptest! {
     #[test]
     fn token_soup_never_panics(toks in vec(select(TOKENS.to_vec()), 0..80)) {
         check_robust(&toks.concat())?;
+    }
+}
+
+/// Text built to make diagnostics expensive: very long lines (blanks,
+/// non-ASCII, bidirectional overrides, an open string), thousands of broken
+/// declarations, a huge zone string, a `}` past column 65,535, and anything
+/// else.
+fn hostile_text() -> impl Strategy<Value = String> {
+    let fill = select(vec![
+        " ",
+        "é",
+        "x",
+        "\"",
+        "{",
+        "\u{202e}",
+        "\t",
+        "\u{1b}[2J",
+        "😀",
+    ]);
+    let piece = prop_oneof![
+        select(TOKENS.to_vec()).prop_map(str::to_string),
+        any::<String>(),
+        (1usize..20_000, fill).prop_map(|(n, s)| s.repeat(n)),
+        (1usize..2_000).prop_map(|n| "report X {\n".repeat(n)),
+        (1usize..2_000).prop_map(|n| "bogus\n".repeat(n)),
+        (1usize..50_000).prop_map(|n| format!("schedule s {{\n  zone \"{}\"\n}}\n", "ü".repeat(n))),
+        Just(format!("{}}}", " ".repeat(70_000))),
+        Just("report R {\n  source s\n  chunk_size 0\n}\n".to_string()),
+    ];
+    vec(piece, 1..6).prop_map(|p| p.concat())
+}
+
+/// What one rendered line may hold: the excerpt of a source line (at most
+/// `MAX_LINE_CHARS` and two `…`), the gutter, and a label's text.
+const MAX_RENDERED_LINE_CHARS: usize =
+    diagnostic::MAX_LINE_CHARS + 2 + 40 + diagnostic::MAX_MESSAGE_CHARS;
+/// What one rendered diagnostic may hold.
+const MAX_RENDERED_DIAGNOSTIC_LINES: usize = 20 + diagnostic::MAX_LABELS * 8;
+
+proptest! {
+    #![proptest_config(runner_config(48))]
+
+    /// Whatever the input, `check`'s output (the diagnostics as rendered) is
+    /// produced without a panic and is bounded: at most `MAX_RENDERED`
+    /// diagnostics, each of a bounded number of bounded lines, and one line
+    /// counting the rest.
+    /// Recovery parses each item from a prefix of the text (linear); the
+    /// answer is the one the whole rest of the text gives (quadratic).
+    #[test]
+    fn recovery_from_prefixes_agrees_with_the_whole_rest(
+        toks in vec(select(TOKENS.to_vec()), 0..120),
+    ) {
+        let text = toks.concat();
+        let fast = parser::parse_with_pest(FileId(0), &text);
+        let whole = parser::parse_with_pest_whole_rest(FileId(0), &text);
+        prop_assert_eq!(fast.file, whole.file, "{:?}", text);
+        prop_assert_eq!(fast.diagnostics, whole.diagnostics, "{:?}", text);
+    }
+
+    #[test]
+    fn check_output_is_bounded_for_any_input(text in hostile_text()) {
+        let c = compile_text(&text);
+        let mut out = Vec::new();
+        diagnostic::render_all(&mut out, &c.diagnostics, &c.sources, RenderOptions::default())
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let out = String::from_utf8(out).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let shown = c.diagnostics.len().min(diagnostic::MAX_RENDERED);
+        let lines = out.lines().count();
+        prop_assert!(
+            lines <= shown * MAX_RENDERED_DIAGNOSTIC_LINES + 1,
+            "{lines} lines for {shown} diagnostics"
+        );
+        for line in out.lines() {
+            prop_assert!(
+                line.chars().count() <= MAX_RENDERED_LINE_CHARS,
+                "a line of {} characters: {:?}",
+                line.chars().count(),
+                line.chars().take(300).collect::<String>()
+            );
+            prop_assert!(!line.contains('\u{1b}') && !line.contains('\u{202e}'), "{line:?}");
+        }
+        if c.diagnostics.len() > diagnostic::MAX_RENDERED {
+            let more = c.diagnostics.len() - diagnostic::MAX_RENDERED;
+            let counted = format!("… and {more} more");
+            prop_assert!(out.contains(&counted), "no `{}` line", counted);
+        }
     }
 }
 

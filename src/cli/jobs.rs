@@ -148,7 +148,7 @@ async fn check_report_type(
         }
         types.into_iter().collect()
     } else {
-        let w = super::compiled_workflow(workflow, true)?;
+        let w = super::compiled_workflow(workflow, &super::IncludeArgs::default(), true)?;
         if w.reports.iter().any(|r| r.name == report) {
             return Ok(());
         }

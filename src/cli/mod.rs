@@ -68,6 +68,8 @@ pub enum Command {
         /// .flow files or directories of .flow files composing one workflow.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        includes: IncludeArgs,
     },
     /// Format .flow files in place (or check that they are formatted).
     Fmt {
@@ -77,6 +79,8 @@ pub enum Command {
         /// The .flow files to format (each on its own; includes are not followed).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        #[command(flatten)]
+        includes: IncludeArgs,
     },
     /// Draw the dependency graph.
     Graph {
@@ -86,6 +90,8 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = GraphFormatArg::Text)]
         format: GraphFormatArg,
+        #[command(flatten)]
+        includes: IncludeArgs,
     },
     /// Show the next fire times of every schedule, in its zone and in UTC.
     Schedule {
@@ -98,6 +104,8 @@ pub enum Command {
         /// Start instant (RFC 3339, e.g. 2026-03-08T00:00:00Z); default now.
         #[arg(long)]
         from: Option<String>,
+        #[command(flatten)]
+        includes: IncludeArgs,
     },
     /// List every fire in a time window and the jobs it would create,
     /// dependents included, without running anything.
@@ -114,6 +122,8 @@ pub enum Command {
         /// At most this many fires.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        #[command(flatten)]
+        includes: IncludeArgs,
     },
     /// Queue reports and run them and their dependents to completion.
     Run(run::RunArgs),
@@ -128,6 +138,25 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Print a development JWT signed with FLOWCTL_JWT_SECRET.
     Token(token::TokenArgs),
+}
+
+/// `--include-root`: where `include`s may read from, for every command that
+/// loads a workflow.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct IncludeArgs {
+    /// Also let `include`s read files under DIR (repeatable). By default an
+    /// include must stay inside the directory of the file, or the directory,
+    /// given.
+    #[arg(long = "include-root", value_name = "DIR")]
+    pub include_roots: Vec<PathBuf>,
+}
+
+impl IncludeArgs {
+    pub(crate) fn options(&self) -> loader::LoadOptions {
+        loader::LoadOptions {
+            include_roots: self.include_roots.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -171,16 +200,30 @@ where
         }
     };
     let code = match cli.command {
-        Command::Check { paths } => check(&paths),
-        Command::Fmt { check, files } => fmt(&files, check),
-        Command::Graph { paths, format } => graph_cmd(&paths, format.into()),
-        Command::Schedule { paths, next, from } => schedule(&paths, next, from.as_deref()),
+        Command::Check { paths, includes } => check(&paths, &includes),
+        Command::Fmt {
+            check,
+            files,
+            includes,
+        } => fmt(&files, check, &includes),
+        Command::Graph {
+            paths,
+            format,
+            includes,
+        } => graph_cmd(&paths, &includes, format.into()),
+        Command::Schedule {
+            paths,
+            next,
+            from,
+            includes,
+        } => schedule(&paths, &includes, next, from.as_deref()),
         Command::Plan {
             paths,
             from,
             to,
             limit,
-        } => plan(&paths, from.as_deref(), to.as_deref(), limit),
+            includes,
+        } => plan(&paths, &includes, from.as_deref(), to.as_deref(), limit),
         Command::Run(args) => run::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Serve(args) => serve::run(args),
@@ -205,8 +248,12 @@ fn error(message: impl std::fmt::Display) -> u8 {
 
 /// Loads and compiles, printing diagnostics. `None` means the caller should
 /// exit with the returned status.
-pub fn compile_and_report(paths: &[PathBuf], quiet_warnings: bool) -> Result<Compilation, u8> {
-    let mut compilation = compiler::compile_paths(paths).map_err(error)?;
+pub fn compile_and_report(
+    paths: &[PathBuf],
+    includes: &IncludeArgs,
+    quiet_warnings: bool,
+) -> Result<Compilation, u8> {
+    let mut compilation = compile(paths, includes).map_err(error)?;
     print_diagnostics(&compilation, quiet_warnings);
     if compilation.has_errors() {
         return Err(EXIT_FAILURE);
@@ -219,20 +266,29 @@ pub fn compile_and_report(paths: &[PathBuf], quiet_warnings: bool) -> Result<Com
     Ok(compilation)
 }
 
-fn print_diagnostics(c: &Compilation, quiet_warnings: bool) {
-    let options = render_options();
-    let stderr = std::io::stderr();
-    let mut err = stderr.lock();
-    for d in &c.diagnostics {
-        if quiet_warnings && d.severity == Severity::Warning {
-            continue;
-        }
-        let _ = write!(err, "{}", diagnostic::render(d, &c.sources, options));
-    }
+/// Loads (includes fenced by `includes`) and compiles.
+fn compile(paths: &[PathBuf], includes: &IncludeArgs) -> Result<Compilation, loader::LoadError> {
+    Ok(compiler::compile(loader::load_with(
+        paths,
+        &includes.options(),
+    )?))
 }
 
-fn check(paths: &[PathBuf]) -> u8 {
-    let mut c = match compiler::compile_paths(paths) {
+fn print_diagnostics(c: &Compilation, quiet_warnings: bool) {
+    let shown = c
+        .diagnostics
+        .iter()
+        .filter(|d| !(quiet_warnings && d.severity == Severity::Warning));
+    let _ = diagnostic::render_all(
+        &mut std::io::stderr().lock(),
+        shown,
+        &c.sources,
+        render_options(),
+    );
+}
+
+fn check(paths: &[PathBuf], includes: &IncludeArgs) -> u8 {
+    let mut c = match compile(paths, includes) {
         Ok(c) => c,
         Err(e) => return error(e),
     };
@@ -307,21 +363,23 @@ fn plural_suffix(n: usize, word: &str) -> String {
     }
 }
 
-fn fmt(files: &[PathBuf], check_only: bool) -> u8 {
+fn fmt(files: &[PathBuf], check_only: bool, includes: &IncludeArgs) -> u8 {
     let mut status = EXIT_OK;
     for path in files {
-        let text = match std::fs::read_to_string(path) {
+        let text = match loader::read_input(path) {
             Ok(t) => t,
-            Err(e) => return error(format!("cannot read {}: {e}", path.display())),
+            Err(e) => return error(e),
         };
-        let loaded = loader::load_text(path, text.clone());
+        let loaded = loader::load_text_with(path, text.clone(), &includes.options());
         if loaded.diagnostics.iter().any(|d| d.is_error()) {
             // Never rewrite a file we could not fully parse: we would drop
             // the declarations that failed.
-            let options = render_options();
-            for d in &loaded.diagnostics {
-                eprint!("{}", diagnostic::render(d, &loaded.sources, options));
-            }
+            let _ = diagnostic::render_all(
+                &mut std::io::stderr().lock(),
+                &loaded.diagnostics,
+                &loaded.sources,
+                render_options(),
+            );
             status = EXIT_FAILURE;
             continue;
         }
@@ -362,8 +420,8 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn graph_cmd(paths: &[PathBuf], format: GraphFormat) -> u8 {
-    let w = &match compiled_workflow(paths, true) {
+fn graph_cmd(paths: &[PathBuf], includes: &IncludeArgs, format: GraphFormat) -> u8 {
+    let w = &match compiled_workflow(paths, includes, true) {
         Ok(w) => w,
         Err(code) => return code,
     };
@@ -377,12 +435,12 @@ fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("`{s}` is not an RFC 3339 time such as 2026-03-08T00:00:00Z: {e}"))
 }
 
-fn schedule(paths: &[PathBuf], next: usize, from: Option<&str>) -> u8 {
+fn schedule(paths: &[PathBuf], includes: &IncludeArgs, next: usize, from: Option<&str>) -> u8 {
     let from = match from.map(parse_instant).transpose() {
         Ok(t) => t.unwrap_or_else(Utc::now),
         Err(e) => return error(e),
     };
-    let w = &match compiled_workflow(paths, true) {
+    let w = &match compiled_workflow(paths, includes, true) {
         Ok(w) => w,
         Err(code) => return code,
     };
@@ -524,7 +582,13 @@ pub(crate) async fn open_store(
     Ok((std::sync::Arc::new(store), key))
 }
 
-fn plan(paths: &[PathBuf], from: Option<&str>, to: Option<&str>, limit: usize) -> u8 {
+fn plan(
+    paths: &[PathBuf],
+    includes: &IncludeArgs,
+    from: Option<&str>,
+    to: Option<&str>,
+    limit: usize,
+) -> u8 {
     let from = match from.map(parse_instant).transpose() {
         Ok(t) => t.unwrap_or_else(Utc::now),
         Err(e) => return error(e),
@@ -536,7 +600,7 @@ fn plan(paths: &[PathBuf], from: Option<&str>, to: Option<&str>, limit: usize) -
     if to <= from {
         return error("--to must be after --from");
     }
-    let w = &match compiled_workflow(paths, true) {
+    let w = &match compiled_workflow(paths, includes, true) {
         Ok(w) => w,
         Err(code) => return code,
     };
@@ -588,9 +652,10 @@ fn plan(paths: &[PathBuf], from: Option<&str>, to: Option<&str>, limit: usize) -
 /// Compiles the workflow a long-running command runs; diagnostics printed.
 pub(crate) fn compiled_workflow(
     paths: &[PathBuf],
+    includes: &IncludeArgs,
     quiet_warnings: bool,
 ) -> Result<crate::workflow::Workflow, u8> {
-    compile_and_report(paths, quiet_warnings)?
+    compile_and_report(paths, includes, quiet_warnings)?
         .workflow
         .ok_or(EXIT_FAILURE)
 }

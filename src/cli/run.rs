@@ -25,6 +25,8 @@ pub struct RunArgs {
     /// The workflow: .flow files or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub includes: super::IncludeArgs,
     /// Report types to queue (repeatable). Default: every scheduled report,
     /// for each role (and county) of its schedules, as if they all fired now.
     #[arg(long = "report", short = 'r')]
@@ -151,7 +153,7 @@ fn root_jobs(
 }
 
 pub fn run(args: RunArgs) -> u8 {
-    match compiled_workflow(&args.paths, true) {
+    match compiled_workflow(&args.paths, &args.includes, true) {
         Ok(workflow) => block_on(run_async(Arc::new(workflow), args)),
         Err(code) => code,
     }

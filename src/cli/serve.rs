@@ -25,6 +25,8 @@ pub struct ServeArgs {
     /// The workflow: .flow files or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub includes: super::IncludeArgs,
     /// Address to listen on (port 0 picks a free port; the address is printed on stderr).
     #[arg(long, default_value = "127.0.0.1:8080", env = "FLOWCTL_LISTEN")]
     pub listen: String,
@@ -45,7 +47,7 @@ pub fn run(args: ServeArgs) -> u8 {
         Ok(a) => Arc::new(a),
         Err(e) => return error(e),
     };
-    let workflow = match compiled_workflow(&args.paths, false) {
+    let workflow = match compiled_workflow(&args.paths, &args.includes, false) {
         Ok(w) => w,
         Err(code) => return code,
     };

@@ -18,6 +18,8 @@ pub struct WorkerArgs {
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
+    pub includes: super::IncludeArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
     /// Override the workflow's worker pool size.
     #[arg(long)]
@@ -29,7 +31,7 @@ pub struct WorkerArgs {
 
 pub fn run(args: WorkerArgs) -> u8 {
     init_logging(args.log_format);
-    let workflow = match compiled_workflow(&args.paths, false) {
+    let workflow = match compiled_workflow(&args.paths, &args.includes, false) {
         Ok(w) => w,
         Err(code) => return code,
     };

@@ -50,6 +50,18 @@ pub fn parse_fast(file: FileId, text: &str) -> Option<Parsed> {
 /// [`parse`] with the pest parser alone: what the hand-written fast path must agree with.
 #[doc(hidden)]
 pub fn parse_with_pest(file: FileId, text: &str) -> Parsed {
+    pest_parse(file, text, true)
+}
+
+/// [`parse_with_pest`] whose recovery gives pest the whole rest of the text
+/// for every item (quadratic): what parsing items from prefixes must agree
+/// with.
+#[doc(hidden)]
+pub fn parse_with_pest_whole_rest(file: FileId, text: &str) -> Parsed {
+    pest_parse(file, text, false)
+}
+
+fn pest_parse(file: FileId, text: &str, prefixes: bool) -> Parsed {
     let mut items = Vec::new();
     let mut diagnostics = Vec::new();
     // A valid file parses in one pass.
@@ -77,8 +89,7 @@ pub fn parse_with_pest(file: FileId, text: &str) -> Parsed {
         if pos >= text.len() {
             break;
         }
-        let rest = &text[pos..];
-        match FlowParser::parse(Rule::item_line, rest) {
+        match parse_item(text, pos, prefixes) {
             Ok(mut pairs) => {
                 let Some(pair) = pairs.next() else { break };
                 let end = pair.as_span().end();
@@ -105,6 +116,57 @@ pub fn parse_with_pest(file: FileId, text: &str) -> Parsed {
     Parsed {
         file: FlowFile { items },
         diagnostics,
+    }
+}
+
+/// One `item_line` at `pos`, parsed from as little of the text as gives the
+/// answer the whole rest would give.
+///
+/// pest's error costs the length of its input after the error (it looks for
+/// the start of the error's line from the end of the input), so parsing the
+/// rest of the file for every broken item would make recovery quadratic.
+/// The item is parsed from a prefix that ends at a line start instead: first
+/// up to the next line that starts a declaration, then twice as much, and so
+/// on. A prefix gives the whole text's answer unless the parser reached its
+/// end: every token before it is the same, and reaching the end shows up as an
+/// error (or a match) at the end, after which the prefix is widened.
+fn parse_item(
+    text: &str,
+    pos: usize,
+    prefixes: bool,
+) -> Result<pest::iterators::Pairs<'_, Rule>, pest::error::Error<Rule>> {
+    let mut cut = if prefixes {
+        resume_point(text, pos)
+    } else {
+        text.len()
+    };
+    loop {
+        let rest = &text[pos..cut];
+        let at_end = cut >= text.len();
+        let result = FlowParser::parse(Rule::item_line, rest);
+        let reached_cut = match &result {
+            // Matched up to the end of the prefix, not up to a line end.
+            Ok(pairs) => pairs.clone().any(|p| p.as_rule() == Rule::EOI),
+            Err(err) => {
+                let at = match err.location {
+                    InputLocation::Pos(p) => p,
+                    InputLocation::Span((p, _)) => p,
+                };
+                at >= rest.len()
+            }
+        };
+        if at_end || !reached_cut {
+            return result;
+        }
+        let target = pos + 2 * (cut - pos).max(64);
+        cut = match text
+            .as_bytes()
+            .get(target..)
+            .and_then(|t| memchr::memchr(b'\n', t))
+        {
+            Some(i) => target + i + 1,
+            None => text.len(),
+        };
     }
 }
 
@@ -751,6 +813,25 @@ after A, B run C
         assert_eq!(names, vec!["B", "C"]);
         assert_eq!(parsed.diagnostics.len(), 2, "{:?}", parsed.diagnostics);
         assert!(parsed.diagnostics.iter().all(|d| d.code == Code::Syntax));
+    }
+
+    /// Recovery parses an item from a prefix of the text that ends at the
+    /// next line starting with a keyword; an item going on past that line
+    /// (an unindented block) is parsed whole all the same.
+    #[test]
+    fn recovery_reads_an_item_past_a_line_that_starts_a_declaration() {
+        let text = "report A {\nsource s\nroles r\n}\nbogus\nreport B {\nsource s\n  x 1 2\n}\n";
+        let parsed = parse_with_pest(FileId(0), text);
+        let whole = parse_with_pest_whole_rest(FileId(0), text);
+        assert_eq!(parsed.file, whole.file);
+        assert_eq!(parsed.diagnostics, whole.diagnostics);
+        let ItemKind::Report(name, block) = &parsed.file.items[0].kind else {
+            panic!("{:?}", parsed.file.items)
+        };
+        assert_eq!(name.name, "A");
+        assert_eq!(block.settings().count(), 2);
+        // `bogus`; `2` in B; then `source s`, where recovery resumed, wants a block.
+        assert_eq!(parsed.diagnostics.len(), 3, "{:?}", parsed.diagnostics);
     }
 
     #[test]
