@@ -186,6 +186,7 @@ impl SledStore {
             );
         }
         let state = Arc::new(Mutex::new(State::rebuild(&tree)?));
+        let wake = watch::Sender::new(0);
         let flusher = {
             let writer = Writer {
                 db: db.clone(),
@@ -193,6 +194,7 @@ impl SledStore {
                 intents: intents.clone(),
                 state: Arc::clone(&state),
                 fsync: config.flush,
+                wake: wake.clone(),
             };
             Flusher::start(move |round| writer.write(round))
         };
@@ -204,7 +206,7 @@ impl SledStore {
             path: config.path,
             registered,
             state,
-            wake: watch::Sender::new(0),
+            wake,
             fsync: config.flush,
             flusher: Some(flusher),
         })
@@ -212,6 +214,14 @@ impl SledStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// A fault for tests: from now on every write the flush thread makes to sled fails with
+    /// `error` (e.g. "No space left on device"), as a full disk makes it fail, and the store
+    /// stops as it then does ([`Store::stopped`]). flowctl itself never calls this.
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self, error: &str) {
+        lock(&self.state).injected_fault = Some(error.into());
     }
 
     /// How many fsyncs the group commit has done: compare with the number of changes to see
@@ -546,11 +556,10 @@ impl SledStore {
                     requeue(&mut job);
                 } else {
                     if to == JobStatus::Failed {
-                        job.error = Some(format!(
-                            "lease of worker {} expired on attempt {} of {}",
-                            job.lease_owner.as_deref().unwrap_or("?"),
+                        job.error = Some(super::lease_expiry_error(
+                            job.lease_owner.as_deref(),
                             job.attempt,
-                            job.max_attempts
+                            job.max_attempts,
                         ));
                     }
                     finish(&mut job, to, now);
@@ -877,6 +886,14 @@ impl Store for SledStore {
 
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.wake.subscribe()
+    }
+
+    fn stopped(&self) -> Option<String> {
+        let state = lock(&self.state);
+        match state.broken.as_deref().map(broken) {
+            Some(StoreError::Stopped { reason }) => Some(reason),
+            _ => None,
+        }
     }
 }
 
@@ -1317,6 +1334,8 @@ struct Writer {
     intents: sled::Tree,
     state: Arc<Mutex<State>>,
     fsync: bool,
+    /// The store's subscribers, woken when it stops so that a dispatcher notices at once.
+    wake: watch::Sender<u64>,
 }
 
 impl Writer {
@@ -1326,35 +1345,48 @@ impl Writer {
             Round::Waited | Round::Tick => Instant::now().checked_sub(LAZY_WRITE_DELAY),
             Round::Final => None,
         };
-        let drained = {
+        let (drained, fault) = {
             let mut state = lock(&self.state);
             if let Some(failure) = &state.broken {
                 return Err(failure.to_string());
             }
-            state.overlay.drain(lazy_before)
+            (
+                state.overlay.drain(lazy_before),
+                state.injected_fault.clone(),
+            )
         };
         if drained.writes.is_empty() && round == Round::Tick {
             return Ok(false);
         }
-        if let Err(error) = self.apply(&drained) {
+        let applied = match fault {
+            Some(fault) if !drained.writes.is_empty() => Err(sled::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                fault.to_string(),
+            ))),
+            _ => self.apply(&drained),
+        };
+        if let Err(error) = applied {
             // Part of the drain may be in sled, and nothing says which: only the next open
             // (rebuilding the indexes, replaying the intent) can be trusted to agree with the
             // records. Refuse every later change until then.
-            let failure = format!("a change was only partly written ({error})");
-            tracing::error!(%failure, "the job store needs a restart");
-            lock(&self.state).broken = Some(failure.as_str().into());
-            return Err(failure);
+            return Err(self.stop(format!("a change was only partly written ({error})")));
         }
         lock(&self.state).overlay.written(&drained);
         if self.fsync {
             if let Err(error) = self.db.flush() {
                 // Nothing written since the last good fsync can be trusted to be on disk.
-                let failure = format!("fsync failed ({error})");
-                lock(&self.state).broken = Some(failure.as_str().into());
-                return Err(failure);
+                return Err(self.stop(format!("fsync failed ({error})")));
             }
         }
         Ok(self.fsync)
+    }
+
+    /// Stops the store: every later change fails with [`StoreError::Stopped`].
+    fn stop(&self, failure: String) -> String {
+        tracing::error!(%failure, "the job store stopped accepting changes; restart flowctl");
+        lock(&self.state).broken = Some(failure.as_str().into());
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        failure
     }
 
     fn apply(&self, drained: &Drained) -> sled::Result<()> {
@@ -1498,10 +1530,9 @@ fn replay_intent(tree: &sled::Tree, intents: &sled::Tree) -> StoreResult<usize> 
 }
 
 fn broken(failure: &str) -> StoreError {
-    StoreError::Io(std::io::Error::other(format!(
-        "the job store stopped accepting changes after an error ({failure}); restart flowctl \
-         to recover it"
-    )))
+    StoreError::Stopped {
+        reason: format!("{failure}; restart flowctl to recover it"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1538,6 +1569,8 @@ struct State {
     /// Set when a change was only partly written: every later change is refused until the
     /// store is opened again (indexes rebuilt, the intent replayed).
     broken: Option<Arc<str>>,
+    /// [`SledStore::inject_write_failure`]: tests only.
+    injected_fault: Option<Arc<str>>,
     /// Committed writes on their way to sled.
     overlay: Overlay,
 }
@@ -2228,9 +2261,11 @@ impl Drop for Flusher {
 }
 
 fn disk_failure(message: &str) -> StoreError {
-    StoreError::Io(std::io::Error::other(format!(
-        "the job store could not write to disk ({message}); restart flowctl after fixing the disk"
-    )))
+    StoreError::Stopped {
+        reason: format!(
+            "it could not write to disk ({message}); restart flowctl after fixing the disk"
+        ),
+    }
 }
 
 /// Why the flush thread runs a round.
@@ -3246,12 +3281,50 @@ mod tests {
         flusher.wait().await.unwrap();
         for _ in 0..2 {
             match flusher.wait().await {
-                Err(StoreError::Io(error)) => {
+                Err(error @ StoreError::Stopped { .. }) => {
                     assert!(error.to_string().contains("no space left"), "{error}")
                 }
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// A job with no retries whose worker dies every time: queued again after each of its 3
+    /// crash recoveries, FAILED when the 4th lease expires, and the error says so truly (it
+    /// said "lease of worker … expired on attempt 3 of 1").
+    #[tokio::test]
+    async fn a_job_whose_worker_keeps_dying_fails_after_its_crash_recoveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_at(&dir.path().join("db"));
+        let job = conformance::start(&store, new_job("R", "S", None), at(0)).await;
+        assert_eq!(job.max_attempts, 1);
+        let mut now = 0;
+        let mut lost = 0;
+        let failed = loop {
+            now += 31;
+            let expired = store.requeue_expired(at(now), &NoJoins).await.unwrap();
+            lost += 1;
+            if let Some(done) = expired.finished.first() {
+                break done.job.clone();
+            }
+            assert_eq!(expired.requeued, vec![job.job_id.clone()], "loss {lost}");
+            let claimed = store
+                .claim("worker-1", 1, Duration::from_secs(30), at(now))
+                .await
+                .unwrap();
+            assert_eq!(claimed[0].attempt, lost + 1);
+        };
+        assert_eq!(lost, 1 + crate::store::LEASE_RECOVERY_ALLOWANCE);
+        assert_eq!(lost, 4, "the documented default: 3 crash recoveries");
+        assert_eq!(failed.status, JobStatus::Failed);
+        assert_eq!(failed.attempt, 4);
+        assert_eq!(
+            failed.error.as_deref(),
+            Some(
+                "worker worker-1 lost its lease on attempt 4, the last allowed: 1 attempt(s) \
+                 (the report's retries + 1) plus 3 crash recoveries"
+            )
+        );
     }
 
     #[test]
