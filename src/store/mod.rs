@@ -457,6 +457,14 @@ pub enum StoreError {
     /// The database refused an operation (not a connection problem).
     #[error("job store (PostgreSQL) failed: {0}")]
     Postgres(String),
+    /// The embedded store lost changes that were durable (sled's log is cut short or
+    /// corrupted), or its files are not all there. Refused at open; `flowctl store recover
+    /// --accept-loss` opens it with what is left.
+    #[error("the job store at {} is damaged: {missing}", path.display())]
+    Damaged { path: PathBuf, missing: String },
+    /// The directory holds something else than an embedded store.
+    #[error("{} is not a flowctl job store: {found}", path.display())]
+    NotAStore { path: PathBuf, found: String },
     /// The store stopped accepting changes after a write or fsync failed ([`Store::stopped`]).
     /// Retrying does not help: only opening the store again (restarting the process) does.
     #[error("the job store stopped accepting changes: {reason}")]
@@ -473,6 +481,24 @@ impl StoreError {
     /// The store has stopped ([`StoreError::Stopped`]): stop the process, do not retry.
     pub fn is_stopped(&self) -> bool {
         matches!(self, StoreError::Stopped { .. })
+    }
+
+    /// The error with `to` for `from` wherever it names the store's directory (an error met on
+    /// a copy of the store, reported for the original).
+    pub(crate) fn at(self, from: &std::path::Path, to: &std::path::Path) -> StoreError {
+        let moved = |path: PathBuf| if path == from { to.to_owned() } else { path };
+        match self {
+            StoreError::Damaged { path, missing } => StoreError::Damaged {
+                path: moved(path),
+                missing,
+            },
+            StoreError::NotAStore { path, found } => StoreError::NotAStore {
+                path: moved(path),
+                found,
+            },
+            StoreError::Locked { path } => StoreError::Locked { path: moved(path) },
+            other => other,
+        }
     }
 
     pub(crate) fn illegal(job: &JobId, error: StatusError) -> StoreError {

@@ -113,6 +113,8 @@ const JOIN: u8 = b'J';
 const UNIQUE: u8 = b'u';
 const FIRE: u8 = b'f';
 const META_LAYOUT: &[u8] = b"mlayout";
+/// The number of the last commit round written to sled (u64, BE; see [`Watermark`]).
+const META_COMMIT: &[u8] = b"mcommit";
 /// The tree that holds the intent of the last all-or-nothing change (see [`replay_intent`]).
 /// Its own tree: an intent can be large (an enqueue of many jobs), and sled rewrites a whole
 /// leaf every few changes to it; beside the newest job records it was rewritten with every
@@ -145,6 +147,25 @@ impl SledConfig {
     }
 }
 
+/// What [`SledStore::recover`] found and accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    /// The last commit round sled's log still holds.
+    pub survived: u64,
+    /// The last round the commit watermark said was durable (`None`: no readable watermark).
+    pub durable: Option<u64>,
+    /// Jobs the store holds now.
+    pub jobs: u64,
+}
+
+/// How [`SledStore::open_with`] treats a store whose log lost committed rounds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Damage {
+    Refuse,
+    /// `flowctl store recover --accept-loss`: take what survived, and move the watermark back.
+    Accept,
+}
+
 /// The embedded store. See the module docs.
 pub struct SledStore {
     db: sled::Db,
@@ -161,6 +182,8 @@ pub struct SledStore {
     fsync: bool,
     /// Moves committed writes into sled and fsyncs them. `None` only once closing.
     flusher: Option<Flusher>,
+    /// A copy opened by [`SledStore::open_read_only`], removed on close.
+    copy: Option<PathBuf>,
 }
 
 impl SledStore {
@@ -168,8 +191,87 @@ impl SledStore {
     ///
     /// Fails with [`StoreError::Locked`] if another process, or another open store in this
     /// process, holds it; with [`StoreError::FormatVersion`] if it was written with another
-    /// layout.
+    /// layout; with [`StoreError::NotAStore`] if the directory holds something else; with
+    /// [`StoreError::Damaged`] if sled's log lost commit rounds that were durable (see
+    /// [`SledStore::recover`]).
     pub fn open(config: SledConfig) -> StoreResult<SledStore> {
+        Self::open_with(config, Damage::Refuse)
+    }
+
+    /// Opens the store for reading only, without writing a byte of it: sled writes when it
+    /// opens (it truncates a damaged log, it may start a segment), and so do the layout
+    /// upgrade and the replay of an interrupted change. So this takes the store's lock (as
+    /// [`SledStore::open`] does, [`StoreError::Locked`] if someone holds it), copies the
+    /// directory to a temporary one, lets go of the lock and opens the copy, with every check
+    /// of `open`. The copy is removed on close. Costs a copy of the store: for the CLI's
+    /// `jobs list` and `jobs show`, not for a service.
+    pub fn open_read_only(path: impl Into<PathBuf>) -> StoreResult<SledStore> {
+        let path = path.into();
+        if matches!(lock(&OPEN_STORES).get(&canonical(&path)), Some(Held::Open)) {
+            return Err(StoreError::Locked { path });
+        }
+        let copy = std::env::temp_dir().join(format!(
+            "flowctl-read-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let copied = (|| {
+            if inspect(&path)? == Found::Sled {
+                let db = std::fs::File::open(path.join("db"))?;
+                match db.try_lock() {
+                    Ok(()) => {}
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        return Err(StoreError::Locked { path: path.clone() })
+                    }
+                    Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
+                }
+                copy_dir(&path, &copy)?;
+            }
+            Ok(())
+        })();
+        let opened = copied.and_then(|()| {
+            Self::open(SledConfig {
+                flush: false,
+                ..SledConfig::new(&copy)
+            })
+        });
+        match opened {
+            Ok(mut store) => {
+                store.copy = Some(copy);
+                Ok(store)
+            }
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&copy);
+                Err(error.at(&copy, &path))
+            }
+        }
+    }
+
+    /// Opens a store that [`SledStore::open`] refuses as damaged, accepting the loss: the jobs
+    /// and changes sled's log still holds are the store from now on (what the lost rounds did
+    /// is gone: completed jobs may be QUEUED again and run again), and the commit watermark is
+    /// set back to the last round that survived. A directory that is not a store is still
+    /// refused.
+    pub fn recover(path: impl Into<PathBuf>) -> StoreResult<Recovered> {
+        let path = path.into();
+        let durable = Watermark::read(&path).ok().flatten();
+        let store = Self::open_with(SledConfig::new(&path), Damage::Accept)?;
+        let survived = read_commit(&store.tree)?;
+        let jobs = lock(&store.state).counts.iter().sum();
+        Ok(Recovered {
+            survived,
+            durable,
+            jobs,
+        })
+    }
+
+    fn open_with(config: SledConfig, damage: Damage) -> StoreResult<SledStore> {
+        inspect(&config.path)?;
+        let mark = match (Watermark::read(&config.path), damage) {
+            (Ok(mark), _) => mark,
+            (Err(_), Damage::Accept) => None,
+            (Err(error), Damage::Refuse) => return Err(error),
+        };
         let sled_config = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
@@ -177,6 +279,36 @@ impl SledStore {
         let db = open_db(&sled_config, &config.path)?;
         let tree = db.open_tree("flowctl").map_err(StoreError::Sled)?;
         let intents = db.open_tree(INTENT_TREE).map_err(StoreError::Sled)?;
+        let survived = read_commit(&tree)?;
+        let missing = match mark {
+            Some(durable) if survived < durable => Some(format!(
+                "sled's log ends at commit round {survived}, but round {durable} was durable: \
+                 the changes of the last {} round(s) are missing (a truncated or corrupted log)",
+                durable - survived
+            )),
+            Some(_) => None,
+            None if survived > 0 => Some(format!(
+                "its commit watermark ({WATERMARK_FILE}) is missing, though sled's log holds \
+                 {survived} commit round(s)"
+            )),
+            // A store from before the watermark, or a new one (sled's files with no flowctl
+            // data and layout are refused by `check_layout`).
+            None => None,
+        };
+        if let Some(missing) = missing {
+            if damage == Damage::Refuse {
+                return Err(StoreError::Damaged {
+                    path: config.path.clone(),
+                    missing,
+                });
+            }
+            tracing::warn!(%missing, "accepted the loss of a damaged job store");
+        }
+        let watermark = if mark != Some(survived) {
+            Watermark::create(&config.path, survived)?
+        } else {
+            Watermark::open(&config.path, survived)?
+        };
         check_layout(&tree)?;
         let replayed = replay_intent(&tree, &intents)?;
         if replayed > 0 {
@@ -195,7 +327,9 @@ impl SledStore {
                 state: Arc::clone(&state),
                 fsync: config.flush,
                 wake: wake.clone(),
+                watermark,
             };
+            let mut writer = writer;
             Flusher::start(move |round| writer.write(round))
         };
         let registered = canonical(&config.path);
@@ -209,6 +343,7 @@ impl SledStore {
             wake,
             fsync: config.flush,
             flusher: Some(flusher),
+            copy: None,
         })
     }
 
@@ -707,6 +842,10 @@ impl Drop for SledStore {
         }
         // sled lets go of the file just after the handles below drop.
         lock(&OPEN_STORES).insert(self.registered.clone(), Held::ClosedAt(Instant::now()));
+        if let Some(copy) = &self.copy {
+            // sled's last handles let go of the files just after; unlinked, they go then.
+            let _ = std::fs::remove_dir_all(copy);
+        }
     }
 }
 
@@ -1336,11 +1475,13 @@ struct Writer {
     fsync: bool,
     /// The store's subscribers, woken when it stops so that a dispatcher notices at once.
     wake: watch::Sender<u64>,
+    /// The last commit round made durable, beside sled (see [`Watermark`]).
+    watermark: Watermark,
 }
 
 impl Writer {
     /// One round: returns whether it fsynced.
-    fn write(&self, round: Round) -> Result<bool, String> {
+    fn write(&mut self, round: Round) -> Result<bool, String> {
         let lazy_before = match round {
             Round::Waited | Round::Tick => Instant::now().checked_sub(LAZY_WRITE_DELAY),
             Round::Final => None,
@@ -1358,12 +1499,24 @@ impl Writer {
         if drained.writes.is_empty() && round == Round::Tick {
             return Ok(false);
         }
+        // Each round that writes with fsync numbers itself in sled, last, and in the
+        // watermark once sled's fsync is done: at open, a log that ends before the watermark's
+        // round lost durable changes.
+        let numbered = self.fsync && !drained.writes.is_empty();
+        let round_number = self.watermark.round + 1;
         let applied = match fault {
             Some(fault) if !drained.writes.is_empty() => Err(sled::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
                 fault.to_string(),
             ))),
-            _ => self.apply(&drained),
+            _ => self.apply(&drained).and_then(|()| {
+                if numbered {
+                    self.tree
+                        .insert(META_COMMIT, &round_number.to_be_bytes())
+                        .map(drop)?;
+                }
+                Ok(())
+            }),
         };
         if let Err(error) = applied {
             // Part of the drain may be in sled, and nothing says which: only the next open
@@ -1376,6 +1529,11 @@ impl Writer {
             if let Err(error) = self.db.flush() {
                 // Nothing written since the last good fsync can be trusted to be on disk.
                 return Err(self.stop(format!("fsync failed ({error})")));
+            }
+            if numbered {
+                if let Err(error) = self.watermark.advance(round_number) {
+                    return Err(self.stop(format!("writing the commit watermark failed ({error})")));
+                }
             }
         }
         Ok(self.fsync)
@@ -2117,6 +2275,180 @@ fn open_error(error: sled::Error, path: &Path) -> StoreError {
         sled::Error::Io(io) => StoreError::Io(io),
         other => StoreError::Sled(other),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The commit watermark: detecting a lost suffix of the log
+// ---------------------------------------------------------------------------------------------
+
+/// The watermark's file, beside sled's.
+pub const WATERMARK_FILE: &str = "flowctl.commit";
+const WATERMARK_MAGIC: &[u8; 8] = b"FLOWCTL\x01";
+const WATERMARK_SLOT: usize = 32;
+
+/// The number of the last commit round known durable, kept beside sled.
+///
+/// sled recovers the longest prefix of its log that reads back whole: a flipped bit or a
+/// truncated segment loses everything after it, silently (completed jobs QUEUED again, jobs
+/// gone). So every round of the group commit that writes numbers itself: it writes
+/// `mcommit` = its number in sled, last, fsyncs sled, then writes the number here and
+/// fsyncs this file (`fdatasync` of 64 bytes). At open, a log whose `mcommit` is below the
+/// watermark lost durable rounds, and the store is refused ([`StoreError::Damaged`]) until
+/// `flowctl store recover --accept-loss` takes what is left. The reverse (sled one round ahead,
+/// a crash between the two fsyncs) is normal.
+///
+/// Two 32-byte slots (magic, round BE, the first 16 bytes of the SHA-256 of both); round `n` is
+/// written to slot `n % 2`, so a torn write leaves the other, older one, which never raises a
+/// false alarm. Stores opened without fsync ([`SledConfig::flush`] off) do not number rounds.
+struct Watermark {
+    file: std::fs::File,
+    round: u64,
+}
+
+fn watermark_slot(round: u64) -> [u8; WATERMARK_SLOT] {
+    use sha2::Digest;
+    let mut slot = [0; WATERMARK_SLOT];
+    slot[..8].copy_from_slice(WATERMARK_MAGIC);
+    slot[8..16].copy_from_slice(&round.to_be_bytes());
+    let sum = sha2::Sha256::digest(&slot[..16]);
+    slot[16..].copy_from_slice(&sum[..16]);
+    slot
+}
+
+impl Watermark {
+    /// The round the file holds; `None` if there is no file.
+    fn read(dir: &Path) -> StoreResult<Option<u64>> {
+        let bytes = match std::fs::read(dir.join(WATERMARK_FILE)) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let round = bytes
+            .chunks_exact(WATERMARK_SLOT)
+            .filter_map(|slot| {
+                let round = u64::from_be_bytes(slot[8..16].try_into().ok()?);
+                (slot == watermark_slot(round)).then_some(round)
+            })
+            .max();
+        match round {
+            Some(round) => Ok(Some(round)),
+            None => Err(StoreError::Damaged {
+                path: dir.to_owned(),
+                missing: format!("its commit watermark ({WATERMARK_FILE}) is unreadable"),
+            }),
+        }
+    }
+
+    /// Writes a new file holding `round`, durably (temporary file, fsync, rename, fsync of the
+    /// directory).
+    fn create(dir: &Path, round: u64) -> StoreResult<Watermark> {
+        use std::io::Write;
+        let path = dir.join(WATERMARK_FILE);
+        let tmp = dir.join(format!("{WATERMARK_FILE}.tmp"));
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&[watermark_slot(round), watermark_slot(round)].concat())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()?;
+        Watermark::open(dir, round)
+    }
+
+    fn open(dir: &Path, round: u64) -> StoreResult<Watermark> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(WATERMARK_FILE))?;
+        Ok(Watermark { file, round })
+    }
+
+    /// Records that round `round` is durable in sled.
+    fn advance(&mut self, round: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let offset = (round % 2) * WATERMARK_SLOT as u64;
+        self.file.write_all_at(&watermark_slot(round), offset)?;
+        self.file.sync_data()?;
+        self.round = round;
+        Ok(())
+    }
+}
+
+/// The last commit round sled's log holds (0: none).
+fn read_commit(tree: &sled::Tree) -> StoreResult<u64> {
+    match tree.get(META_COMMIT).map_err(StoreError::Sled)? {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt(META_COMMIT, "the commit round is not 8 bytes")),
+    }
+}
+
+/// What a store's directory holds before it is opened.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Found {
+    /// Nothing (missing or empty): a new store.
+    New,
+    /// sled's files.
+    Sled,
+}
+
+/// Refuses a directory that is not a store: a file, or files that are not sled's (sled would
+/// start a new store among them), or a watermark without sled's files (a store whose data is
+/// gone).
+fn inspect(path: &Path) -> StoreResult<Found> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Found::New),
+        Err(_) if path.exists() && !path.is_dir() => {
+            return Err(StoreError::NotAStore {
+                path: path.to_owned(),
+                found: "it is a file, not a directory".into(),
+            })
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let mut names = BTreeSet::new();
+    for entry in entries {
+        names.insert(entry?.file_name().to_string_lossy().into_owned());
+    }
+    if names.is_empty() {
+        return Ok(Found::New);
+    }
+    if names.contains("conf") && names.contains("db") {
+        return Ok(Found::Sled);
+    }
+    if names.contains(WATERMARK_FILE) {
+        return Err(StoreError::Damaged {
+            path: path.to_owned(),
+            missing: "sled's files (conf, db) are missing".into(),
+        });
+    }
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    Err(StoreError::NotAStore {
+        path: path.to_owned(),
+        found: format!(
+            "it holds other files ({}{}) and not sled's (conf, db)",
+            shown.join(", "),
+            if names.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        ),
+    })
+}
+
+/// Copies a store's directory (not its masking key) for [`SledStore::open_read_only`].
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else if entry.file_name() != "mask.key" {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 fn check_layout(tree: &sled::Tree) -> StoreResult<()> {
@@ -3025,9 +3357,11 @@ mod tests {
     }
 
     /// The bytes of every key of the store.
+    /// Every key and value but the commit round's (bookkeeping of the flush thread).
     fn keys_and_values(tree: &sled::Tree) -> BTreeMap<Vec<u8>, Vec<u8>> {
         tree.iter()
             .map(|entry| entry.unwrap())
+            .filter(|(key, _)| key.as_ref() != super::META_COMMIT)
             .map(|(key, value)| (key.to_vec(), value.to_vec()))
             .collect()
     }
@@ -3078,7 +3412,12 @@ mod tests {
                 .unwrap();
             }
             assert_eq!(keys_and_values(&tree), before);
+            // The round never finished, so its number reached neither sled nor the watermark.
+            let round = super::read_commit(&tree).unwrap() - 1;
+            tree.insert(super::META_COMMIT, &round.to_be_bytes())
+                .unwrap();
             db.flush().unwrap();
+            super::Watermark::create(&path, round).unwrap();
         }
         let store = open_at(&path);
         assert!(intent_of(&store).is_none());
@@ -3325,6 +3664,46 @@ mod tests {
                  (the report's retries + 1) plus 3 crash recoveries"
             )
         );
+    }
+
+    /// A crash between sled's fsync and the watermark's leaves sled a round ahead: normal, not
+    /// damage. A watermark ahead of sled is damage.
+    #[tokio::test]
+    async fn the_watermark_may_lag_sled_by_a_round_but_never_lead_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let store = open_at(&path);
+        for _ in 0..3 {
+            store
+                .enqueue(vec![new_job("R", "S", None)], None, at(0))
+                .await
+                .unwrap();
+        }
+        let round = super::read_commit(&store.tree).unwrap();
+        assert!(round >= 3, "{round}");
+        drop(store);
+        super::Watermark::create(&path, round - 1).unwrap();
+        let store = reopen(&path).expect("sled a round ahead opens");
+        assert_eq!(super::read_commit(&store.tree).unwrap(), round);
+        drop(store);
+        super::Watermark::create(&path, round + 1).unwrap();
+        match reopen(&path) {
+            Err(StoreError::Damaged { missing, .. }) => {
+                assert!(missing.contains("missing"), "{missing}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a store behind its watermark was opened"),
+        }
+        let recovered = SledStore::recover(&path).unwrap();
+        assert_eq!(
+            (recovered.survived, recovered.durable, recovered.jobs),
+            (round, Some(round + 1), 3)
+        );
+        reopen(&path).expect("a recovered store opens");
+    }
+
+    fn reopen(path: &std::path::Path) -> Result<SledStore, StoreError> {
+        SledStore::open(SledConfig::new(path))
     }
 
     #[test]
