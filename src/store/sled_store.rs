@@ -72,6 +72,26 @@
 //! | `u` `f` schedule, fire time / `i` subject, key          | the job ids it created   |
 //! | `f` schedule                                            | last fire time (µs, BE)  |
 //! | `m` `layout`                                            | layout version (u32, BE) |
+//! | `m` `commit`                                            | last commit round (u64, BE) |
+//!
+//! Beside sled's files (`conf`, `db`, `blobs/`, `snap.*`), the directory holds `flowctl.commit`,
+//! the commit watermark (see `Watermark`), and `mask.key` (the masking key, `masking_key`).
+//!
+//! # Damage
+//!
+//! sled recovers the longest prefix of its log that reads back whole, and says nothing: a
+//! flipped bit or a truncated file loses every change after it (completed jobs QUEUED again,
+//! jobs gone), random bytes open as an empty store, and a directory of other files becomes a
+//! new store among them. So every flush round that writes numbers itself, in sled (`mcommit`,
+//! its last write) and, after sled's fsync, in the watermark file (fsynced too: one more
+//! `fdatasync` of 64 bytes per round). `open` refuses a store whose log ends before the
+//! watermark's round ([`StoreError::Damaged`], "the changes of the last N rounds are missing"),
+//! a watermark without sled's files or sled's files without it once they hold rounds, and a
+//! directory of files that are not sled's ([`StoreError::NotAStore`]), before sled touches
+//! anything. [`SledStore::recover`] (`flowctl store recover --accept-loss`) opens such a store
+//! with what survived and moves the watermark back. sled truncates a damaged log when it opens
+//! it, so [`SledStore::open_read_only`] (`jobs list`, `jobs show`) opens a copy: a reading
+//! command changes no byte of the store, damaged or not.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -131,7 +151,8 @@ pub struct SledConfig {
     /// per job for the indexes.
     pub cache_capacity_bytes: u64,
     /// Wait for fsync before a mutating method returns (group commit). Turn off only for tests
-    /// and throwaway stores: sled then flushes every 500 ms, and on close.
+    /// and throwaway stores: sled then flushes every 500 ms, and on close, and rounds are not
+    /// numbered in the commit watermark (a lost suffix is not detected).
     pub flush: bool,
 }
 
