@@ -471,7 +471,7 @@ fn store_error(db: &std::path::Path, e: StoreError) -> u8 {
             db.display()
         )),
         e @ StoreError::Damaged { .. } => error(format!(
-            "{e}\nnothing was changed; `flowctl store recover --db {} --accept-loss` opens it \
+            "{e}\nit was not opened; `flowctl store recover --db {} --accept-loss` opens it \
              with what survived (the lost changes are gone: jobs may run again)",
             db.display()
         )),
