@@ -218,6 +218,19 @@ fn jobs_list_never_writes_the_store() {
     assert_eq!(snapshot(&path), before, "jobs list changed a damaged store");
 }
 
+/// Reading a store another process has open is refused as before ("in use"), not read from a
+/// copy taken while it writes.
+#[test]
+fn jobs_list_refuses_a_store_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = SledStore::open(SledConfig::new(&path)).unwrap();
+    let run = Flowctl::new().args(["jobs", "list"]).arg_db(&path).output();
+    assert_eq!(run.code(), 2, "{}", run.stderr());
+    assert!(run.stderr().contains("in use"), "{}", run.stderr());
+    drop(store);
+}
+
 #[test]
 fn store_recover_accepts_the_loss_of_a_damaged_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -228,9 +228,9 @@ impl SledStore {
 
     /// Opens the store for reading only, without writing a byte of it: sled writes when it
     /// opens (it truncates a damaged log, it may start a segment), and so do the layout
-    /// upgrade and the replay of an interrupted change. So this takes the store's lock (as
-    /// [`SledStore::open`] does, [`StoreError::Locked`] if someone holds it), copies the
-    /// directory to a temporary one, lets go of the lock and opens the copy, with every check
+    /// upgrade and the replay of an interrupted change. So this checks the store's lock (as
+    /// [`SledStore::open`] does: [`StoreError::Locked`] if another process holds it), copies
+    /// the directory to a temporary one and opens the copy, with every check
     /// of `open`. The copy is removed on close. Costs a copy of the store: for the CLI's
     /// `jobs list` and `jobs show`, not for a service.
     pub fn open_read_only(path: impl Into<PathBuf>) -> StoreResult<SledStore> {
@@ -245,13 +245,8 @@ impl SledStore {
         ));
         let copied = (|| {
             if inspect(&path)? == Found::Sled {
-                let db = std::fs::File::open(path.join("db"))?;
-                match db.try_lock() {
-                    Ok(()) => {}
-                    Err(std::fs::TryLockError::WouldBlock) => {
-                        return Err(StoreError::Locked { path: path.clone() })
-                    }
-                    Err(std::fs::TryLockError::Error(error)) => return Err(error.into()),
+                if locked_by_another_process(&path.join("db")) {
+                    return Err(StoreError::Locked { path: path.clone() });
                 }
                 copy_dir(&path, &copy)?;
             }
@@ -2488,15 +2483,50 @@ fn inspect(path: &Path) -> StoreResult<Found> {
     })
 }
 
-/// Copies a store's directory (not its masking key) for [`SledStore::open_read_only`].
+/// Whether another process holds sled's lock (an `flock` on `db`), as `/proc/locks` shows it:
+/// taking the lock to find out would need `flock`, which std has only since Rust 1.89 (this
+/// crate builds with 1.85). Where `/proc/locks` cannot be read, `false`.
+fn locked_by_another_process(file: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(inode) = std::fs::metadata(file).map(|meta| meta.ino()) else {
+        return false;
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    let me = std::process::id().to_string();
+    // `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`: pid, then major:minor:inode.
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let held = fields.iter().position(|f| *f == "FLOCK").and_then(|at| {
+            let pid = fields.get(at + 3)?;
+            let ino = fields
+                .get(at + 4)?
+                .rsplit(':')
+                .next()?
+                .parse::<u64>()
+                .ok()?;
+            Some(ino == inode && *pid != me)
+        });
+        held == Some(true)
+    })
+}
+
+/// Copies a store's directory (not its masking key) for [`SledStore::open_read_only`], the
+/// watermark first: copied while something writes, the copy's watermark is then no newer than
+/// its log.
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
+    let watermark = from.join(WATERMARK_FILE);
+    if watermark.exists() {
+        std::fs::copy(&watermark, to.join(WATERMARK_FILE))?;
+    }
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             copy_dir(&entry.path(), &target)?;
-        } else if entry.file_name() != "mask.key" {
+        } else if entry.file_name() != "mask.key" && entry.file_name() != WATERMARK_FILE {
             std::fs::copy(entry.path(), target)?;
         }
     }
