@@ -5,7 +5,8 @@
 //! queue costs.
 //!
 //! `cargo bench --bench store -- --sample-size 10`
-//! (`FLOWCTL_BENCH_SKIP_MEMORY=1` skips the million-job memory measurement.)
+//! (`FLOWCTL_BENCH_SKIP_MEMORY=1` skips the memory measurements: the million queued jobs, and
+//! the heap bytes per COMPLETED job, counted by the allocator.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -17,9 +18,87 @@ use flowctl::job::{Job, NewJob, Principal};
 use flowctl::store::{Cas, Outcome, SledConfig, SledStore, Store};
 use tokio::task::JoinSet;
 
-// The binary's allocator: glibc malloc costs a third of the CPU time here.
+/// The binary's allocator, counting the bytes live on the heap (for the memory per job).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to mimalloc unchanged; only the counter is added.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new) }
+    }
+}
+
+// The binary's allocator (glibc malloc costs a third of the CPU time here), counted.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: Counting = Counting;
+
+fn live_heap() -> isize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Heap bytes per job with `JOBS_FOR_HEAP` COMPLETED jobs (what a server holds after a day of
+/// reports), with sled's cache capped at `cache_bytes`: once the jobs are done, and after a
+/// reopen (the indexes rebuilt by reading every record).
+fn heap_per_job(runtime: &tokio::runtime::Runtime, cache_bytes: u64) -> (f64, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SledConfig {
+        cache_capacity_bytes: cache_bytes,
+        ..SledConfig::new(dir.path().join("db"))
+    };
+    let before = live_heap();
+    let store = Arc::new(SledStore::open(config.clone()).unwrap());
+    runtime.block_on(async {
+        for _ in 0..JOBS_FOR_HEAP / 1000 {
+            store
+                .enqueue(vec![job(); 1000], None, Utc::now())
+                .await
+                .unwrap();
+            let claimed = store
+                .claim("heap", 1000, Duration::from_secs(60), Utc::now())
+                .await
+                .unwrap();
+            let mut done = JoinSet::new();
+            for job in claimed {
+                let store = Arc::clone(&store);
+                done.spawn(async move {
+                    let cas = store
+                        .complete(&job.job_id, job.version, success(), &[], Utc::now())
+                        .await
+                        .unwrap();
+                    assert!(matches!(cas, Cas::Applied(_)));
+                });
+            }
+            done.join_all().await;
+        }
+        store.sync().await.unwrap();
+    });
+    // Lazy writes and the last round drain.
+    std::thread::sleep(Duration::from_millis(300));
+    let done = (live_heap() - before) as f64 / JOBS_FOR_HEAP as f64;
+    drop(store);
+    std::thread::sleep(Duration::from_millis(200));
+    let closed = live_heap();
+    let store = SledStore::open(config).unwrap();
+    let reopened = (live_heap() - closed) as f64 / JOBS_FOR_HEAP as f64;
+    let counts = runtime.block_on(store.counts()).unwrap();
+    assert_eq!(counts.values().sum::<u64>(), JOBS_FOR_HEAP as u64);
+    (done, reopened)
+}
 
 /// Jobs per measured iteration.
 const JOBS: usize = 20_000;
@@ -27,6 +106,7 @@ const ENQUEUE_BATCH: usize = 500;
 /// The executor's `worker_pool_size`, and its `max_jobs_per_poll`.
 const POOL: usize = 256;
 const QUEUED_FOR_MEMORY: usize = 1_000_000;
+const JOBS_FOR_HEAP: usize = 50_000;
 
 fn job() -> NewJob {
     NewJob::new("NOOP", Principal::system("SUPERVISOR"), "bench")
@@ -218,6 +298,65 @@ fn memory_with_a_large_queue() {
     );
 }
 
+/// Where the memory of COMPLETED jobs goes: with sled's cache at a tenth of a MiB (the store's
+/// own indexes, sled's page table and what the cache cannot drop) and at its default cap (plus
+/// the records sled caches, up to the cap).
+fn memory_per_completed_job() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for (name, cache) in [
+        ("sled cache 0.1 MiB", 100 << 10),
+        (
+            "sled cache 64 MiB (default)",
+            SledConfig::DEFAULT_CACHE_CAPACITY_BYTES,
+        ),
+    ] {
+        let (done, reopened) = heap_per_job(&runtime, cache);
+        println!(
+            "memory: {JOBS_FOR_HEAP} COMPLETED jobs, {name}: {done:.0} heap bytes per job once \
+             done, {reopened:.0} after a reopen"
+        );
+    }
+}
+
+/// The commit watermark's cost per group-commit round: its `fdatasync` (of 64 bytes) beside
+/// sled's flush of one small change, on the same file system.
+fn watermark_cost() {
+    use std::os::unix::fs::FileExt;
+    const ROUNDS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path().join("db")).unwrap();
+    let file = std::fs::File::create(dir.path().join("mark")).unwrap();
+    file.write_all_at(&[0; 64], 0).unwrap();
+    file.sync_all().unwrap();
+    let (mut sled_flush, mut mark) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS as u64 {
+        let start = Instant::now();
+        db.insert(b"k", &round.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+        sled_flush.push(start.elapsed());
+        let start = Instant::now();
+        file.write_all_at(&[round as u8; 32], (round % 2) * 32)
+            .unwrap();
+        file.sync_data().unwrap();
+        mark.push(start.elapsed());
+    }
+    sled_flush.sort();
+    mark.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "commit watermark: per round, sled flush p50 {:.0} µs (p90 {:.0}), the watermark's \
+         fdatasync p50 {:.0} µs (p90 {:.0})",
+        us(sled_flush[ROUNDS / 2]),
+        us(sled_flush[ROUNDS * 9 / 10]),
+        us(mark[ROUNDS / 2]),
+        us(mark[ROUNDS * 9 / 10]),
+    );
+}
+
 fn walk_size(path: &std::path::Path) -> u64 {
     std::fs::read_dir(path)
         .into_iter()
@@ -235,7 +374,9 @@ fn main() {
     // Memory first, while the process is still small.
     if std::env::var_os("FLOWCTL_BENCH_SKIP_MEMORY").is_none() {
         memory_with_a_large_queue();
+        memory_per_completed_job();
     }
+    watermark_cost();
     let mut criterion = Criterion::default().configure_from_args();
     throughput(&mut criterion);
     criterion.final_summary();

@@ -358,7 +358,13 @@ impl Engine {
     /// The dispatcher: claims ready jobs and runs them on the pool until
     /// `shutdown` resolves (or, with `until_idle`, until no job is queued or
     /// running). On shutdown it stops claiming, gives running jobs the grace
-    /// period, and leaves the rest to lease recovery.
+    /// period, and leaves the rest to lease recovery. `shutdown` is heeded
+    /// while the store fails too (between retries).
+    ///
+    /// Returns [`StoreError::Stopped`] as soon as the store stops accepting
+    /// changes ([`Store::stopped`], e.g. a full disk): running jobs are
+    /// abandoned at once (they cannot record anything) and the caller exits 2
+    /// so that a supervisor restarts the process, which opens the store again.
     pub async fn run(
         self: Arc<Self>,
         shutdown: impl std::future::Future<Output = ()> + Send,
@@ -371,15 +377,21 @@ impl Engine {
         let mut next_sweep = Instant::now();
         let mut store_backoff = Duration::from_millis(50);
         tokio::pin!(shutdown);
-        loop {
+        let stopped = loop {
             while let Some(done) = tasks.try_join_next() {
                 if let Err(e) = done {
                     tracing::error!(error = %e, "worker task panicked");
                 }
             }
+            if let Some(reason) = self.store.stopped() {
+                break Some(StoreError::Stopped { reason });
+            }
             if Instant::now() >= next_sweep {
                 if let Err(e) = self.recover_leases().await {
                     Metrics::add(&self.metrics.store_errors, 1);
+                    if e.is_stopped() {
+                        break Some(e);
+                    }
                     tracing::warn!(error = %e, "lease sweep failed; will retry");
                 }
                 next_sweep = Instant::now() + sweep_every;
@@ -409,11 +421,15 @@ impl Engine {
                             });
                         }
                     }
+                    Err(e) if e.is_stopped() => break Some(e),
                     Err(e) => {
                         // The store is unreachable: back off, never fail jobs for it.
                         Metrics::add(&self.metrics.store_errors, 1);
                         tracing::warn!(error = %e, "claim failed; retrying");
-                        tokio::time::sleep(store_backoff).await;
+                        tokio::select! {
+                            _ = &mut shutdown => break None,
+                            _ = tokio::time::sleep(store_backoff) => {}
+                        }
                         store_backoff = (store_backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
@@ -423,10 +439,14 @@ impl Engine {
                 continue;
             }
             if until_idle && tasks.is_empty() && self.idle().await {
-                return Ok(());
+                // A completion whose write failed leaves nothing queued or running either.
+                return match self.store.stopped() {
+                    Some(reason) => Err(StoreError::Stopped { reason }),
+                    None => Ok(()),
+                };
             }
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown => break None,
                 _ = wake.changed() => {}
                 _ = self.retry_due.notified() => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
@@ -436,10 +456,17 @@ impl Engine {
                 }
                 _ = tokio::time::sleep(self.config.poll_interval.min(sweep_every)) => {}
             }
-        }
+        };
         // Graceful shutdown: no more claims, by the dispatcher or by finishing workers; let
         // running jobs finish.
         self.stopping.store(true, Ordering::Relaxed);
+        if let Some(error) = stopped {
+            // Nothing a running job does can be recorded any more.
+            tracing::error!(error = %error, running = tasks.len(), "the job store stopped: abandoning running jobs");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            return Err(error);
+        }
         if !tasks.is_empty() {
             tracing::info!(running = tasks.len(), grace = ?self.config.grace, "shutting down: waiting for running jobs");
             let wait_all = async { while tasks.join_next().await.is_some() {} };

@@ -1467,18 +1467,25 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+/// Ready when the store answers and accepts changes: a stopped store (a write or fsync failed,
+/// e.g. a full disk) is 503 `store_stopped` until the process exits and is restarted.
+async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Response> {
+    if let Some(reason) = state.engine.store.stopped() {
+        let body = json!({
+            "code": "store_stopped",
+            "message": format!("the job store stopped accepting changes: {reason}"),
+        });
+        return Err((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
+    }
     match tokio::time::timeout(READY_TIMEOUT, state.engine.store.counts()).await {
         Ok(Ok(_)) => Ok(Json(json!({ "status": "ready" }))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: the job store failed");
-            Err(AppError::Unavailable(
-                "the job store is not reachable".into(),
-            ))
+            Err(AppError::Unavailable("the job store is not reachable".into()).into_response())
         }
-        Err(_) => Err(AppError::Unavailable(
-            "the job store does not answer".into(),
-        )),
+        Err(_) => {
+            Err(AppError::Unavailable("the job store does not answer".into()).into_response())
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use chrono::Utc;
 
-use super::{error, open_store, StoreArgs, EXIT_FAILURE, EXIT_OK};
+use super::{error, open_store, open_store_read_only, StoreArgs, EXIT_FAILURE, EXIT_OK};
 use crate::job::{Job, JobId, JobStatus, NewJob, Principal};
 use crate::store::{CancelOutcome, ListFilter, Store};
 
@@ -66,7 +66,18 @@ pub fn run(args: JobsArgs) -> u8 {
         Err(e) => return error(format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let (store, _) = match open_store(&args.store.selection()).await {
+        // Reading commands never write the store (not even sled's own recovery at open).
+        let read_only = matches!(
+            args.command,
+            JobsCommand::List { .. } | JobsCommand::Show { .. }
+        );
+        let selection = args.store.selection();
+        let opened = if read_only {
+            open_store_read_only(&selection).await
+        } else {
+            open_store(&selection).await.map(|(store, _)| store)
+        };
+        let store = match opened {
             Ok(s) => s,
             Err(code) => return code,
         };

@@ -138,6 +138,23 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     /// Print a development JWT signed with FLOWCTL_JWT_SECRET.
     Token(token::TokenArgs),
+    /// Repair the embedded store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Open a store refused as damaged (its log lost changes that were on disk), keeping what
+    /// survived: jobs whose last changes were lost are as they were before them (a completed
+    /// job may be QUEUED and run again, a new one may be gone).
+    Recover {
+        /// Required: say that the lost changes are given up.
+        #[arg(long)]
+        accept_loss: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 /// `--include-root`: where `include`s may read from, for every command that
@@ -230,6 +247,9 @@ where
         Command::Worker(args) => worker::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Token(args) => token::run(args),
+        Command::Store(StoreCommand::Recover { accept_loss, store }) => {
+            store_recover(&store, accept_loss)
+        }
     };
     ExitCode::from(code)
 }
@@ -539,6 +559,68 @@ impl StoreSelection {
     }
 }
 
+fn store_recover(args: &StoreArgs, accept_loss: bool) -> u8 {
+    let StoreSelection::Sled(db) = args.selection() else {
+        return error("`store recover` repairs the embedded store (--db PATH), not PostgreSQL");
+    };
+    if !accept_loss {
+        return error(format!(
+            "recovering {} gives up the changes its log lost; pass --accept-loss to do so",
+            db.display()
+        ));
+    }
+    match SledStore::recover(&db) {
+        Ok(found) => {
+            let lost = match found.durable {
+                Some(durable) if durable > found.survived => {
+                    format!("{} commit round(s) lost", durable - found.survived)
+                }
+                Some(_) => "nothing was lost".to_string(),
+                None => "its commit watermark was unreadable or missing".to_string(),
+            };
+            outln!(
+                "recovered the store at {}: {} job(s), up to commit round {} ({lost})",
+                db.display(),
+                found.jobs,
+                found.survived
+            );
+            EXIT_OK
+        }
+        Err(e) => error(format!("cannot recover the store at {}: {e}", db.display())),
+    }
+}
+
+/// What a refused store's error says to do.
+fn store_error(db: &std::path::Path, e: StoreError) -> u8 {
+    match e {
+        StoreError::Locked { .. } => error(format!(
+            "the store at {} is in use by another flowctl process (the embedded store is single-process; use --store postgres://... to share a queue)",
+            db.display()
+        )),
+        e @ StoreError::Damaged { .. } => error(format!(
+            "{e}\nit was not opened; `flowctl store recover --db {} --accept-loss` opens it \
+             with what survived (the lost changes are gone: jobs may run again)",
+            db.display()
+        )),
+        e => error(format!("cannot open the store at {}: {e}", db.display())),
+    }
+}
+
+/// Opens the selected store for reading only (`jobs list`, `jobs show`): the embedded store is
+/// read from a copy ([`SledStore::open_read_only`]), so that not a byte of it changes, and no
+/// masking key is created.
+pub(crate) async fn open_store_read_only(
+    selection: &StoreSelection,
+) -> Result<std::sync::Arc<dyn Store>, u8> {
+    match selection {
+        StoreSelection::Sled(db) => match SledStore::open_read_only(db) {
+            Ok(store) => Ok(std::sync::Arc::new(store)),
+            Err(e) => Err(store_error(db, e)),
+        },
+        StoreSelection::Postgres(_) => open_store(selection).await.map(|(store, _)| store),
+    }
+}
+
 /// Opens the selected store and the masking key: for the embedded store, the key kept beside it
 /// (or `FLOWCTL_MASK_KEY`); for PostgreSQL, `FLOWCTL_MASK_KEY`, which is then required (every
 /// machine must hash alike).
@@ -567,13 +649,7 @@ pub(crate) async fn open_store(
     };
     let store = match SledStore::open(SledConfig::new(db)) {
         Ok(s) => s,
-        Err(StoreError::Locked { .. }) => {
-            return Err(error(format!(
-                "the store at {} is in use by another flowctl process (the embedded store is single-process; use --store postgres://... to share a queue)",
-                db.display()
-            )))
-        }
-        Err(e) => return Err(error(format!("cannot open the store at {}: {e}", db.display()))),
+        Err(e) => return Err(store_error(db, e)),
     };
     let key = match crate::masking_key::load_or_create(db) {
         Ok(k) => k,

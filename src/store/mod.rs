@@ -44,15 +44,31 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Attempts a job gets beyond its declared retries when its worker dies
-/// (its lease expires): a crash is not the job's failure, so it is queued
-/// again and finishes; a job that kills its worker every time still ends
-/// FAILED after these.
-pub const LEASE_RECOVERY_ALLOWANCE: u32 = 2;
+/// Crash recoveries: attempts a job gets beyond its declared ones (`max_attempts`, the report's
+/// retries + 1) for its worker dying (its lease expiring). A crash is not the job's failure, so
+/// the job is queued again and finishes; a job that kills its worker every time still ends
+/// FAILED once its attempt number reaches `max_attempts` + this.
+///
+/// Every attempt, however it ended, counts in the one `attempt` number (the job record keeps no
+/// separate crash count): a failure is retried while `attempt < max_attempts`, a lease expiry
+/// while `attempt < max_attempts + LEASE_RECOVERY_ALLOWANCE`. So a job with no retries survives
+/// 3 crashes and fails on the 4th; a crash also uses up one of a report's retries (the failure
+/// after it gets one retry fewer), while the total stays bounded by retries + 1 + 3.
+pub const LEASE_RECOVERY_ALLOWANCE: u32 = 3;
 
 /// Whether a job whose lease expired gets another attempt.
 pub fn recovers_after_lease_expiry(attempt: u32, max_attempts: u32) -> bool {
     attempt < max_attempts.saturating_add(LEASE_RECOVERY_ALLOWANCE)
+}
+
+/// The error of a job failed because its lease expired with no attempt left: who lost it, on
+/// which attempt, and the rule ([`LEASE_RECOVERY_ALLOWANCE`]).
+pub fn lease_expiry_error(owner: Option<&str>, attempt: u32, max_attempts: u32) -> String {
+    format!(
+        "worker {} lost its lease on attempt {attempt}, the last allowed: {max_attempts} \
+         attempt(s) (the report's retries + 1) plus {LEASE_RECOVERY_ALLOWANCE} crash recoveries",
+        owner.unwrap_or("?"),
+    )
 }
 
 /// The durable job store. Used as `Arc<dyn Store>`.
@@ -217,6 +233,16 @@ pub trait Store: Send + Sync + 'static {
     /// job may be running elsewhere; `false` for a single-process store (sled).
     fn is_shared(&self) -> bool {
         false
+    }
+
+    /// Why the store has stopped accepting changes, if it has: a write or fsync failed (e.g. a
+    /// full disk), and nothing written since can be trusted to be on disk, so every later change
+    /// fails with [`StoreError::Stopped`] until the process opens the store again. Not a
+    /// passing condition: a process should stop (exit 2 and let its supervisor restart it)
+    /// rather than retry. Stores that never stop (PostgreSQL: a lost connection is
+    /// [`StoreError::Unavailable`], retried) keep the default, `None`.
+    fn stopped(&self) -> Option<String> {
+        None
     }
 }
 
@@ -431,6 +457,18 @@ pub enum StoreError {
     /// The database refused an operation (not a connection problem).
     #[error("job store (PostgreSQL) failed: {0}")]
     Postgres(String),
+    /// The embedded store lost changes that were durable (sled's log is cut short or
+    /// corrupted), or its files are not all there. Refused at open; `flowctl store recover
+    /// --accept-loss` opens it with what is left.
+    #[error("the job store at {} is damaged: {missing}", path.display())]
+    Damaged { path: PathBuf, missing: String },
+    /// The directory holds something else than an embedded store.
+    #[error("{} is not a flowctl job store: {found}", path.display())]
+    NotAStore { path: PathBuf, found: String },
+    /// The store stopped accepting changes after a write or fsync failed ([`Store::stopped`]).
+    /// Retrying does not help: only opening the store again (restarting the process) does.
+    #[error("the job store stopped accepting changes: {reason}")]
+    Stopped { reason: String },
 }
 
 impl StoreError {
@@ -438,6 +476,29 @@ impl StoreError {
     /// rather than give up on it, and never fail a job for it.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// The store has stopped ([`StoreError::Stopped`]): stop the process, do not retry.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self, StoreError::Stopped { .. })
+    }
+
+    /// The error with `to` for `from` wherever it names the store's directory (an error met on
+    /// a copy of the store, reported for the original).
+    pub(crate) fn at(self, from: &std::path::Path, to: &std::path::Path) -> StoreError {
+        let moved = |path: PathBuf| if path == from { to.to_owned() } else { path };
+        match self {
+            StoreError::Damaged { path, missing } => StoreError::Damaged {
+                path: moved(path),
+                missing,
+            },
+            StoreError::NotAStore { path, found } => StoreError::NotAStore {
+                path: moved(path),
+                found,
+            },
+            StoreError::Locked { path } => StoreError::Locked { path: moved(path) },
+            other => other,
+        }
     }
 
     pub(crate) fn illegal(job: &JobId, error: StatusError) -> StoreError {
