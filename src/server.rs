@@ -231,7 +231,9 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> AppError {
         match e {
             StoreError::InvalidCursor(_) => AppError::InvalidRequest("invalid cursor".into()),
-            e if e.is_transient() => {
+            // A stopped store does not come back by itself (the process exits 2 for its
+            // supervisor); until then callers get 503, never a 500 that looks like a bug.
+            e if e.is_transient() || e.is_stopped() => {
                 tracing::warn!(error = %e, "the job store is unavailable");
                 AppError::StoreUnavailable(STORE_UNAVAILABLE_MESSAGE.into())
             }

@@ -883,8 +883,8 @@ static SWEEP: LazyLock<String> = LazyLock::new(|| {
                            WHEN j.attempt < j.max_attempts + $2 THEN 'QUEUED'
                            ELSE 'FAILED' END,
              error = CASE WHEN NOT j.cancel_requested AND j.attempt >= j.max_attempts + $2
-                          THEN format('lease of worker %s expired on attempt %s of %s',
-                                      coalesce(j.lease_owner, '?'), j.attempt, j.max_attempts)
+                          THEN format('worker %s lost its lease on attempt %s, the last allowed: %s attempt(s) (the report''s retries + 1) plus %s crash recoveries',
+                                      coalesce(j.lease_owner, '?'), j.attempt, j.max_attempts, $2)
                           ELSE j.error END,
              run_after = CASE WHEN NOT j.cancel_requested AND j.attempt < j.max_attempts + $2
                               THEN NULL ELSE j.run_after END,
