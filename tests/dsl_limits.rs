@@ -85,21 +85,13 @@ fn include_root_flag_allows_another_directory() {
         .success();
     assert!(run.stdout().contains("2 reports"), "{}", run.stdout());
     // Every command that loads a workflow takes the flag.
-    Flowctl::new()
-        .dir(dir.path())
-        .args(["graph", "wf/main.flow", "--include-root", "shared"])
-        .output()
-        .success();
-    Flowctl::new()
-        .dir(dir.path())
-        .args(["plan", "wf/main.flow", "--include-root", "shared"])
-        .output()
-        .success();
-    Flowctl::new()
-        .dir(dir.path())
-        .args(["schedule", "wf/main.flow", "--include-root", "shared"])
-        .output()
-        .success();
+    for command in ["graph", "plan", "schedule"] {
+        Flowctl::new()
+            .dir(dir.path())
+            .args([command, "wf/main.flow", "--include-root", "shared"])
+            .output()
+            .success();
+    }
     let run = Flowctl::new()
         .dir(dir.path())
         .args(["fmt", "wf/main.flow"])

@@ -91,6 +91,16 @@ fn damaged(result: Result<SledStore, StoreError>) -> String {
 }
 
 /// sled's log file.
+/// Cuts the store's log to half its length, as a crash or a bad disk may.
+fn truncate_log_by_half(path: &Path) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(log(path))
+        .unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len / 2).unwrap();
+}
+
 fn log(path: &Path) -> PathBuf {
     path.join("db")
 }
@@ -100,13 +110,7 @@ fn a_truncated_log_is_refused_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     filled_store(&path);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(log(&path))
-        .unwrap();
-    let len = file.metadata().unwrap().len();
-    file.set_len(len / 2).unwrap();
-    drop(file);
+    truncate_log_by_half(&path);
     let message = damaged(open(&path));
     assert!(message.contains("missing"), "{message}");
     // Refused again: the refusal does not depend on the first try.
@@ -204,12 +208,7 @@ fn jobs_list_never_writes_the_store() {
     );
 
     // Nor a damaged one: refused (exit 2), and left as it is for `store recover`.
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(log(&path))
-        .unwrap();
-    file.set_len(file.metadata().unwrap().len() / 2).unwrap();
-    drop(file);
+    truncate_log_by_half(&path);
     let before = snapshot(&path);
     let run = Flowctl::new().args(["jobs", "list"]).arg_db(&path).output();
     assert_eq!(run.code(), 2, "{}", run.stderr());
@@ -236,12 +235,7 @@ fn store_recover_accepts_the_loss_of_a_damaged_store() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     filled_store(&path);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(log(&path))
-        .unwrap();
-    file.set_len(file.metadata().unwrap().len() / 2).unwrap();
-    drop(file);
+    truncate_log_by_half(&path);
     // Every command that opens it refuses it.
     let run = Flowctl::new()
         .args(["jobs", "cancel", "JOB_AAAAAAAA"])
