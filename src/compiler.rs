@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
 
 use crate::ast::{Block, DependencyDecl, FlowFile, Ident, ItemKind, Setting, Value, ValueKind};
 use crate::cron_expr::CronExpr;
@@ -301,12 +302,12 @@ impl<'s> Compiler<'s> {
             }
         }
 
+        self.check_repeated_runs(&graph, &report_index, &schedules, &dependencies, &dep_spans);
         let report_index = reports
             .iter()
             .enumerate()
             .map(|(i, r)| (r.name.clone(), NodeIndex::new(i)))
             .collect();
-        self.check_repeated_runs(&reports, &schedules, &dependencies, &decls, &dep_spans);
         Workflow {
             config,
             roles: role_names,
@@ -455,118 +456,96 @@ impl<'s> Compiler<'s> {
     /// report both scheduled and created by a dependency runs once for each, and a child with
     /// a fixed role runs once per parent scope (role, county), so parents that run as several
     /// roles create several jobs of the same child and role.
+    ///
+    /// Linear in the workflow: the roles each report can run as are computed once, in
+    /// topological order (a cyclic graph has already failed; it gets no warnings).
     fn check_repeated_runs(
         &mut self,
-        reports: &[ReportType],
+        graph: &DiGraph<usize, Edge>,
+        report_index: &Map<&str, usize>,
         schedules: &[Schedule],
         dependencies: &[Dependency],
-        decls: &Decls<'_>,
         dep_spans: &[Span],
     ) {
-        for (dep, span) in dependencies.iter().zip(dep_spans) {
-            let scheduled: Vec<&str> = schedules
-                .iter()
-                .filter(|s| s.reports.contains(&dep.child))
-                .map(|s| s.name.as_str())
-                .collect();
-            if let Some(first) = scheduled.first() {
-                self.diags.push(
-                    Diagnostic::warning(
-                        Code::RunsTwice,
-                        format!(
-                            "report `{}` runs twice: schedule `{first}` runs it, and so does this dependency",
-                            dep.child
-                        ),
-                    )
-                    .label(*span, format!("a second `{}` job after each parent completion", dep.child))
-                    .help("each trigger creates its own job; remove the report from the schedule's `run`, or drop the dependency"),
-                );
-            }
-        }
-        // The roles each report can run as, from the schedules down the dependencies (in
-        // declaration order until nothing changes: the graph is acyclic, so this ends).
-        let index: Map<&str, usize> = reports
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.name.as_str(), i))
-            .collect();
-        let mut roles: Vec<Vec<&str>> = vec![Vec::new(); reports.len()];
+        let Ok(order) = petgraph::algo::toposort(graph, None) else {
+            return;
+        };
+        // Per report (node index == report index): the first schedule that runs it, and the
+        // roles it can run as.
+        let mut scheduled_by: Vec<Option<&str>> = vec![None; graph.node_count()];
+        let mut roles: Vec<Vec<String>> = vec![Vec::new(); graph.node_count()];
         for schedule in schedules {
             for report in &schedule.reports {
-                if let Some(&i) = index.get(report.as_str()) {
-                    for role in &schedule.roles {
-                        if !roles[i].contains(&role.as_str()) {
-                            roles[i].push(role);
+                let Some(&i) = report_index.get(report.as_str()) else {
+                    continue;
+                };
+                scheduled_by[i].get_or_insert(schedule.name.as_str());
+                for role in &schedule.roles {
+                    push_unique(&mut roles[i], role);
+                }
+            }
+        }
+        for node in order {
+            let child = node.index();
+            // The dependencies that create this report, each with its parents.
+            let mut incoming: Vec<(usize, usize)> = graph
+                .edges_directed(node, petgraph::Direction::Incoming)
+                .map(|e| (e.weight().dependency, e.source().index()))
+                .collect();
+            incoming.sort_unstable();
+            for group in incoming.chunk_by(|a, b| a.0 == b.0) {
+                let (dep, span) = (&dependencies[group[0].0], dep_spans[group[0].0]);
+                if let Some(schedule) = scheduled_by[child] {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            Code::RunsTwice,
+                            format!(
+                                "report `{}` runs twice: schedule `{schedule}` runs it, and so does this dependency",
+                                dep.child
+                            ),
+                        )
+                        .label(span, format!("a second `{}` job after each parent completion", dep.child))
+                        .help("each trigger creates its own job; remove the report from the schedule's `run`, or drop the dependency"),
+                    );
+                }
+                // The roles whose completions of the parents count (the `by` filter); the
+                // parents come earlier in the order, so their roles are complete.
+                let mut from: Vec<String> = Vec::new();
+                for &(_, parent) in group {
+                    for role in &roles[parent] {
+                        if dep.parent_roles.is_empty() || dep.parent_roles.contains(role) {
+                            push_unique(&mut from, role);
                         }
                     }
                 }
-            }
-        }
-        let parent_roles = |roles: &[Vec<&'_ str>], dep: &Dependency| -> Vec<String> {
-            let mut out: Vec<String> = Vec::new();
-            for parent in &dep.parents {
-                let Some(&p) = index.get(parent.as_str()) else {
+                let RoleRule::Fixed(role) = &dep.role else {
+                    for role in &from {
+                        push_unique(&mut roles[child], role);
+                    }
                     continue;
                 };
-                for role in &roles[p] {
-                    let counted =
-                        dep.parent_roles.is_empty() || dep.parent_roles.iter().any(|r| r == role);
-                    if counted && !out.iter().any(|r| r == role) {
-                        out.push(role.to_string());
-                    }
-                }
-            }
-            out
-        };
-        for _ in 0..=dependencies.len() {
-            let mut changed = false;
-            for dep in dependencies {
-                let Some(&child) = index.get(dep.child.as_str()) else {
-                    continue;
-                };
-                let new: Vec<String> = match &dep.role {
-                    RoleRule::Fixed(role) => vec![role.clone()],
-                    RoleRule::Inherit => parent_roles(&roles, dep),
-                };
-                for role in new {
-                    if !roles[child].iter().any(|r| *r == role) {
-                        let Some(declared) = decls_role(decls, &role) else {
-                            continue;
-                        };
-                        roles[child].push(declared);
-                        changed = true;
-                    }
-                }
-            }
-            if !changed {
-                break;
-            }
-        }
-        for (dep, span) in dependencies.iter().zip(dep_spans) {
-            let RoleRule::Fixed(role) = &dep.role else {
-                continue;
-            };
-            let from = parent_roles(&roles, dep);
-            if from.len() > 1 {
-                self.diags.push(
-                    Diagnostic::warning(
-                        Code::RunsPerParentScope,
-                        format!(
-                            "`{}` runs as {role} once per parent scope: its parents run as {}, so each round creates {} `{}` jobs",
-                            dep.child,
-                            from.join(", "),
-                            from.len(),
+                push_unique(&mut roles[child], role.as_str());
+                if from.len() > 1 {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            Code::RunsPerParentScope,
+                            format!(
+                                "`{}` runs as {role} once per parent scope: its parents run as {}, so each round creates {} `{}` jobs",
+                                dep.child,
+                                from.join(", "),
+                                from.len(),
+                                dep.child
+                            ),
+                        )
+                        .label(span, "one child per parent (role, county)")
+                        .help(format!(
+                            "to run it once per round, count one role's completions: `after {} by {} run {} as {role}`",
+                            dep.parents.join(", "),
+                            from[0],
                             dep.child
-                        ),
-                    )
-                    .label(*span, "one child per parent (role, county)")
-                    .help(format!(
-                        "to run it once per round, count one role's completions: `after {} by {} run {} as {role}`",
-                        dep.parents.join(", "),
-                        from[0],
-                        dep.child
-                    )),
-                );
+                        )),
+                    );
+                }
             }
         }
     }
@@ -1439,14 +1418,10 @@ fn unknown<'a>(
     diags.push(d);
 }
 
-/// The declared role named `name`, borrowed from the syntax tree (so role lists can hold
-/// `&str` for the whole compilation).
-fn decls_role<'a>(decls: &Decls<'a>, name: &str) -> Option<&'a str> {
-    decls
-        .roles
-        .iter()
-        .find(|r| r.name == name)
-        .map(|r| r.name.as_str())
+fn push_unique(list: &mut Vec<String>, item: &str) {
+    if !list.iter().any(|x| x == item) {
+        list.push(item.to_string());
+    }
 }
 
 fn index_of<'a>(named: &[Named<'a>]) -> Map<&'a str, usize> {

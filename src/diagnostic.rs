@@ -383,11 +383,14 @@ pub fn bounded(text: String) -> String {
 fn needs_escape(c: char, in_quote: bool) -> bool {
     match c {
         '\n' | '\t' => in_quote,
-        c => {
-            c.is_control()
-                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-        }
+        c => c.is_control() || is_bidi_control(c),
     }
+}
+
+/// The invisible characters that reorder text on a terminal (bidirectional marks, embeddings,
+/// overrides and isolates): never shown as they are, in messages or in source excerpts.
+pub(crate) fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A file name as shown: control characters escaped.

@@ -249,7 +249,7 @@ impl Engine {
         } else {
             Joins::none()
         };
-        Metrics::add(&metrics.workers_total, config.pool_size as u64);
+        Metrics::add(&metrics.workers, config.pool_size as u64);
         Engine {
             workflow,
             store,
@@ -606,6 +606,10 @@ impl Engine {
         timeout: Option<Duration>,
     ) -> Option<(Outcome, u64)> {
         let shared = Arc::new(Shared::default());
+        // An attempt abandoned by the dispatcher (a stopped store, the end of the grace
+        // period) drops this future: the pipeline thread, which a drop cannot stop, then
+        // ends at its next chunk instead of running on unrecorded.
+        let _cancel_on_drop = CancelOnDrop(shared.clone());
         let observer_state = shared.clone();
         let run_started = Instant::now();
         let leftovers = leftover_results(job, &spec.result_path, spec.output_format);
@@ -841,6 +845,11 @@ impl Engine {
                     tokio::time::sleep(unavailable_backoff).await;
                     unavailable_backoff = (unavailable_backoff * 2).min(Duration::from_secs(5));
                 }
+                Err(e) if e.is_stopped() => {
+                    // Nothing can be recorded any more; the dispatcher stops the process.
+                    tracing::error!(job = %job.job_id, error = %e, "the job store stopped: the completion is not recorded");
+                    return None;
+                }
                 Err(e) if use_joins && !joins.is_empty() => {
                     // Triggering dependents must never change the parent's
                     // outcome: count the error and complete without joins.
@@ -916,6 +925,15 @@ struct Shared {
     rows_read: AtomicU64,
     rows_total: AtomicU64,
     rows_written: AtomicU64,
+}
+
+/// Sets the pipeline's cancel flag when dropped.
+struct CancelOnDrop(Arc<Shared>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 struct SharedObserver(Arc<Shared>);

@@ -426,14 +426,21 @@ fn read_include(
     if !inside(&lexical_join(real_dir, Path::new(include)), roots) {
         return Err(outside());
     }
-    let target = dir.join(include);
-    let resolved = std::fs::canonicalize(&target)
+    // The path that was checked is the path that is opened: relative to the including file's
+    // real directory (a symlinked file's own directory could name another file).
+    let resolved = std::fs::canonicalize(lexical_join(real_dir, Path::new(include)))
         .map_err(|e| SourceError::Io(e).for_include(include, span))?;
     // A symlink inside the root may point out of it.
     if !inside(&resolved, roots) {
         return Err(outside());
     }
     let text = read_source(&resolved).map_err(|e| e.for_include(include, span))?;
+    // Shown as written beside the including file when that names the same file.
+    let written = dir.join(include);
+    let target = match std::fs::canonicalize(&written) {
+        Ok(same) if same == resolved => written,
+        _ => resolved,
+    };
     Ok((target, text))
 }
 

@@ -33,8 +33,8 @@ pub struct Metrics {
     pub lease_recoveries: AtomicU64,
     pub retries: AtomicU64,
     pub workers_busy: AtomicU64,
-    /// Workers in the pool, exported as the gauge `flowctl_workers` (`_total` is for counters).
-    pub workers_total: AtomicU64,
+    /// Workers in the pool: the gauge `flowctl_workers`.
+    pub workers: AtomicU64,
     pub store_errors: AtomicU64,
     pub schedule_fires: AtomicU64,
     pub missed_fires: AtomicU64,
@@ -211,7 +211,7 @@ impl Metrics {
             (
                 "flowctl_workers",
                 "Workers in the pool.",
-                &self.workers_total,
+                &self.workers,
                 "gauge",
             ),
         ];
@@ -279,7 +279,7 @@ mod tests {
         m.job_finished("DAILY_REPORT", Finish::Cancelled, Duration::from_millis(3));
         m.failure_reason("source broke: line 7");
         m.schedule_lag(Duration::from_millis(2));
-        Metrics::add(&m.workers_total, 2);
+        Metrics::add(&m.workers, 2);
         let text = m.render(&BTreeMap::from([("QUEUED".to_string(), 1u64)]));
 
         let mut families: BTreeMap<String, String> = BTreeMap::new();

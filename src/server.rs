@@ -419,18 +419,15 @@ impl FromRequestParts<AppState> for Caller {
                 clip(&claims.role)
             )));
         }
-        // The workflow's county rule: only roles in `all_counties` see every county.
-        let admin = state.engine.workflow.sees_all_counties(&claims.role);
-        let county = if admin {
-            None
-        } else {
-            Some(claims.county_id.ok_or_else(|| {
-                AppError::Forbidden(format!(
-                    "the token has no countyId claim, which role {} needs",
-                    claims.role
-                ))
-            })?)
-        };
+        // The workflow's county rule (`Workflow::check_county`, the one every entry point
+        // uses): a county-scoped role needs the token's `countyId`; a role in `all_counties`
+        // sees every county and its jobs run for all of them.
+        let workflow = &state.engine.workflow;
+        workflow
+            .check_county(&claims.role, claims.county_id.as_deref())
+            .map_err(|e| AppError::Forbidden(format!("the token has no countyId claim: {e}")))?;
+        let admin = workflow.sees_all_counties(&claims.role);
+        let county = if admin { None } else { claims.county_id };
         Ok(Caller {
             principal: Principal {
                 subject: claims.sub,
@@ -908,11 +905,18 @@ async fn serve_connection(
                     conn.as_mut().graceful_shutdown();
                 }
             }
-            _ = tokio::time::sleep_until(idle_deadline), if !closed => {
+            _ = tokio::time::sleep_until(idle_deadline) => {
                 if activity.busy() {
                     // A handler is working (no bytes move meanwhile): look again later.
                     activity.touch(start);
                 } else if activity.last(start) + idle_timeout <= tokio::time::Instant::now() {
+                    if closed {
+                        // Closing, yet no byte moved for a whole idle timeout: a client that
+                        // stopped reading its response. Dropping the connection closes it, so
+                        // it cannot hold its slot under the cap forever.
+                        tracing::debug!("dropping a connection whose client stopped reading");
+                        return;
+                    }
                     // Closes a connection waiting for a request; one whose response is still
                     // being written finishes it first.
                     tracing::debug!("closing an idle connection");
@@ -1381,7 +1385,7 @@ async fn job_result(
         .engine
         .workflow
         .report(&job.report_type)
-        .is_some_and(|r| r.masks_for(&caller.principal.role).is_empty());
+        .is_some_and(|r| !r.masks.iter().any(|m| m.applies_to(&caller.principal.role)));
     if job.role != caller.principal.role && !sees_all_fields {
         return Err(AppError::Forbidden(format!(
             "the result of job {} was masked for role {}, not {}",

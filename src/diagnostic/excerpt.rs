@@ -335,8 +335,9 @@ fn printable_char(c: char) -> char {
     match c {
         '\t' => '\t',
         c if c.is_ascii_control() => ' ',
+        // Two-byte controls become a two-byte `·`, three-byte ones a three-byte `�`.
         '\u{80}'..='\u{9f}' | '\u{61c}' => '·',
-        '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => '\u{fffd}',
+        c if super::is_bidi_control(c) => '\u{fffd}',
         c => c,
     }
 }
