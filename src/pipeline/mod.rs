@@ -206,6 +206,9 @@ pub enum PipelineError {
     /// The source file does not exist.
     #[error("source file {} does not exist", path.display())]
     SourceMissing { path: PathBuf },
+    /// The source is a FIFO, a device or a socket: never read.
+    #[error("source {} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
     /// Reading the source or writing the result failed.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
@@ -257,6 +260,7 @@ impl PipelineError {
     pub fn code(&self) -> &'static str {
         match self {
             PipelineError::SourceMissing { .. } => "source_missing",
+            PipelineError::NotAFile { .. } => "source_not_a_file",
             PipelineError::Io { .. } => "io",
             PipelineError::Csv { .. } => "bad_csv",
             PipelineError::Json { .. } => "bad_json",
@@ -286,6 +290,15 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> PipelineError + '_ {
 }
 
 fn open_source(path: &Path) -> Result<File> {
+    // A FIFO would block the open, a device (`/dev/zero`) would never end: refused before
+    // they are opened. (A directory opens and fails to read: an I/O error, as before.)
+    if let Ok(meta) = fs::metadata(path) {
+        if !meta.is_file() && !meta.is_dir() {
+            return Err(PipelineError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+    }
     File::open(path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             PipelineError::SourceMissing {
@@ -1943,6 +1956,18 @@ mod tests {
             Err(PipelineError::SourceMissing { .. })
         ));
         assert!(fx.result_files().is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_device_source_is_refused_not_read_forever() {
+        let path = Path::new("/dev/zero");
+        for format in [DataFormat::Csv, DataFormat::Jsonl] {
+            let err = count_rows(path, format).unwrap_err();
+            assert!(matches!(err, PipelineError::NotAFile { .. }), "{err:?}");
+            assert!(!err.is_transient());
+            assert!(read_columns(path, format).is_err());
+        }
     }
 
     #[cfg(unix)]
