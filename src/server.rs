@@ -751,14 +751,20 @@ impl ServeConfig {
     }
 }
 
-/// Request heads hyper itself accepts, in bytes: beyond it hyper answers a bare `431` (no body)
-/// and closes the connection. Heads between [`HEADER_LIMIT`] and this get the JSON `431`.
-const HYPER_HEADER_LIMIT: usize = 64 * 1024;
+/// Request heads the socket's guard ([`head_limit`]) lets through to hyper, in bytes: heads
+/// between [`HEADER_LIMIT`] and this get the JSON `431` from the `observe` middleware, larger
+/// ones from the guard, which then closes the connection.
+const GUARDED_HEADER_LIMIT: usize = 64 * 1024;
 /// Largest request head (request line and header fields) the API accepts, in bytes.
 pub const HEADER_LIMIT: usize = 16 * 1024;
-/// Most header fields a request may have: hyper's own limit (its default, which keeps header
-/// parsing on the stack), so a request over it gets hyper's bare `431`, not JSON.
+/// Most header fields a request may have; beyond, the guard answers the JSON `431` and closes.
 pub const MAX_HEADERS: usize = 100;
+/// hyper's own limits, above the guard's so that hyper's bare `431` (no body) is never what a
+/// client gets while the guard follows the connection's framing (see [`head_limit`]).
+const HYPER_HEADER_LIMIT: usize = GUARDED_HEADER_LIMIT + 8 * 1024;
+const HYPER_MAX_HEADERS: usize = 2 * MAX_HEADERS;
+
+mod head_limit;
 
 /// Serves `app(state)` on `listener` with [`ServeConfig::default`] until `shutdown` resolves,
 /// then lets requests in flight finish.
@@ -793,7 +799,9 @@ pub async fn serve_with(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_header_size(HYPER_HEADER_LIMIT)
+        .max_headers(HYPER_MAX_HEADERS)
         .keep_alive(true);
+    let refusal = head_refusal().await;
     let builder = Arc::new(builder);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -819,6 +827,14 @@ pub async fn serve_with(
         };
         // Small JSON answers: send them now rather than wait for more to coalesce.
         let _ = tcp.set_nodelay(true);
+        let tcp = head_limit::HeadLimit::new(
+            tcp,
+            head_limit::HeadLimits {
+                bytes: GUARDED_HEADER_LIMIT,
+                fields: MAX_HEADERS,
+            },
+            refusal.clone(),
+        );
         tokio::spawn(serve_connection(
             tcp,
             app.clone(),
@@ -833,6 +849,20 @@ pub async fn serve_with(
     // Every connection holds a permit until it ends.
     let _ = permits.acquire_many(max as u32).await;
     Ok(())
+}
+
+/// The whole response the socket's guard sends for a head over its limits: the API's JSON `431`.
+async fn head_refusal() -> Bytes {
+    let error = AppError::HeadersTooLarge(format!(
+        "request head larger than {} KiB or with more than {MAX_HEADERS} header fields; \
+         the connection is closed",
+        GUARDED_HEADER_LIMIT / 1024
+    ));
+    let status = error.status();
+    let body = axum::body::to_bytes(error.into_response().into_body(), BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    head_limit::close_response(status, &body)
 }
 
 /// Activity of one connection, for its idle watchdog.
@@ -862,7 +892,7 @@ impl Activity {
 /// One connection: hyper's HTTP/1 state machine, closed gracefully when the server stops or
 /// when it idles longer than `idle_timeout`.
 async fn serve_connection(
-    tcp: tokio::net::TcpStream,
+    tcp: head_limit::HeadLimit<tokio::net::TcpStream>,
     app: Router,
     builder: Arc<hyper::server::conn::http1::Builder>,
     idle_timeout: Duration,
@@ -950,7 +980,7 @@ impl Drop for InFlight {
 
 /// A socket that records when bytes last moved through it.
 struct Watched {
-    inner: tokio::net::TcpStream,
+    inner: head_limit::HeadLimit<tokio::net::TcpStream>,
     activity: Arc<Activity>,
     start: tokio::time::Instant,
 }
@@ -1650,7 +1680,7 @@ pub fn openapi(report_types: &[&str]) -> Value {
         );
         responses.insert(
             "431".into(),
-            error(&format!("Request head over {} KiB (beyond {} KiB, or over {MAX_HEADERS} header fields, the connection is closed with a bare 431).", HEADER_LIMIT / 1024, HYPER_HEADER_LIMIT / 1024)),
+            error(&format!("Request head over {} KiB (beyond {} KiB, or over {MAX_HEADERS} header fields, the connection is then closed).", HEADER_LIMIT / 1024, GUARDED_HEADER_LIMIT / 1024)),
         );
         responses.insert(
             "500".into(),
