@@ -6,8 +6,8 @@
 //! steps `*/n`, `a/n`, `a-b/n` and lists `a,b,c`; the month field also accepts `JAN`-`DEC` and
 //! the day-of-week field `SUN`-`SAT` (case-insensitive). Day-of-week numbers follow Quartz:
 //! `1` is Sunday and `7` is Saturday. `?` ("no specific value") is accepted, alone, in the
-//! day-of-month and day-of-week fields and means the same as `*`. The Quartz specials `L`, `W`,
-//! `LW` and `#` are rejected with a clear error.
+//! day-of-month and day-of-week fields and means the same as `*`. The Quartz day specials
+//! (`L`, `L-3`, `15W`, `LW` in day-of-month; `6L`, `6#3` in day-of-week) are in [`day_rule`].
 //!
 //! At most one of day-of-month and day-of-week may be restricted: the other is `*` or `?`
 //! (`0 0 9 1 * ?`, `0 0 9 ? * MON`, `0 0 9 * * *`). Restricting both (`0 0 9 1-7 * MON`) is
@@ -44,6 +44,9 @@ use std::str::FromStr;
 use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use cron::{Schedule, TimeUnitSpec};
+
+mod day_rule;
+use day_rule::DayRule;
 
 /// One field of a cron expression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +170,8 @@ pub struct CronExpr {
     /// The hour field matches every hour: the schedule follows real elapsed time across
     /// daylight-saving transitions.
     sub_hourly: bool,
+    /// A Quartz day special; `schedule` then has that day field `*` and is filtered by it.
+    day_rule: Option<DayRule>,
 }
 
 impl fmt::Debug for CronExpr {
@@ -220,38 +225,6 @@ fn split_fields(text: &str) -> Vec<Token<'_>> {
         tokens.push((s, &text[s..]));
     }
     tokens
-}
-
-/// Rejects the Quartz specials `L`, `W`, `LW`, `L-n`, `nL`, `DDDL`, `nW` and `#`.
-fn check_quartz_special(field: CronField, item: &str, offset: usize) -> Result<(), CronError> {
-    if !field.allows_question_mark() {
-        return Ok(());
-    }
-    let upper = item.to_ascii_uppercase();
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let what = if upper.contains('#') {
-        Some("'#' (n-th day-of-week of the month)")
-    } else if upper == "LW" {
-        Some("'LW' (last weekday of the month)")
-    } else if upper == "L" || upper.starts_with("L-") {
-        Some("'L' (last day)")
-    } else if let Some(prefix) = upper.strip_suffix('W') {
-        all_digits(prefix).then_some("'W' (nearest weekday)")
-    } else if let Some(prefix) = upper.strip_suffix('L') {
-        (all_digits(prefix) || DAY_NAMES.contains(&prefix))
-            .then_some("'L' (last day-of-week of the month)")
-    } else {
-        None
-    };
-    match what {
-        Some(what) => Err(CronError::at(
-            field,
-            offset,
-            item.len(),
-            format!("{field} '{item}' uses the Quartz special {what}, which is not supported"),
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Parses one value (number or name) and checks its range.
@@ -358,7 +331,6 @@ fn parse_base(field: CronField, tok: &str, offset: usize) -> Result<String, Cron
 
 /// Parses one list element: `*`, `a`, `a-b`, `*/n`, `a/n`, `a-b/n`.
 fn parse_item(field: CronField, item: &str, offset: usize) -> Result<String, CronError> {
-    check_quartz_special(field, item, offset)?;
     let Some((base, step)) = item.split_once('/') else {
         return parse_base(field, item, offset);
     };
@@ -506,7 +478,17 @@ impl CronExpr {
             });
         }
         let mut normalized = Vec::with_capacity(tokens.len());
+        let mut day_rule = None;
+        let mut rule_at = None;
         for (&field, &(offset, tok)) in FIELDS.iter().zip(tokens.iter()) {
+            if field.allows_question_mark() {
+                if let Some(rule) = DayRule::parse(field, tok, offset)? {
+                    day_rule = Some(rule);
+                    rule_at = Some((field, (offset, tok)));
+                    normalized.push("*".to_string());
+                    continue;
+                }
+            }
             normalized.push(parse_field(field, tok, offset)?);
         }
         check_day_fields(tokens[3], tokens[5])?;
@@ -561,11 +543,31 @@ impl CronExpr {
         }
 
         let sub_hourly = schedule.hours().is_all();
-        Ok(CronExpr {
+        let cron = CronExpr {
             source: text.to_string(),
             schedule,
             sub_hourly,
-        })
+            day_rule,
+        };
+        // A special no selected month (and year) has: `30W` in February, `6#5` in a year
+        // whose selected months have no fifth Friday.
+        if let Some((field, (offset, tok))) = rule_at.filter(|_| {
+            cron.fires_after(Tz::UTC, DateTime::<Utc>::UNIX_EPOCH - TimeDelta::seconds(1))
+                .next()
+                .is_none()
+        }) {
+            return Err(CronError::at(
+                field,
+                offset,
+                tok.len(),
+                format!(
+                    "{field} '{tok}' picks no day in the selected months{}: the expression \
+                     never fires",
+                    if tokens.len() == 7 { " and years" } else { "" }
+                ),
+            ));
+        }
+        Ok(cron)
     }
 
     /// The expression text as given to [`CronExpr::parse`].
@@ -601,7 +603,8 @@ impl CronExpr {
 
         let mut best: Option<NaiveDateTime> = None;
         let mut stop_at: Option<NaiveDateTime> = None;
-        for candidate in self.schedule.after(&Utc.from_utc_datetime(&start)) {
+        let candidates = self.schedule.after(&Utc.from_utc_datetime(&start));
+        for candidate in candidates.filter(|c| self.day_matches(c.naive_utc())) {
             let local = candidate.naive_utc();
             if stop_at.is_some_and(|s| local > s) {
                 break;
@@ -633,6 +636,11 @@ impl CronExpr {
     ) -> impl Iterator<Item = DateTime<Utc>> + '_ {
         let fires = (from < to).then(|| self.fires_after(zone, from));
         fires.into_iter().flatten().take_while(move |t| *t <= to)
+    }
+
+    /// Whether the day special, if any, picks the day of the local time `local`.
+    fn day_matches(&self, local: NaiveDateTime) -> bool {
+        self.day_rule.is_none_or(|rule| rule.matches(local.date()))
     }
 
     /// Maps a local wall-clock time to the instants (as naive UTC) at which it fires.
@@ -773,9 +781,27 @@ impl<'a> Fires<'a> {
         }
     }
 
+    /// The next local candidate on a day the day special picks: a candidate on another day
+    /// restarts the candidates at the next picked day, so a schedule firing every second of
+    /// its days costs one candidate per skipped day, not 86,400.
+    fn next_candidate(&mut self) -> Option<NaiveDateTime> {
+        loop {
+            let local = self.candidates.next()?.naive_utc();
+            let Some(rule) = self.cron.day_rule else {
+                return Some(local);
+            };
+            if rule.matches(local.date()) {
+                return Some(local);
+            }
+            let day = rule.next_after(local.date())?.and_hms_opt(0, 0, 0)?;
+            let before = day.checked_sub_signed(TimeDelta::seconds(1))?;
+            self.candidates = self.cron.schedule.after(&Utc.from_utc_datetime(&before));
+        }
+    }
+
     /// The next candidate's (regular, other) instants; `None` when there are no candidates.
     fn pull(&mut self) -> Option<(Option<NaiveDateTime>, Option<NaiveDateTime>)> {
-        let local = self.candidates.next()?.naive_utc();
+        let local = self.next_candidate()?;
         let hour = local.with_minute(0).and_then(|t| t.with_second(0))?;
         let offset = match self.hour {
             Some((h, offset)) if h == hour => offset,
@@ -1965,67 +1991,18 @@ mod tests {
                 "'?' must stand alone in day-of-week, not in '?/2'",
             ),
             (
-                "0 0 0 L * ?",
-                Some(DayOfMonth),
-                6,
-                1,
-                "day-of-month 'L' uses the Quartz special 'L' (last day), which is not supported",
-            ),
-            (
-                "0 0 0 L-3 * ?",
-                Some(DayOfMonth),
-                6,
-                3,
-                "day-of-month 'L-3' uses the Quartz special 'L' (last day), which is not supported",
-            ),
-            (
                 "0 0 0 1,l * ?",
                 Some(DayOfMonth),
-                8,
-                1,
-                "day-of-month 'l' uses the Quartz special 'L' (last day), which is not supported",
-            ),
-            (
-                "0 0 0 15W * ?",
-                Some(DayOfMonth),
                 6,
                 3,
-                "day-of-month '15W' uses the Quartz special 'W' (nearest weekday), which is not supported",
-            ),
-            (
-                "0 0 0 LW * ?",
-                Some(DayOfMonth),
-                6,
-                2,
-                "day-of-month 'LW' uses the Quartz special 'LW' (last weekday of the month), which is not supported",
-            ),
-            (
-                "0 0 0 ? * 6#3",
-                Some(DayOfWeek),
-                10,
-                3,
-                "day-of-week '6#3' uses the Quartz special '#' (n-th day-of-week of the month), which is not supported",
-            ),
-            (
-                "0 0 0 ? * 6L",
-                Some(DayOfWeek),
-                10,
-                2,
-                "day-of-week '6L' uses the Quartz special 'L' (last day-of-week of the month), which is not supported",
-            ),
-            (
-                "0 0 0 ? * FRIL",
-                Some(DayOfWeek),
-                10,
-                4,
-                "day-of-week 'FRIL' uses the Quartz special 'L' (last day-of-week of the month), which is not supported",
+                "day-of-month 'l' cannot be combined with other values in a list ('1,l'): a special stands alone in its field",
             ),
             (
                 "0 0 0 ? * L",
                 Some(DayOfWeek),
                 10,
                 1,
-                "day-of-week 'L' uses the Quartz special 'L' (last day), which is not supported",
+                "day-of-week 'L' alone means Saturday in Quartz but Sunday in Spring: write SAT or SUN (or 6L for the last Friday of the month)",
             ),
             (
                 "0 0,,5 * * * ?",
@@ -2124,6 +2101,7 @@ mod tests {
             .after(&Utc.from_utc_datetime(&lo))
             .map(|c| c.naive_utc())
             .take_while(|l| *l <= hi)
+            .filter(|l| cron.day_matches(*l))
             .flat_map(|l| cron.map_local(zone, l))
             .flatten()
             .filter(|t| *t > after_n)
@@ -2137,9 +2115,13 @@ mod tests {
             pick(&["0", "0,30", "*/20", "15"]),
             pick(&["0", "*/2", "*/30", "15,45", "0-10/5", "*", "30"]),
             pick(&["*", "1", "2", "1-3", "*/6", "0-23", "23", "0,12"]),
-            pick(&["*", "?", "1", "15", "1-7", "*/10"]),
+            pick(&[
+                "*", "?", "1", "15", "1-7", "*/10", "L", "L-2", "LW", "15W", "1W",
+            ]),
             pick(&["*", "1,4,7,10", "MAR", "NOV", "3-4,10-11", "*/2"]),
-            pick(&["?", "*", "MON", "SUN", "MON-FRI", "1,7"]),
+            pick(&[
+                "?", "*", "MON", "SUN", "MON-FRI", "1,7", "6L", "1L", "6#3", "SUN#1",
+            ]),
             pick(&["", " *", " 2026-2031"]),
         )
             .prop_map(|(s, m, h, dom, mon, dow, y)| {

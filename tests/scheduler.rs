@@ -469,3 +469,59 @@ fn check_warns_about_a_schedule_that_fires_only_in_the_past() {
         .success();
     assert!(!run.stderr().contains("W005"), "{}", run.stderr());
 }
+
+/// Month-end reports: the Quartz specials `L` and `6#3` are accepted by `check` and fire on
+/// their days; a special that picks no day is an E006 at its field.
+#[test]
+fn quartz_day_specials_schedule_month_end_and_nth_weekday_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = one_schedule_file(dir.path(), "0 30 5 L * ?", "Europe/Berlin");
+    common::Flowctl::new()
+        .args(["check"])
+        .args([&file])
+        .output()
+        .success();
+    let run = common::Flowctl::new()
+        .args(["schedule", "--next", "3", "--from", "2026-01-15T00:00:00Z"])
+        .args([&file])
+        .output()
+        .success();
+    let lines: Vec<_> = run.stdout().lines().skip(1).map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "  2026-01-31 05:30:00 CET (+01:00)  2026-01-31T04:30:00Z",
+            "  2026-02-28 05:30:00 CET (+01:00)  2026-02-28T04:30:00Z",
+            "  2026-03-31 05:30:00 CEST (+02:00)  2026-03-31T03:30:00Z",
+        ]
+    );
+    let file = one_schedule_file(dir.path(), "0 0 7 ? * FRI#3", "UTC");
+    let run = common::Flowctl::new()
+        .args(["schedule", "--next", "2", "--from", "2026-01-01T00:00:00Z"])
+        .args([&file])
+        .output()
+        .success();
+    assert!(
+        run.stdout().contains("2026-01-16T07:00:00Z"),
+        "{}",
+        run.stdout()
+    );
+    assert!(
+        run.stdout().contains("2026-02-20T07:00:00Z"),
+        "{}",
+        run.stdout()
+    );
+    let file = one_schedule_file(dir.path(), "0 0 0 30W 2 ?", "UTC");
+    let run = common::Flowctl::new()
+        .args(["check"])
+        .args([&file])
+        .output()
+        .status(1);
+    let stderr = run.stderr();
+    assert!(stderr.contains("E006"), "{stderr}");
+    assert!(
+        stderr.contains("day-of-month '30W' picks no day in the selected months"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("w.flow:"), "{stderr}");
+}
