@@ -695,7 +695,7 @@ fn transition_margin(zone: Tz, utc: NaiveDateTime) -> TimeDelta {
 }
 
 /// The offset in force just before the spring-forward gap containing `local`.
-fn offset_before_gap(zone: Tz, local: NaiveDateTime) -> Option<TimeDelta> {
+pub(crate) fn offset_before_gap(zone: Tz, local: NaiveDateTime) -> Option<TimeDelta> {
     (1..=48).find_map(|hours| {
         let probe = local.checked_sub_signed(TimeDelta::hours(hours))?;
         match zone.from_local_datetime(&probe) {

@@ -25,6 +25,7 @@ pub mod source_check;
 pub mod source_map;
 pub mod status;
 pub mod store;
+pub mod window;
 pub mod workflow;
 
 /// Runs the command line with the process's arguments and returns its exit
