@@ -17,6 +17,7 @@ pub mod loader;
 pub mod masking;
 pub mod masking_key;
 pub mod metrics;
+pub mod params;
 pub mod parser;
 pub mod pipeline;
 pub mod scheduler;
