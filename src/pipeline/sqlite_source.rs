@@ -1,0 +1,480 @@
+//! SQLite, the embedded default for a database source: a query over a database file, its
+//! parameters bound by name, its rows streamed.
+//!
+//! The file is opened read-only (`SQLITE_OPEN_READ_ONLY`, and `PRAGMA query_only`), so a
+//! report can never change the database it reads, whatever its query says. Parameters are
+//! bound with SQLite's named placeholders (`:name`, `@name` or `$name`), never pasted into the
+//! text; a placeholder the run has no value for is an error before a row is read (`flowctl
+//! check` reports it earlier, at the query).
+//!
+//! Rows stream: a producer thread owns the connection and its statement (a `rusqlite::Rows`
+//! borrows both, so they cannot live in the source itself) and sends rows in batches over a
+//! bounded channel, so memory stays flat whatever the query returns and decoding overlaps with
+//! masking and writing. Dropping the source interrupts the query and stops the thread.
+//!
+//! Values become text as the pipeline carries them, with their kind kept: integers in decimal,
+//! reals in shortest round-trip form (`1.5`), text as is, a blob as lowercase hex, NULL as an
+//! empty field marked null.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags};
+
+use super::row::Row;
+use crate::params::ParamValue;
+
+/// Rows per message from the producer thread.
+const BATCH: usize = 512;
+/// Messages in flight: bounds memory to `BATCH * DEPTH` rows.
+const DEPTH: usize = 4;
+
+/// Why a SQLite source failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SqliteError {
+    #[error("cannot open SQLite database {}: {message}", path.display())]
+    Open { path: PathBuf, message: String },
+    #[error("the query on {} failed: {message}", path.display())]
+    Query { path: PathBuf, message: String },
+    #[error(
+        "the query names parameter `{name}`, which this run has no value for (known: {known})"
+    )]
+    UnknownParameter { name: String, known: String },
+    #[error(
+        "the query uses a positional placeholder (`?` or `?NNN`); name its parameters (`:name`)"
+    )]
+    Positional,
+}
+
+/// The kind of a field's value, kept so that typed outputs can write it as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Null,
+    Integer,
+    Real,
+    Text,
+    Blob,
+}
+
+/// One batch from the producer: rows, each with the kinds of its fields.
+type Batch = Result<Vec<(Row, Vec<Kind>)>, SqliteError>;
+
+/// A running query.
+pub(super) struct SqliteSource {
+    header: Row,
+    rows: Receiver<Batch>,
+    batch: std::vec::IntoIter<(Row, Vec<Kind>)>,
+    interrupt: rusqlite::InterruptHandle,
+    producer: Option<JoinHandle<()>>,
+    /// Kinds of the row returned last.
+    kinds: Vec<Kind>,
+    done: bool,
+}
+
+/// Opens `path` read-only.
+fn open(path: &Path) -> Result<Connection, SqliteError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let failed = |e: rusqlite::Error| SqliteError::Open {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    if !path.is_file() {
+        return Err(SqliteError::Open {
+            path: path.to_path_buf(),
+            message: "no such file".to_string(),
+        });
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(failed)?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(failed)?;
+    Ok(conn)
+}
+
+/// The placeholder names of a query, without their sigil, in order of first use; positional
+/// placeholders (`?`, `?NNN`) are refused: a value is bound to a name, never to a position.
+pub(super) fn placeholders(stmt: &rusqlite::Statement<'_>) -> Result<Vec<String>, SqliteError> {
+    (1..=stmt.parameter_count())
+        .map(|i| match stmt.parameter_name(i) {
+            Some(name) if !name.starts_with('?') => Ok(name[1..].to_string()),
+            _ => Err(SqliteError::Positional),
+        })
+        .collect()
+}
+
+/// The column names of `query` on `path` and its placeholders, without running it.
+pub(super) fn describe(
+    path: &Path,
+    query: &str,
+) -> Result<(Vec<String>, Vec<String>), SqliteError> {
+    let conn = open(path)?;
+    let stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
+    let columns = stmt.column_names().map(str::to_string).collect();
+    Ok((columns, placeholders(&stmt)?))
+}
+
+fn query_error(path: &Path, e: rusqlite::Error) -> SqliteError {
+    SqliteError::Query {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+impl SqliteSource {
+    /// Prepares `query` on `path`, binds `bindings` by name, and starts streaming its rows.
+    pub(super) fn open(
+        path: &Path,
+        query: &str,
+        bindings: &BTreeMap<String, ParamValue>,
+    ) -> Result<SqliteSource, SqliteError> {
+        let conn = open(path)?;
+        let interrupt = conn.get_interrupt_handle();
+        // Prepare here, so that a bad query or an unknown parameter fails the open.
+        let header: Row;
+        {
+            let stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
+            for name in placeholders(&stmt)? {
+                if !bindings.contains_key(&name) {
+                    let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
+                    return Err(SqliteError::UnknownParameter {
+                        name,
+                        known: known.join(", "),
+                    });
+                }
+            }
+            header = stmt.column_names().collect();
+        }
+        let (tx, rx) = sync_channel::<Batch>(DEPTH);
+        let (path_buf, query, bindings) = (path.to_path_buf(), query.to_string(), bindings.clone());
+        let producer = std::thread::Builder::new()
+            .name("sqlite-source".into())
+            .spawn(move || {
+                let result = produce(&conn, &path_buf, &query, &bindings, |batch| {
+                    tx.send(Ok(batch)).is_ok()
+                });
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| SqliteError::Open {
+                path: path.to_path_buf(),
+                message: format!("cannot start its reader thread: {e}"),
+            })?;
+        Ok(SqliteSource {
+            header,
+            rows: rx,
+            batch: Vec::new().into_iter(),
+            interrupt,
+            producer: Some(producer),
+            kinds: Vec::new(),
+            done: false,
+        })
+    }
+
+    pub(super) fn header(&self) -> &Row {
+        &self.header
+    }
+
+    /// The kinds of the fields of the row [`SqliteSource::next_row`] returned last.
+    pub(super) fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+
+    /// Moves the next row into `row`; `false` at the end.
+    pub(super) fn next_row(&mut self, row: &mut Row) -> Result<bool, SqliteError> {
+        loop {
+            if let Some((next, kinds)) = self.batch.next() {
+                *row = next;
+                self.kinds = kinds;
+                return Ok(true);
+            }
+            if self.done {
+                return Ok(false);
+            }
+            match self.rows.recv() {
+                Ok(Ok(batch)) => self.batch = batch.into_iter(),
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The producer finished and closed the channel.
+                Err(_) => self.done = true,
+            }
+        }
+    }
+}
+
+impl Drop for SqliteSource {
+    fn drop(&mut self) {
+        // A query still running (a cancelled report) is interrupted; the producer's next send
+        // fails once the receiver is gone.
+        self.interrupt.interrupt();
+        let rows = std::mem::replace(&mut self.rows, sync_channel(1).1);
+        drop(rows);
+        if let Some(producer) = self.producer.take() {
+            let _ = producer.join();
+        }
+    }
+}
+
+/// Runs the query, handing batches to `send` until it returns `false` (the reader left).
+fn produce(
+    conn: &Connection,
+    path: &Path,
+    query: &str,
+    bindings: &BTreeMap<String, ParamValue>,
+    mut send: impl FnMut(Vec<(Row, Vec<Kind>)>) -> bool,
+) -> Result<(), SqliteError> {
+    let mut stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
+    let names: Vec<(usize, String)> = (1..=stmt.parameter_count())
+        .filter_map(|i| stmt.parameter_name(i).map(|n| (i, n[1..].to_string())))
+        .collect();
+    for (i, name) in names {
+        if let Some(value) = bindings.get(&name) {
+            bind(&mut stmt, i, value).map_err(|e| query_error(path, e))?;
+        }
+    }
+    let columns = stmt.column_count();
+    let mut rows = stmt.raw_query();
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut number = Vec::with_capacity(32);
+    while let Some(sql_row) = rows.next().map_err(|e| query_error(path, e))? {
+        let mut row = Row::default();
+        let mut kinds = Vec::with_capacity(columns);
+        for i in 0..columns {
+            let value = sql_row.get_ref(i).map_err(|e| query_error(path, e))?;
+            number.clear();
+            let kind = match value {
+                ValueRef::Null => {
+                    row.push_field(b"");
+                    Kind::Null
+                }
+                ValueRef::Integer(n) => {
+                    let _ = write!(number, "{n}");
+                    row.push_field(&number);
+                    Kind::Integer
+                }
+                ValueRef::Real(x) => {
+                    let _ = write!(number, "{x}");
+                    row.push_field(&number);
+                    Kind::Real
+                }
+                ValueRef::Text(text) => {
+                    row.push_field(text);
+                    Kind::Text
+                }
+                ValueRef::Blob(bytes) => {
+                    row.push_field(hex::encode(bytes).as_bytes());
+                    Kind::Blob
+                }
+            };
+            kinds.push(kind);
+        }
+        row.seal();
+        batch.push((row, kinds));
+        if batch.len() == BATCH && !send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))) {
+            return Ok(());
+        }
+    }
+    if !batch.is_empty() {
+        send(batch);
+    }
+    Ok(())
+}
+
+/// Binds one value with the type SQLite compares it by: text for strings, exact decimals,
+/// dates (`YYYY-MM-DD`) and instants (`YYYY-MM-DD HH:MM:SS` in UTC, SQLite's `datetime()`
+/// form); integers and booleans (0/1) as integers.
+fn bind(
+    stmt: &mut rusqlite::Statement<'_>,
+    index: usize,
+    value: &ParamValue,
+) -> rusqlite::Result<()> {
+    match value {
+        ParamValue::String(s) | ParamValue::Decimal(s) => stmt.raw_bind_parameter(index, s),
+        ParamValue::Integer(n) => stmt.raw_bind_parameter(index, n),
+        ParamValue::Boolean(b) => stmt.raw_bind_parameter(index, i64::from(*b)),
+        ParamValue::Date(d) => stmt.raw_bind_parameter(index, d.format("%Y-%m-%d").to_string()),
+        ParamValue::Timestamp(t) => {
+            stmt.raw_bind_parameter(index, t.format("%Y-%m-%d %H:%M:%S").to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(dir: &Path) -> PathBuf {
+        let path = dir.join("t.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER, name TEXT, amount REAL, flag INTEGER, raw BLOB, note TEXT);
+             INSERT INTO t VALUES (1, 'Zoë Muñoz', 12.5, 1, x'00ff', NULL);
+             INSERT INTO t VALUES (2, 'a,b \"c\"', -0.25, 0, NULL, 'x');
+             INSERT INTO t VALUES (3, 'O''Brien', 1e20, NULL, x'', '');",
+        )
+        .unwrap();
+        path
+    }
+
+    fn all(source: &mut SqliteSource) -> Vec<(Vec<String>, Vec<Kind>)> {
+        let mut out = Vec::new();
+        let mut row = Row::default();
+        while source.next_row(&mut row).unwrap() {
+            let fields = row
+                .iter()
+                .map(|f| String::from_utf8(f.to_vec()).unwrap())
+                .collect();
+            out.push((fields, source.kinds().to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn rows_keep_their_values_and_kinds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path());
+        let mut source =
+            SqliteSource::open(&path, "SELECT * FROM t ORDER BY id", &BTreeMap::new()).unwrap();
+        let header: Vec<&[u8]> = source.header().iter().collect();
+        assert_eq!(
+            header,
+            [&b"id"[..], b"name", b"amount", b"flag", b"raw", b"note"]
+        );
+        let rows = all(&mut source);
+        use Kind::*;
+        assert_eq!(rows[0].0, ["1", "Zoë Muñoz", "12.5", "1", "00ff", ""]);
+        assert_eq!(rows[0].1, [Integer, Text, Real, Integer, Blob, Null]);
+        assert_eq!(rows[1].0, ["2", "a,b \"c\"", "-0.25", "0", "", "x"]);
+        assert_eq!(rows[1].1[4], Null);
+        assert_eq!(
+            rows[2].0,
+            ["3", "O'Brien", "100000000000000000000", "", "", ""]
+        );
+        assert_eq!(rows[2].1, [Integer, Text, Real, Null, Blob, Text]);
+    }
+
+    #[test]
+    fn parameters_are_bound_by_name_never_spliced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path());
+        let mut bindings = BTreeMap::new();
+        // A value that would break the query if it were pasted into it.
+        bindings.insert(
+            "name".into(),
+            ParamValue::String("O'Brien'; DROP TABLE t; --".into()),
+        );
+        bindings.insert("min".into(), ParamValue::Integer(2));
+        let mut source = SqliteSource::open(
+            &path,
+            "SELECT id FROM t WHERE name = :name OR id >= @min ORDER BY id",
+            &bindings,
+        )
+        .unwrap();
+        let ids: Vec<String> = all(&mut source)
+            .into_iter()
+            .map(|(f, _)| f[0].clone())
+            .collect();
+        assert_eq!(ids, ["2", "3"]);
+        // The table is still there.
+        let mut again =
+            SqliteSource::open(&path, "SELECT count(*) FROM t", &BTreeMap::new()).unwrap();
+        assert_eq!(all(&mut again)[0].0, ["3"]);
+    }
+
+    #[test]
+    fn an_unknown_parameter_and_a_bad_query_fail_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path());
+        let error = SqliteSource::open(&path, "SELECT * FROM t WHERE id = :nope", &BTreeMap::new())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&error, SqliteError::UnknownParameter { name, .. } if name == "nope"),
+            "{error}"
+        );
+        let error = SqliteSource::open(&path, "SELECT * FROM missing", &BTreeMap::new())
+            .err()
+            .unwrap();
+        assert!(
+            error.to_string().contains("no such table: missing"),
+            "{error}"
+        );
+        let error = SqliteSource::open(
+            &dir.path().join("none.sqlite"),
+            "SELECT 1",
+            &BTreeMap::new(),
+        )
+        .err()
+        .unwrap();
+        assert!(error.to_string().contains("no such file"), "{error}");
+        for positional in [
+            "SELECT * FROM t WHERE id = ?",
+            "SELECT * FROM t WHERE id = ?2",
+        ] {
+            let error = SqliteSource::open(&path, positional, &BTreeMap::new())
+                .err()
+                .unwrap();
+            assert_eq!(error, SqliteError::Positional, "{positional}");
+        }
+    }
+
+    #[test]
+    fn the_database_is_opened_read_only_whatever_the_query_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path());
+        for query in [
+            "DELETE FROM t",
+            "DROP TABLE t",
+            "INSERT INTO t (id) VALUES (9)",
+        ] {
+            let result = SqliteSource::open(&path, query, &BTreeMap::new()).and_then(|mut s| {
+                let mut row = Row::default();
+                s.next_row(&mut row)
+            });
+            assert!(result.is_err(), "{query} ran");
+        }
+        let mut count =
+            SqliteSource::open(&path, "SELECT count(*) FROM t", &BTreeMap::new()).unwrap();
+        assert_eq!(all(&mut count)[0].0, ["3"]);
+    }
+
+    #[test]
+    fn describe_reads_columns_and_placeholders_without_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path());
+        let (columns, params) = describe(
+            &path,
+            "SELECT id, name AS who FROM t WHERE id > :a AND name <> $b OR id = :a",
+        )
+        .unwrap();
+        assert_eq!(columns, ["id", "who"]);
+        assert_eq!(params, ["a", "b"]);
+    }
+
+    #[test]
+    fn a_large_query_streams_and_a_dropped_source_stops_its_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path());
+        let query = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) SELECT i FROM n";
+        let mut source = SqliteSource::open(&path, query, &BTreeMap::new()).unwrap();
+        let mut row = Row::default();
+        let mut count = 0u64;
+        while source.next_row(&mut row).unwrap() {
+            count += 1;
+        }
+        assert_eq!(count, 200_000);
+        // An endless query: dropping the source interrupts it and joins the thread.
+        let endless =
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n";
+        let mut source = SqliteSource::open(&path, endless, &BTreeMap::new()).unwrap();
+        for _ in 0..10_000 {
+            assert!(source.next_row(&mut row).unwrap());
+        }
+        drop(source);
+    }
+}
