@@ -43,6 +43,8 @@ use crate::masking::{MaskBuf, MaskMethod, Masker};
 
 mod csv_source;
 mod row;
+#[allow(dead_code)]
+mod sql_placeholders;
 #[allow(dead_code)] // wired into `run` with the database sources (issue 13)
 mod sqlite_source;
 
