@@ -42,11 +42,15 @@ use sha2::{Digest, Sha256};
 use crate::masking::{MaskBuf, MaskMethod, Masker};
 
 mod csv_source;
+#[allow(dead_code)]
+mod postgres_source;
 mod row;
 #[allow(dead_code)]
 mod sql_placeholders;
 #[allow(dead_code)] // wired into `run` with the database sources (issue 13)
 mod sqlite_source;
+#[allow(dead_code)]
+mod value_kind;
 
 use csv_source::CsvSource;
 use row::Row;

@@ -26,6 +26,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use super::row::Row;
+use super::value_kind::Kind;
 use crate::params::ParamValue;
 
 /// Rows per message from the producer thread.
@@ -48,16 +49,6 @@ pub enum SqliteError {
         "the query uses a positional placeholder (`?` or `?NNN`); name its parameters (`:name`)"
     )]
     Positional,
-}
-
-/// The kind of a field's value, kept so that typed outputs can write it as it was.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
-    Null,
-    Integer,
-    Real,
-    Text,
-    Blob,
 }
 
 /// One batch from the producer: rows, each with the kinds of its fields.

@@ -566,7 +566,7 @@ fn describe(error: &tokio_postgres::Error) -> String {
 }
 
 /// A connection problem, or a transaction PostgreSQL aborted that could succeed if run again.
-fn is_transient(error: &tokio_postgres::Error) -> bool {
+pub(crate) fn is_transient(error: &tokio_postgres::Error) -> bool {
     if error.is_closed() {
         return true;
     }

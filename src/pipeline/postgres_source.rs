@@ -1,0 +1,795 @@
+//! PostgreSQL as a report source: a query whose `:name` parameters are bound, its rows
+//! streamed with backpressure.
+//!
+//! Why `query_raw` and not a cursor or `COPY`: `COPY (query) TO STDOUT` takes no bind
+//! parameters, and a value is never pasted into SQL text. A portal fetched `chunk_size` rows
+//! at a time costs a round trip per fetch. `query_raw` streams the rows of one execution, and
+//! tokio-postgres hands them over through a channel of one message, so a consumer that is
+//! busy masking and writing stops the reads from the socket and the server waits: memory stays
+//! flat for a 10-million-row query without a round trip per chunk.
+//!
+//! Parameters go over the wire as text with the type the server inferred for their place in the
+//! query (as libpq's `PQexecParams` does), so `:interval_start_date` compares with a `date`
+//! column and `:min_amount` with a `numeric` one without casts. Results arrive in binary and
+//! are written as text: integers, shortest round-trip floats, exact numerics, ISO dates and
+//! times (a `timestamptz` in UTC, `…Z`), hyphenated UUIDs, JSON as its text, `bytea` as hex. A
+//! column of any other type is refused when the query is opened, with the cast to write.
+//!
+//! A lost connection mid-report ends the source with [`PostgresError::Lost`], which the
+//! engine treats as transient: the attempt fails cleanly and the report's retries apply.
+
+use std::collections::BTreeMap;
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use futures_util::StreamExt;
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
+use tokio_postgres::NoTls;
+
+use super::row::Row;
+use super::value_kind::Kind;
+use crate::params::ParamValue;
+
+/// Rows per message from the producer thread.
+const BATCH: usize = 1024;
+/// Messages in flight.
+const DEPTH: usize = 4;
+
+/// Why a PostgreSQL source failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PostgresError {
+    /// The server could not be reached (transient).
+    #[error("cannot connect to the source database: {0}")]
+    Connect(String),
+    /// The server refused the query (permanent: the same query fails again).
+    #[error("the source query failed: {0}")]
+    Query(String),
+    /// The connection was lost while rows were being read (transient).
+    #[error("the connection to the source database was lost mid-report: {0}")]
+    Lost(String),
+    #[error(transparent)]
+    Placeholder(#[from] super::sql_placeholders::PlaceholderError),
+    #[error(
+        "the query names parameter `{name}`, which this run has no value for (known: {known})"
+    )]
+    UnknownParameter { name: String, known: String },
+    #[error("column `{column}` has type {ty}, which a report cannot write; cast it in the query (`{column}::text`)")]
+    UnsupportedType { column: String, ty: String },
+}
+
+impl PostgresError {
+    /// Whether another attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PostgresError::Connect(_) | PostgresError::Lost(_))
+    }
+}
+
+/// A message from the producer.
+enum Message {
+    /// The query is running: its columns.
+    Started(Vec<String>),
+    Rows(Vec<(Row, Vec<Kind>)>),
+    Failed(PostgresError),
+}
+
+/// A running query.
+pub(super) struct PostgresSource {
+    header: Row,
+    rows: Receiver<Message>,
+    batch: std::vec::IntoIter<(Row, Vec<Kind>)>,
+    kinds: Vec<Kind>,
+    producer: Option<JoinHandle<()>>,
+    done: bool,
+}
+
+impl PostgresSource {
+    /// Connects to `url`, runs `query` with `bindings` bound to its `:name` placeholders, and
+    /// starts streaming its rows.
+    pub(super) fn open(
+        url: &str,
+        query: &str,
+        bindings: &BTreeMap<String, ParamValue>,
+    ) -> Result<PostgresSource, PostgresError> {
+        let (sql, names) = super::sql_placeholders::number(query)?;
+        let mut values = Vec::with_capacity(names.len());
+        for name in &names {
+            match bindings.get(name) {
+                Some(value) => values.push(value.to_string()),
+                None => {
+                    let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
+                    return Err(PostgresError::UnknownParameter {
+                        name: name.clone(),
+                        known: known.join(", "),
+                    });
+                }
+            }
+        }
+        let (tx, rx) = sync_channel(DEPTH);
+        let url = url.to_string();
+        let producer = std::thread::Builder::new()
+            .name("postgres-source".into())
+            .spawn(move || produce(&url, &sql, &values, &tx))
+            .map_err(|e| PostgresError::Connect(format!("cannot start its reader thread: {e}")))?;
+        let header = match rx.recv() {
+            Ok(Message::Started(columns)) => columns.iter().collect(),
+            Ok(Message::Failed(e)) => return Err(e),
+            Ok(Message::Rows(_)) | Err(_) => {
+                return Err(PostgresError::Lost(
+                    "the reader stopped before the query started".into(),
+                ))
+            }
+        };
+        Ok(PostgresSource {
+            header,
+            rows: rx,
+            batch: Vec::new().into_iter(),
+            kinds: Vec::new(),
+            producer: Some(producer),
+            done: false,
+        })
+    }
+
+    pub(super) fn header(&self) -> &Row {
+        &self.header
+    }
+
+    /// The kinds of the fields of the row [`PostgresSource::next_row`] returned last.
+    pub(super) fn kinds(&self) -> &[Kind] {
+        &self.kinds
+    }
+
+    /// Moves the next row into `row`; `false` at the end.
+    pub(super) fn next_row(&mut self, row: &mut Row) -> Result<bool, PostgresError> {
+        loop {
+            if let Some((next, kinds)) = self.batch.next() {
+                *row = next;
+                self.kinds = kinds;
+                return Ok(true);
+            }
+            if self.done {
+                return Ok(false);
+            }
+            match self.rows.recv() {
+                Ok(Message::Rows(batch)) => self.batch = batch.into_iter(),
+                Ok(Message::Failed(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Ok(Message::Started(_)) | Err(_) => self.done = true,
+            }
+        }
+    }
+}
+
+impl Drop for PostgresSource {
+    fn drop(&mut self) {
+        // The producer's next send fails once the receiver is gone; it then drops its client,
+        // which closes the connection and so ends the query on the server.
+        let rows = std::mem::replace(&mut self.rows, sync_channel(1).1);
+        drop(rows);
+        if let Some(producer) = self.producer.take() {
+            let _ = producer.join();
+        }
+    }
+}
+
+/// The producer thread: its own single-threaded runtime drives the connection.
+fn produce(url: &str, sql: &str, values: &[String], tx: &SyncSender<Message>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = tx.send(Message::Failed(PostgresError::Connect(e.to_string())));
+            return;
+        }
+    };
+    if let Err(e) = runtime.block_on(stream(url, sql, values, tx)) {
+        let _ = tx.send(Message::Failed(e));
+    }
+}
+
+async fn stream(
+    url: &str,
+    sql: &str,
+    values: &[String],
+    tx: &SyncSender<Message>,
+) -> Result<(), PostgresError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .map_err(|e| PostgresError::Connect(describe(&e)))?;
+    let connection = tokio::spawn(connection);
+    let statement = client.prepare(sql).await.map_err(|e| failed(&e))?;
+    let columns: Vec<(String, Type)> = statement
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.type_().clone()))
+        .collect();
+    let decoders: Vec<Decoder> = columns
+        .iter()
+        .map(|(name, ty)| {
+            Decoder::for_type(ty).ok_or_else(|| PostgresError::UnsupportedType {
+                column: name.clone(),
+                ty: ty.name().to_string(),
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let params = values.iter().map(|v| TextParam(v.as_str()));
+    let rows = client
+        .query_raw(&statement, params)
+        .await
+        .map_err(|e| failed(&e))?;
+    if tx
+        .send(Message::Started(
+            columns.into_iter().map(|(n, _)| n).collect(),
+        ))
+        .is_err()
+    {
+        return Ok(());
+    }
+    let mut rows = std::pin::pin!(rows);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut text = String::with_capacity(64);
+    while let Some(next) = rows.next().await {
+        let sql_row = next.map_err(|e| failed(&e))?;
+        let mut row = Row::default();
+        let mut kinds = Vec::with_capacity(decoders.len());
+        for (i, decoder) in decoders.iter().enumerate() {
+            let raw: Option<Raw<'_>> = sql_row.try_get(i).map_err(|e| failed(&e))?;
+            let kind = match raw {
+                None => {
+                    row.push_field(b"");
+                    Kind::Null
+                }
+                Some(Raw(bytes)) => {
+                    text.clear();
+                    let kind = decoder
+                        .write(bytes, &mut text)
+                        .map_err(|e| PostgresError::Query(format!("decoding column {i}: {e}")))?;
+                    row.push_field(text.as_bytes());
+                    kind
+                }
+            };
+            kinds.push(kind);
+        }
+        row.seal();
+        batch.push((row, kinds));
+        if batch.len() == BATCH
+            && tx
+                .send(Message::Rows(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(BATCH),
+                )))
+                .is_err()
+        {
+            return Ok(());
+        }
+    }
+    if !batch.is_empty() {
+        let _ = tx.send(Message::Rows(batch));
+    }
+    drop(client);
+    let _ = connection.await;
+    Ok(())
+}
+
+/// A server error is the query's (permanent) unless the server ended the session or ran out
+/// of something (transient, as the shared store classifies them); anything else lost the
+/// connection (transient).
+fn failed(error: &tokio_postgres::Error) -> PostgresError {
+    match error.as_db_error() {
+        Some(db) if !crate::store::postgres_store::is_transient(error) => {
+            let mut message = format!("{}: {}", db.code().code(), db.message());
+            if let Some(position) = db.position() {
+                let _ = write!(message, " (at {position:?})");
+            }
+            PostgresError::Query(message)
+        }
+        Some(db) => PostgresError::Lost(format!("{}: {}", db.code().code(), db.message())),
+        None => PostgresError::Lost(describe(error)),
+    }
+}
+
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.source() {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
+}
+
+/// A parameter sent as text, typed by the server from its place in the query.
+#[derive(Debug)]
+struct TextParam<'a>(&'a str);
+
+impl ToSql for TextParam<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _ty: &Type) -> tokio_postgres::types::Format {
+        tokio_postgres::types::Format::Text
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// A value's bytes as the server sent them (binary format).
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+}
+
+type DecodeResult = Result<Kind, Box<dyn StdError + Sync + Send>>;
+
+/// How one column's binary values become text.
+#[derive(Debug, Clone, Copy)]
+enum Decoder {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Oid,
+    Float4,
+    Float8,
+    Numeric,
+    Text,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Uuid,
+    Json,
+    Jsonb,
+    Bytea,
+}
+
+impl Decoder {
+    fn for_type(ty: &Type) -> Option<Decoder> {
+        Some(match *ty {
+            Type::BOOL => Decoder::Bool,
+            Type::INT2 => Decoder::Int2,
+            Type::INT4 => Decoder::Int4,
+            Type::INT8 => Decoder::Int8,
+            Type::OID => Decoder::Oid,
+            Type::FLOAT4 => Decoder::Float4,
+            Type::FLOAT8 => Decoder::Float8,
+            Type::NUMERIC => Decoder::Numeric,
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => Decoder::Text,
+            Type::DATE => Decoder::Date,
+            Type::TIME => Decoder::Time,
+            Type::TIMESTAMP => Decoder::Timestamp,
+            Type::TIMESTAMPTZ => Decoder::TimestampTz,
+            Type::UUID => Decoder::Uuid,
+            Type::JSON => Decoder::Json,
+            Type::JSONB => Decoder::Jsonb,
+            Type::BYTEA => Decoder::Bytea,
+            _ => return None,
+        })
+    }
+
+    fn write(self, raw: &[u8], out: &mut String) -> DecodeResult {
+        Ok(match self {
+            Decoder::Bool => {
+                out.push_str(if bool::from_sql(&Type::BOOL, raw)? {
+                    "true"
+                } else {
+                    "false"
+                });
+                Kind::Bool
+            }
+            Decoder::Int2 => {
+                let _ = write!(out, "{}", i16::from_sql(&Type::INT2, raw)?);
+                Kind::Integer
+            }
+            Decoder::Int4 => {
+                let _ = write!(out, "{}", i32::from_sql(&Type::INT4, raw)?);
+                Kind::Integer
+            }
+            Decoder::Int8 => {
+                let _ = write!(out, "{}", i64::from_sql(&Type::INT8, raw)?);
+                Kind::Integer
+            }
+            Decoder::Oid => {
+                let _ = write!(out, "{}", u32::from_sql(&Type::OID, raw)?);
+                Kind::Integer
+            }
+            Decoder::Float4 => float(f64::from(f32::from_sql(&Type::FLOAT4, raw)?), out),
+            Decoder::Float8 => float(f64::from_sql(&Type::FLOAT8, raw)?, out),
+            Decoder::Numeric => numeric(raw, out)?,
+            Decoder::Text | Decoder::Json => {
+                out.push_str(std::str::from_utf8(raw)?);
+                if matches!(self, Decoder::Json) {
+                    Kind::Json
+                } else {
+                    Kind::Text
+                }
+            }
+            Decoder::Jsonb => {
+                let (version, text) = raw.split_first().ok_or("empty jsonb")?;
+                if *version != 1 {
+                    return Err(format!("jsonb version {version}").into());
+                }
+                out.push_str(std::str::from_utf8(text)?);
+                Kind::Json
+            }
+            Decoder::Date => {
+                let date = chrono::NaiveDate::from_sql(&Type::DATE, raw)?;
+                let _ = write!(out, "{}", date.format("%Y-%m-%d"));
+                Kind::Text
+            }
+            Decoder::Time => {
+                let time = chrono::NaiveTime::from_sql(&Type::TIME, raw)?;
+                let _ = write!(out, "{}", time.format("%H:%M:%S%.f"));
+                Kind::Text
+            }
+            Decoder::Timestamp => {
+                let t = chrono::NaiveDateTime::from_sql(&Type::TIMESTAMP, raw)?;
+                let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.f"));
+                Kind::Text
+            }
+            Decoder::TimestampTz => {
+                let t = chrono::DateTime::<chrono::Utc>::from_sql(&Type::TIMESTAMPTZ, raw)?;
+                let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.fZ"));
+                Kind::Text
+            }
+            Decoder::Uuid => {
+                let b: [u8; 16] = raw.try_into().map_err(|_| "uuid of the wrong length")?;
+                let h = hex::encode(b);
+                let _ = write!(
+                    out,
+                    "{}-{}-{}-{}-{}",
+                    &h[..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..]
+                );
+                Kind::Text
+            }
+            Decoder::Bytea => {
+                out.push_str(&hex::encode(raw));
+                Kind::Blob
+            }
+        })
+    }
+}
+
+/// A float in shortest round-trip form; NaN and infinities as PostgreSQL writes them, as text
+/// (no JSON number holds them).
+fn float(x: f64, out: &mut String) -> Kind {
+    if x.is_finite() {
+        let _ = write!(out, "{x}");
+        Kind::Real
+    } else {
+        out.push_str(if x.is_nan() {
+            "NaN"
+        } else if x > 0.0 {
+            "Infinity"
+        } else {
+            "-Infinity"
+        });
+        Kind::Text
+    }
+}
+
+/// PostgreSQL's binary `numeric` as exact decimal text: `ndigits`, `weight`, `sign`, `dscale`
+/// (16 bits each), then base-10000 digits, the first worth 10000^weight.
+fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
+    let word = |i: usize| -> Result<u16, Box<dyn StdError + Sync + Send>> {
+        raw.get(2 * i..2 * i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| "numeric too short".into())
+    };
+    let ndigits = usize::from(word(0)?);
+    let weight = i32::from(word(1)? as i16);
+    let sign = word(2)?;
+    let dscale = usize::from(word(3)?);
+    match sign {
+        0x0000 | 0x4000 => {}
+        0xC000 => {
+            out.push_str("NaN");
+            return Ok(Kind::Text);
+        }
+        0xD000 => {
+            out.push_str("Infinity");
+            return Ok(Kind::Text);
+        }
+        0xF000 => {
+            out.push_str("-Infinity");
+            return Ok(Kind::Text);
+        }
+        other => return Err(format!("numeric sign {other:#x}").into()),
+    }
+    let digits: Vec<u16> = (0..ndigits)
+        .map(|i| word(4 + i))
+        .collect::<Result<_, _>>()?;
+    if digits.iter().any(|d| *d > 9999) {
+        return Err("numeric digit over 9999".into());
+    }
+    let digit = |i: i32| {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i))
+            .copied()
+            .unwrap_or(0)
+    };
+    if sign == 0x4000 && digits.iter().any(|d| *d != 0) {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        let _ = write!(out, "{}", digit(0));
+        for i in 1..=weight {
+            let _ = write!(out, "{:04}", digit(i));
+        }
+    }
+    if dscale > 0 {
+        out.push('.');
+        let mut frac = String::with_capacity(dscale + 4);
+        let mut i = weight + 1;
+        while frac.len() < dscale {
+            let _ = write!(frac, "{:04}", digit(i));
+            i += 1;
+        }
+        out.push_str(&frac[..dscale]);
+    }
+    Ok(Kind::Decimal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric_text(words: &[u16]) -> String {
+        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        let mut out = String::new();
+        numeric(&raw, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn numerics_decode_exactly() {
+        // ndigits, weight, sign, dscale, digits…
+        assert_eq!(numeric_text(&[0, 0, 0, 0]), "0");
+        assert_eq!(numeric_text(&[0, 0, 0, 2]), "0.00");
+        assert_eq!(numeric_text(&[1, 0, 0, 0, 12]), "12");
+        assert_eq!(numeric_text(&[2, 0, 0x4000, 2, 12, 5000]), "-12.50");
+        assert_eq!(numeric_text(&[1, 0xFFFF, 0, 4, 5]), "0.0005");
+        assert_eq!(numeric_text(&[2, 1, 0, 0, 1, 0]), "10000");
+        assert_eq!(numeric_text(&[1, 2, 0, 0, 7]), "700000000");
+        assert_eq!(
+            numeric_text(&[3, 1, 0, 6, 1234, 5678, 9012]),
+            "12345678.901200"
+        );
+        assert_eq!(numeric_text(&[0, 0, 0xC000, 0]), "NaN");
+    }
+
+    /// The tests that need a server read its URL from `FLOWCTL_TEST_PG`; each uses its own
+    /// schema.
+    fn server() -> Option<(String, String)> {
+        let url = std::env::var("FLOWCTL_TEST_PG")
+            .ok()
+            .filter(|u| !u.is_empty());
+        if url.is_none() {
+            eprintln!("FLOWCTL_TEST_PG is not set: skipped");
+        }
+        let schema = format!("src_{}", std::process::id());
+        url.map(|u| (u, schema))
+    }
+
+    fn run(url: &str, sql: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(sql).await.unwrap();
+        });
+    }
+
+    fn rows(source: &mut PostgresSource) -> Vec<(Vec<String>, Vec<Kind>)> {
+        let mut out = Vec::new();
+        let mut row = Row::default();
+        while source.next_row(&mut row).unwrap() {
+            let fields = row
+                .iter()
+                .map(|f| String::from_utf8(f.to_vec()).unwrap())
+                .collect();
+            out.push((fields, source.kinds().to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn every_column_type_nulls_and_non_ascii_text_come_through() {
+        let Some((url, schema)) = server() else {
+            return;
+        };
+        let schema = format!("{schema}_types");
+        run(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
+            CREATE TABLE {schema}.t (i2 int2, i4 int4, i8 int8, f4 float4, f8 float8, n numeric(12,2),
+              b bool, t text, v varchar(20), c char(3), d date, tm time, ts timestamp, tz timestamptz,
+              u uuid, j json, jb jsonb, by bytea);
+            INSERT INTO {schema}.t VALUES (-2, 40000, 9007199254740993, 1.5, 0.1, -12.50, true, 'Zoë ñ 日本',
+              'a,b \"c\"', 'x', '2026-02-28', '05:30:00.25', '2026-11-30 05:30:00', '2026-11-30 05:30:00+01',
+              'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"k\": [1, 2]}}', '{{\"k\": 1}}', '\\x00ff');
+            INSERT INTO {schema}.t DEFAULT VALUES;"));
+        let mut source = PostgresSource::open(
+            &url,
+            &format!("SELECT * FROM {schema}.t ORDER BY i2 NULLS LAST"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let all = rows(&mut source);
+        assert_eq!(
+            all[0].0,
+            [
+                "-2",
+                "40000",
+                "9007199254740993",
+                "1.5",
+                "0.1",
+                "-12.50",
+                "true",
+                "Zoë ñ 日本",
+                "a,b \"c\"",
+                "x  ",
+                "2026-02-28",
+                "05:30:00.250",
+                "2026-11-30 05:30:00",
+                "2026-11-30T04:30:00Z",
+                "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                "{\"k\": [1, 2]}",
+                "{\"k\": 1}",
+                "00ff"
+            ]
+        );
+        use Kind::*;
+        assert_eq!(
+            all[0].1,
+            [
+                Integer, Integer, Integer, Real, Real, Decimal, Bool, Text, Text, Text, Text, Text,
+                Text, Text, Text, Json, Json, Blob
+            ]
+        );
+        assert!(all[1].1.iter().all(|k| *k == Null), "{:?}", all[1]);
+        run(&url, &format!("DROP SCHEMA {schema} CASCADE"));
+    }
+
+    #[test]
+    fn parameters_are_bound_as_values_whatever_they_hold() {
+        let Some((url, schema)) = server() else {
+            return;
+        };
+        let schema = format!("{schema}_inject");
+        run(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
+            CREATE TABLE {schema}.t (name text, day date, amount numeric);
+            INSERT INTO {schema}.t VALUES ('O''Brien', '2026-11-30', 10.5), ('x', '2026-11-29', 99);"));
+        let mut bindings = BTreeMap::new();
+        let nasty = "O'Brien'; DROP TABLE t; -- $1 :day /*";
+        bindings.insert("name".to_string(), ParamValue::String(nasty.into()));
+        bindings.insert(
+            "day".to_string(),
+            ParamValue::Date(chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()),
+        );
+        bindings.insert("min".to_string(), ParamValue::Decimal("10.25".into()));
+        let query = format!("SELECT name, :name AS echoed FROM {schema}.t WHERE day = :day AND amount >= :min -- :nope");
+        let mut source = PostgresSource::open(&url, &query, &bindings).unwrap();
+        assert_eq!(
+            rows(&mut source)
+                .into_iter()
+                .map(|r| r.0)
+                .collect::<Vec<_>>(),
+            [["O'Brien".to_string(), nasty.to_string()]]
+        );
+        let mut count = PostgresSource::open(
+            &url,
+            &format!("SELECT count(*) FROM {schema}.t"),
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(rows(&mut count)[0].0, ["2"]);
+        run(&url, &format!("DROP SCHEMA {schema} CASCADE"));
+    }
+
+    #[test]
+    fn errors_say_whose_they_are_and_whether_to_retry() {
+        let Some((url, _)) = server() else { return };
+        let error =
+            PostgresSource::open(&url, "SELECT * FROM no_such_table_here", &BTreeMap::new())
+                .err()
+                .unwrap();
+        assert!(
+            matches!(&error, PostgresError::Query(m) if m.contains("42P01")),
+            "{error}"
+        );
+        assert!(!error.is_transient());
+        let error = PostgresSource::open(&url, "SELECT :x", &BTreeMap::new())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, PostgresError::UnknownParameter { .. }),
+            "{error}"
+        );
+        let error = PostgresSource::open(&url, "SELECT point(1, 2) AS p", &BTreeMap::new())
+            .err()
+            .unwrap();
+        assert_eq!(error.to_string(), "column `p` has type point, which a report cannot write; cast it in the query (`p::text`)");
+        let error = PostgresSource::open(
+            "postgres://nobody@127.0.0.1:1/none",
+            "SELECT 1",
+            &BTreeMap::new(),
+        )
+        .err()
+        .unwrap();
+        assert!(error.is_transient(), "{error}");
+    }
+
+    #[test]
+    fn a_connection_killed_mid_stream_fails_the_source_as_transient() {
+        let Some((url, _)) = server() else { return };
+        let query = "SELECT pg_backend_pid() AS pid, i FROM generate_series(1, 5000000) AS i";
+        let mut source = PostgresSource::open(&url, query, &BTreeMap::new()).unwrap();
+        let mut row = Row::default();
+        assert!(source.next_row(&mut row).unwrap());
+        let pid = String::from_utf8(row.get(0).unwrap().to_vec()).unwrap();
+        run(&url, &format!("SELECT pg_terminate_backend({pid})"));
+        let error = loop {
+            match source.next_row(&mut row) {
+                Ok(true) => continue,
+                Ok(false) => panic!("the stream ended cleanly after its backend was killed"),
+                Err(e) => break e,
+            }
+        };
+        assert!(error.is_transient(), "{error}");
+    }
+
+    #[test]
+    fn a_large_query_streams_and_an_abandoned_one_stops() {
+        let Some((url, _)) = server() else { return };
+        let mut source = PostgresSource::open(
+            &url,
+            "SELECT i, md5(i::text) FROM generate_series(1, 300000) AS i",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let mut row = Row::default();
+        let mut n = 0u64;
+        while source.next_row(&mut row).unwrap() {
+            n += 1;
+        }
+        assert_eq!(n, 300_000);
+        let mut endless = PostgresSource::open(
+            &url,
+            "SELECT i FROM generate_series(1, 100000000) AS i",
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        for _ in 0..5000 {
+            assert!(endless.next_row(&mut row).unwrap());
+        }
+        drop(endless);
+    }
+}
