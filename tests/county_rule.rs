@@ -221,7 +221,7 @@ after P run C as CASE_WORKER
         .db(&db)
         .output();
     assert_eq!(run.code(), 1, "{}\n{}", run.stdout(), run.stderr());
-    let jobs = common::jobs_json(&db);
+    let jobs = dir.jobs_json();
     let job = |report: &str| {
         jobs.iter()
             .find(|j| j["reportType"] == report)

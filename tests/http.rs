@@ -1,6 +1,7 @@
 //! Behaviour of the HTTP API, driven over real sockets: the server bound on 127.0.0.1:0 in this
 //! process with the bundled workflow, a sled store in a temporary directory and (where a test
-//! needs jobs to run) the engine's dispatcher; and once the real `flowctl serve` binary.
+//! needs jobs to run) the engine's dispatcher (`common::TestServer`); and once the real
+//! `flowctl serve` binary (`common::Serve`).
 
 mod common;
 
