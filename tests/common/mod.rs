@@ -1,6 +1,6 @@
 //! The shared harness of the behaviour tests in `tests/`: the real `flowctl` binary run or
 //! watched, a temporary workflow directory, the API served in process or by `flowctl serve`,
-//! tokens, waiting with a deadline, golden files. Every test file starts with `mod common;`.
+//! tokens, waiting with a deadline, golden files. A test file takes it with `mod common;`.
 //!
 //! A new test is a few lines. Against the binary, in a temporary directory of its own:
 //!
