@@ -3,112 +3,71 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::Flowctl;
+use common::{Flowctl, Project};
 
 const WARNING: &str = "FLOWCTL_MASK_KEY is not set";
 
-/// A workflow of two unscheduled reports over a three-row CSV, in `dir`.
-fn small_workflow(dir: &Path) -> PathBuf {
-    std::fs::write(
-        dir.join("cases.csv"),
-        "case_id,county_id,ssn\n1,C01,123456789\n2,C02,987654321\n3,C01,555443333\n",
-    )
-    .unwrap();
-    let flow = dir.join("w.flow");
-    std::fs::write(
-        &flow,
-        "config {\n  all_counties ADMIN\n}\n\nroles ADMIN\n\nsource cases {\n  path          \"cases.csv\"\n  county_column county_id\n}\n\n\
-         report DAILY_REPORT {\n  source cases\n  mask ssn hash\n}\n\n\
-         report DAILY_SUMMARY {\n  source cases\n}\n",
-    )
-    .unwrap();
-    flow
+/// A workflow of two unscheduled reports over a three-row CSV, at `w.flow`.
+fn small_workflow() -> Project {
+    Project::new()
+        .csv(
+            "cases.csv",
+            "case_id,county_id,ssn\n1,C01,123456789\n2,C02,987654321\n3,C01,555443333\n",
+        )
+        .flow(
+            "w.flow",
+            "config {\n  all_counties ADMIN\n}\n\nroles ADMIN\n\nsource cases {\n  path          \"cases.csv\"\n  county_column county_id\n}\n\n\
+             report DAILY_REPORT {\n  source cases\n  mask ssn hash\n}\n\n\
+             report DAILY_SUMMARY {\n  source cases\n}\n",
+        )
 }
 
-/// `flowctl ARGS` in `dir`, with `FLOWCTL_MASK_KEY` set to `key` or removed.
-fn flowctl(dir: &Path, key: Option<&str>) -> std::process::Command {
-    let mut cmd = Flowctl::new().dir(dir).command();
-    cmd.env_remove("FLOWCTL_MASK_KEY")
+/// `flowctl` in `dir`, with `FLOWCTL_MASK_KEY` set to `key` or removed.
+fn flowctl(dir: &Path, key: Option<&str>) -> Flowctl {
+    let flowctl = Flowctl::new()
+        .dir(dir)
+        .env_remove("FLOWCTL_MASK_KEY")
         .env_remove("FLOWCTL_STORE")
         .env_remove("FLOWCTL_DB")
         .env(
             "FLOWCTL_JWT_SECRET",
             "a test secret that is long enough for HS256",
         );
-    if let Some(key) = key {
-        cmd.env("FLOWCTL_MASK_KEY", key);
+    match key {
+        Some(key) => flowctl.env("FLOWCTL_MASK_KEY", key),
+        None => flowctl,
     }
-    cmd
 }
 
-/// Spawns a long-running command, collects its stderr until a line starting with `ready`, then
+/// Starts a long-running command, collects its stderr until a line starting with `ready`, then
 /// stops it with SIGTERM (SIGKILL if it does not stop) and returns the lines seen.
-fn stderr_until_ready(mut cmd: std::process::Command, ready: &str) -> String {
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flowctl spawns");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+fn stderr_until_ready(flowctl: Flowctl, ready: &str) -> String {
+    let mut child = flowctl.spawn();
+    child.wait_for_line(Instant::now() + Duration::from_secs(30), |line| {
+        line.starts_with(ready)
     });
-    let mut log = Vec::new();
-    let found = loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
-                let done = line.starts_with(ready);
-                log.push(line);
-                if done {
-                    break true;
-                }
-            }
-            Err(_) => break false,
-        }
-    };
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while child.try_wait().ok().flatten().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.wait();
-    let log = log.join("\n");
-    assert!(found, "no line starting with {ready:?}; stderr:\n{log}");
-    log
+    child.stop(Duration::from_secs(30));
+    child.log()
 }
 
 #[test]
 fn a_generated_mask_key_is_warned_about() {
-    let dir = tempfile::tempdir().unwrap();
-    let flow = small_workflow(dir.path());
-    let db = dir.path().join("db");
+    let project = small_workflow();
+    let dir = project.path();
+    let flow = project.join("w.flow");
+    let db = project.db();
     let run = |key: Option<&str>| {
-        let out = flowctl(dir.path(), key)
+        let out = flowctl(dir, key)
             .arg("run")
             .arg(&flow)
-            .args(["--report", "DAILY_REPORT", "--db"])
-            .arg(&db)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
+            .args(["--report", "DAILY_REPORT"])
+            .db(&db)
+            .output();
+        let stderr = out.stderr();
+        assert_eq!(out.code(), 0, "{stderr}");
         stderr
     };
 
@@ -124,22 +83,20 @@ fn a_generated_mask_key_is_warned_about() {
     assert!(!stderr.contains("FLOWCTL_MASK_KEY"), "{stderr}");
     // Nor when no report masks with `hash`: the key is not used.
     let text = std::fs::read_to_string(&flow).unwrap();
-    std::fs::write(&flow, text.replace("mask ssn hash", "mask ssn redact")).unwrap();
+    project.write("w.flow", text.replace("mask ssn hash", "mask ssn redact"));
     let stderr = run(None);
     assert!(!stderr.contains("FLOWCTL_MASK_KEY"), "{stderr}");
-    std::fs::write(&flow, text).unwrap();
+    project.write("w.flow", text);
 
     // `serve` and `worker`: in the log, before they are ready.
     for key in [None, Some("a shared secret")] {
-        let mut serve = flowctl(dir.path(), key);
-        serve
+        let serve = flowctl(dir, key)
             .arg("serve")
             .arg(&flow)
-            .args(["--listen", "127.0.0.1:0", "--db"])
-            .arg(&db);
+            .args(["--listen", "127.0.0.1:0"])
+            .db(&db);
         let log = stderr_until_ready(serve, "listening on");
-        let mut worker = flowctl(dir.path(), key);
-        worker.arg("worker").arg(&flow).arg("--db").arg(&db);
+        let worker = flowctl(dir, key).arg("worker").arg(&flow).db(&db);
         let log = format!("{log}\n{}", stderr_until_ready(worker, "worker "));
         let expected = if key.is_none() { 2 } else { 0 };
         assert_eq!(log.matches(WARNING).count(), expected, "{key:?}:\n{log}");
@@ -194,31 +151,28 @@ fn every_cli_argument_has_help() {
 
 #[test]
 fn an_unknown_report_type_in_jobs_list_gets_a_did_you_mean() {
-    let dir = tempfile::tempdir().unwrap();
-    let flow = small_workflow(dir.path());
+    let project = small_workflow();
+    let dir = project.path();
+    let flow = project.join("w.flow");
     let jobs = |args: &[&str]| {
-        let out = flowctl(dir.path(), Some("k"))
+        let out = flowctl(dir, Some("k"))
             .args(["jobs", "list"])
             .args(args)
             .args(["--db", "db"])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        (out.status.code(), stdout, stderr)
+            .output();
+        (out.output.status.code(), out.stdout(), out.stderr())
     };
 
     // An empty store without a workflow knows no report type: any is an empty list.
     let (code, _, stderr) = jobs(&["--report", "DAILY_REPROT"]);
     assert_eq!(code, Some(0), "{stderr}");
 
-    let out = flowctl(dir.path(), Some("k"))
+    let out = flowctl(dir, Some("k"))
         .arg("run")
         .arg(&flow)
         .args(["--report", "DAILY_REPORT", "--db", "db"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+        .output();
+    assert_eq!(out.code(), 0);
 
     // Against the stored jobs' report types.
     let (code, stdout, stderr) = jobs(&["--report", "DAILY_REPROT"]);

@@ -10,7 +10,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{Flowctl, Serve};
+use common::token::minted;
+use common::{Flowctl, Project, Serve};
 use serde_json::{json, Value};
 
 const SECRET: &str = "county-rule-test-secret-0123456789abcdef";
@@ -44,12 +45,10 @@ report CASES {
 "#;
 
 /// A temporary directory holding `w.flow` (the text given) and `cases.csv`.
-fn workdir(flow: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("w.flow"), flow).unwrap();
-    std::fs::write(dir.path().join("cases.csv"), CASES).unwrap();
-    let flow = dir.path().join("w.flow");
-    (dir, flow)
+fn workdir(flow: &str) -> (Project, PathBuf) {
+    let project = Project::new().flow("w.flow", flow).csv("cases.csv", CASES);
+    let flow = project.join("w.flow");
+    (project, flow)
 }
 
 fn serve(dir: &Path, flow: &Path) -> Serve {
@@ -57,7 +56,7 @@ fn serve(dir: &Path, flow: &Path) -> Serve {
 }
 
 fn token(role: &str, county: Option<&str>) -> String {
-    common::token(SECRET, role, county)
+    minted(SECRET, role, county)
 }
 
 /// `POST /api/reports/generate` for CASES: the job id.
@@ -213,15 +212,16 @@ report C { source cases }
 after P run C as CASE_WORKER
 "#;
     let (dir, flow) = workdir(flow);
-    let db = dir.path().join("db");
-    let run = Flowctl::new()
-        .dir(dir.path())
-        .args([std::ffi::OsStr::new("run"), flow.as_os_str()])
-        .args(["--report", "P", "--role", "STATE_AUDITOR", "--db"])
-        .args([&db])
+    let db = dir.db();
+    let run = dir
+        .flowctl()
+        .arg("run")
+        .arg(&flow)
+        .args(["--report", "P", "--role", "STATE_AUDITOR"])
+        .db(&db)
         .output();
     assert_eq!(run.code(), 1, "{}\n{}", run.stdout(), run.stderr());
-    let jobs = common::jobs_json(&db);
+    let jobs = dir.jobs_json();
     let job = |report: &str| {
         jobs.iter()
             .find(|j| j["reportType"] == report)
@@ -255,19 +255,17 @@ fn a_schedule_for_a_county_scoped_role_needs_counties() {
         "{FLOW}\nschedule nightly {{\n  cron  \"0 0 3 * * ?\"\n  run   CASES\n  roles STATE_AUDITOR, ADMIN\n}}\n"
     );
     let (dir, flow) = workdir(&bad);
-    let check = Flowctl::new()
-        .args([std::ffi::OsStr::new("check"), flow.as_os_str()])
-        .output()
-        .status(1);
+    let check = Flowctl::new().arg("check").arg(&flow).output().status(1);
     let said = format!("{}{}", check.stdout(), check.stderr());
     assert!(said.contains("E021"), "{said}");
     assert!(said.contains("ADMIN"), "{said}");
-    let serve = Flowctl::new()
-        .dir(dir.path())
+    let serve = dir
+        .flowctl()
         .env("FLOWCTL_JWT_SECRET", SECRET)
-        .args([std::ffi::OsStr::new("serve"), flow.as_os_str()])
-        .args(["--listen", "127.0.0.1:0", "--db"])
-        .args([dir.path().join("db")])
+        .arg("serve")
+        .arg(&flow)
+        .args(["--listen", "127.0.0.1:0"])
+        .db(dir.db())
         .output()
         .status(1);
     assert!(serve.stderr().contains("E021"), "{}", serve.stderr());
@@ -281,9 +279,6 @@ fn a_schedule_for_a_county_scoped_role_needs_counties() {
         "roles STATE_AUDITOR, ADMIN",
         "roles STATE_AUDITOR, ADMIN\n  counties \"C01\", \"C02\"",
     );
-    std::fs::write(&flow, good).unwrap();
-    Flowctl::new()
-        .args([std::ffi::OsStr::new("check"), flow.as_os_str()])
-        .output()
-        .success();
+    dir.write("w.flow", good);
+    Flowctl::new().arg("check").arg(&flow).output().success();
 }

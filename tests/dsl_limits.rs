@@ -5,51 +5,22 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Flowctl;
+use common::Project;
 
 const VALID: &str = "config {\n  all_counties ADMIN\n}\n\nroles ADMIN\n\nsource cases {\n  path \"cases.csv\"\n}\n\nreport DAILY {\n  source cases\n}\n\nschedule daily {\n  cron  \"0 30 5 * * ?\"\n  run   DAILY\n  roles ADMIN\n}\n";
 
-fn write(path: &Path, text: &str) {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    std::fs::write(path, text).unwrap();
-}
-
-/// Runs `flowctl` and kills it if it has not finished after `limit` (a
-/// blocked read must fail the test, not hang it).
-fn run_with_limit(cmd: Flowctl, limit: Duration) -> std::process::Output {
-    let mut child = cmd
-        .command()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("flowctl did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn include_outside_the_root_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("secret.flow"), "roles TOP_SECRET_ROLE\n");
-    write(
-        &dir.path().join("wf/main.flow"),
-        &format!("{VALID}include \"../secret.flow\"\ninclude \"/proc/self/environ\"\n"),
+    let dir = Project::new();
+    dir.write("secret.flow", "roles TOP_SECRET_ROLE\n");
+    dir.write(
+        "wf/main.flow",
+        format!("{VALID}include \"../secret.flow\"\ninclude \"/proc/self/environ\"\n"),
     );
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let run = dir
+        .flowctl()
         .env("FLOWCTL_JWT_SECRET", "do-not-print-this-jwt-secret")
         .args(["check", "wf/main.flow"])
         .output()
@@ -64,48 +35,44 @@ fn include_outside_the_root_is_refused() {
 
 #[test]
 fn include_root_flag_allows_another_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("shared/extra.flow"),
+    let dir = Project::new();
+    dir.write(
+        "shared/extra.flow",
         "report EXTRA {\n  source cases\n}\n\nafter DAILY run EXTRA\n",
     );
-    write(
-        &dir.path().join("wf/main.flow"),
-        &format!("{VALID}include \"../shared/extra.flow\"\n"),
+    dir.write(
+        "wf/main.flow",
+        format!("{VALID}include \"../shared/extra.flow\"\n"),
     );
-    Flowctl::new()
-        .dir(dir.path())
+    dir.flowctl()
         .args(["check", "wf/main.flow"])
         .output()
         .status(1);
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let run = dir
+        .flowctl()
         .args(["check", "wf/main.flow", "--include-root", "shared"])
         .output()
         .success();
     assert!(run.stdout().contains("2 reports"), "{}", run.stdout());
     // Every command that loads a workflow takes the flag.
     for command in ["graph", "plan", "schedule"] {
-        Flowctl::new()
-            .dir(dir.path())
+        dir.flowctl()
             .args([command, "wf/main.flow", "--include-root", "shared"])
             .output()
             .success();
     }
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let run = dir
+        .flowctl()
         .args(["fmt", "wf/main.flow"])
         .output()
         .status(1);
     assert!(run.stderr().contains("E017"), "{}", run.stderr());
-    Flowctl::new()
-        .dir(dir.path())
+    dir.flowctl()
         .args(["fmt", "wf/main.flow", "--include-root", "shared"])
         .output()
         .success();
     // A root that does not exist is a usage error.
-    Flowctl::new()
-        .dir(dir.path())
+    dir.flowctl()
         .args(["check", "wf/main.flow", "--include-root", "nowhere"])
         .output()
         .status(2);
@@ -113,19 +80,15 @@ fn include_root_flag_allows_another_directory() {
 
 #[test]
 fn the_root_of_a_directory_is_that_directory() {
-    let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("wf/main.flow"), VALID);
-    write(
-        &dir.path().join("wf/more.flow"),
+    let dir = Project::new();
+    dir.write("wf/main.flow", VALID);
+    dir.write(
+        "wf/more.flow",
         "include \"sub/inner.flow\"\ninclude \"../outer.flow\"\n",
     );
-    write(&dir.path().join("wf/sub/inner.flow"), "# inside\n");
-    write(&dir.path().join("outer.flow"), "# outside\n");
-    let run = Flowctl::new()
-        .dir(dir.path())
-        .args(["check", "wf"])
-        .output()
-        .status(1);
+    dir.write("wf/sub/inner.flow", "# inside\n");
+    dir.write("outer.flow", "# outside\n");
+    let run = dir.flowctl().args(["check", "wf"]).output().status(1);
     let err = run.stderr();
     assert_eq!(err.matches("E017").count(), 1, "{err}");
     assert!(err.contains("`../outer.flow`"), "{err}");
@@ -134,18 +97,15 @@ fn the_root_of_a_directory_is_that_directory() {
 #[cfg(unix)]
 #[test]
 fn an_include_through_a_symlink_out_of_the_root_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("outside/secret.flow"),
-        "roles LEAKED_ROLE\n",
-    );
-    write(
-        &dir.path().join("wf/main.flow"),
-        &format!("{VALID}include \"link/secret.flow\"\n"),
+    let dir = Project::new();
+    dir.write("outside/secret.flow", "roles LEAKED_ROLE\n");
+    dir.write(
+        "wf/main.flow",
+        format!("{VALID}include \"link/secret.flow\"\n"),
     );
     std::os::unix::fs::symlink(dir.path().join("outside"), dir.path().join("wf/link")).unwrap();
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let run = dir
+        .flowctl()
         .args(["check", "wf/main.flow"])
         .output()
         .status(1);
@@ -157,19 +117,15 @@ fn an_include_through_a_symlink_out_of_the_root_is_refused() {
 #[cfg(unix)]
 #[test]
 fn a_directory_member_symlinked_out_of_the_directory_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    write(&dir.path().join("wf/main.flow"), VALID);
-    write(&dir.path().join("secret.txt"), "LEAKED_TEXT\n");
+    let dir = Project::new();
+    dir.write("wf/main.flow", VALID);
+    dir.write("secret.txt", "LEAKED_TEXT\n");
     std::os::unix::fs::symlink(
         dir.path().join("secret.txt"),
         dir.path().join("wf/env.flow"),
     )
     .unwrap();
-    let run = Flowctl::new()
-        .dir(dir.path())
-        .args(["check", "wf"])
-        .output()
-        .status(2);
+    let run = dir.flowctl().args(["check", "wf"]).output().status(2);
     let err = run.stderr();
     assert!(err.contains("outside the directory given"), "{err}");
     assert!(!err.contains("LEAKED_TEXT"), "{err}");
@@ -178,66 +134,55 @@ fn a_directory_member_symlinked_out_of_the_directory_is_refused() {
 #[cfg(unix)]
 #[test]
 fn an_include_of_a_fifo_is_refused_without_blocking() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("main.flow"),
-        &format!("{VALID}include \"pipe.flow\"\n"),
-    );
+    let dir = Project::new();
+    dir.write("main.flow", format!("{VALID}include \"pipe.flow\"\n"));
     let made = std::process::Command::new("mkfifo")
         .arg(dir.path().join("pipe.flow"))
         .status()
         .unwrap();
     assert!(made.success());
-    let out = run_with_limit(
-        Flowctl::new().dir(dir.path()).args(["check", "main.flow"]),
-        Duration::from_secs(60),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let out = dir
+        .flowctl()
+        .args(["check", "main.flow"])
+        .output_within(Duration::from_secs(60));
+    let err = out.stderr();
+    assert_eq!(out.code(), 1, "{err}");
     assert!(err.contains("E018 include-not-a-file"), "{err}");
     assert!(err.contains("it is a FIFO, not a regular file"), "{err}");
     // Named on the command line, it is refused too.
-    let out = run_with_limit(
-        Flowctl::new().dir(dir.path()).args(["check", "pipe.flow"]),
-        Duration::from_secs(60),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let out = dir
+        .flowctl()
+        .args(["check", "pipe.flow"])
+        .output_within(Duration::from_secs(60));
+    let err = out.stderr();
+    assert_eq!(out.code(), 2, "{err}");
     assert!(err.contains("not a regular file"), "{err}");
 }
 
 #[cfg(unix)]
 #[test]
 fn an_include_of_a_device_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("main.flow"),
-        &format!("{VALID}include \"/dev/zero\"\n"),
-    );
-    let out = run_with_limit(
-        Flowctl::new()
-            .dir(dir.path())
-            .args(["check", "main.flow", "--include-root", "/dev"]),
-        Duration::from_secs(60),
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let dir = Project::new();
+    dir.write("main.flow", format!("{VALID}include \"/dev/zero\"\n"));
+    let out = dir
+        .flowctl()
+        .args(["check", "main.flow", "--include-root", "/dev"])
+        .output_within(Duration::from_secs(60));
+    let err = out.stderr();
+    assert_eq!(out.code(), 1, "{err}");
     assert!(err.contains("E018"), "{err}");
     assert!(err.contains("it is a device"), "{err}");
 }
 
 #[test]
 fn an_include_over_16_mib_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("main.flow"),
-        &format!("{VALID}include \"huge.flow\"\n"),
-    );
+    let dir = Project::new();
+    dir.write("main.flow", format!("{VALID}include \"huge.flow\"\n"));
     // Sparse: no 16 MiB written to disk.
     let huge = std::fs::File::create(dir.path().join("huge.flow")).unwrap();
     huge.set_len(16 * 1024 * 1024 + 1).unwrap();
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let run = dir
+        .flowctl()
         .args(["check", "main.flow"])
         .output()
         .status(1);
@@ -245,8 +190,8 @@ fn an_include_over_16_mib_is_refused() {
     assert!(err.contains("E019 include-too-large"), "{err}");
     assert!(err.contains("larger than 16 MiB"), "{err}");
     // Named on the command line: a usage error with the same limit.
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let run = dir
+        .flowctl()
         .args(["check", "huge.flow"])
         .output()
         .status(2);
@@ -259,18 +204,11 @@ fn an_include_over_16_mib_is_refused() {
 
 #[test]
 fn a_non_utf8_include_gets_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("main.flow"),
-        &format!("{VALID}include \"latin1.flow\"\n"),
-    );
-    std::fs::write(
-        dir.path().join("latin1.flow"),
-        b"# caf\xe9 BINARY_PAYLOAD\nroles A\n",
-    )
-    .unwrap();
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let dir = Project::new();
+    dir.write("main.flow", format!("{VALID}include \"latin1.flow\"\n"));
+    dir.write("latin1.flow", b"# caf\xe9 BINARY_PAYLOAD\nroles A\n");
+    let run = dir
+        .flowctl()
         .args(["check", "main.flow"])
         .output()
         .status(1);
@@ -281,8 +219,8 @@ fn a_non_utf8_include_gets_a_clear_error() {
         "{err}"
     );
     assert!(!err.contains("BINARY_PAYLOAD"), "{err}");
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let run = dir
+        .flowctl()
         .args(["check", "latin1.flow"])
         .output()
         .status(2);
@@ -291,13 +229,10 @@ fn a_non_utf8_include_gets_a_clear_error() {
 
 #[test]
 fn a_diagnostic_past_column_65535_does_not_panic() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("wide.flow"),
-        &format!("roles A\n{}}}\n", " ".repeat(70_000)),
-    );
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let dir = Project::new();
+    dir.write("wide.flow", format!("roles A\n{}}}\n", " ".repeat(70_000)));
+    let run = dir
+        .flowctl()
         .args(["check", "wide.flow"])
         .output()
         .status(1);
@@ -309,17 +244,17 @@ fn a_diagnostic_past_column_65535_does_not_panic() {
 
 #[test]
 fn a_long_line_is_shown_as_an_excerpt_and_quoted_input_is_cut() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Project::new();
     let zone = "Z".repeat(2 * 1024 * 1024);
-    write(
-        &dir.path().join("zone.flow"),
-        &VALID.replace(
+    dir.write(
+        "zone.flow",
+        VALID.replace(
             "roles ADMIN\n}",
             &format!("roles ADMIN\n  zone  \"{zone}\"\n}}"),
         ),
     );
-    let run = Flowctl::new()
-        .dir(dir.path())
+    let run = dir
+        .flowctl()
         .args(["check", "zone.flow"])
         .output()
         .status(1);
@@ -334,11 +269,11 @@ fn a_long_line_is_shown_as_an_excerpt_and_quoted_input_is_cut() {
 
 #[test]
 fn many_errors_render_the_first_hundred_and_count_the_rest() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Project::new();
     let text: String = (0..2_500).map(|i| format!("report R{i} {{\n")).collect();
-    write(&dir.path().join("broken.flow"), &text);
-    let run = Flowctl::new()
-        .dir(dir.path())
+    dir.write("broken.flow", &text);
+    let run = dir
+        .flowctl()
         .args(["check", "broken.flow"])
         .output()
         .status(1);
@@ -354,19 +289,15 @@ fn many_errors_render_the_first_hundred_and_count_the_rest() {
 
 #[test]
 fn control_characters_in_the_source_do_not_reach_the_terminal() {
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        &dir.path().join("esc.flow"),
-        &VALID.replace(
+    let dir = Project::new();
+    dir.write(
+        "esc.flow",
+        VALID.replace(
             "roles ADMIN\n}",
             "roles ADMIN\n  zone  \"\u{1b}]0;pwned\u{7}\u{1b}[2J\"\n}",
         ),
     );
-    let run = Flowctl::new()
-        .dir(dir.path())
-        .args(["check", "esc.flow"])
-        .output()
-        .status(1);
+    let run = dir.flowctl().args(["check", "esc.flow"]).output().status(1);
     let err = run.stderr();
     assert!(err.contains("E007"), "{err}");
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");

@@ -2,18 +2,19 @@
 //! text, a sled store in a temporary directory, and `Engine::run` until idle,
 //! watched through its `ExecEvent`s.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::mpsc;
 
-use flowctl::executor::{Engine, ExecEvent, ExecutorConfig};
+use common::{data, engine, files_under, Project};
+use flowctl::executor::{Engine, ExecEvent};
 use flowctl::job::{Job, JobId, JobRequest, JobStatus, Principal};
-use flowctl::metrics::Metrics;
 use flowctl::store::sled_store::SledStore;
 use flowctl::store::{CancelOutcome, ListFilter, SledConfig, Store};
 use flowctl::workflow::Workflow;
@@ -22,36 +23,27 @@ use flowctl::workflow::Workflow;
 const RUN_DEADLINE: Duration = Duration::from_secs(60);
 
 struct Fixture {
-    dir: tempfile::TempDir,
+    project: Project,
     workflow: Arc<Workflow>,
     store: Arc<SledStore>,
 }
 
 impl Fixture {
-    /// Compiles `flow` as `<tmp>/w.flow` (sources and results resolve in
-    /// the temporary directory) and opens a store at `<tmp>/db`.
+    /// Compiles `flow`, written to `<tmp>/w.flow` (sources and results
+    /// resolve in the temporary directory), and opens a store at `<tmp>/db`.
     fn new(flow: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.flow");
-        let compilation =
-            flowctl::compiler::compile(flowctl::loader::load_text(&path, flow.to_string()));
-        let workflow = compilation
-            .workflow
-            .unwrap_or_else(|| panic!("workflow compiles: {:#?}", compilation.diagnostics));
+        let project = Project::new().flow("w.flow", flow);
+        let workflow = project.workflow("w.flow");
         let store = SledStore::open(SledConfig {
             flush: false,
-            ..SledConfig::new(dir.path().join("db"))
+            ..SledConfig::new(project.db())
         })
         .unwrap();
         Fixture {
-            dir,
+            project,
             workflow: Arc::new(workflow),
             store: Arc::new(store),
         }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
     }
 
     fn results(&self) -> PathBuf {
@@ -59,16 +51,8 @@ impl Fixture {
     }
 
     fn engine(&self, events: mpsc::UnboundedSender<ExecEvent>) -> Arc<Engine> {
-        let config = ExecutorConfig::from_workflow(&self.workflow, [7; 32]);
-        Arc::new(
-            Engine::new(
-                self.workflow.clone(),
-                self.store.clone(),
-                config,
-                Arc::new(Metrics::new()),
-            )
-            .with_events(events),
-        )
+        let engine = engine::engine(self.workflow.clone(), self.store.clone());
+        Arc::new(engine.with_events(events))
     }
 
     /// Queues `n` root jobs of `report` as ADMIN.
@@ -137,41 +121,6 @@ where
     events
 }
 
-/// Writes `rows` fake case records to `path`.
-fn write_cases(path: &Path, rows: usize) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(out, "case_id,county_id,client_name,ssn").unwrap();
-    for i in 0..rows {
-        writeln!(
-            out,
-            "CASE-{i:07},C0{},Fake Person {},900-{:02}-{:04}",
-            i % 6 + 1,
-            i % 97,
-            i % 100,
-            i % 10_000
-        )
-        .unwrap();
-    }
-    out.into_inner().unwrap().sync_all().unwrap();
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 const CANCEL_FLOW: &str = r#"
 config {
   worker_pool_size 2
@@ -196,7 +145,7 @@ after BIG on completion run CHILD
 #[tokio::test(flavor = "multi_thread")]
 async fn queued_job_cancelled_before_the_engine_starts_never_runs() {
     let fx = Fixture::new(CANCEL_FLOW);
-    write_cases(&fx.path().join("data/cases.csv"), 1_000);
+    fx.project.write("data/cases.csv", data::short_cases(1_000));
     let (tx, rx) = mpsc::unbounded_channel();
     let engine = fx.engine(tx);
     let ids = fx.enqueue(&engine, "BIG", 2).await;
@@ -242,7 +191,8 @@ async fn queued_job_cancelled_before_the_engine_starts_never_runs() {
 async fn running_job_cancelled_through_the_store_stops_without_result_or_dependents() {
     let fx = Fixture::new(CANCEL_FLOW);
     // Long enough (3,000 chunks) that the cancel lands long before the end.
-    write_cases(&fx.path().join("data/cases.csv"), 300_000);
+    fx.project
+        .write("data/cases.csv", data::short_cases(300_000));
     let (tx, rx) = mpsc::unbounded_channel();
     let engine = fx.engine(tx);
     let ids = fx.enqueue(&engine, "BIG", 1).await;
@@ -318,7 +268,8 @@ report R {
 }
 "#,
     );
-    write_cases(&fx.path().join("data/cases.csv"), 20_000);
+    fx.project
+        .write("data/cases.csv", data::short_cases(20_000));
     let (tx, rx) = mpsc::unbounded_channel();
     let engine = fx.engine(tx);
     let ids = fx.enqueue(&engine, "R", 10).await;
@@ -374,7 +325,7 @@ report CHILD {
 after PARENT run CHILD
 "#,
     );
-    write_cases(&fx.path().join("data/cases.csv"), 1_000);
+    fx.project.write("data/cases.csv", data::short_cases(1_000));
     let (tx, rx) = mpsc::unbounded_channel();
     let engine = fx.engine(tx);
     let parent_id = fx.enqueue(&engine, "PARENT", 1).await.remove(0);

@@ -1,34 +1,26 @@
 //! Behaviour of the HTTP API, driven over real sockets: the server bound on 127.0.0.1:0 in this
 //! process with the bundled workflow, a sled store in a temporary directory and (where a test
-//! needs jobs to run) the engine's dispatcher; and once the real `flowctl serve` binary.
+//! needs jobs to run) the engine's dispatcher (`common::TestServer`); and once the real
+//! `flowctl serve` binary (`common::Serve`).
+
+mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Request};
+use axum::http::Request;
+use common::token::{now, sign, token, SECRET};
+use common::{repo, Call, Faults, Flowctl, Options, Project, Reply, Serve, TestServer};
 use flowctl::auth::AuthConfig;
-use flowctl::executor::{Engine, ExecutorConfig};
-use flowctl::job::{JobId, JobStatus, NewJob};
-use flowctl::metrics::Metrics;
-use flowctl::server::{self, AppState};
-use flowctl::store::{
-    BoxFuture, CancelOutcome, Cas, Completion, Enqueued, Expired, JoinEdge, JoinRules, ListFilter,
-    Outcome, Page, ProgressUpdate, SledConfig, SledStore, Store, StoreError, StoreResult,
-    UniqueKey,
-};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use flowctl::job::{JobId, JobStatus};
+use flowctl::server;
+use flowctl::store::{StoreError, StoreResult};
+use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
-const SECRET: &str = "http-test-secret-0123456789abcdef0123456789";
 
 /// A 2048-bit RSA key pair made for these tests with `openssl genrsa`: the server verifies
 /// with the public half; the private half signs the good RS256 token.
@@ -75,130 +67,37 @@ wQIDAQAB
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Copies the bundled workflow and its data into `dir/wf`; its results go to `dir/results`.
-fn copy_workflow(dir: &Path) -> PathBuf {
-    let wf = dir.join("wf");
-    std::fs::create_dir_all(wf.join("data")).unwrap();
-    std::fs::copy(
-        repo().join("workflows/reports.flow"),
-        wf.join("reports.flow"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("workflows/data/cases.csv"),
-        wf.join("data/cases.csv"),
-    )
-    .unwrap();
-    wf.join("reports.flow")
-}
-
-struct TestServer {
-    base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-    engine: Arc<Engine>,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "not JSON ({e}), status {}: {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> String {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_string())
-            .unwrap_or_default()
-    }
-
-    /// A JSON error with exactly `code` and a message, at `status`.
-    #[track_caller]
-    fn assert_error(&self, status: u16, code: &str) -> String {
-        assert_eq!(self.status, status, "body: {}", self.text());
-        assert!(
-            self.header("content-type").starts_with("application/json"),
-            "{:?}",
-            self.headers
-        );
-        let body = self.json();
-        assert_eq!(body["code"], code, "body: {body}");
-        let message = body["message"].as_str().expect("a message").to_string();
-        assert!(!message.is_empty());
-        assert_eq!(
-            body.as_object().unwrap().len(),
-            2,
-            "only code and message: {body}"
-        );
-        message
-    }
-}
-
-struct Options {
-    auth: AuthConfig,
-    dispatcher: bool,
-    /// Serve through a store that can be made to fail transiently.
-    flaky: Option<Arc<Outage>>,
-    serve: server::ServeConfig,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            auth: AuthConfig::hs256(SECRET.as_bytes()).unwrap(),
-            dispatcher: true,
-            flaky: None,
-            serve: server::ServeConfig::default(),
-        }
-    }
-}
-
-/// How many of the next store calls fail with a transient error (`u32::MAX`: all), and how
-/// many calls were made.
+/// How many of the next API-facing store calls fail with a transient error (`u32::MAX`: all),
+/// and how many such calls were made: as a PostgreSQL store does while the database is down.
 #[derive(Default)]
 struct Outage {
-    failures_left: std::sync::atomic::AtomicU32,
-    calls: std::sync::atomic::AtomicU32,
+    failures_left: AtomicU32,
+    calls: AtomicU32,
     /// Fail after the inner store applied the call (a connection lost before the answer).
-    after_applying: std::sync::atomic::AtomicBool,
+    after_applying: AtomicBool,
 }
 
 impl Outage {
+    /// The store calls the API makes.
+    const API_CALLS: [Call; 5] = [
+        Call::Enqueue,
+        Call::Cancel,
+        Call::Get,
+        Call::Children,
+        Call::List,
+    ];
+
     fn fail_next(&self, n: u32) {
-        self.after_applying
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        self.failures_left
-            .store(n, std::sync::atomic::Ordering::SeqCst);
-        self.calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        self.after_applying.store(false, SeqCst);
+        self.failures_left.store(n, SeqCst);
+        self.calls.store(0, SeqCst);
     }
 
     fn calls(&self) -> u32 {
-        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+        self.calls.load(SeqCst)
     }
 
     fn check(&self) -> StoreResult<()> {
-        use std::sync::atomic::Ordering::SeqCst;
         self.calls.fetch_add(1, SeqCst);
         let failing = self
             .failures_left
@@ -218,302 +117,20 @@ impl Outage {
     }
 }
 
-/// A sled store whose API-facing calls fail transiently while its [`Outage`] says so, as a
-/// PostgreSQL store does while the database is down.
-struct FlakyStore {
-    inner: SledStore,
-    outage: Arc<Outage>,
-}
-
-impl FlakyStore {
-    fn gate<'a, T: Send + 'a>(
-        &'a self,
-        op: BoxFuture<'a, StoreResult<T>>,
-    ) -> BoxFuture<'a, StoreResult<T>> {
-        Box::pin(async move {
-            if self
-                .outage
-                .after_applying
-                .load(std::sync::atomic::Ordering::SeqCst)
-            {
-                let value = op.await?;
-                self.outage.check()?;
-                return Ok(value);
-            }
-            self.outage.check()?;
-            op.await
-        })
-    }
-}
-
-impl Store for FlakyStore {
-    fn enqueue(
-        &self,
-        batch: Vec<NewJob>,
-        unique: Option<UniqueKey>,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> BoxFuture<'_, StoreResult<Enqueued>> {
-        self.gate(self.inner.enqueue(batch, unique, now))
-    }
-    fn claim<'a>(
-        &'a self,
-        worker: &'a str,
-        max: usize,
-        lease: Duration,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> BoxFuture<'a, StoreResult<Vec<flowctl::job::Job>>> {
-        self.inner.claim(worker, max, lease, now)
-    }
-    fn renew<'a>(
-        &'a self,
-        job_id: &'a JobId,
-        expected_version: u64,
-        lease_until: chrono::DateTime<chrono::Utc>,
-        progress: Option<ProgressUpdate>,
-    ) -> BoxFuture<'a, StoreResult<Cas<flowctl::job::Job>>> {
-        self.inner
-            .renew(job_id, expected_version, lease_until, progress)
-    }
-    fn complete<'a>(
-        &'a self,
-        job_id: &'a JobId,
-        expected_version: u64,
-        outcome: Outcome,
-        joins: &'a [JoinEdge],
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> BoxFuture<'a, StoreResult<Cas<Completion>>> {
-        self.inner
-            .complete(job_id, expected_version, outcome, joins, now)
-    }
-    fn cancel<'a>(
-        &'a self,
-        job_id: &'a JobId,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
-        self.gate(self.inner.cancel(job_id, now))
-    }
-    fn requeue_expired<'a>(
-        &'a self,
-        now: chrono::DateTime<chrono::Utc>,
-        joins: &'a dyn JoinRules,
-    ) -> BoxFuture<'a, StoreResult<Expired>> {
-        self.inner.requeue_expired(now, joins)
-    }
-    fn requeue_all_processing<'a>(
-        &'a self,
-        now: chrono::DateTime<chrono::Utc>,
-        joins: &'a dyn JoinRules,
-    ) -> BoxFuture<'a, StoreResult<Expired>> {
-        self.inner.requeue_all_processing(now, joins)
-    }
-    fn get<'a>(
-        &'a self,
-        job_id: &'a JobId,
-    ) -> BoxFuture<'a, StoreResult<Option<flowctl::job::Job>>> {
-        self.gate(self.inner.get(job_id))
-    }
-    fn children<'a>(
-        &'a self,
-        job_id: &'a JobId,
-    ) -> BoxFuture<'a, StoreResult<Vec<flowctl::job::Job>>> {
-        self.gate(self.inner.children(job_id))
-    }
-    fn list(&self, filter: ListFilter) -> BoxFuture<'_, StoreResult<Page>> {
-        self.gate(self.inner.list(filter))
-    }
-    fn counts(&self) -> BoxFuture<'_, StoreResult<std::collections::BTreeMap<JobStatus, u64>>> {
-        self.inner.counts()
-    }
-    fn last_fire<'a>(
-        &'a self,
-        schedule: &'a str,
-    ) -> BoxFuture<'a, StoreResult<Option<chrono::DateTime<chrono::Utc>>>> {
-        self.inner.last_fire(schedule)
-    }
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.subscribe()
-    }
-}
-
-impl TestServer {
-    async fn start() -> TestServer {
-        TestServer::start_with(Options::default()).await
-    }
-
-    /// No dispatcher: jobs stay QUEUED.
-    async fn start_idle() -> TestServer {
-        TestServer::start_with(Options {
-            dispatcher: false,
-            ..Options::default()
-        })
-        .await
-    }
-
-    async fn start_with(options: Options) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let flow = copy_workflow(dir.path());
-        let compilation = flowctl::compiler::compile_paths(&[flow]).unwrap();
-        let workflow = compilation.workflow.expect("the bundled workflow compiles");
-        let store = SledStore::open(SledConfig {
-            flush: false,
-            ..SledConfig::new(dir.path().join("db"))
-        })
-        .unwrap();
-        let config = ExecutorConfig::from_workflow(&workflow, [7; 32]);
-        let store: Arc<dyn Store> = match &options.flaky {
-            Some(outage) => Arc::new(FlakyStore {
-                inner: store,
-                outage: outage.clone(),
-            }),
-            None => Arc::new(store),
-        };
-        let engine = Arc::new(Engine::new(
-            Arc::new(workflow),
-            store,
-            config,
-            Arc::new(Metrics::new()),
-        ));
-        let (stop, stopped) = watch::channel(false);
-        let until = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let mut tasks = Vec::new();
-        if options.dispatcher {
-            let run = engine.clone().run(until(stopped.clone()), false);
-            tasks.push(tokio::spawn(async move {
-                run.await.expect("dispatcher");
-            }));
+impl Faults for Outage {
+    fn before(&self, call: Call) -> StoreResult<()> {
+        if !Outage::API_CALLS.contains(&call) || self.after_applying.load(SeqCst) {
+            return Ok(());
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let state = AppState::new(engine.clone(), Arc::new(options.auth));
-        let serve = server::serve_with(listener, state, options.serve, until(stopped));
-        tasks.push(tokio::spawn(async move {
-            serve.await.expect("server");
-        }));
-        TestServer {
-            base,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            engine,
-            stop,
-            tasks,
-            _dir: dir,
+        self.check()
+    }
+
+    fn after(&self, call: Call) -> StoreResult<()> {
+        if !Outage::API_CALLS.contains(&call) || !self.after_applying.load(SeqCst) {
+            return Ok(());
         }
+        self.check()
     }
-
-    async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> Reply {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        if let Some(c) = content_type {
-            req = req.header("content-type", c);
-        }
-        let resp = self
-            .client
-            .request(req.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .expect("the server answers");
-        let (parts, body) = resp.into_parts();
-        Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
-    }
-
-    async fn get(&self, path: &str, token: &str) -> Reply {
-        self.request("GET", path, Some(token), None, Vec::new())
-            .await
-    }
-
-    async fn post(&self, path: &str, token: &str) -> Reply {
-        self.request("POST", path, Some(token), None, Vec::new())
-            .await
-    }
-
-    async fn post_json(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.request(
-            "POST",
-            path,
-            Some(token),
-            Some("application/json"),
-            body.to_string().into_bytes(),
-        )
-        .await
-    }
-
-    /// Queues a report; returns the job id.
-    async fn generate(&self, token: &str, body: Value) -> String {
-        let reply = self.post_json("/api/reports/generate", token, body).await;
-        assert_eq!(reply.status, 202, "{}", reply.text());
-        let json = reply.json();
-        let id = json["jobId"].as_str().unwrap().to_string();
-        assert_eq!(reply.header("location"), format!("/api/jobs/{id}"));
-        id
-    }
-
-    /// Polls the job until it reaches `status`.
-    async fn wait_for(&self, id: &str, token: &str, status: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let reply = self.get(&format!("/api/jobs/{id}"), token).await;
-            assert_eq!(reply.status, 200, "{}", reply.text());
-            let job = reply.json();
-            if job["status"] == status {
-                return job;
-            }
-            assert!(
-                !matches!(job["status"].as_str(), Some("FAILED" | "CANCELLED"))
-                    || status != "COMPLETED",
-                "job ended otherwise: {job}"
-            );
-            assert!(Instant::now() < deadline, "job never got {status}: {job}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Stops the server and the dispatcher; both must end by themselves.
-    async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks.drain(..) {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("graceful shutdown in time")
-                .expect("task ran to its end");
-        }
-    }
-}
-
-fn now() -> u64 {
-    jsonwebtoken::get_current_timestamp()
-}
-
-fn sign(claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-    )
-    .unwrap()
-}
-
-/// A valid HS256 token for `role` in `county`.
-fn token(sub: &str, role: &str, county: Option<&str>) -> String {
-    let mut claims = json!({ "sub": sub, "role": role, "exp": now() + 3600, "iat": now() });
-    if let Some(c) = county {
-        claims["countyId"] = json!(c);
-    }
-    sign(&claims)
 }
 
 fn b64url(bytes: &[u8]) -> String {
@@ -808,24 +425,16 @@ async fn idempotency_key_is_scoped_by_principal() {
             .body(Full::new(Bytes::from(body.to_string())))
             .unwrap()
     };
-    let send = |req: Request<Full<Bytes>>| async {
-        let resp = server.client.request(req).await.unwrap();
-        let (parts, body) = resp.into_parts();
-        Reply {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
-        }
-    };
-    let reply = send(with_header("order-42", daily())).await;
+    let reply = server.send(with_header("order-42", daily())).await;
     assert_eq!(reply.status, 202, "{}", reply.text());
     assert_eq!(reply.json()["jobId"], first);
-    let reply = send(with_header("order-42", body.clone())).await;
+    let reply = server.send(with_header("order-42", body.clone())).await;
     assert_eq!(reply.json()["jobId"], first);
-    let fresh = send(with_header("order-43", daily())).await;
+    let fresh = server.send(with_header("order-43", daily())).await;
     assert_eq!(fresh.status, 202);
     assert_ne!(fresh.json()["jobId"], first);
-    send(with_header("order-44", body))
+    server
+        .send(with_header("order-44", body))
         .await
         .assert_error(422, "idempotency_key_mismatch");
 
@@ -843,7 +452,7 @@ async fn store_outage_is_retried_then_503_with_retry_after() {
     let outage = Arc::new(Outage::default());
     let server = TestServer::start_with(Options {
         dispatcher: false,
-        flaky: Some(outage.clone()),
+        faults: Some(outage.clone()),
         ..Options::default()
     })
     .await;
@@ -996,20 +605,12 @@ async fn generate_with_header(server: &TestServer, authorization: Option<&str>) 
     if let Some(a) = authorization {
         req = req.header("authorization", a);
     }
-    let resp = server
-        .client
-        .request(
+    server
+        .send(
             req.body(Full::new(Bytes::from(daily().to_string())))
                 .unwrap(),
         )
         .await
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    Reply {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
 }
 
 /// 401 with a JSON error and a `WWW-Authenticate` challenge, and no job created.
@@ -1453,13 +1054,7 @@ async fn every_rejection_is_json_with_a_code() {
         .header("x-padding", "p".repeat(20 * 1024))
         .body(Full::default())
         .unwrap();
-    let resp = server.client.request(big).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    let reply = Reply {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    };
+    let reply = server.send(big).await;
     reply.assert_error(431, "headers_too_large");
     assert_eq!(server.get("/api/jobs", &t).await.status, 200);
     server.shutdown().await;
@@ -2021,42 +1616,21 @@ async fn openapi_covers_every_route() {
 // The real binary
 // ---------------------------------------------------------------------------------------------
 
-fn flowctl() -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowctl"));
-    cmd.env("NO_COLOR", "1")
-        .env_remove("RUST_LOG")
+fn flowctl() -> Flowctl {
+    Flowctl::new()
         .env_remove("FLOWCTL_JWT_PUBLIC_KEY")
         .env_remove("FLOWCTL_JWT_ALGORITHM")
         .env_remove("FLOWCTL_JWT_ISSUER")
         .env_remove("FLOWCTL_JWT_AUDIENCE")
         .env_remove("FLOWCTL_DB")
-        .env_remove("FLOWCTL_LISTEN");
-    cmd
+        .env_remove("FLOWCTL_LISTEN")
 }
 
 /// Whether this build of `flowctl` has the `serve` and `token` subcommands yet.
 fn has_serve() -> bool {
-    ["serve", "token"].iter().all(|sub| {
-        flowctl()
-            .args([sub, "--help"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
-}
-
-/// Waits for a child to exit, up to `limit`.
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    ["serve", "token"]
+        .iter()
+        .all(|sub| flowctl().args([sub, "--help"]).output().code() == 0)
 }
 
 /// `flowctl serve` serves the API with a token from `flowctl token`, a second `serve` on the
@@ -2068,74 +1642,29 @@ fn the_serve_binary_serves_and_refuses_a_second_instance_on_the_same_db() {
         eprintln!("SKIPPED: this flowctl has no `serve`/`token` subcommand yet");
         return;
     }
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let flow = copy_workflow(dir.path());
-    let db = dir.path().join("db");
+    let project = Project::new().bundled("wf");
+    let flow = project.join("wf/reports.flow");
+    let db = project.db();
 
     // No verification key configured: refuse to start, and refuse to mint.
     let out = flowctl()
         .env_remove("FLOWCTL_JWT_SECRET")
         .arg("serve")
         .arg(&flow)
-        .arg("--db")
-        .arg(&db)
+        .db(&db)
         .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("FLOWCTL_JWT_SECRET"));
+        .status(2);
+    assert!(out.stderr().contains("FLOWCTL_JWT_SECRET"));
     let out = flowctl()
         .env_remove("FLOWCTL_JWT_SECRET")
         .args(["token", "--role", "ADMIN"])
         .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("FLOWCTL_JWT_SECRET"));
+        .status(2);
+    assert!(out.stderr().contains("FLOWCTL_JWT_SECRET"));
 
-    let mut first = flowctl()
-        .env("FLOWCTL_JWT_SECRET", SECRET)
-        .arg("serve")
-        .arg(&flow)
-        .args(["--listen", "127.0.0.1:0", "--db"])
-        .arg(&db)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = first.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut log = Vec::new();
-    let addr = loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    break addr.to_string();
-                }
-                log.push(line);
-            }
-            Err(_) => {
-                let _ = first.kill();
-                panic!("no `listening on` line; stderr so far:\n{}", log.join("\n"));
-            }
-        }
-    };
+    let first = Serve::start_with(flowctl().env("FLOWCTL_JWT_SECRET", SECRET), &flow, &db);
 
-    let minted = flowctl()
+    let token = flowctl()
         .env("FLOWCTL_JWT_SECRET", SECRET)
         .args([
             "token",
@@ -2149,63 +1678,23 @@ fn the_serve_binary_serves_and_refuses_a_second_instance_on_the_same_db() {
             "carol",
         ])
         .output()
-        .unwrap();
-    assert!(
-        minted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&minted.stderr)
-    );
-    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+        .success()
+        .stdout()
+        .trim()
+        .to_string();
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let job = runtime.block_on(async {
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
-        let send = |req: Request<Full<Bytes>>| {
-            let client = client.clone();
-            async move {
-                let resp = client.request(req).await.unwrap();
-                let status = resp.status().as_u16();
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                (status, serde_json::from_slice::<Value>(&body).unwrap())
-            }
-        };
-        let (status, _) = send(
-            Request::get(format!("http://{addr}/readyz"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(status, 200);
-        let (status, body) = send(
-            Request::post(format!("http://{addr}/api/reports/generate"))
-                .header("authorization", format!("Bearer {token}"))
-                .header("content-type", "application/json")
-                .body(Full::new(Bytes::from(daily().to_string())))
-                .unwrap(),
-        )
-        .await;
-        assert_eq!(status, 202, "{body}");
-        let id = body["jobId"].as_str().unwrap().to_string();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (status, job) = send(
-                Request::get(format!("http://{addr}/api/jobs/{id}"))
-                    .header("authorization", format!("Bearer {token}"))
-                    .body(Full::default())
-                    .unwrap(),
-            )
+    let job = first.block_on(async {
+        let api = &first.api;
+        let ready = api.request("GET", "/readyz", None, None, Vec::new()).await;
+        assert_eq!(ready.status, 200);
+        ready.json();
+        let reply = api
+            .post_json("/api/reports/generate", &token, daily())
             .await;
-            assert_eq!(status, 200);
-            if job["status"] == "COMPLETED" {
-                break job;
-            }
-            assert!(Instant::now() < deadline, "{job}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let body = reply.json();
+        assert_eq!(reply.status, 202, "{body}");
+        let id = body["jobId"].as_str().unwrap().to_string();
+        api.wait_for(&id, &token, "COMPLETED").await
     });
     assert_eq!(job["role"], "SUPERVISOR");
     assert_eq!(job["countyId"], "C05");
@@ -2216,18 +1705,14 @@ fn the_serve_binary_serves_and_refuses_a_second_instance_on_the_same_db() {
         .env("FLOWCTL_JWT_SECRET", SECRET)
         .arg("serve")
         .arg(&flow)
-        .args(["--listen", "127.0.0.1:0", "--db"])
-        .arg(&db)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_exit(&mut second, Duration::from_secs(30));
+        .args(["--listen", "127.0.0.1:0"])
+        .db(&db)
+        .spawn();
+    let status = second.wait_exit(Duration::from_secs(30));
     if status.is_none() {
         let _ = second.kill();
     }
-    let mut second_err = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut second_err).unwrap();
+    let second_err = second.log();
     assert_eq!(status.and_then(|s| s.code()), Some(2), "{second_err}");
     assert!(
         second_err.contains("in use by another flowctl"),
@@ -2236,18 +1721,7 @@ fn the_serve_binary_serves_and_refuses_a_second_instance_on_the_same_db() {
     assert!(!second_err.contains("listening on"), "{second_err}");
 
     // SIGTERM: a graceful stop with status 0, and the token never reached the log.
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = wait_exit(&mut first, Duration::from_secs(30));
-    if status.is_none() {
-        let _ = first.kill();
-    }
-    let rest: Vec<String> = rx.try_iter().collect();
-    log.extend(rest);
-    let log = log.join("\n");
+    let (status, log) = first.stop(Duration::from_secs(30));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
     assert!(
         log.contains(job["jobId"].as_str().unwrap()),

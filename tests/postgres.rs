@@ -10,44 +10,17 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use sha2::{Digest, Sha256};
 
+use common::pg::{database_or_skip, terminate_connections};
+use common::wait::until;
+use common::{data, files_under, sha256_file, Flowctl, Project, Running};
 use flowctl::job::{JobRequest, NewJob, Principal};
-use flowctl::store::pg_test_schema::{database_url, TestSchema};
+use flowctl::store::pg_test_schema::TestSchema;
 use flowctl::store::{PgConfig, PgStore, Store};
-
-macro_rules! database_or_skip {
-    () => {
-        match database_url() {
-            Some(url) => url,
-            None => {
-                println!("skipped: FLOWCTL_TEST_PG not set");
-                return;
-            }
-        }
-    };
-}
-
-/// Kills every database connection of the flowctl processes under test (theirs carry the
-/// schema's name as application name; the test's own do not).
-async fn kill_connections(schema: &TestSchema) -> u64 {
-    schema
-        .client()
-        .await
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = current_database() AND pid <> pg_backend_pid()
-               AND application_name = $1",
-            &[&schema.name()],
-        )
-        .await
-        .expect("terminate backends")
-}
 
 /// Records every transition to COMPLETED, so that "completed exactly once" can be checked.
 async fn audit_completions(client: &tokio_postgres::Client) {
@@ -70,28 +43,15 @@ async fn audit_completions(client: &tokio_postgres::Client) {
 
 /// A working directory with a workflow, its tiny source, and its results, on tmpfs when there
 /// is one (result files are fsynced; the disk is not what is under test).
-fn workdir(flow: &str, rows: usize) -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        tempfile::Builder::new()
-            .prefix("flowctl-pg-")
-            .tempdir_in(shm)
-            .unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    };
-    std::fs::write(dir.path().join("w.flow"), flow).unwrap();
-    let mut csv = String::from("id,county_id,amount\n");
-    for i in 0..rows {
-        csv.push_str(&format!("{i},c{},{}\n", i % 7, i * 3));
-    }
-    std::fs::write(dir.path().join("tiny.csv"), csv).unwrap();
-    dir
+fn workdir(flow: &str, rows: usize) -> Project {
+    Project::on_tmpfs("flowctl-pg-")
+        .flow("w.flow", flow)
+        .csv("tiny.csv", data::amounts(rows, 0))
 }
 
 /// Child processes, killed if the test ends early.
 struct Processes {
-    children: Vec<(String, Child, PathBuf)>,
+    children: Vec<(String, Running)>,
 }
 
 impl Processes {
@@ -101,37 +61,28 @@ impl Processes {
         }
     }
 
-    /// Starts `flowctl ARGS` in `dir` against `url`, its stderr in `dir/NAME.log`.
+    /// Starts `flowctl ARGS` in `dir` against `url`.
     fn start(&mut self, name: &str, dir: &Path, url: &str, args: &[&str]) {
-        let log = dir.join(format!("{name}.log"));
-        let mut command = common::Flowctl::new()
+        let running = Flowctl::new()
             .args(args)
             .dir(dir)
             .env("FLOWCTL_STORE", url)
             .env("FLOWCTL_MASK_KEY", "multi-process test key")
             .env("FLOWCTL_JWT_SECRET", "multi-process test secret")
             .env("FLOWCTL_LOG", "warn")
-            .command();
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let child = command.spawn().expect("flowctl starts");
-        self.children.push((name.to_owned(), child, log));
+            .spawn();
+        self.children.push((name.to_owned(), running));
     }
 
-    fn log(&self, name: &str) -> String {
-        self.children
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, _, log)| std::fs::read_to_string(log).unwrap_or_default())
-            .unwrap_or_default()
+    fn get(&self, name: &str) -> &Running {
+        let (_, running) = self.children.iter().find(|(n, _)| n == name).unwrap();
+        running
     }
 
     fn logs(&self) -> String {
         let mut out = String::new();
-        for (name, _, log) in &self.children {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
+        for (name, running) in &self.children {
+            let text = running.log();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             out.push_str(&format!("--- {name} (last lines)\n"));
             for line in tail.into_iter().rev() {
@@ -143,66 +94,40 @@ impl Processes {
     }
 
     fn pid(&self, name: &str) -> u32 {
-        self.children
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, child, _)| child.id())
-            .unwrap()
+        self.get(name).pid()
     }
 
     fn kill(&mut self, name: &str) {
-        let (_, child, _) = self
-            .children
-            .iter_mut()
-            .find(|(n, _, _)| n == name)
-            .unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let (_, running) = self.children.iter_mut().find(|(n, _)| n == name).unwrap();
+        running.kill().unwrap();
     }
 
     /// Waits until every process says it is ready (`worker … running`, `listening on …`).
     async fn wait_until_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        for (name, _, _) in &self.children {
-            while !["listening on", "running"]
+        let ready = |running: &Running| {
+            let log = running.log();
+            ["listening on", "running"]
                 .iter()
-                .any(|line| self.log(name).contains(line))
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "{name} did not start:\n{}",
-                    self.logs()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+                .any(|line| log.contains(line))
+        };
+        let what = || format!("not every process started:\n{}", self.logs());
+        until(timeout, Duration::from_millis(50), what, || async {
+            self.children.iter().all(|(_, r)| ready(r)).then_some(())
+        })
+        .await
     }
 
     /// SIGTERM to every process still running, then waits for them.
     fn stop_all(&mut self) {
-        for (_, child, _) in &mut self.children {
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = std::process::Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .status();
+        for (_, running) in &mut self.children {
+            if running.try_exit().is_none() {
+                running.signal("-TERM");
             }
         }
-        for (_, child, _) in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(40);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+        for (_, running) in &mut self.children {
+            if running.wait_exit(Duration::from_secs(40)).is_none() {
+                let _ = running.kill();
             }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child, _) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
@@ -306,13 +231,7 @@ async fn check_joins(client: &tokio_postgres::Client, dir: &Path, scopes: usize,
         // Whole result files: the content is what the job recorded.
         let (path, sha): (String, String) = (row.get(4), row.get(5));
         let path = dir.join(path);
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(
-            hex::encode(Sha256::digest(&bytes)),
-            sha,
-            "{}",
-            path.display()
-        );
+        assert_eq!(sha256_file(&path), sha, "{}", path.display());
     }
     assert_eq!(by_county.len(), scopes);
     for (county, reports) in &by_county {
@@ -336,26 +255,13 @@ async fn check_joins(client: &tokio_postgres::Client, dir: &Path, scopes: usize,
         );
     }
     // No temporary file is left but a killed process's.
-    for entry in walk(&dir.join("results")) {
+    for entry in files_under(&dir.join("results")) {
         let name = entry.file_name().unwrap().to_string_lossy().to_string();
         if let Some(rest) = name.split(".tmp-").nth(1) {
             let pid: u32 = rest.split('-').next().unwrap().parse().unwrap();
             assert!(killed.contains(&pid), "temporary file left: {name}");
         }
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// Three `flowctl worker`s and a `flowctl serve` share 10,000 jobs with joins and chains; one
@@ -401,46 +307,51 @@ async fn three_workers_and_a_server_share_the_queue_and_survive_a_killed_worker(
 
     // Kill worker 1 while it holds jobs.
     let victim = processes.pid("worker-1");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let held: i64 = client
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE status = 'PROCESSING' AND lease_owner LIKE $1",
-                &[&format!("%:{victim}:%")],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        let done = status_counts(&client)
-            .await
-            .get("COMPLETED")
-            .copied()
-            .unwrap_or(0);
-        if held > 0 && done > 1000 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker 1 never ran a job:\n{}",
-            processes.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = || format!("worker 1 never ran a job:\n{}", processes.logs());
+    until(
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        what,
+        || async {
+            let held: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM jobs WHERE status = 'PROCESSING' AND lease_owner LIKE $1",
+                    &[&format!("%:{victim}:%")],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let done = status_counts(&client)
+                .await
+                .get("COMPLETED")
+                .copied()
+                .unwrap_or(0);
+            (held > 0 && done > 1000).then_some(())
+        },
+    )
+    .await;
     processes.kill("worker-1");
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let counts = status_counts(&client).await;
-        if counts.get("COMPLETED").copied().unwrap_or(0) == 4 * SCOPES as i64 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not finished: {counts:?}\n{}",
+    let counts = std::sync::Mutex::new(BTreeMap::new());
+    let what = || {
+        format!(
+            "not finished: {:?}\n{}",
+            counts.lock().unwrap(),
             processes.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        )
+    };
+    until(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        what,
+        || async {
+            let now = status_counts(&client).await;
+            let finished = now.get("COMPLETED").copied().unwrap_or(0) == 4 * SCOPES as i64;
+            *counts.lock().unwrap() = now;
+            finished.then_some(())
+        },
+    )
+    .await;
     processes.stop_all();
     let taken_over: i64 = client
         .query_one("SELECT count(*) FROM jobs WHERE attempt > 1", &[])
@@ -579,7 +490,7 @@ async fn a_run_finishes_when_its_database_connections_are_killed() {
     let mut kills = 0usize;
     let deadline = Instant::now() + Duration::from_secs(90);
     let code = loop {
-        if let Some(status) = processes.children[0].1.try_wait().unwrap() {
+        if let Some(status) = processes.children[0].1.try_exit() {
             break status.code();
         }
         let done = status_counts(&client)
@@ -587,9 +498,13 @@ async fn a_run_finishes_when_its_database_connections_are_killed() {
             .get("COMPLETED")
             .copied()
             .unwrap_or(0);
-        // Once early, once half-way.
+        // Once early, once half-way. The run's connections carry the schema's name as
+        // application name; the test's own do not.
         let due = [10, 2 * SCOPES as i64];
-        if kills < 2 && done >= due[kills] && kill_connections(&schema).await > 0 {
+        if kills < 2
+            && done >= due[kills]
+            && terminate_connections(&schema, schema.name()).await > 0
+        {
             println!("killed the run's connections at {done} jobs completed");
             kills += 1;
         }

@@ -6,15 +6,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Flowctl, Run};
+use common::{data, files_under, sha256_hex, Project};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -38,79 +35,21 @@ struct JobView {
     version: u64,
 }
 
-/// A temporary working directory with its own store at `<tmp>/db`.
-struct Sandbox {
-    tmp: tempfile::TempDir,
+/// The jobs of a project's store, as [`JobView`]s, and their results.
+trait Jobs {
+    /// Every job in the store.
+    fn jobs(&self) -> Vec<JobView>;
+
+    /// A job's result path, resolved against the project (paths are relative
+    /// to the directory `flowctl run` ran in).
+    fn result_file(&self, job: &JobView) -> PathBuf;
+
+    /// Checks that a completed job's result file is whole: it exists, has
+    /// the recorded number of data rows and the recorded SHA-256.
+    fn assert_result_whole(&self, job: &JobView);
 }
 
-impl Sandbox {
-    fn empty() -> Sandbox {
-        Sandbox {
-            tmp: tempfile::tempdir().expect("temp dir"),
-        }
-    }
-
-    /// A sandbox holding a copy of the bundled `workflows/` directory.
-    fn bundled() -> Sandbox {
-        let sb = Sandbox::empty();
-        copy_dir(
-            &common::repo().join("workflows"),
-            &sb.path().join("workflows"),
-        );
-        sb
-    }
-
-    fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn db(&self) -> PathBuf {
-        self.path().join("db")
-    }
-
-    fn write(&self, rel: &str, text: &str) -> PathBuf {
-        let path = self.path().join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// `flowctl ARGS... --db <tmp>/db`, run in the sandbox.
-    fn flowctl<I, S>(&self, args: I) -> Flowctl
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<std::ffi::OsStr>,
-    {
-        Flowctl::new()
-            .dir(self.path())
-            .args(args)
-            .args([std::ffi::OsStr::new("--db"), self.db().as_os_str()])
-    }
-
-    fn run<I, S>(&self, args: I) -> Run
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<std::ffi::OsStr>,
-    {
-        let mut all: Vec<std::ffi::OsString> = vec!["run".into()];
-        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        self.flowctl(all).output()
-    }
-
-    /// Every job in the store, as raw JSON values.
-    fn jobs_json(&self) -> Vec<serde_json::Value> {
-        let out = self
-            .flowctl(["jobs", "list", "--json", "--limit", "1000"])
-            .output()
-            .success();
-        out.stdout()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}")))
-            .collect()
-    }
-
-    /// Every job in the store.
+impl Jobs for Project {
     fn jobs(&self) -> Vec<JobView> {
         self.jobs_json()
             .into_iter()
@@ -118,19 +57,15 @@ impl Sandbox {
             .collect()
     }
 
-    /// A job's result path, resolved against the sandbox (paths are relative
-    /// to the directory `flowctl run` ran in).
     fn result_file(&self, job: &JobView) -> PathBuf {
         let p = PathBuf::from(job.result_path.as_deref().expect("a result path"));
         if p.is_absolute() {
             p
         } else {
-            self.path().join(p)
+            self.join(p)
         }
     }
 
-    /// Checks that a completed job's result file is whole: it exists, has
-    /// the recorded number of data rows and the recorded SHA-256.
     #[track_caller]
     fn assert_result_whole(&self, job: &JobView) {
         assert_eq!(job.status, "COMPLETED", "{job:?}");
@@ -150,23 +85,6 @@ impl Sandbox {
             path.display()
         );
     }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Data rows of a result: CSV records after the header, or JSON objects.
@@ -204,137 +122,9 @@ fn has_full_ssn(text: &[u8]) -> bool {
     })
 }
 
-/// Writes `rows` deterministic fake case records (the bundled data's
-/// columns) to `path`, atomically (temporary file + rename).
-fn write_cases(path: &Path, rows: usize) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let tmp = path.with_extension("partial");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).unwrap());
-    writeln!(
-        out,
-        "case_id,county_id,client_name,ssn,date_of_birth,case_status,opened_on,benefit_amount"
-    )
-    .unwrap();
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for i in 1..=rows {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        writeln!(
-            out,
-            "CASE-{i:07},C0{},Fake Person {},9{:02}-{:02}-{:04},19{:02}-0{}-1{},OPEN,2020-01-01,{}.{:02}",
-            x % 6 + 1,
-            x % 997,
-            x % 100,
-            (x >> 8) % 100,
-            (x >> 16) % 10000,
-            (x >> 24) % 100,
-            (x >> 32) % 9 + 1,
-            (x >> 36) % 9,
-            (x >> 40) % 5000,
-            (x >> 48) % 100,
-        )
-        .unwrap();
-    }
-    out.into_inner().unwrap().sync_all().unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// Files under `dir`, recursively (hidden ones included).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 fn is_temp(path: &Path) -> bool {
     path.file_name()
         .is_some_and(|n| n.to_string_lossy().contains(".tmp-"))
-}
-
-/// Lines of a child's stderr, as they come, on a channel.
-fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for a stderr line matching `want`, collecting every line seen into
-/// `seen`. Panics (after killing the child) at the deadline or at EOF.
-fn wait_for_line(
-    child: &mut Child,
-    rx: &mpsc::Receiver<String>,
-    seen: &mut Vec<String>,
-    deadline: Instant,
-    want: impl Fn(&str) -> bool,
-) -> String {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                seen.push(line.clone());
-                if want(&line) {
-                    return line;
-                }
-            }
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no awaited stderr line ({e:?}); stderr so far:\n{}",
-                    seen.join("\n")
-                );
-            }
-        }
-    }
-}
-
-/// Waits for the child to exit, reading the rest of its stderr; kills it at
-/// the deadline.
-fn finish(
-    mut child: Child,
-    rx: mpsc::Receiver<String>,
-    seen: &mut Vec<String>,
-    deadline: Instant,
-) -> (std::process::ExitStatus, String) {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "flowctl did not finish in time; stderr:\n{}",
-                    seen.join("\n")
-                );
-            }
-        }
-    }
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        std::io::Read::read_to_string(&mut out, &mut stdout).unwrap();
-    }
-    (child.wait().unwrap(), stdout)
 }
 
 fn by_id(jobs: &[JobView]) -> HashMap<&str, &JobView> {
@@ -382,7 +172,7 @@ fn kinds(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn bundled_workflow_runs_every_schedule_and_its_whole_cascade() {
-    let sb = Sandbox::bundled();
+    let sb = Project::new().bundled("workflows");
     let run = sb.run(["workflows/reports.flow"]).success();
     assert!(
         run.stdout().contains("94 of 94 jobs completed"),
@@ -553,7 +343,7 @@ fn bundled_workflow_runs_every_schedule_and_its_whole_cascade() {
 
 #[test]
 fn masking_and_county_filter_follow_the_principal() {
-    let sb = Sandbox::bundled();
+    let sb = Project::new().bundled("workflows");
     let (header, source) = read_csv(&sb.path().join("workflows/data/cases.csv"));
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     let (case_id, county, name, ssn, dob) = (
@@ -766,13 +556,13 @@ after D on completion run D2
 
 #[test]
 fn killed_run_resumes_without_duplicates_or_partial_results() {
-    let sb = Sandbox::empty();
+    let sb = Project::new();
     let flow = sb.write("crash.flow", CRASH_FLOW);
-    write_cases(&sb.path().join("data/big.csv"), 20_000);
+    sb.write("data/big.csv", data::cases(20_000));
     let results = sb.path().join("results");
 
     let mut child = sb
-        .flowctl([std::ffi::OsStr::new("run"), flow.as_os_str()])
+        .with_db([std::ffi::OsStr::new("run"), flow.as_os_str()])
         .command()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -821,7 +611,7 @@ fn killed_run_resumes_without_duplicates_or_partial_results() {
     );
 
     let resumed = sb
-        .flowctl([
+        .with_db([
             std::ffi::OsStr::new("run"),
             flow.as_os_str(),
             std::ffi::OsStr::new("--resume"),
@@ -915,12 +705,12 @@ fn kinds_sorted(mut v: Vec<(String, String)>) -> Vec<(String, String)> {
 /// the resumed run says "nothing to resume" and exits 0.
 #[test]
 fn resume_exit_status_reflects_jobs_recovered_from_a_crash() {
-    let sb = Sandbox::empty();
+    let sb = Project::new();
     let flow = sb.write(
         "w.flow",
         "config {\n  all_counties ADMIN\n}\nroles ADMIN\nsource s {\n  path \"data/s.csv\"\n}\nreport R {\n  source s\n}\n",
     );
-    write_cases(&sb.path().join("data/s.csv"), 10);
+    sb.write("data/s.csv", data::cases(10));
     // A run that dies while R is PROCESSING: claim it through the library,
     // then close the store without finishing the job.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -949,7 +739,7 @@ fn resume_exit_status_reflects_jobs_recovered_from_a_crash() {
     drop(runtime);
 
     let resumed = sb
-        .flowctl([
+        .with_db([
             std::ffi::OsStr::new("run"),
             flow.as_os_str(),
             std::ffi::OsStr::new("--resume"),
@@ -1014,11 +804,11 @@ fn cases_with_bad_row(rows: usize, bad_row: usize) -> String {
     s
 }
 
-fn failure_sandbox() -> Sandbox {
-    let sb = Sandbox::empty();
+fn failure_sandbox() -> Project {
+    let sb = Project::new();
     sb.write("w.flow", FAILURE_FLOW);
     // Data row 501 is line 502 of the file.
-    sb.write("data/bad.csv", &cases_with_bad_row(1000, 501));
+    sb.write("data/bad.csv", cases_with_bad_row(1000, 501));
     sb.write(
         "data/good.csv",
         "case_id,county_id\nCASE-1,C01\nCASE-2,C02\n",
@@ -1060,7 +850,7 @@ fn malformed_source_row_fails_the_job_and_runs_only_on_completion_dependents() {
 
 #[test]
 fn an_unreadable_source_is_retried_with_backoff_until_it_can_be_read() {
-    let sb = Sandbox::empty();
+    let sb = Project::new();
     // A directory where the file should be: reading it is an I/O error, which may pass.
     std::fs::create_dir_all(sb.path().join("data/late.csv")).unwrap();
     let flow = sb.write(
@@ -1083,24 +873,15 @@ report LATE {
 "#,
     );
     let mut child = sb
-        .flowctl([
+        .with_db([
             std::ffi::OsStr::new("run"),
             flow.as_os_str(),
             std::ffi::OsStr::new("--report"),
             std::ffi::OsStr::new("LATE"),
         ])
-        .command()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stderr_lines(&mut child);
-    let mut seen = Vec::new();
+        .spawn_with(Stdio::piped());
     let deadline = Instant::now() + Duration::from_secs(30);
-    let line = wait_for_line(&mut child, &rx, &mut seen, deadline, |l| {
-        l.starts_with("retrying")
-    });
+    let line = child.wait_for_line(deadline, |l| l.starts_with("retrying"));
     assert!(line.contains("LATE"), "{line}");
     assert!(
         line.contains("late.csv") && line.contains("I/O error"),
@@ -1109,9 +890,9 @@ report LATE {
 
     // The source appears (whole, by rename) while the job waits for its retry.
     std::fs::remove_dir(sb.path().join("data/late.csv")).unwrap();
-    write_cases(&sb.path().join("data/late.csv"), 500);
-    let (status, stdout) = finish(child, rx, &mut seen, deadline);
-    let stderr = seen.join("\n");
+    sb.write("data/late.csv", data::cases(500));
+    let (status, stdout) = child.finish(deadline);
+    let stderr = child.log();
     assert_eq!(
         status.code(),
         Some(0),
@@ -1130,7 +911,7 @@ report LATE {
 
 #[test]
 fn a_missing_source_fails_at_once_without_spending_retries() {
-    let sb = Sandbox::empty();
+    let sb = Project::new();
     let flow = sb.write(
         "w.flow",
         "config {\n  all_counties ADMIN\n}\nroles ADMIN\nsource s {\n  path \"data/none.csv\"\n}\nreport R {\n  source  s\n  retries 5\n  backoff 10s\n}\n",
@@ -1158,7 +939,7 @@ fn a_missing_source_fails_at_once_without_spending_retries() {
 #[test]
 fn a_mask_on_a_renamed_column_fails_the_job_and_check() {
     // The issue's reproduction: the source renames `client_name` to `name`.
-    let sb = Sandbox::bundled();
+    let sb = Project::new().bundled("workflows");
     let data = sb.path().join("workflows/data/cases.csv");
     let text = std::fs::read_to_string(&data).unwrap();
     std::fs::write(&data, text.replacen("client_name", "name", 1)).unwrap();
@@ -1188,8 +969,8 @@ fn a_mask_on_a_renamed_column_fails_the_job_and_check() {
         files_under(&sb.path().join("results/DAILY_REPORT")).is_empty(),
         "no result, not even a partial one"
     );
-    let check = common::Flowctl::new()
-        .dir(sb.path())
+    let check = sb
+        .flowctl()
         .args(["check", "workflows/reports.flow"])
         .output();
     assert_eq!(check.code(), 1, "{}", check.stderr());
@@ -1199,7 +980,7 @@ fn a_mask_on_a_renamed_column_fails_the_job_and_check() {
 
 #[test]
 fn a_county_scoped_role_without_a_county_is_refused_by_run() {
-    let sb = Sandbox::bundled();
+    let sb = Project::new().bundled("workflows");
     for role in ["CASE_WORKER", "SUPERVISOR"] {
         let run = sb.run([
             "workflows/reports.flow",
@@ -1229,7 +1010,7 @@ fn a_county_scoped_role_without_a_county_is_refused_by_run() {
 
 #[test]
 fn job_running_past_its_timeout_fails_with_timed_out() {
-    let sb = Sandbox::empty();
+    let sb = Project::new();
     let flow = sb.write(
         "w.flow",
         r#"
@@ -1251,7 +1032,7 @@ report AFTER {
 after SLOW run AFTER
 "#,
     );
-    write_cases(&sb.path().join("data/big.csv"), 300_000);
+    sb.write("data/big.csv", data::cases(300_000));
     let run = sb
         .run([flow.as_os_str(), "--report".as_ref(), "SLOW".as_ref()])
         .status(1);
@@ -1272,7 +1053,7 @@ after SLOW run AFTER
 
 #[test]
 fn bad_parameters_and_unknown_reports_are_usage_errors() {
-    let sb = Sandbox::bundled();
+    let sb = Project::new().bundled("workflows");
     let run = sb
         .run([
             "workflows/reports.flow",
@@ -1320,7 +1101,7 @@ fn bad_parameters_and_unknown_reports_are_usage_errors() {
 
 #[test]
 fn a_store_held_by_a_running_flowctl_is_refused_cleanly() {
-    let sb = Sandbox::empty();
+    let sb = Project::new();
     // A run that stays alive, deterministically, until the test lets it
     // finish: its source cannot be read (a directory: an I/O error, which
     // may pass) and it retries with a growing backoff (100ms, 200ms, ...
@@ -1345,25 +1126,16 @@ report HOLD {
 "#,
     );
     let mut child = sb
-        .flowctl([
+        .with_db([
             std::ffi::OsStr::new("run"),
             flow.as_os_str(),
             std::ffi::OsStr::new("--report"),
             std::ffi::OsStr::new("HOLD"),
         ])
-        .command()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stderr_lines(&mut child);
-    let mut seen = Vec::new();
+        .spawn_with(Stdio::piped());
     let deadline = Instant::now() + Duration::from_secs(60);
     // The store is open once a job has started.
-    wait_for_line(&mut child, &rx, &mut seen, deadline, |l| {
-        l.starts_with("started")
-    });
+    child.wait_for_line(deadline, |l| l.starts_with("started"));
 
     let second = sb.run([flow.as_os_str(), "--report".as_ref(), "HOLD".as_ref()]);
     let err = second.stderr();
@@ -1375,18 +1147,18 @@ report HOLD {
     );
     assert!(err.contains("in use"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    let list = sb.flowctl(["jobs", "list"]).output().status(2);
+    let list = sb.with_db(["jobs", "list"]).output().status(2);
     assert!(list.stderr().contains("in use"), "{}", list.stderr());
 
     // The first run is unharmed: it finishes its one job once the source exists.
     std::fs::remove_dir(sb.path().join("data/s.csv")).unwrap();
-    write_cases(&sb.path().join("data/s.csv"), 100);
-    let (status, stdout) = finish(child, rx, &mut seen, deadline);
+    sb.write("data/s.csv", data::cases(100));
+    let (status, stdout) = child.finish(deadline);
     assert_eq!(
         status.code(),
         Some(0),
         "stdout:\n{stdout}\nstderr:\n{}",
-        seen.join("\n")
+        child.log()
     );
     let jobs = sb.jobs();
     assert_eq!(jobs.len(), 1, "the refused run queued nothing: {jobs:#?}");
@@ -1399,7 +1171,7 @@ report HOLD {
 
 #[test]
 fn jobs_show_lists_children_and_cancel_refuses_finished_jobs() {
-    let sb = Sandbox::bundled();
+    let sb = Project::new().bundled("workflows");
     sb.run([
         "workflows/reports.flow",
         "--report",
@@ -1415,7 +1187,7 @@ fn jobs_show_lists_children_and_cancel_refuses_finished_jobs() {
     let daily = only(&jobs, "DAILY_REPORT", None);
 
     let show = sb
-        .flowctl(["jobs", "show", daily.job_id.as_str(), "--json"])
+        .with_db(["jobs", "show", daily.job_id.as_str(), "--json"])
         .output()
         .success();
     let v: serde_json::Value = serde_json::from_str(&show.stdout()).unwrap();
@@ -1437,7 +1209,7 @@ fn jobs_show_lists_children_and_cancel_refuses_finished_jobs() {
 
     let review = only(&jobs, "SUPERVISOR_REVIEW", None);
     let show = sb
-        .flowctl(["jobs", "show", review.job_id.as_str(), "--json"])
+        .with_db(["jobs", "show", review.job_id.as_str(), "--json"])
         .output()
         .success();
     let v: serde_json::Value = serde_json::from_str(&show.stdout()).unwrap();
@@ -1446,7 +1218,7 @@ fn jobs_show_lists_children_and_cancel_refuses_finished_jobs() {
 
     // Cancelling a finished job is refused and changes nothing.
     let cancel = sb
-        .flowctl(["jobs", "cancel", daily.job_id.as_str()])
+        .with_db(["jobs", "cancel", daily.job_id.as_str()])
         .output()
         .status(1);
     assert!(
@@ -1461,12 +1233,12 @@ fn jobs_show_lists_children_and_cancel_refuses_finished_jobs() {
         ("COMPLETED", daily.version)
     );
     // Unknown and malformed ids.
-    sb.flowctl(["jobs", "cancel", "JOB_ZZZZZZZZ"])
+    sb.with_db(["jobs", "cancel", "JOB_ZZZZZZZZ"])
         .output()
         .status(2);
-    sb.flowctl(["jobs", "show", "not-a-job"]).output().status(2);
+    sb.with_db(["jobs", "show", "not-a-job"]).output().status(2);
     // Only failed or cancelled jobs can be retried.
-    sb.flowctl(["jobs", "retry", daily.job_id.as_str()])
+    sb.with_db(["jobs", "retry", daily.job_id.as_str()])
         .output()
         .status(1);
     assert_eq!(sb.jobs().len(), 4);
@@ -1481,9 +1253,9 @@ fn jobs_retry_queues_a_new_attempt_that_resume_completes() {
     assert_eq!(failed.status, "FAILED");
 
     // Fix the data, then retry.
-    sb.write("data/bad.csv", &cases_with_bad_row(1000, 0));
+    sb.write("data/bad.csv", cases_with_bad_row(1000, 0));
     let retry = sb
-        .flowctl(["jobs", "retry", failed.job_id.as_str()])
+        .with_db(["jobs", "retry", failed.job_id.as_str()])
         .output()
         .success();
     let jobs = sb.jobs();
@@ -1528,26 +1300,12 @@ fn jobs_retry_queues_a_new_attempt_that_resume_completes() {
 /// documented exit statuses (0, 1, 2).
 #[test]
 fn closed_stdout_is_not_a_panic() {
-    let sb = Sandbox::empty();
-    let mut child = sb
-        .flowctl(["jobs", "list"])
-        .command()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let sb = Project::new();
+    let mut child = sb.with_db(["jobs", "list"]).spawn_with(Stdio::piped());
     // Close the read end before flowctl prints anything.
-    drop(child.stdout.take());
-    let rx = stderr_lines(&mut child);
-    let mut seen = Vec::new();
-    let (status, _) = finish(
-        child,
-        rx,
-        &mut seen,
-        Instant::now() + Duration::from_secs(30),
-    );
-    let stderr = seen.join("\n");
+    drop(child.child.stdout.take());
+    let (status, _) = child.finish(Instant::now() + Duration::from_secs(30));
+    let stderr = child.log();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(matches!(status.code(), Some(0..=2)), "{status}: {stderr}");
 }

@@ -5,15 +5,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flowctl::executor::{Engine, ExecutorConfig};
+use common::wait::until;
+use common::{engine, Flowctl, Project};
+use flowctl::executor::Engine;
 use flowctl::job::JobStatus;
-use flowctl::metrics::Metrics;
 use flowctl::scheduler::{self, ManualClock};
 use flowctl::store::sled_store::{SledConfig, SledStore};
 use flowctl::store::{ListFilter, Store};
@@ -25,13 +25,8 @@ fn t(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-fn workflow(dir: &Path, catch_up: &str) -> Workflow {
-    std::fs::create_dir_all(dir.join("data")).unwrap();
-    std::fs::write(
-        dir.join("data/cases.csv"),
-        "case_id,county_id\n1,C01\n2,C02\n",
-    )
-    .unwrap();
+fn workflow(project: &Project, catch_up: &str) -> Workflow {
+    project.write("data/cases.csv", "case_id,county_id\n1,C01\n2,C02\n");
     let text = format!(
         r#"
 config {{
@@ -70,23 +65,16 @@ schedule daily {{
 }}
 "#
     );
-    let loaded = flowctl::loader::load_text(&dir.join("w.flow"), text);
-    let c = flowctl::compiler::compile(loaded);
-    c.workflow.unwrap_or_else(|| panic!("{:?}", c.diagnostics))
+    project.write("w.flow", text);
+    project.workflow("w.flow")
 }
 
 fn engine(workflow: Workflow, store: Arc<dyn Store>) -> Arc<Engine> {
-    let config = ExecutorConfig::from_workflow(&workflow, [7; 32]);
-    Arc::new(Engine::new(
-        Arc::new(workflow),
-        store,
-        config,
-        Arc::new(Metrics::new()),
-    ))
+    Arc::new(engine::engine(Arc::new(workflow), store))
 }
 
-fn open(dir: &Path) -> Arc<dyn Store> {
-    Arc::new(SledStore::open(SledConfig::new(dir.join("db"))).expect("store opens"))
+fn open(project: &Project) -> Arc<dyn Store> {
+    Arc::new(SledStore::open(SledConfig::new(project.db())).expect("store opens"))
 }
 
 async fn all_jobs(store: &dyn Store) -> Vec<flowctl::job::Job> {
@@ -111,11 +99,11 @@ async fn all_jobs(store: &dyn Store) -> Vec<flowctl::job::Job> {
 
 #[tokio::test]
 async fn restart_in_the_middle_creates_no_duplicate_fire() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Project::new();
     let start = t("2027-03-01T10:00:30Z");
     {
-        let store = open(dir.path());
-        let e = engine(workflow(dir.path(), "once"), store.clone());
+        let store = open(&dir);
+        let e = engine(workflow(&dir, "once"), store.clone());
         // 10:02, 10:04, 10:06 fire; then the process "dies".
         for minutes in [2, 4, 6] {
             scheduler::tick(&e, start + chrono::Duration::minutes(minutes))
@@ -125,8 +113,8 @@ async fn restart_in_the_middle_creates_no_duplicate_fire() {
         assert_eq!(all_jobs(store.as_ref()).await.len(), 6);
     }
     // Restarted at the same instant as the last tick: nothing new.
-    let store = open(dir.path());
-    let e = engine(workflow(dir.path(), "once"), store.clone());
+    let store = open(&dir);
+    let e = engine(workflow(&dir, "once"), store.clone());
     let created = scheduler::tick(&e, start + chrono::Duration::minutes(6))
         .await
         .unwrap();
@@ -152,10 +140,10 @@ async fn restart_in_the_middle_creates_no_duplicate_fire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_schedulers_create_each_fire_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let a = engine(workflow(dir.path(), "once"), store.clone());
-    let b = engine(workflow(dir.path(), "once"), store.clone());
+    let dir = Project::new();
+    let store = open(&dir);
+    let a = engine(workflow(&dir, "once"), store.clone());
+    let b = engine(workflow(&dir, "once"), store.clone());
     let start = t("2027-03-01T10:00:30Z");
     let mut created = 0;
     for minutes in (2..=40).step_by(2) {
@@ -181,9 +169,9 @@ async fn catch_up_after_downtime_follows_the_policy() {
     // Down from 10:00 to 11:00:30: 10:02..10:58 are missed (29 fires), 11:00
     // is on time and runs under every policy.
     for (policy, expected_sweeps) in [("skip", 1usize), ("once", 2), ("all", 30)] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let e = engine(workflow(dir.path(), policy), store.clone());
+        let dir = Project::new();
+        let store = open(&dir);
+        let e = engine(workflow(&dir, policy), store.clone());
         let t0 = t("2027-03-01T10:00:00Z");
         scheduler::tick(&e, t0).await.unwrap();
         let before = all_jobs(store.as_ref()).await.len();
@@ -205,9 +193,9 @@ async fn catch_up_after_downtime_follows_the_policy() {
 
 #[tokio::test]
 async fn run_follows_the_manual_clock() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let e = engine(workflow(dir.path(), "once"), store.clone());
+    let dir = Project::new();
+    let store = open(&dir);
+    let e = engine(workflow(&dir, "once"), store.clone());
     let clock = ManualClock::new(t("2027-03-01T10:00:30Z"));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(scheduler::run(e.clone(), clock.clone(), async {
@@ -217,14 +205,15 @@ async fn run_follows_the_manual_clock() {
     for _ in 0..5 {
         clock.advance(Duration::from_secs(120));
         let want = all_jobs(store.as_ref()).await.len() + 2;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while all_jobs(store.as_ref()).await.len() < want {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "scheduler did not fire"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let fired = || async { (all_jobs(store.as_ref()).await.len() >= want).then_some(()) };
+        let what = || "scheduler did not fire".to_string();
+        until(
+            Duration::from_secs(10),
+            Duration::from_millis(5),
+            what,
+            fired,
+        )
+        .await;
     }
     let _ = stop_tx.send(());
     task.await.unwrap().unwrap();
@@ -234,9 +223,9 @@ async fn run_follows_the_manual_clock() {
 #[tokio::test]
 async fn daily_fire_in_new_york_across_spring_forward() {
     // 05:30 local: 10:30Z before the change (EST), 09:30Z after (EDT).
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let e = engine(workflow(dir.path(), "once"), store.clone());
+    let dir = Project::new();
+    let store = open(&dir);
+    let e = engine(workflow(&dir, "once"), store.clone());
     let w = &e.workflow;
     let daily = w.schedules.iter().find(|s| s.name == "daily").unwrap();
     let fires: Vec<_> = daily
@@ -259,27 +248,24 @@ async fn daily_fire_in_new_york_across_spring_forward() {
 
 /// A workflow of one schedule, written to `dir/w.flow` (with its source, so `check` has
 /// nothing to say about the data).
-fn one_schedule_file(dir: &Path, cron: &str, zone: &str) -> std::path::PathBuf {
-    std::fs::write(dir.join("x.csv"), "id\n1\n").unwrap();
-    let path = dir.join("w.flow");
-    std::fs::write(
-        &path,
+fn one_schedule_file(project: &Project, cron: &str, zone: &str) -> std::path::PathBuf {
+    project.write("x.csv", "id\n1\n");
+    project.write(
+        "w.flow",
         format!(
             "config {{\n  all_counties ADMIN\n}}\nroles ADMIN\nsource s {{\n  path \"x.csv\"\n}}\nreport R {{\n  source s\n}}\n\
              schedule every {{\n  cron \"{cron}\"\n  zone \"{zone}\"\n  run R\n  roles ADMIN\n}}\n"
         ),
     )
-    .unwrap();
-    path
 }
 
 #[test]
 fn schedule_output_streams_and_stops_at_a_closed_pipe() {
     // A year of every-second fires across Berlin's spring-forward: the first lines arrive
     // while the rest is still being computed, and closing the pipe ends the command, exit 0.
-    let dir = tempfile::tempdir().unwrap();
-    let file = one_schedule_file(dir.path(), "* * * * * ?", "Europe/Berlin");
-    let mut child = common::Flowctl::new()
+    let dir = Project::new();
+    let file = one_schedule_file(&dir, "* * * * * ?", "Europe/Berlin");
+    let mut running = Flowctl::new()
         .args([
             "schedule",
             "--next",
@@ -288,13 +274,9 @@ fn schedule_output_streams_and_stops_at_a_closed_pipe() {
             "2026-03-29T00:59:00Z",
         ])
         .args([&file])
-        .command()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("flowctl starts");
+        .spawn_with(Stdio::piped());
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = running.child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         for _ in 0..3 {
@@ -309,7 +291,7 @@ fn schedule_output_streams_and_stops_at_a_closed_pipe() {
         match lines_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(line) => first.push(line),
             Err(_) => {
-                let _ = child.kill();
+                let _ = running.kill();
                 panic!("no streamed output; got {first:?}");
             }
         }
@@ -323,28 +305,20 @@ fn schedule_output_streams_and_stops_at_a_closed_pipe() {
         first[1],
         "  2026-03-29 01:59:01 CET (+01:00)  2026-03-29T00:59:01Z"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("flowctl kept running after its reader left");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = running.wait_exit(Duration::from_secs(60)) else {
+        let _ = running.kill();
+        panic!("flowctl kept running after its reader left");
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let stderr = running.log();
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn schedule_every_second_crosses_the_spring_forward_gap_in_real_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = one_schedule_file(dir.path(), "* * * * * ?", "Europe/Berlin");
-    let run = common::Flowctl::new()
+    let dir = Project::new();
+    let file = one_schedule_file(&dir, "* * * * * ?", "Europe/Berlin");
+    let run = Flowctl::new()
         .args(["schedule", "--next", "3", "--from", "2026-03-29T00:59:58Z"])
         .args([&file])
         .output()
@@ -362,15 +336,15 @@ fn schedule_every_second_crosses_the_spring_forward_gap_in_real_time() {
 
 #[test]
 fn plan_says_when_it_is_cut_at_its_limit() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = one_schedule_file(dir.path(), "0 * * * * ?", "UTC");
+    let dir = Project::new();
+    let file = one_schedule_file(&dir, "0 * * * * ?", "UTC");
     let window = [
         "--from",
         "2027-01-01T00:00:00Z",
         "--to",
         "2027-01-01T01:00:00Z",
     ];
-    let cut = common::Flowctl::new()
+    let cut = Flowctl::new()
         .args(["plan", "--limit", "5"])
         .args(window)
         .args([&file])
@@ -395,7 +369,7 @@ fn plan_says_when_it_is_cut_at_its_limit() {
         cut.stderr()
     );
     // 60 fires in the hour: a limit of 60 shows them all and says nothing.
-    let whole = common::Flowctl::new()
+    let whole = Flowctl::new()
         .args(["plan", "--limit", "60"])
         .args(window)
         .args([&file])
@@ -407,7 +381,7 @@ fn plan_says_when_it_is_cut_at_its_limit() {
 
 #[test]
 fn check_refuses_restricted_or_unset_day_fields_and_never_firing_years_with_e006() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Project::new();
     for (cron, says) in [
         (
             "0 0 9 1-7 * MON",
@@ -420,8 +394,8 @@ fn check_refuses_restricted_or_unset_day_fields_and_never_firing_years_with_e006
         ),
         ("0 0 0 29 2 ? 2027", "the expression never fires"),
     ] {
-        let file = one_schedule_file(dir.path(), cron, "UTC");
-        let run = common::Flowctl::new()
+        let file = one_schedule_file(&dir, cron, "UTC");
+        let run = Flowctl::new()
             .args(["check"])
             .args([&file])
             .output()
@@ -444,9 +418,9 @@ fn check_refuses_restricted_or_unset_day_fields_and_never_firing_years_with_e006
 
 #[test]
 fn check_warns_about_a_schedule_that_fires_only_in_the_past() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = one_schedule_file(dir.path(), "0 0 0 * * ? 2020", "UTC");
-    let run = common::Flowctl::new()
+    let dir = Project::new();
+    let file = one_schedule_file(&dir, "0 0 0 * * ? 2020", "UTC");
+    let run = Flowctl::new()
         .args(["check"])
         .args([&file])
         .output()
@@ -461,8 +435,8 @@ fn check_warns_about_a_schedule_that_fires_only_in_the_past() {
     );
     assert!(run.stdout().contains("1 warning"), "{}", run.stdout());
     // A schedule with fires ahead: no W005.
-    let file = one_schedule_file(dir.path(), "0 0 0 * * ? 2020-2099", "UTC");
-    let run = common::Flowctl::new()
+    let file = one_schedule_file(&dir, "0 0 0 * * ? 2020-2099", "UTC");
+    let run = Flowctl::new()
         .args(["check"])
         .args([&file])
         .output()
@@ -474,14 +448,14 @@ fn check_warns_about_a_schedule_that_fires_only_in_the_past() {
 /// their days; a special that picks no day is an E006 at its field.
 #[test]
 fn quartz_day_specials_schedule_month_end_and_nth_weekday_reports() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = one_schedule_file(dir.path(), "0 30 5 L * ?", "Europe/Berlin");
-    common::Flowctl::new()
+    let dir = Project::new();
+    let file = one_schedule_file(&dir, "0 30 5 L * ?", "Europe/Berlin");
+    Flowctl::new()
         .args(["check"])
         .args([&file])
         .output()
         .success();
-    let run = common::Flowctl::new()
+    let run = Flowctl::new()
         .args(["schedule", "--next", "3", "--from", "2026-01-15T00:00:00Z"])
         .args([&file])
         .output()
@@ -495,8 +469,8 @@ fn quartz_day_specials_schedule_month_end_and_nth_weekday_reports() {
             "  2026-03-31 05:30:00 CEST (+02:00)  2026-03-31T03:30:00Z",
         ]
     );
-    let file = one_schedule_file(dir.path(), "0 0 7 ? * FRI#3", "UTC");
-    let run = common::Flowctl::new()
+    let file = one_schedule_file(&dir, "0 0 7 ? * FRI#3", "UTC");
+    let run = Flowctl::new()
         .args(["schedule", "--next", "2", "--from", "2026-01-01T00:00:00Z"])
         .args([&file])
         .output()
@@ -511,8 +485,8 @@ fn quartz_day_specials_schedule_month_end_and_nth_weekday_reports() {
         "{}",
         run.stdout()
     );
-    let file = one_schedule_file(dir.path(), "0 0 0 30W 2 ?", "UTC");
-    let run = common::Flowctl::new()
+    let file = one_schedule_file(&dir, "0 0 0 30W 2 ?", "UTC");
+    let run = Flowctl::new()
         .args(["check"])
         .args([&file])
         .output()

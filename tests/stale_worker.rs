@@ -6,14 +6,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use chrono::Utc;
 
+use common::pg::{database_or_skip, terminate_connections};
+use common::wait::{until, wait_for};
+use common::{data, sha256_file, Flowctl, Project, Running};
 use flowctl::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
-use flowctl::store::pg_test_schema::{database_url, TestSchema};
+use flowctl::store::pg_test_schema::TestSchema;
 use flowctl::store::{Enqueued, PgConfig, PgStore, Store};
 
 /// Attempt 1 reads 1,000,000 rows one per chunk (seconds in a debug build), long enough to be
@@ -41,22 +43,12 @@ report SLOW {
 }
 "#;
 
-/// `rows` rows whose amounts depend on `salt`: two versions of the source give two results.
-fn source(rows: usize, salt: usize) -> String {
-    let mut csv = String::from("id,county_id,amount\n");
-    for i in 0..rows {
-        csv.push_str(&format!("{i},c{},{}\n", i % 7, i * 3 + salt));
-    }
-    csv
-}
-
 /// How often the test looks at the store and the logs.
 const POLL: Duration = Duration::from_millis(20);
 
-/// A `flowctl worker` whose stderr goes to a file; killed when dropped.
+/// A `flowctl worker`, killed when dropped.
 struct Worker {
-    child: Child,
-    log: PathBuf,
+    running: Running,
     /// The application name of its database connections.
     application: String,
 }
@@ -64,72 +56,29 @@ struct Worker {
 impl Worker {
     fn start(dir: &Path, schema: &TestSchema, name: &str) -> Worker {
         let application = format!("{}_{name}", schema.name());
-        let log = dir.join(format!("{name}.log"));
-        let child = common::Flowctl::new()
+        let running = Flowctl::new()
             .args(["worker", "w.flow"])
             .dir(dir)
             .env("FLOWCTL_STORE", schema.url_as(&application))
             .env("FLOWCTL_MASK_KEY", "stale worker test key")
             .env("FLOWCTL_LOG", "info")
-            .command()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("flowctl worker starts");
+            .spawn();
         Worker {
-            child,
-            log,
+            running,
             application,
         }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.running.pid()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.running.log()
     }
 
     fn signal(&self, signal: &str) {
-        let sent = std::process::Command::new("kill")
-            .args([signal, &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill {signal} {}", self.pid());
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `probe` `every` so often until it returns `Some`, up to `limit`.
-async fn until<T, F, Fut>(
-    limit: Duration,
-    every: Duration,
-    what: impl Fn() -> String,
-    mut probe: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gave up after {limit:?}: {}",
-            what()
-        );
-        tokio::time::sleep(every).await;
+        assert!(self.running.signal(signal), "kill {signal} {}", self.pid());
     }
 }
 
@@ -169,27 +118,14 @@ fn owner_pid(job: &Job) -> Option<u32> {
 /// the SHA-256 check catches; now the job's recorded file is B's, whole, and A removes its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
-    let Some(base) = database_url() else {
-        println!("skipped: FLOWCTL_TEST_PG not set");
-        return;
-    };
+    let base = database_or_skip!();
     let schema = TestSchema::create(&base, "stale").await;
     PgStore::migrate(&schema.url()).await.expect("migrate");
     let store = PgStore::open(PgConfig::new(schema.url_as("flowctl_test")))
         .await
         .expect("open the store");
-    let client = schema.client().await;
-    let shm = Path::new("/dev/shm");
-    let tmp = if shm.is_dir() {
-        tempfile::Builder::new()
-            .prefix("flowctl-stale-")
-            .tempdir_in(shm)
-            .unwrap()
-    } else {
-        tempfile::tempdir().unwrap()
-    };
+    let tmp = Project::on_tmpfs("flowctl-stale-").flow("w.flow", FLOW);
     let dir = tmp.path();
-    std::fs::write(dir.join("w.flow"), FLOW).unwrap();
     let results = dir.join("results/SLOW");
     let workers = [
         Worker::start(dir, &schema, "a"),
@@ -210,11 +146,9 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
             .join("\n")
     };
     for worker in &workers {
-        common::wait_for(
-            Duration::from_secs(60),
-            || worker.log().contains("running").then_some(()),
-            logs,
-        );
+        wait_for(Duration::from_secs(60), POLL, logs, || {
+            worker.log().contains("running").then_some(())
+        });
     }
 
     // Pausing at the right moment is a race the test may lose (attempt 1 completes first): then
@@ -223,8 +157,8 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
     let (job_id, stale) = loop {
         tries += 1;
         assert!(tries <= 8, "never paused a worker mid-run:\n{}", logs());
-        let original = source(1_000_000, 0);
-        std::fs::write(dir.join("big.csv"), &original).unwrap();
+        let original = data::amounts(1_000_000, 0);
+        tmp.write("big.csv", &original);
         let job = NewJob {
             report_type: "SLOW".into(),
             principal: Principal::system("AUDITOR"),
@@ -277,9 +211,7 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
             continue;
         }
         // While A is paused: a new version of the source, for attempt 2.
-        let replaced = dir.join("big.csv.new");
-        std::fs::write(&replaced, source(50_000, 1)).unwrap();
-        std::fs::rename(&replaced, dir.join("big.csv")).unwrap();
+        tmp.write("big.csv", data::amounts(50_000, 1));
         // A's completion may have been on its way when it stopped.
         let job = until(Duration::from_secs(120), POLL, logs, || async {
             let job = store.get(&id).await.unwrap().unwrap();
@@ -301,21 +233,10 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
     assert_ne!(owner_pid(&done), Some(workers[stale].pid()), "{done:?}");
     let recorded = dir.join(done.result_path.as_deref().expect("a result path"));
     let sha = done.result_sha256.clone().expect("a SHA-256");
-    assert_eq!(
-        common::sha256_file(&recorded),
-        sha,
-        "attempt 2's own result"
-    );
+    assert_eq!(sha256_file(&recorded), sha, "attempt 2's own result");
 
     // Resume A without its database connections.
-    client
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = $1",
-            &[&workers[stale].application],
-        )
-        .await
-        .expect("terminate the paused worker's connections");
+    terminate_connections(&schema, &workers[stale].application).await;
     workers[stale].signal("-CONT");
     // A settles: it learns it lost the job, at a lease renewal or at its completion, and
     // removes whatever it wrote.
@@ -342,7 +263,7 @@ async fn a_paused_worker_never_overwrites_the_result_of_the_next_attempt() {
     assert_eq!(after.result_path, done.result_path);
     assert_eq!(after.result_sha256.as_deref(), Some(sha.as_str()));
     assert_eq!(
-        common::sha256_file(&recorded),
+        sha256_file(&recorded),
         sha,
         "the result file is not the one the job recorded\n{}",
         logs()

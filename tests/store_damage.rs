@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
-use common::Flowctl;
+use common::{Flowctl, Project};
 use flowctl::job::{NewJob, Principal};
 use flowctl::store::{Outcome, SledConfig, SledStore, Store, StoreError};
 
@@ -90,7 +90,6 @@ fn damaged(result: Result<SledStore, StoreError>) -> String {
     }
 }
 
-/// sled's log file.
 /// Cuts the store's log to half its length, as a crash or a bad disk may.
 fn truncate_log_by_half(path: &Path) {
     let file = std::fs::OpenOptions::new()
@@ -101,14 +100,15 @@ fn truncate_log_by_half(path: &Path) {
     file.set_len(len / 2).unwrap();
 }
 
+/// sled's log file.
 fn log(path: &Path) -> PathBuf {
     path.join("db")
 }
 
 #[test]
 fn a_truncated_log_is_refused_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+    let dir = Project::new();
+    let path = dir.db();
     filled_store(&path);
     truncate_log_by_half(&path);
     let message = damaged(open(&path));
@@ -119,8 +119,8 @@ fn a_truncated_log_is_refused_at_open() {
 
 #[test]
 fn a_flipped_bit_mid_log_is_refused_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+    let dir = Project::new();
+    let path = dir.db();
     filled_store(&path);
     let mut bytes = std::fs::read(log(&path)).unwrap();
     let middle = bytes.len() / 2;
@@ -131,8 +131,8 @@ fn a_flipped_bit_mid_log_is_refused_at_open() {
 
 #[test]
 fn random_bytes_are_refused_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+    let dir = Project::new();
+    let path = dir.db();
     filled_store(&path);
     let len = std::fs::metadata(log(&path)).unwrap().len() as usize;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -161,8 +161,7 @@ fn random_bytes_are_refused_at_open() {
 
 #[test]
 fn a_directory_of_unrelated_files_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("notes.txt"), "not a store").unwrap();
+    let dir = Project::new().file("notes.txt", "not a store");
     std::fs::create_dir(dir.path().join("photos")).unwrap();
     let before = snapshot(dir.path());
     match SledStore::open(SledConfig::new(dir.path())) {
@@ -174,8 +173,8 @@ fn a_directory_of_unrelated_files_is_refused() {
     }
     assert_eq!(snapshot(dir.path()), before, "nothing was written");
     // A store whose sled files are gone, its watermark left, is damaged, not new.
-    let gone = tempfile::tempdir().unwrap();
-    let path = gone.path().join("db");
+    let gone = Project::new();
+    let path = gone.db();
     filled_store(&path);
     for name in ["conf", "db"] {
         std::fs::remove_file(path.join(name)).unwrap();
@@ -185,8 +184,8 @@ fn a_directory_of_unrelated_files_is_refused() {
 
 #[test]
 fn jobs_list_never_writes_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+    let dir = Project::new();
+    let path = dir.db();
     filled_store(&path);
     let before = snapshot(&path);
     for args in [
@@ -195,8 +194,8 @@ fn jobs_list_never_writes_the_store() {
     ] {
         let run = Flowctl::new()
             .args(args)
-            .arg_db(&path)
-            .env_remove_mask_key()
+            .db(&path)
+            .env("FLOWCTL_MASK_KEY", "")
             .output();
         assert_eq!(run.code(), 0, "{}", run.stderr());
         assert!(run.stdout().contains("JOB_"), "{}", run.stdout());
@@ -210,7 +209,7 @@ fn jobs_list_never_writes_the_store() {
     // Nor a damaged one: refused (exit 2), and left as it is for `store recover`.
     truncate_log_by_half(&path);
     let before = snapshot(&path);
-    let run = Flowctl::new().args(["jobs", "list"]).arg_db(&path).output();
+    let run = Flowctl::new().args(["jobs", "list"]).db(&path).output();
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(run.stderr().contains("damaged"), "{}", run.stderr());
     assert!(run.stderr().contains("store recover"), "{}", run.stderr());
@@ -221,10 +220,10 @@ fn jobs_list_never_writes_the_store() {
 /// copy taken while it writes.
 #[test]
 fn jobs_list_refuses_a_store_in_use() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+    let dir = Project::new();
+    let path = dir.db();
     let store = SledStore::open(SledConfig::new(&path)).unwrap();
-    let run = Flowctl::new().args(["jobs", "list"]).arg_db(&path).output();
+    let run = Flowctl::new().args(["jobs", "list"]).db(&path).output();
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(run.stderr().contains("in use"), "{}", run.stderr());
     drop(store);
@@ -232,48 +231,30 @@ fn jobs_list_refuses_a_store_in_use() {
 
 #[test]
 fn store_recover_accepts_the_loss_of_a_damaged_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
+    let dir = Project::new();
+    let path = dir.db();
     filled_store(&path);
     truncate_log_by_half(&path);
     // Every command that opens it refuses it.
     let run = Flowctl::new()
         .args(["jobs", "cancel", "JOB_AAAAAAAA"])
-        .arg_db(&path)
+        .db(&path)
         .output();
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(run.stderr().contains("damaged"), "{}", run.stderr());
     // Recovery wants the loss accepted in so many words.
-    let run = Flowctl::new()
-        .args(["store", "recover"])
-        .arg_db(&path)
-        .output();
+    let run = Flowctl::new().args(["store", "recover"]).db(&path).output();
     assert_eq!(run.code(), 2, "{}", run.stderr());
     assert!(run.stderr().contains("--accept-loss"), "{}", run.stderr());
     let run = Flowctl::new()
         .args(["store", "recover", "--accept-loss"])
-        .arg_db(&path)
+        .db(&path)
         .output();
     assert_eq!(run.code(), 0, "{}", run.stderr());
     assert!(run.stdout().contains("lost"), "{}", run.stdout());
     // Then it opens, with what survived.
-    let run = Flowctl::new().args(["jobs", "list"]).arg_db(&path).output();
+    let run = Flowctl::new().args(["jobs", "list"]).db(&path).output();
     assert_eq!(run.code(), 0, "{}", run.stderr());
     let store = open(&path).expect("a recovered store opens");
     drop(store);
-}
-
-trait DbArg {
-    fn arg_db(self, path: &Path) -> Self;
-    fn env_remove_mask_key(self) -> Self;
-}
-
-impl DbArg for Flowctl {
-    fn arg_db(self, path: &Path) -> Flowctl {
-        self.args([std::ffi::OsStr::new("--db"), path.as_os_str()])
-    }
-
-    fn env_remove_mask_key(self) -> Flowctl {
-        self.env("FLOWCTL_MASK_KEY", "")
-    }
 }
