@@ -3,7 +3,7 @@
 //! deployment step that runs before the processes start.
 
 use super::{error, EXIT_OK};
-use crate::store::postgres_store::{is_postgres_url, latest_migration, redact_url, PgStore};
+use crate::store::postgres::{is_postgres_url, latest_migration, redact_url, PgStore};
 
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {

@@ -548,7 +548,7 @@ impl StoreSelection {
     /// `--store PATH` the embedded store at PATH; no `--store`, the embedded store at `db`.
     pub(crate) fn new(store: Option<&str>, db: &std::path::Path) -> StoreSelection {
         match store.map(str::trim).filter(|s| !s.is_empty()) {
-            Some(url) if crate::store::postgres_store::is_postgres_url(url) => {
+            Some(url) if crate::store::postgres::is_postgres_url(url) => {
                 StoreSelection::Postgres(url.to_owned())
             }
             Some(path) => {
@@ -639,7 +639,7 @@ pub(crate) async fn open_store(
                     crate::masking_key::ENV_MASK_KEY
                 )));
             };
-            let shown = crate::store::postgres_store::redact_url(url);
+            let shown = crate::store::postgres::redact_url(url);
             let store = match PgStore::open(PgConfig::new(url.as_str())).await {
                 Ok(s) => s,
                 Err(e) => return Err(error(format!("cannot open the store at {shown}: {e}"))),

@@ -281,7 +281,7 @@ async fn stream(
 /// connection (transient).
 fn failed(error: &tokio_postgres::Error) -> PostgresError {
     match error.as_db_error() {
-        Some(db) if !crate::store::postgres_store::is_transient(error) => {
+        Some(db) if !crate::store::postgres::is_transient(error) => {
             let mut message = format!("{}: {}", db.code().code(), db.message());
             if let Some(position) = db.position() {
                 let _ = write!(message, " (at {position:?})");

@@ -2,7 +2,7 @@
 //! completions into dependent jobs (DESIGN.md, "Status machine" and "Dependencies").
 //!
 //! [`Store`] is the one interface the scheduler, the dispatcher, the HTTP API and the CLI use;
-//! `sled_store` is the embedded implementation (one process), `postgres_store` the shared one
+//! `sled_store` is the embedded implementation (one process), `postgres` the shared one
 //! (several processes and machines on one database), and `conformance` is the test suite every
 //! implementation must pass.
 //!
@@ -19,7 +19,7 @@
 pub mod conformance;
 #[doc(hidden)]
 pub mod pg_test_schema;
-pub mod postgres_store;
+pub mod postgres;
 pub mod sled_store;
 
 use std::collections::BTreeMap;
@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
 use crate::status::StatusError;
 
-pub use postgres_store::{PgConfig, PgStore};
+pub use postgres::{PgConfig, PgStore};
 pub use sled_store::{SledConfig, SledStore};
 
 /// A boxed future, so that [`Store`] stays usable as `Arc<dyn Store>`.
