@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use flowctl::executor::{Engine, ExecEvent, ExecutorConfig};
 use flowctl::job::{Job, JobId, JobRequest, JobStatus, Principal};
 use flowctl::metrics::Metrics;
-use flowctl::store::sled_store::SledStore;
+use flowctl::store::sled::SledStore;
 use flowctl::store::{CancelOutcome, ListFilter, SledConfig, Store};
 use flowctl::workflow::Workflow;
 
