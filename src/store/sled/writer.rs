@@ -18,6 +18,7 @@ use crate::store::StoreError;
 
 /// The flush thread's side of the store: moves the overlay into sled, then fsyncs.
 pub(super) struct Writer {
+    /// sled's database, for its fsync (`Db::flush`).
     pub(super) db: sled::Db,
     /// The `flowctl` tree.
     pub(super) tree: sled::Tree,
