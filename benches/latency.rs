@@ -22,7 +22,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use flowctl::executor::{Engine, ExecEvent, ExecutorConfig};
 use flowctl::job::{JobRequest, Principal};
 use flowctl::metrics::Metrics;
-use flowctl::store::sled_store::{SledConfig, SledStore};
+use flowctl::store::sled::{SledConfig, SledStore};
 use flowctl::store::Store;
 
 fn setup(dir: &Path) -> Arc<flowctl::workflow::Workflow> {

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use common::{data, engine, files_under, Project};
 use flowctl::executor::{Engine, ExecEvent};
 use flowctl::job::{Job, JobId, JobRequest, JobStatus, Principal};
-use flowctl::store::sled_store::SledStore;
+use flowctl::store::sled::SledStore;
 use flowctl::store::{CancelOutcome, ListFilter, SledConfig, Store};
 use flowctl::workflow::Workflow;
 

@@ -15,7 +15,7 @@ use common::{engine, Flowctl, Project};
 use flowctl::executor::Engine;
 use flowctl::job::JobStatus;
 use flowctl::scheduler::{self, ManualClock};
-use flowctl::store::sled_store::{SledConfig, SledStore};
+use flowctl::store::sled::{SledConfig, SledStore};
 use flowctl::store::{ListFilter, Store};
 use flowctl::workflow::Workflow;
 

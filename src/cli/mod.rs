@@ -15,7 +15,7 @@ use crate::compiler::{self, Compilation};
 use crate::diagnostic::{self, RenderOptions, Severity};
 use crate::graph::{self, GraphFormat};
 use crate::loader;
-use crate::store::sled_store::{SledConfig, SledStore};
+use crate::store::sled::{SledConfig, SledStore};
 use crate::store::{PgConfig, PgStore};
 use crate::store::{Store, StoreError};
 

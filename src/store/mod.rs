@@ -2,7 +2,7 @@
 //! completions into dependent jobs (DESIGN.md, "Status machine" and "Dependencies").
 //!
 //! [`Store`] is the one interface the scheduler, the dispatcher, the HTTP API and the CLI use;
-//! `sled_store` is the embedded implementation (one process), `postgres` the shared one
+//! `sled` is the embedded implementation (one process), `postgres` the shared one
 //! (several processes and machines on one database), and `conformance` is the test suite every
 //! implementation must pass.
 //!
@@ -20,7 +20,7 @@ pub mod conformance;
 #[doc(hidden)]
 pub mod pg_test_schema;
 pub mod postgres;
-pub mod sled_store;
+pub mod sled;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,8 +36,8 @@ use tokio::sync::watch;
 use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
 use crate::status::StatusError;
 
+pub use self::sled::{SledConfig, SledStore};
 pub use postgres::{PgConfig, PgStore};
-pub use sled_store::{SledConfig, SledStore};
 
 /// A boxed future, so that [`Store`] stays usable as `Arc<dyn Store>`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -426,7 +426,7 @@ pub enum StoreError {
     #[error("job store I/O failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("job store (sled) failed: {0}")]
-    Sled(sled::Error),
+    Sled(::sled::Error),
     #[error("job store is corrupt at key {key}: {message}")]
     Corrupt { key: String, message: String },
     #[error("job {job} cannot go from {from} to {to}")]
