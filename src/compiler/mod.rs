@@ -4,8 +4,8 @@
 //! the input. It reads no files (the loader did that), and it reports every
 //! error it finds rather than stopping at the first.
 //!
-//! [`Compiler::workflow`] runs the passes in order, each an `impl Compiler`
-//! block in its own file: gather the declarations of every file ([`Decls`]),
+//! `Compiler::workflow` runs the passes in order, each an `impl Compiler`
+//! block in its own file: gather the declarations of every file (`Decls`),
 //! make names unique and resolve references (`names`), read each kind of block
 //! (`config`, `sources`, `mask_rules`, `reports`, `schedules`) with the shared
 //! setting checks (`values`), build the dependency graph and find its cycles

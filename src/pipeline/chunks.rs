@@ -28,8 +28,8 @@ pub enum Control {
 pub struct Progress {
     /// Source rows read so far.
     pub rows_read: u64,
-    /// Source rows in total: [`count_rows`](super::count_rows)'s estimate, raised to `rows_read` if that is
-    /// larger, so `rows_read <= rows_total` always holds.
+    /// Source rows in total: [`count_rows`](super::count_rows)'s estimate, raised to
+    /// `rows_read` if that is larger, so `rows_read <= rows_total` always holds.
     pub rows_total: u64,
     /// Rows written to the result so far (after the county filter).
     pub rows_written: u64,
