@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 
 use csv_core::ReadRecordResult;
 
+use super::error::{io_err, PipelineError, Result};
 use super::row::Row;
-use super::{io_err, open_source, PipelineError, Result, RowSource, IO_BUFFER};
+use super::source::{open_source, RowSource};
+use super::IO_BUFFER;
 
 pub(super) struct CsvSource<R = File> {
     input: R,
@@ -307,8 +309,12 @@ mod tests {
     use proptest::prelude::*;
 
     use super::super::row::Row;
-    use super::super::{PipelineError, RowSource};
+    use super::super::source::RowSource;
+    use super::super::PipelineError;
     use super::CsvSource;
+    use crate::masking::MaskMethod;
+    use crate::pipeline::fixture::{cases_csv, masks, run_collect, run_ok, Fixture, HEADER};
+    use crate::pipeline::DataFormat;
 
     /// Reads `input` in reads of at most `step` bytes (buffer boundaries anywhere).
     struct Trickle<'a> {
@@ -339,7 +345,9 @@ mod tests {
                 Ok(true) => {
                     assert_eq!(
                         row.csv_plain,
-                        !super::super::needs_csv_quotes(&row.iter().collect::<Vec<_>>().concat()),
+                        !super::super::byte_scan::needs_csv_quotes(
+                            &row.iter().collect::<Vec<_>>().concat()
+                        ),
                         "csv_plain of {row:?}"
                     );
                     rows.push(row.iter().map(<[u8]>::to_vec).collect())
@@ -490,5 +498,58 @@ mod tests {
                 .collect();
             prop_assert_eq!(all, want);
         }
+    }
+
+    #[test]
+    fn malformed_csv_row_mid_file_names_file_and_line() {
+        let fx = Fixture::new();
+        let mut data = cases_csv(20);
+        data.push_str("C99999,12,short row\n");
+        data.push_str(&cases_csv(5)[HEADER.len() + 1..]);
+        let src = fx.source("bad.csv", data);
+        for output in [DataFormat::Csv, DataFormat::Jsonl] {
+            let mut spec = fx.spec(&src, DataFormat::Csv, output);
+            spec.chunk_size = 3;
+            let (result, seen) = run_collect(&spec);
+            let err = result.unwrap_err();
+            match &err {
+                PipelineError::Csv {
+                    path,
+                    line,
+                    message,
+                } => {
+                    assert_eq!(path, &src);
+                    assert_eq!(
+                        *line, 22,
+                        "header is line 1, 20 good rows, then the bad one"
+                    );
+                    assert!(message.contains("3 fields"), "{message}");
+                }
+                other => panic!("expected a CSV error, got {other:?}"),
+            }
+            let msg = err.to_string();
+            assert!(msg.contains("bad.csv:22"), "{msg}");
+            assert_eq!(seen.len(), 6, "the chunks before the bad row were done");
+            assert!(fx.result_files().is_empty(), "{:?}", fx.result_files());
+        }
+    }
+
+    #[test]
+    fn malformed_csv_with_quoted_newlines_reports_the_starting_line() {
+        let fx = Fixture::new();
+        let src = fx.source("bad.csv", "a,b\n1,\"x\ny\"\n2,3,4\n");
+        let err = run_collect(&fx.spec(&src, DataFormat::Csv, DataFormat::Csv))
+            .0
+            .unwrap_err();
+        assert!(matches!(err, PipelineError::Csv { line: 4, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn bom_is_stripped_so_first_column_masks_apply() {
+        let fx = Fixture::new();
+        let src = fx.source("bom.csv", "\u{feff}ssn,x\n123456789,1\n");
+        let mut spec = fx.spec(&src, DataFormat::Csv, DataFormat::Csv);
+        spec.masks = masks(&[("ssn", MaskMethod::Redact)]);
+        assert_eq!(run_ok(&spec).1, "ssn,x\n****,1\n");
     }
 }

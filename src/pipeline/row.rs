@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::needs_csv_quotes;
+use super::byte_scan::needs_csv_quotes;
 
 /// A row: the bytes its fields were cut from, where each field lies in them, the line it
 /// started on, and whether some field holds a byte that CSV output must quote.

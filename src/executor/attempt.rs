@@ -1,0 +1,321 @@
+//! One attempt of a claimed job: its pipeline spec, the pipeline on a blocking thread beside
+//! the lease heartbeat (progress, cancellation, timeout), and the outcome it ends with.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::job::{Job, JobStatus};
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Control, Observer, PipelineError, PipelineSpec, Progress};
+use crate::store::{Cas, Outcome, ProgressUpdate};
+use crate::workflow::DataFormat;
+
+use super::results::{discard_result, leftover_results, result_file_name};
+use super::{Engine, ExecEvent};
+
+/// How often a running job may write its progress to the store.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Attempts: read the workflow and the claimed job, write its progress and lease renewals to
+/// the store, and hand the outcome to `Engine::finish` (in `completion`).
+impl Engine {
+    /// The job's pipeline spec (result path per attempt, masks for its role) and the report's
+    /// timeout; an error when the job cannot run at all.
+    fn spec_for(&self, job: &Job) -> Result<(PipelineSpec, Option<Duration>), String> {
+        let report = self
+            .workflow
+            .report(&job.report_type)
+            .ok_or_else(|| format!("report type {} is not in the workflow", job.report_type))?;
+        // The county rule, checked again here for every job however it was made (a dependent
+        // with a fixed county-scoped role of an all-counties parent, a job queued by an older
+        // version of the workflow): a job that may not run never reads a row.
+        self.workflow
+            .check_county(&job.role, job.county.as_deref())
+            .map_err(|e| e.to_string())?;
+        let source = self.workflow.source_of(report);
+        let format = match job.request.data_format.as_deref() {
+            Some(f) => {
+                DataFormat::from_name(f).ok_or_else(|| format!("unknown data format {f}"))?
+            }
+            None => report.format,
+        };
+        let chunk_size = job.request.chunk_size.unwrap_or(report.chunk_size).max(1) as usize;
+        let result_path = self
+            .config
+            .results_dir
+            .join(&job.report_type)
+            .join(result_file_name(&job.job_id, job.attempt, format));
+        Ok((
+            PipelineSpec {
+                source_path: source.path.clone(),
+                source_format: to_pipeline_format(source.format),
+                county_column: source.county_column.clone(),
+                county: job.county.clone(),
+                output_format: to_pipeline_format(format),
+                chunk_size,
+                masks: report.masks_for(&job.role),
+                mask_columns: report.masks.iter().map(|m| m.field.clone()).collect(),
+                hash_key: self.config.hash_key,
+                result_path,
+                rows_total: self.row_counts.cached(source),
+            },
+            report.timeout,
+        ))
+    }
+
+    fn backoff_for(&self, job: &Job) -> Option<DateTime<Utc>> {
+        if job.attempt >= job.max_attempts {
+            return None;
+        }
+        let base = self
+            .workflow
+            .report(&job.report_type)
+            .map_or(Duration::from_secs(30), |r| r.backoff);
+        let factor = 1u32 << (job.attempt.saturating_sub(1)).min(16);
+        let delay = base.saturating_mul(factor).min(Duration::from_secs(3600));
+        Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
+    }
+
+    /// A worker: runs a claimed job, then each job its completions claim for it (eager
+    /// dispatch), on one slot of the pool.
+    pub(super) async fn work(self: Arc<Self>, job: Job) {
+        let mut next = Some((job, None));
+        while let Some((job, flush)) = next {
+            next = self.run_job(job, flush).await;
+        }
+    }
+
+    /// One attempt of one claimed job, start to completion. `before` is the previous job's
+    /// completion on its way to disk: awaited while this job runs, and before this one
+    /// completes. Returns the job this completion claimed, with its own wait for the disk.
+    async fn run_job(
+        self: &Arc<Self>,
+        job: Job,
+        before: Option<Flush>,
+    ) -> Option<(Job, Option<Flush>)> {
+        Metrics::add(&self.metrics.workers_busy, 1);
+        let started = Instant::now();
+        tracing::info!(job = %job.job_id, report = %job.report_type, role = %job.role, attempt = job.attempt, "job started");
+        self.emit(ExecEvent::Started {
+            job: job.clone(),
+            at: Instant::now(),
+        });
+        let run = async {
+            match self.spec_for(&job) {
+                Ok((spec, timeout)) => self.execute(&job, spec, timeout).await,
+                Err(e) => Some((
+                    Outcome::Failure {
+                        error: e,
+                        retry_at: None,
+                    },
+                    job.version,
+                )),
+            }
+        };
+        let before = async {
+            if let Some(flush) = before {
+                flush.await;
+            }
+        };
+        let (outcome, ()) = tokio::join!(run, before);
+        let next = match outcome {
+            Some((outcome, version)) => self.finish(job, outcome, version, started).await,
+            None => None,
+        };
+        self.metrics.workers_busy.fetch_sub(1, Ordering::Relaxed);
+        next.map(|(job, flush)| (job, Some(flush)))
+    }
+
+    /// Runs the pipeline next to the lease heartbeat. `None` means the lease
+    /// was lost: another worker owns the job now and this one must not write.
+    async fn execute(
+        &self,
+        job: &Job,
+        spec: PipelineSpec,
+        timeout: Option<Duration>,
+    ) -> Option<(Outcome, u64)> {
+        let shared = Arc::new(Shared::default());
+        // An attempt abandoned by the dispatcher (a stopped store, the end of the grace
+        // period) drops this future: the pipeline thread, which a drop cannot stop, then
+        // ends at its next chunk instead of running on unrecorded.
+        let _cancel_on_drop = CancelOnDrop(shared.clone());
+        let observer_state = shared.clone();
+        let run_started = Instant::now();
+        let leftovers = leftover_results(job, &spec.result_path, spec.output_format);
+        let job_id = job.job_id.clone();
+        let mut handle = tokio::task::spawn_blocking(move || {
+            // This attempt holds the job: what an earlier holder left (it died after writing
+            // its result, before completing) is nobody's result.
+            for path in leftovers {
+                discard_result(&job_id, &path);
+            }
+            let mut observer = SharedObserver(observer_state);
+            pipeline::run(&spec, &mut observer)
+        });
+        let mut version = job.version;
+        let deadline = timeout.map(|t| run_started + t);
+        let renew_every = (self.config.lease / 3).max(Duration::from_millis(50));
+        let mut last_renew = Instant::now();
+        let mut written = (0u64, 0u64);
+        let (mut lost, mut timed_out, mut cancelled) = (false, false, false);
+        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL.min(renew_every));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline_sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline_sleep);
+        let result = loop {
+            tokio::select! {
+                r = &mut handle => break r,
+                _ = &mut deadline_sleep, if !timed_out => {
+                    // The pipeline stops at its next chunk boundary.
+                    timed_out = true;
+                    shared.cancel.store(true, Ordering::Relaxed);
+                }
+                _ = ticker.tick() => {
+                    let read = shared.rows_read.load(Ordering::Relaxed);
+                    let total = shared.rows_total.load(Ordering::Relaxed);
+                    let rows_written = shared.rows_written.load(Ordering::Relaxed);
+                    let progressed = (read, rows_written) != written;
+                    if progressed {
+                        self.emit(ExecEvent::Progress { job_id: job.job_id.clone(), rows_read: read, rows_total: total });
+                    }
+                    if !(progressed || last_renew.elapsed() >= renew_every) || lost {
+                        continue;
+                    }
+                    let progress = (read * 100).checked_div(total).unwrap_or(0).min(100) as u8;
+                    let elapsed = run_started.elapsed().as_secs_f64();
+                    let estimated_completion = (read > 0 && elapsed > 0.0).then(|| {
+                        let remaining = total.saturating_sub(read) as f64 / (read as f64 / elapsed);
+                        Utc::now() + chrono::Duration::milliseconds((remaining * 1000.0) as i64)
+                    });
+                    let update = ProgressUpdate { progress, rows_written, estimated_completion };
+                    let lease_until = Utc::now() + chrono::Duration::from_std(self.config.lease).unwrap_or_default();
+                    match self.store.renew(&job.job_id, version, lease_until, Some(update)).await {
+                        Ok(Cas::Applied(j)) => {
+                            version = j.version;
+                            last_renew = Instant::now();
+                            written = (read, rows_written);
+                            if j.cancel_requested && !cancelled {
+                                cancelled = true;
+                                shared.cancel.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(Cas::Conflict { current }) => match current {
+                            Some(c) if c.status == JobStatus::Processing
+                                && c.lease_owner.as_deref() == Some(&self.config.worker_id)
+                                && c.attempt == job.attempt =>
+                            {
+                                // Our job, bumped by a cancel request.
+                                version = c.version;
+                                if c.cancel_requested {
+                                    cancelled = true;
+                                    shared.cancel.store(true, Ordering::Relaxed);
+                                }
+                            }
+                            _ => {
+                                tracing::warn!(job = %job.job_id, "lease lost; stopping without writing");
+                                lost = true;
+                                shared.cancel.store(true, Ordering::Relaxed);
+                            }
+                        },
+                        Err(e) => {
+                            Metrics::add(&self.metrics.store_errors, 1);
+                            tracing::warn!(job = %job.job_id, error = %e, "lease renewal failed; will retry");
+                        }
+                    }
+                }
+            }
+        };
+        if lost {
+            // The job is another attempt's now; a result this attempt finished is nobody's.
+            if let Ok(Ok(out)) = &result {
+                discard_result(&job.job_id, &out.path);
+            }
+            return None;
+        }
+        let rows = shared.rows_read.load(Ordering::Relaxed);
+        self.record_rate(&job.report_type, rows, run_started.elapsed());
+        let outcome = match result {
+            Ok(Ok(out)) => Outcome::Success {
+                result_path: out.path.to_string_lossy().into_owned(),
+                rows_written: out.rows_written,
+                sha256: out.sha256,
+            },
+            Ok(Err(PipelineError::Cancelled)) if timed_out => Outcome::Failure {
+                error: format!(
+                    "timed out after {}",
+                    crate::compiler::humanize(timeout.unwrap_or_default())
+                ),
+                retry_at: self.backoff_for(job),
+            },
+            Ok(Err(PipelineError::Cancelled)) => Outcome::Cancelled,
+            // A permanent error (a missing source, bad data, a rule the data does not fit)
+            // fails the same way on every attempt: the job fails at once.
+            Ok(Err(e)) => Outcome::Failure {
+                retry_at: if e.is_transient() {
+                    self.backoff_for(job)
+                } else {
+                    None
+                },
+                error: e.to_string(),
+            },
+            Err(e) => Outcome::Failure {
+                error: format!("worker crashed: {e}"),
+                retry_at: self.backoff_for(job),
+            },
+        };
+        Some((outcome, version))
+    }
+}
+
+/// The wait for a completion to be on disk.
+pub(super) type Flush = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Counters shared between the blocking pipeline and the async heartbeat.
+#[derive(Default)]
+struct Shared {
+    cancel: AtomicBool,
+    rows_read: AtomicU64,
+    rows_total: AtomicU64,
+    rows_written: AtomicU64,
+}
+
+/// Sets the pipeline's cancel flag when dropped.
+struct CancelOnDrop(Arc<Shared>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The pipeline's observer: publishes each chunk's progress to [`Shared`] and cancels when
+/// its flag is set.
+struct SharedObserver(Arc<Shared>);
+
+impl Observer for SharedObserver {
+    fn on_chunk(&mut self, p: &Progress) -> Control {
+        self.0.rows_read.store(p.rows_read, Ordering::Relaxed);
+        self.0.rows_total.store(p.rows_total, Ordering::Relaxed);
+        self.0.rows_written.store(p.rows_written, Ordering::Relaxed);
+        if self.0.cancel.load(Ordering::Relaxed) {
+            Control::Cancel
+        } else {
+            Control::Continue
+        }
+    }
+}
+
+fn to_pipeline_format(f: DataFormat) -> pipeline::DataFormat {
+    match f {
+        DataFormat::Csv => pipeline::DataFormat::Csv,
+        DataFormat::Jsonl => pipeline::DataFormat::Jsonl,
+    }
+}
