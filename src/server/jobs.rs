@@ -1,0 +1,274 @@
+//! Jobs: `GET /api/jobs` (the caller's, one page at a time), `GET /api/jobs/{id}`, `POST
+//! /api/jobs/{id}/cancel` and `GET /api/jobs/{id}/result` (the streamed result file). A job
+//! outside the caller's county answers `404` like a missing one ([`visible_job`]).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{self, HeaderValue};
+use axum::response::Response;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::errors::clip;
+use super::file_body::FileBody;
+use super::{store_call, ApiPath, ApiQuery, AppError, AppState, Caller};
+use crate::job::{Job, JobId, JobRequest, JobStatus};
+use crate::store::{CancelOutcome, ListFilter};
+
+/// A job id: what [`JobId`]'s parser accepts.
+pub const JOB_ID_PATTERN: &str = "^JOB_[A-Z0-9]{8}$";
+/// A list cursor, as both stores write and read it: `<created_at µs>.<job id>`.
+pub const CURSOR_PATTERN: &str = r"^[+-]?[0-9]+\.JOB_[A-Z0-9]{8}$";
+
+/// A job as the API shows it: no lease owner, no server paths, no version.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub report_type: String,
+    pub role: String,
+    #[serde(rename = "countyId")]
+    pub county: Option<String>,
+    pub subject: String,
+    pub trigger_id: String,
+    pub priority: u8,
+    pub progress: u8,
+    pub rows_written: u64,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub cancel_requested: bool,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub estimated_completion_time: Option<DateTime<Utc>>,
+    pub retry_after: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub result_sha256: Option<String>,
+    /// Where to download the result, once COMPLETED.
+    pub result_url: Option<String>,
+    pub request: JobRequest,
+    pub parent_job_ids: Vec<JobId>,
+    /// Only in `GET /api/jobs/{id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_job_ids: Option<Vec<JobId>>,
+}
+
+impl JobView {
+    pub fn new(job: Job, children: Option<Vec<JobId>>) -> JobView {
+        let result_url = (job.status == JobStatus::Completed)
+            .then(|| format!("/api/jobs/{}/result", job.job_id));
+        JobView {
+            job_id: job.job_id,
+            status: job.status,
+            report_type: job.report_type,
+            role: job.role,
+            county: job.county,
+            subject: job.subject,
+            trigger_id: job.trigger_id,
+            priority: job.priority,
+            progress: job.progress,
+            rows_written: job.rows_written,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            cancel_requested: job.cancel_requested,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            completed_at: job.completed_at,
+            estimated_completion_time: job.estimated_completion,
+            retry_after: job.run_after,
+            error: job.error,
+            result_sha256: job.result_sha256,
+            result_url,
+            request: job.request,
+            parent_job_ids: job.parent_job_ids,
+            child_job_ids: children,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct ListParams {
+    status: Option<String>,
+    report_type: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// The job `id` if it exists and the caller may see it; `404` otherwise, the same either way.
+async fn visible_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job, AppError> {
+    let not_found = || AppError::NotFound(format!("job {} not found", clip(id)));
+    let job_id: JobId = id.parse().map_err(|_| not_found())?;
+    match store_call(|| state.engine.store.get(&job_id)).await? {
+        Some(job) if caller.can_see(&job) => Ok(job),
+        _ => Err(not_found()),
+    }
+}
+
+pub(super) async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobView>, AppError> {
+    let job = visible_job(&state, &caller, &id).await?;
+    let children = store_call(|| state.engine.store.children(&job.job_id))
+        .await?
+        .into_iter()
+        .map(|c| c.job_id)
+        .collect();
+    Ok(Json(JobView::new(job, Some(children))))
+}
+
+pub(super) async fn list_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<JobList>, AppError> {
+    let status = match params.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse::<JobStatus>()
+                .map_err(|e| AppError::InvalidRequest(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let report_type = params.report_type.filter(|s| !s.is_empty());
+    if let Some(t) = &report_type {
+        if state.engine.workflow.report(t).is_none() {
+            return Err(AppError::InvalidRequest(format!(
+                "unknown reportType {}",
+                clip(t)
+            )));
+        }
+    }
+    let limit = params.limit.unwrap_or(ListFilter::DEFAULT_LIMIT);
+    if !(1..=ListFilter::MAX_LIMIT).contains(&limit) {
+        return Err(AppError::InvalidRequest(format!(
+            "limit must be between 1 and {}",
+            ListFilter::MAX_LIMIT
+        )));
+    }
+    let filter = ListFilter {
+        status,
+        report_type,
+        // County-scoped callers always have a county (the extractor checks).
+        county: if caller.admin {
+            None
+        } else {
+            caller.principal.county.clone()
+        },
+        limit,
+        cursor: params.cursor.filter(|c| !c.is_empty()),
+    };
+    let page = store_call(|| state.engine.store.list(filter.clone())).await?;
+    let jobs = page
+        .jobs
+        .into_iter()
+        .filter(|job| caller.can_see(job))
+        .map(|job| JobView::new(job, None))
+        .collect();
+    Ok(Json(JobList {
+        jobs,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+pub(super) async fn cancel_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<JobView>, AppError> {
+    let job = visible_job(&state, &caller, &id).await?;
+    let now = Utc::now();
+    match store_call(|| state.engine.store.cancel(&job.job_id, now)).await? {
+        CancelOutcome::Cancelled(job) => {
+            tracing::info!(job = %job.job_id, subject = %caller.principal.subject, "job cancelled");
+            Ok(Json(JobView::new(job, None)))
+        }
+        CancelOutcome::Requested(job) => {
+            tracing::info!(job = %job.job_id, subject = %caller.principal.subject, "cancel requested");
+            Ok(Json(JobView::new(job, None)))
+        }
+        CancelOutcome::AlreadyFinished(job) => Err(AppError::Conflict(format!(
+            "job {} is already {}",
+            job.job_id, job.status
+        ))),
+        CancelOutcome::NotFound => Err(AppError::NotFound(format!("job {} not found", clip(&id)))),
+    }
+}
+
+pub(super) async fn job_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, AppError> {
+    let job = visible_job(&state, &caller, &id).await?;
+    if job.status != JobStatus::Completed {
+        return Err(AppError::Conflict(format!(
+            "job {} is {}; its result is available once it is COMPLETED",
+            job.job_id, job.status
+        )));
+    }
+    // A result is masked for the role its job ran as: another role may read it only if it
+    // sees every field of the report in clear (no mask rule applies to it), so no role ever
+    // reads a field its own rules mask.
+    let sees_all_fields = state
+        .engine
+        .workflow
+        .report(&job.report_type)
+        .is_some_and(|r| !r.masks.iter().any(|m| m.applies_to(&caller.principal.role)));
+    if job.role != caller.principal.role && !sees_all_fields {
+        return Err(AppError::Forbidden(format!(
+            "the result of job {} was masked for role {}, not {}",
+            job.job_id, job.role, caller.principal.role
+        )));
+    }
+    let path = job.result_path.as_deref().ok_or_else(|| {
+        AppError::Internal(format!("completed job {} has no result path", job.job_id))
+    })?;
+    let file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(job = %job.job_id, "result file missing");
+            return Err(AppError::NotFound(format!(
+                "the result of job {} is no longer available",
+                job.job_id
+            )));
+        }
+        Err(e) => return Err(AppError::Internal(format!("opening {path}: {e}"))),
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| AppError::Internal(format!("reading {path}: {e}")))?
+        .len();
+    let (content_type, extension) = if path.ends_with(".jsonl") {
+        ("application/x-ndjson", "jsonl")
+    } else {
+        ("text/csv; charset=utf-8", "csv")
+    };
+    let mut response = Response::new(Body::new(FileBody::new(file, len)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}.{extension}\"",
+        job.job_id
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if let Some(sha) = &job.result_sha256 {
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{sha}\"")) {
+            headers.insert(header::ETAG, v);
+        }
+    }
+    Ok(response)
+}
