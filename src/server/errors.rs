@@ -7,7 +7,9 @@ use axum::http::header::{self, HeaderValue};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::openapi::{ObjectBuilder, Type};
+use utoipa::ToSchema;
 
 use super::store_call::{STORE_RETRY_AFTER_SECS, STORE_UNAVAILABLE_MESSAGE};
 use crate::store::StoreError;
@@ -88,7 +90,7 @@ impl AppError {
         }
     }
 
-    /// Every code, for the OpenAPI document.
+    /// Every code, for the OpenAPI document (with [`STORE_STOPPED`]).
     pub const CODES: [&'static str; 14] = [
         "unauthorized",
         "forbidden",
@@ -127,12 +129,37 @@ impl AppError {
     }
 }
 
+/// The code of `/readyz`'s `503` once the store stopped accepting changes (not an [`AppError`]:
+/// no other answer has it).
+pub(super) const STORE_STOPPED: &str = "store_stopped";
+
+/// The body of every error answer: `{"code", "message"}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error)]
+pub(super) struct ErrorBody {
+    #[schema(schema_with = error_code_schema)]
+    pub(super) code: &'static str,
+    pub(super) message: String,
+}
+
+/// Every code an error answer can carry: [`AppError::CODES`] and [`STORE_STOPPED`].
+fn error_code_schema() -> utoipa::openapi::Object {
+    let codes = AppError::CODES.iter().chain([&STORE_STOPPED]);
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(codes.copied()))
+        .build()
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         if let AppError::Internal(detail) = &self {
             tracing::error!(error = %detail, "request failed");
         }
-        let body = json!({ "code": self.code(), "message": self.message() });
+        let body = ErrorBody {
+            code: self.code(),
+            message: self.message().to_string(),
+        };
         let mut response = (self.status(), Json(body)).into_response();
         match self {
             AppError::Unauthorized(_) => {
@@ -230,7 +257,7 @@ pub(super) fn clip(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
+    use serde_json::{json, Value};
 
     #[tokio::test]
     async fn plain_error_answers_become_json() {

@@ -9,29 +9,84 @@ use axum::http::header;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::errors::{ErrorBody, STORE_STOPPED};
+use super::openapi::HeadErrors;
 use super::{AppError, AppState};
 
 /// How long `/readyz` (and a `/metrics` scrape) waits for the store.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(super) async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// `/healthz`'s answer: `{"status": "ok"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Alive {
+    #[schema(inline)]
+    status: AliveStatus,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum AliveStatus {
+    Ok,
+}
+
+/// `/readyz`'s answer: `{"status": "ready"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Ready {
+    #[schema(inline)]
+    status: ReadyStatus,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum ReadyStatus {
+    Ready,
+}
+
+/// Liveness: the process answers
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Alive.", body = inline(Alive)),
+        HeadErrors,
+    )
+)]
+pub(super) async fn healthz() -> Json<Alive> {
+    Json(Alive {
+        status: AliveStatus::Ok,
+    })
+}
+
+/// Readiness: the job store answers
+///
 /// Ready when the store answers and accepts changes: a stopped store (a write or fsync failed,
 /// e.g. a full disk) is 503 `store_stopped` until the process exits and is restarted.
-pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, Response> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = inline(Ready)),
+        (status = 503, description = "`unavailable`: the store does not answer; `store_stopped`: it stopped accepting changes.", body = ErrorBody),
+        HeadErrors,
+    )
+)]
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, Response> {
     if let Some(reason) = state.engine.store.stopped() {
-        let body = json!({
-            "code": "store_stopped",
-            "message": format!("the job store stopped accepting changes: {reason}"),
-        });
+        let body = ErrorBody {
+            code: STORE_STOPPED,
+            message: format!("the job store stopped accepting changes: {reason}"),
+        };
         return Err((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
     }
     match tokio::time::timeout(READY_TIMEOUT, state.engine.store.counts()).await {
-        Ok(Ok(_)) => Ok(Json(json!({ "status": "ready" }))),
+        Ok(Ok(_)) => Ok(Json(Ready {
+            status: ReadyStatus::Ready,
+        })),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: the job store failed");
             Err(AppError::Unavailable("the job store is not reachable".into()).into_response())
@@ -42,6 +97,16 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
     }
 }
 
+/// Prometheus metrics: queue by status, completions, failures, durations, dependents, workers
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text format 0.0.4.", content_type = "text/plain", body = String),
+        HeadErrors,
+    )
+)]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let (queue, up) = match tokio::time::timeout(READY_TIMEOUT, state.engine.store.counts()).await {
         Ok(Ok(counts)) => (

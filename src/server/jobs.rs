@@ -9,9 +9,12 @@ use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
-use super::errors::clip;
+use super::errors::{clip, ErrorBody};
 use super::file_body::FileBody;
+use super::openapi::{AuthErrors, HeadErrors, InternalError, StoreErrors};
 use super::{store_call, ApiPath, ApiQuery, AppError, AppState, Caller};
 use crate::job::{Job, JobId, JobRequest, JobStatus};
 use crate::store::{CancelOutcome, ListFilter};
@@ -22,36 +25,52 @@ pub const JOB_ID_PATTERN: &str = "^JOB_[A-Z0-9]{8}$";
 pub const CURSOR_PATTERN: &str = r"^[+-]?[0-9]+\.JOB_[A-Z0-9]{8}$";
 
 /// A job as the API shows it: no lease owner, no server paths, no version.
-#[derive(Debug, Serialize)]
+///
+/// Every field but `childJobIds` is always sent, `null` when it has no value.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Job)]
 pub struct JobView {
+    #[schema(value_type = String)]
     pub job_id: JobId,
     pub status: JobStatus,
     pub report_type: String,
     pub role: String,
+    /// `null`: all counties.
     #[serde(rename = "countyId")]
+    #[schema(required = true)]
     pub county: Option<String>,
     pub subject: String,
     pub trigger_id: String,
     pub priority: u8,
+    #[schema(minimum = 0, maximum = 100)]
     pub progress: u8,
     pub rows_written: u64,
     pub attempt: u32,
     pub max_attempts: u32,
     pub cancel_requested: bool,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub started_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub completed_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub estimated_completion_time: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub retry_after: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub error: Option<String>,
+    #[schema(required = true)]
     pub result_sha256: Option<String>,
     /// Where to download the result, once COMPLETED.
+    #[schema(required = true)]
     pub result_url: Option<String>,
     pub request: JobRequest,
+    #[schema(value_type = Vec<String>)]
     pub parent_job_ids: Vec<JobId>,
     /// Only in `GET /api/jobs/{id}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<String>>, nullable = false)]
     pub child_job_ids: Option<Vec<JobId>>,
 }
 
@@ -88,19 +107,76 @@ impl JobView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One page of `GET /api/jobs`.
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobList {
     pub jobs: Vec<JobView>,
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// [`JobStatus`] in the document: its names ([`JobStatus::as_str`]).
+impl PartialSchema for JobStatus {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(JobStatus::ALL.map(JobStatus::as_str)))
+            .into()
+    }
+}
+
+impl ToSchema for JobStatus {}
+
+// `JobRequest` as it is serialized: the type lives in `crate::job`, which knows nothing of
+// HTTP, so its schema is stated here; a test compares these fields with a serialized request.
+/// What the job was asked for.
+#[derive(ToSchema)]
+#[schema(as = JobRequest, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct JobRequestSchema {
+    #[schema(required = true)]
+    chunk_size: Option<u32>,
+    #[schema(required = true)]
+    data_format: Option<String>,
+    #[schema(required = true)]
+    priority: Option<u8>,
+    #[schema(required = true)]
+    target_system: Option<String>,
+    params: std::collections::BTreeMap<String, String>,
+}
+
+impl PartialSchema for JobRequest {
+    fn schema() -> RefOr<Schema> {
+        JobRequestSchema::schema()
+    }
+}
+
+impl ToSchema for JobRequest {}
+
+/// The `{id}` of a job's routes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(super) struct JobPath {
+    /// An id of another form answers 404 like a missing job.
+    #[param(pattern = "^JOB_[A-Z0-9]{8}$")]
+    id: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListParams {
+    /// Case-insensitive; empty means any.
+    #[param(value_type = JobStatus, required = false)]
     status: Option<String>,
+    /// A report type of the workflow; empty means any.
+    #[param(min_length = 1)]
     report_type: Option<String>,
+    #[param(minimum = 1, maximum = 1000, default = 50)]
     limit: Option<usize>,
+    /// `nextCursor` of the previous page: `<created_at µs>.<jobId>`.
+    #[param(pattern = r"^[+-]?[0-9]+\.JOB_[A-Z0-9]{8}$")]
     cursor: Option<String>,
 }
 
@@ -114,10 +190,27 @@ async fn visible_job(state: &AppState, caller: &Caller, id: &str) -> Result<Job,
     }
 }
 
+/// One job, with its parents and children
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "jobs",
+    security(("bearerAuth" = [])),
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job.", body = JobView),
+        (status = 400, description = "The path is not valid UTF-8.", body = ErrorBody),
+        (status = 404, description = "No such job, or not the caller's county.", body = ErrorBody),
+        AuthErrors,
+        HeadErrors,
+        InternalError,
+        StoreErrors,
+    )
+)]
 pub(super) async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
 ) -> Result<Json<JobView>, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
     let children = store_call(|| state.engine.store.children(&job.job_id))
@@ -128,6 +221,22 @@ pub(super) async fn get_job(
     Ok(Json(JobView::new(job, Some(children))))
 }
 
+/// The caller's jobs (a role in `all_counties`: every county's), newest first, one page at a time
+#[utoipa::path(
+    get,
+    path = "/api/jobs",
+    tag = "jobs",
+    security(("bearerAuth" = [])),
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page; keep going while `nextCursor` is not null.", body = JobList),
+        (status = 400, description = "Unknown status or report type, bad limit or cursor, unknown parameter.", body = ErrorBody),
+        AuthErrors,
+        HeadErrors,
+        InternalError,
+        StoreErrors,
+    )
+)]
 pub(super) async fn list_jobs(
     State(state): State<AppState>,
     caller: Caller,
@@ -181,10 +290,28 @@ pub(super) async fn list_jobs(
     }))
 }
 
+/// Cancel a job: QUEUED ends at once, PROCESSING stops at its next chunk
+#[utoipa::path(
+    post,
+    path = "/api/jobs/{id}/cancel",
+    tag = "jobs",
+    security(("bearerAuth" = [])),
+    params(JobPath),
+    responses(
+        (status = 200, description = "The job after the request: CANCELLED, or PROCESSING with cancelRequested.", body = JobView),
+        (status = 400, description = "The path is not valid UTF-8.", body = ErrorBody),
+        (status = 404, description = "No such job, or not the caller's county.", body = ErrorBody),
+        (status = 409, description = "The job already finished.", body = ErrorBody),
+        AuthErrors,
+        HeadErrors,
+        InternalError,
+        StoreErrors,
+    )
+)]
 pub(super) async fn cancel_job(
     State(state): State<AppState>,
     caller: Caller,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
 ) -> Result<Json<JobView>, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
     let now = Utc::now();
@@ -205,10 +332,30 @@ pub(super) async fn cancel_job(
     }
 }
 
+/// Download the result file (streamed)
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}/result",
+    tag = "jobs",
+    security(("bearerAuth" = [])),
+    params(JobPath),
+    responses(
+        (status = 200, description = "The result, masked for the job's role and filtered to its county.",
+            headers(("ETag" = String, description = "SHA-256 of the file.")),
+            content((String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 400, description = "The path is not valid UTF-8.", body = ErrorBody),
+        (status = 404, description = "No such job, not the caller's county, or the file is gone.", body = ErrorBody),
+        (status = 409, description = "The job is not COMPLETED.", body = ErrorBody),
+        AuthErrors,
+        HeadErrors,
+        InternalError,
+        StoreErrors,
+    )
+)]
 pub(super) async fn job_result(
     State(state): State<AppState>,
     caller: Caller,
-    ApiPath(id): ApiPath<String>,
+    ApiPath(JobPath { id }): ApiPath<JobPath>,
 ) -> Result<Response, AppError> {
     let job = visible_job(&state, &caller, &id).await?;
     if job.status != JobStatus::Completed {

@@ -7,9 +7,11 @@
 //! - **Who a job runs as comes from the verified token only** ([`Caller`]); the `role` and
 //!   `countyId` a client puts in a body are accepted and ignored.
 //! - **A job outside the caller's county answers exactly as a job that does not exist** (`404`).
-//! - **The route table is the one list**: [`app`] registers [`route_list`], and the OpenAPI
-//!   document must name every entry (a test checks it) and state the constraints the
-//!   handlers enforce (another sends each bound and its neighbour).
+//! - **The route table is the one list** ([`api`]): each entry registers a handler under the
+//!   method and path of its `#[utoipa::path]` and adds that operation to the OpenAPI document,
+//!   so the document names every route ([`route_list`] is read from it); the document states
+//!   the constraints the handlers enforce (a test sends each bound and its neighbour) and
+//!   every status each operation answers (another provokes each one).
 //! - **Handlers reach the store through [`store_call`]**: a transient failure is retried
 //!   briefly, then answered `503 store_unavailable` with `Retry-After`, never `500`. A retried
 //!   enqueue always carries a unique key (the client's, scoped by principal, or the trigger's),
@@ -30,8 +32,10 @@ use std::sync::{Arc, OnceLock};
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
-use axum::routing::{get, post, MethodRouter};
 use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::AuthConfig;
 use crate::executor::Engine;
@@ -86,33 +90,43 @@ impl AppState {
     }
 }
 
-/// `(method, path, handler)`: the one list of routes.
-fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
-    vec![
-        ("POST", "/api/reports/generate", post(reports::generate)),
-        ("GET", "/api/jobs", get(jobs::list_jobs)),
-        ("GET", "/api/jobs/{id}", get(jobs::get_job)),
-        ("POST", "/api/jobs/{id}/cancel", post(jobs::cancel_job)),
-        ("GET", "/api/jobs/{id}/result", get(jobs::job_result)),
-        ("GET", "/api/graph", get(graph::graph)),
-        ("GET", "/api/openapi.json", get(openapi::openapi_json)),
-        ("GET", "/healthz", get(health::healthz)),
-        ("GET", "/readyz", get(health::readyz)),
-        ("GET", "/metrics", get(health::metrics)),
-    ]
+/// The one list of routes: each handler is served at the method and path of its
+/// `#[utoipa::path]`, and its operation is added to the OpenAPI document ([`openapi()`]).
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(reports::generate))
+        .routes(routes!(jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::job_result))
+        .routes(routes!(graph::graph))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
 }
 
-/// Every `(method, path)` the router serves, paths in OpenAPI's `{param}` syntax.
+/// Every `(method, path)` the router serves, paths in OpenAPI's `{param}` syntax: the
+/// operations of [`api`]'s document.
 pub fn route_list() -> Vec<(&'static str, &'static str)> {
-    routes().into_iter().map(|(m, p, _)| (m, p)).collect()
+    static ROUTES: OnceLock<Vec<(&'static str, &'static str)>> = OnceLock::new();
+    ROUTES
+        .get_or_init(|| {
+            let doc = api().into_openapi();
+            let mut routes = Vec::new();
+            for (path, item) in &doc.paths.paths {
+                // Made once per process: the paths live as long as it.
+                let path: &'static str = path.clone().leak();
+                routes.extend(openapi::operations(item).map(|(method, _)| (method, path)));
+            }
+            routes
+        })
+        .clone()
 }
 
 /// The API as a router; serve it with [`serve`].
 pub fn app(state: AppState) -> Router {
-    let mut router = Router::new();
-    for (_, path, handler) in routes() {
-        router = router.route(path, handler);
-    }
+    let (router, _) = api().split_for_parts();
     router
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -10,9 +10,12 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::{ObjectBuilder, Type};
+use utoipa::ToSchema;
 
-use super::errors::clip;
+use super::errors::{clip, ErrorBody};
 use super::idempotency::{idempotency_key, idempotency_unique_key, trigger_unique_key};
+use super::openapi::{AuthErrors, HeadErrors, InternalError, StoreErrors};
 use super::{store_call, ApiJson, AppError, AppState, Caller};
 use crate::executor::JobRefused;
 use crate::job::{JobId, JobRequest, JobStatus};
@@ -26,39 +29,101 @@ pub const MAX_KEY_LEN: usize = 255;
 /// A target system: not only white space.
 pub const TARGET_SYSTEM_PATTERN: &str = r"\S";
 
+// The bounds in `#[schema]` are MAX_CHUNK_SIZE, MAX_KEY_LEN, TARGET_SYSTEM_PATTERN and
+// IDEMPOTENCY_KEY_PATTERN: the attributes take only literals, and a test compares them.
 /// `POST /api/reports/generate`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GenerateRequest {
+    #[schema(schema_with = report_type_schema)]
     pub report_type: String,
     #[serde(default)]
+    #[schema(schema_with = data_format_schema)]
     pub data_format: Option<String>,
     #[serde(default)]
+    #[schema(nullable = false, minimum = 1, maximum = 10000000)]
     pub chunk_size: Option<u32>,
     #[serde(default)]
+    #[schema(nullable = false, minimum = 0, maximum = 255)]
     pub priority: Option<u8>,
     #[serde(default)]
+    #[schema(nullable = false, min_length = 1, max_length = 255, pattern = r"\S")]
     pub target_system: Option<String>,
+    /// The same key from the same principal (sub, role, county) with the same request returns the first job; with another request, 422.
     #[serde(default)]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub idempotency_key: Option<String>,
-    /// Sent by the seed's clients; accepted and never read: the token decides.
+    // Sent by the seed's clients; accepted and never read: the token decides.
+    /// Accepted and ignored: the token's `role` decides.
     #[serde(default)]
     #[allow(dead_code)]
+    #[schema(value_type = Option<serde_json::Value>)]
     role: Option<IgnoredAny>,
-    /// Sent by the seed's clients; accepted and never read: the token decides.
+    // Sent by the seed's clients; accepted and never read: the token decides.
+    /// Accepted and ignored: the token's `countyId` decides.
     #[serde(default, rename = "countyId")]
     #[allow(dead_code)]
+    #[schema(value_type = Option<serde_json::Value>)]
     county_id: Option<IgnoredAny>,
 }
 
-#[derive(Debug, Serialize)]
+/// A report type of the workflow (the document served lists them: `openapi::list_report_types`).
+fn report_type_schema() -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .description(Some("A report type of the workflow."))
+        .build()
+}
+
+/// One of [`DataFormat::NAMES`].
+fn data_format_schema() -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(DataFormat::NAMES))
+        .build()
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerateResponse {
+    #[schema(value_type = String)]
     pub job_id: JobId,
     pub status: JobStatus,
+    #[schema(required = true)]
     pub estimated_completion_time: Option<DateTime<Utc>>,
 }
 
+/// Queue a report job run as the token's principal
+#[utoipa::path(
+    post,
+    path = "/api/reports/generate",
+    tag = "reports",
+    security(("bearerAuth" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$",
+            description = "As the body's `idempotencyKey`; if both are sent they must be equal (else 422 `idempotency_key_mismatch`)."),
+    ),
+    request_body = GenerateRequest,
+    responses(
+        (status = 202, description = "Queued (or the job first created with this idempotency key by this principal).",
+            body = GenerateResponse, headers(("Location" = String))),
+        (status = 400, description = "Unknown report type, bad field type, unknown field, out-of-range value or malformed JSON.", body = ErrorBody),
+        (status = 413, description = format!("Body larger than {} KiB.", super::BODY_LIMIT / 1024), body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json.", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused`: this principal used the key for a different request; `idempotency_key_mismatch`: the header and the body name different keys.", body = ErrorBody),
+        AuthErrors,
+        HeadErrors,
+        InternalError,
+        StoreErrors,
+    )
+)]
 pub(super) async fn generate(
     State(state): State<AppState>,
     caller: Caller,
