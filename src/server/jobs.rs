@@ -419,3 +419,88 @@ pub(super) async fn job_result(
     }
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{NewJob, Principal};
+    use crate::server::openapi;
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
+    fn keys(value: &Value) -> BTreeSet<String> {
+        value.as_object().unwrap().keys().cloned().collect()
+    }
+
+    fn names(list: &Value) -> BTreeSet<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Each schema names exactly the fields its type sends, and requires those always sent.
+    #[test]
+    fn the_schemas_name_every_serialized_field() {
+        let doc = openapi(&["R"]);
+        let schemas = &doc["components"]["schemas"];
+        let job = NewJob::new("R", Principal::system("ADMIN"), "t")
+            .into_job("JOB_AAAAAAAA".parse().unwrap(), Utc::now());
+        let view = serde_json::to_value(JobView::new(job.clone(), None)).unwrap();
+        let shown = serde_json::to_value(JobView::new(job, Some(Vec::new()))).unwrap();
+        assert_eq!(keys(&schemas["Job"]["properties"]), keys(&shown));
+        assert_eq!(names(&schemas["Job"]["required"]), keys(&view));
+        let request = serde_json::to_value(JobRequest::default()).unwrap();
+        assert_eq!(keys(&schemas["JobRequest"]["properties"]), keys(&request));
+        assert_eq!(names(&schemas["JobRequest"]["required"]), keys(&request));
+        let list = serde_json::to_value(JobList {
+            jobs: Vec::new(),
+            next_cursor: None,
+        })
+        .unwrap();
+        assert_eq!(keys(&schemas["JobList"]["properties"]), keys(&list));
+        assert_eq!(names(&schemas["JobList"]["required"]), keys(&list));
+        let statuses: Vec<&str> = JobStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(schemas["JobStatus"]["enum"], serde_json::json!(statuses));
+        // A job's own reportType stays open: it may predate the workflow's current reports.
+        assert_eq!(schemas["Job"]["properties"]["reportType"].get("enum"), None);
+    }
+
+    /// The `#[param]` literals are the constants the handlers check.
+    #[test]
+    fn the_parameters_state_the_handlers_bounds() {
+        let doc = openapi(&["R"]);
+        let param = |path: &str, method: &str, name: &str| {
+            doc["paths"][path][method]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
+                .clone()
+        };
+        let limit = &param("/api/jobs", "get", "limit")["schema"];
+        assert_eq!(limit["minimum"], 1);
+        assert_eq!(limit["maximum"], ListFilter::MAX_LIMIT);
+        assert_eq!(limit["default"], ListFilter::DEFAULT_LIMIT);
+        assert_eq!(
+            param("/api/jobs", "get", "cursor")["schema"]["pattern"],
+            CURSOR_PATTERN
+        );
+        assert_eq!(
+            param("/api/jobs", "get", "reportType")["schema"]["enum"],
+            serde_json::json!(["R"])
+        );
+        for (path, method) in [
+            ("/api/jobs/{id}", "get"),
+            ("/api/jobs/{id}/cancel", "post"),
+            ("/api/jobs/{id}/result", "get"),
+        ] {
+            let id = param(path, method, "id");
+            assert_eq!(id["in"], "path");
+            assert_eq!(id["required"], true);
+            assert_eq!(id["schema"]["pattern"], JOB_ID_PATTERN, "{path}");
+        }
+    }
+}

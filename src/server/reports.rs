@@ -247,3 +247,45 @@ pub(super) async fn generate(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{openapi, IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_PATTERN};
+    use serde_json::{json, Value};
+
+    /// The `#[schema]` literals are the constants the handler checks.
+    #[test]
+    fn the_schema_states_the_handlers_bounds() {
+        let doc = openapi(&[]);
+        let props = &doc["components"]["schemas"]["GenerateRequest"]["properties"];
+        assert_eq!(props["chunkSize"]["minimum"], 1);
+        assert_eq!(props["chunkSize"]["maximum"], MAX_CHUNK_SIZE);
+        assert_eq!(props["priority"]["maximum"], u8::MAX);
+        assert_eq!(props["dataFormat"]["enum"], json!(DataFormat::NAMES));
+        for (field, pattern) in [
+            ("targetSystem", TARGET_SYSTEM_PATTERN),
+            ("idempotencyKey", IDEMPOTENCY_KEY_PATTERN),
+        ] {
+            assert_eq!(props[field]["minLength"], 1, "{field}");
+            assert_eq!(props[field]["maxLength"], MAX_KEY_LEN, "{field}");
+            assert_eq!(props[field]["pattern"], pattern, "{field}");
+        }
+        let header = doc["paths"]["/api/reports/generate"]["post"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["in"] == "header")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            header["name"].as_str().unwrap().to_lowercase(),
+            IDEMPOTENCY_KEY_HEADER
+        );
+        let mut body_key = props["idempotencyKey"].clone();
+        body_key.as_object_mut().unwrap().remove("description");
+        assert_eq!(header["schema"], body_key);
+        // An empty workflow list leaves reportType open.
+        assert_eq!(props["reportType"].get("enum"), None::<&Value>);
+    }
+}
