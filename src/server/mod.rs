@@ -24,8 +24,9 @@
 //!
 //! One file per resource or concern: [`errors`] (the error shape and its safety net),
 //! [`caller`] (the token's principal), [`extract`] (body, path and query rejections),
-//! [`store_call`] (retries), [`idempotency`], [`reports`], [`jobs`], [`graph`], [`health`],
-//! [`openapi`], [`middleware`] and [`listen`] (the accept loop).
+//! [`store_call`] (retries), [`idempotency`], [`reports`], [`jobs`] (and [`file_body`], the
+//! streamed result), [`graph`], [`health`], [`openapi`], [`middleware`] and [`listen`] (the
+//! accept loop).
 
 use std::sync::{Arc, OnceLock};
 
