@@ -73,8 +73,8 @@ mod rows;
 mod store;
 
 pub use config::{is_postgres_url, redact_url, PgConfig};
-pub use migrations::{latest_migration, Migration, MIGRATIONS};
-pub use store::PgStore;
 /// Which PostgreSQL errors are worth another try: the store's rule, which report sources
 /// (`pipeline::postgres_source`) follow too.
 pub(crate) use errors::is_transient;
+pub use migrations::{latest_migration, Migration, MIGRATIONS};
+pub use store::PgStore;
