@@ -305,7 +305,8 @@ async fn three_workers_and_a_server_share_the_queue_and_survive_a_killed_worker(
             .expect("enqueue");
     }
 
-    // Kill worker 1 while it holds jobs.
+    // Kill worker 1 while it holds jobs: stopped (SIGSTOP) before its leases are counted, so
+    // that the job it holds cannot finish between the count and the kill.
     let victim = processes.pid("worker-1");
     let what = || format!("worker 1 never ran a job:\n{}", processes.logs());
     until(
@@ -313,6 +314,7 @@ async fn three_workers_and_a_server_share_the_queue_and_survive_a_killed_worker(
         Duration::from_millis(20),
         what,
         || async {
+            common::running::signal(victim, "-STOP");
             let held: i64 = client
                 .query_one(
                     "SELECT count(*) FROM jobs WHERE status = 'PROCESSING' AND lease_owner LIKE $1",
@@ -326,7 +328,11 @@ async fn three_workers_and_a_server_share_the_queue_and_survive_a_killed_worker(
                 .get("COMPLETED")
                 .copied()
                 .unwrap_or(0);
-            (held > 0 && done > 1000).then_some(())
+            let ready = held > 0 && done > 1000;
+            if !ready {
+                common::running::signal(victim, "-CONT");
+            }
+            ready.then_some(())
         },
     )
     .await;

@@ -42,6 +42,8 @@ mod source;
 mod spec;
 // Database sources, wired into `run` with the source kinds of issue 13.
 #[allow(dead_code)]
+mod batches;
+#[allow(dead_code)]
 mod postgres_source;
 #[allow(dead_code)]
 mod sql_placeholders;

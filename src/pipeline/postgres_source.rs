@@ -21,21 +21,18 @@
 use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt::Write as _;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::thread::JoinHandle;
 
 use futures_util::StreamExt;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 
+use super::batches::{Batches, Message, Sender};
 use super::row::Row;
 use super::value_kind::Kind;
 use crate::params::ParamValue;
 
 /// Rows per message from the producer thread.
 const BATCH: usize = 1024;
-/// Messages in flight.
-const DEPTH: usize = 4;
 
 /// Why a PostgreSQL source failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,22 +63,10 @@ impl PostgresError {
     }
 }
 
-/// A message from the producer.
-enum Message {
-    /// The query is running: its columns.
-    Started(Vec<String>),
-    Rows(Vec<(Row, Vec<Kind>)>),
-    Failed(PostgresError),
-}
-
 /// A running query.
 pub(super) struct PostgresSource {
     header: Row,
-    rows: Receiver<Message>,
-    batch: std::vec::IntoIter<(Row, Vec<Kind>)>,
-    kinds: Vec<Kind>,
-    producer: Option<JoinHandle<()>>,
-    done: bool,
+    rows: Batches<PostgresError>,
 }
 
 impl PostgresSource {
@@ -106,28 +91,16 @@ impl PostgresSource {
                 }
             }
         }
-        let (tx, rx) = sync_channel(DEPTH);
         let url = url.to_string();
-        let producer = std::thread::Builder::new()
-            .name("postgres-source".into())
-            .spawn(move || produce(&url, &sql, &values, &tx))
-            .map_err(|e| PostgresError::Connect(format!("cannot start its reader thread: {e}")))?;
-        let header = match rx.recv() {
-            Ok(Message::Started(columns)) => columns.iter().collect(),
-            Ok(Message::Failed(e)) => return Err(e),
-            Ok(Message::Rows(_)) | Err(_) => {
-                return Err(PostgresError::Lost(
-                    "the reader stopped before the query started".into(),
-                ))
-            }
-        };
+        let (columns, rows) = Batches::start(
+            "postgres-source",
+            move |tx| produce(&url, &sql, &values, &tx),
+            |e| PostgresError::Connect(format!("cannot start its reader thread: {e}")),
+            || PostgresError::Lost("the reader stopped before the query started".into()),
+        )?;
         Ok(PostgresSource {
-            header,
-            rows: rx,
-            batch: Vec::new().into_iter(),
-            kinds: Vec::new(),
-            producer: Some(producer),
-            done: false,
+            header: columns.iter().collect(),
+            rows,
         })
     }
 
@@ -137,46 +110,18 @@ impl PostgresSource {
 
     /// The kinds of the fields of the row [`PostgresSource::next_row`] returned last.
     pub(super) fn kinds(&self) -> &[Kind] {
-        &self.kinds
+        self.rows.kinds()
     }
 
-    /// Moves the next row into `row`; `false` at the end.
+    /// Moves the next row into `row`; `false` at the end. Dropping the source stops the
+    /// producer, which drops its client: the connection closes and the query ends on the server.
     pub(super) fn next_row(&mut self, row: &mut Row) -> Result<bool, PostgresError> {
-        loop {
-            if let Some((next, kinds)) = self.batch.next() {
-                *row = next;
-                self.kinds = kinds;
-                return Ok(true);
-            }
-            if self.done {
-                return Ok(false);
-            }
-            match self.rows.recv() {
-                Ok(Message::Rows(batch)) => self.batch = batch.into_iter(),
-                Ok(Message::Failed(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                Ok(Message::Started(_)) | Err(_) => self.done = true,
-            }
-        }
-    }
-}
-
-impl Drop for PostgresSource {
-    fn drop(&mut self) {
-        // The producer's next send fails once the receiver is gone; it then drops its client,
-        // which closes the connection and so ends the query on the server.
-        let rows = std::mem::replace(&mut self.rows, sync_channel(1).1);
-        drop(rows);
-        if let Some(producer) = self.producer.take() {
-            let _ = producer.join();
-        }
+        self.rows.next_row(row)
     }
 }
 
 /// The producer thread: its own single-threaded runtime drives the connection.
-fn produce(url: &str, sql: &str, values: &[String], tx: &SyncSender<Message>) {
+fn produce(url: &str, sql: &str, values: &[String], tx: &Sender<PostgresError>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -196,7 +141,7 @@ async fn stream(
     url: &str,
     sql: &str,
     values: &[String],
-    tx: &SyncSender<Message>,
+    tx: &Sender<PostgresError>,
 ) -> Result<(), PostgresError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await

@@ -19,20 +19,17 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::thread::JoinHandle;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
+use super::batches::{Batches, Message, TypedRow};
 use super::row::Row;
 use super::value_kind::Kind;
 use crate::params::ParamValue;
 
 /// Rows per message from the producer thread.
 const BATCH: usize = 512;
-/// Messages in flight: bounds memory to `BATCH * DEPTH` rows.
-const DEPTH: usize = 4;
 
 /// Why a SQLite source failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,19 +48,11 @@ pub enum SqliteError {
     Positional,
 }
 
-/// One batch from the producer: rows, each with the kinds of its fields.
-type Batch = Result<Vec<(Row, Vec<Kind>)>, SqliteError>;
-
 /// A running query.
 pub(super) struct SqliteSource {
     header: Row,
-    rows: Receiver<Batch>,
-    batch: std::vec::IntoIter<(Row, Vec<Kind>)>,
     interrupt: rusqlite::InterruptHandle,
-    producer: Option<JoinHandle<()>>,
-    /// Kinds of the row returned last.
-    kinds: Vec<Kind>,
-    done: bool,
+    rows: Batches<SqliteError>,
 }
 
 /// Opens `path` read-only.
@@ -138,30 +127,39 @@ impl SqliteSource {
             }
             header = stmt.column_names().collect();
         }
-        let (tx, rx) = sync_channel::<Batch>(DEPTH);
+        let columns = header
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
         let (path_buf, query, bindings) = (path.to_path_buf(), query.to_string(), bindings.clone());
-        let producer = std::thread::Builder::new()
-            .name("sqlite-source".into())
-            .spawn(move || {
-                let result = produce(&conn, &path_buf, &query, &bindings, |batch| {
-                    tx.send(Ok(batch)).is_ok()
-                });
+        let (_, rows) = Batches::start(
+            "sqlite-source",
+            move |tx| {
+                let sent = tx.send(Message::Started(columns)).is_ok();
+                let result = if sent {
+                    produce(&conn, &path_buf, &query, &bindings, |batch| {
+                        tx.send(Message::Rows(batch)).is_ok()
+                    })
+                } else {
+                    Ok(())
+                };
                 if let Err(e) = result {
-                    let _ = tx.send(Err(e));
+                    let _ = tx.send(Message::Failed(e));
                 }
-            })
-            .map_err(|e| SqliteError::Open {
+            },
+            |e| SqliteError::Open {
                 path: path.to_path_buf(),
                 message: format!("cannot start its reader thread: {e}"),
-            })?;
+            },
+            || SqliteError::Query {
+                path: path.to_path_buf(),
+                message: "the reader stopped before the query started".to_string(),
+            },
+        )?;
         Ok(SqliteSource {
             header,
-            rows: rx,
-            batch: Vec::new().into_iter(),
             interrupt,
-            producer: Some(producer),
-            kinds: Vec::new(),
-            done: false,
+            rows,
         })
     }
 
@@ -171,43 +169,20 @@ impl SqliteSource {
 
     /// The kinds of the fields of the row [`SqliteSource::next_row`] returned last.
     pub(super) fn kinds(&self) -> &[Kind] {
-        &self.kinds
+        self.rows.kinds()
     }
 
     /// Moves the next row into `row`; `false` at the end.
     pub(super) fn next_row(&mut self, row: &mut Row) -> Result<bool, SqliteError> {
-        loop {
-            if let Some((next, kinds)) = self.batch.next() {
-                *row = next;
-                self.kinds = kinds;
-                return Ok(true);
-            }
-            if self.done {
-                return Ok(false);
-            }
-            match self.rows.recv() {
-                Ok(Ok(batch)) => self.batch = batch.into_iter(),
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                // The producer finished and closed the channel.
-                Err(_) => self.done = true,
-            }
-        }
+        self.rows.next_row(row)
     }
 }
 
 impl Drop for SqliteSource {
     fn drop(&mut self) {
-        // A query still running (a cancelled report) is interrupted; the producer's next send
-        // fails once the receiver is gone.
+        // A query still running (a cancelled report) is interrupted; dropping `rows` then
+        // stops the producer and waits for it.
         self.interrupt.interrupt();
-        let rows = std::mem::replace(&mut self.rows, sync_channel(1).1);
-        drop(rows);
-        if let Some(producer) = self.producer.take() {
-            let _ = producer.join();
-        }
     }
 }
 
@@ -217,7 +192,7 @@ fn produce(
     path: &Path,
     query: &str,
     bindings: &BTreeMap<String, ParamValue>,
-    mut send: impl FnMut(Vec<(Row, Vec<Kind>)>) -> bool,
+    mut send: impl FnMut(Vec<TypedRow>) -> bool,
 ) -> Result<(), SqliteError> {
     let mut stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
     let names: Vec<(usize, String)> = (1..=stmt.parameter_count())

@@ -366,6 +366,21 @@ pub struct Completion {
     pub join_errors: Vec<JoinError>,
 }
 
+impl Completion {
+    /// Logs the join edges that could not be applied: every store does, once, when the
+    /// completion is durable.
+    pub(crate) fn log_join_errors(&self) {
+        for error in &self.join_errors {
+            tracing::error!(
+                job_id = %self.job.job_id,
+                join_id = %error.join_id,
+                message = %error.message,
+                "triggering a dependent job failed; the parent's outcome stands"
+            );
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CancelOutcome {
     /// It was QUEUED: CANCELLED at once.

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cas::{refused, Stuck};
 use super::errors::{copy_error, pg_error, retrying, Failed};
-use super::joins::{apply_joins, log_join_errors};
+use super::joins::apply_joins;
 use super::rows::{columns, decode_job, read_job};
 use super::store::{Inner, PgStore};
 use crate::job::{Job, JobId, JobStatus};
@@ -210,7 +210,7 @@ impl PgStore {
                 )?
             };
             if let Some(completion) = completion {
-                log_join_errors(&completion);
+                completion.log_join_errors();
                 if completion.job.status == JobStatus::Queued
                     || !completion.children_created.is_empty()
                 {

@@ -13,7 +13,7 @@ use tokio_postgres::types::Json;
 use super::enqueue::{insert_jobs, new_records};
 use super::errors::{pg_error, Failed};
 use crate::job::Job;
-use crate::store::{Completion, Event, JoinEdge, JoinError, JoinState, Pending};
+use crate::store::{Event, JoinEdge, JoinError, JoinState, Pending};
 
 /// Inserts or locks, in join-id order, the join-state rows of the join ids `$1` in the scope
 /// (role, has county, county) `$2`–`$4`; returns their pending events.
@@ -27,18 +27,6 @@ const LOCK_JOIN_STATES: &str =
 const SAVE_JOIN_STATES: &str = "UPDATE join_state s SET pending = u.pending
      FROM unnest($1::text[], $2::jsonb[]) AS u(join_id, pending)
      WHERE s.join_id = u.join_id AND s.user_role = $3 AND s.has_county = $4 AND s.county_id = $5";
-
-/// Logs the joins a completion could not apply (its outcome stands).
-pub(super) fn log_join_errors(completion: &Completion) {
-    for error in &completion.join_errors {
-        tracing::error!(
-            job_id = %completion.job.job_id,
-            join_id = %error.join_id,
-            message = %error.message,
-            "triggering a dependent job failed; the parent's outcome stands"
-        );
-    }
-}
 
 /// The join rule for `job`'s completion event, inside the transaction that recorded it: locks
 /// the join-state rows of the job's scope (in join-id order), records the event, creates the

@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 
 use super::errors::{retrying, Failed};
-use super::joins::{apply_joins, log_join_errors};
+use super::joins::apply_joins;
 use super::rows::{columns, decode_jobs};
 use super::store::PgStore;
 use crate::job::JobStatus;
@@ -131,7 +131,10 @@ impl PgStore {
                 break;
             }
         }
-        expired.finished.iter().for_each(log_join_errors);
+        expired
+            .finished
+            .iter()
+            .for_each(Completion::log_join_errors);
         if !expired.requeued.is_empty()
             || expired
                 .finished
