@@ -1,36 +1,25 @@
-//! The served OpenAPI document against the real server (bound on 127.0.0.1:0 in this process,
-//! the bundled workflow, a sled store behind a switch that can make the API's store calls
-//! fail): the operations it names are exactly the routes served, and every status code it
-//! documents for an operation is provoked and answered with the documented body.
+//! The served OpenAPI document against the real server (the harness's, `common::TestServer`:
+//! bound on 127.0.0.1:0 in this process, the bundled workflow, its store behind a switch that
+//! can make the API's store calls fail): the operations it names are exactly the routes
+//! served, and every status code it documents for an operation is provoked and answered with
+//! the documented body.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Request};
-use chrono::{DateTime, Utc};
-use flowctl::auth::AuthConfig;
-use flowctl::executor::{Engine, ExecutorConfig};
-use flowctl::job::{Job, JobId, JobStatus, NewJob};
-use flowctl::metrics::Metrics;
-use flowctl::server::{self, AppState};
-use flowctl::store::{
-    BoxFuture, CancelOutcome, Cas, Completion, Enqueued, Expired, JoinEdge, JoinRules, ListFilter,
-    Outcome, Page, ProgressUpdate, SledConfig, SledStore, Store, StoreError, StoreResult,
-    UniqueKey,
-};
-use flowctl::workflow::Workflow;
+use flowctl::server;
+use flowctl::store::{StoreError, StoreResult};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
-const SECRET: &str = "openapi-test-secret-0123456789abcdef012345";
+use common::store::{Call, Faults};
+use common::Options;
 
 // ---------------------------------------------------------------------------------------------
 // A store that fails on demand
@@ -51,7 +40,6 @@ enum Mode {
 }
 
 struct Switch {
-    inner: SledStore,
     mode: AtomicU8,
 }
 
@@ -64,12 +52,18 @@ impl Switch {
         [Mode::Normal, Mode::Unavailable, Mode::Broken, Mode::Stopped]
             [self.mode.load(Ordering::SeqCst) as usize]
     }
+}
 
-    fn gate<'a, T: Send + 'a>(
-        &'a self,
-        op: BoxFuture<'a, StoreResult<T>>,
-    ) -> BoxFuture<'a, StoreResult<T>> {
+impl Faults for Switch {
+    fn before(&self, call: Call) -> StoreResult<()> {
+        // The API's calls; the dispatcher's own (claim, renew, complete, the sweeps, fire
+        // times) always reach the store.
+        let api = matches!(
+            call,
+            Call::Enqueue | Call::Cancel | Call::Get | Call::Children | Call::List | Call::Counts
+        );
         let failure = match self.mode() {
+            _ if !api => None,
             Mode::Normal => None,
             Mode::Unavailable => Some(StoreError::Unavailable("connection refused (test)".into())),
             Mode::Broken => Some(StoreError::Postgres("refused by the test".into())),
@@ -77,95 +71,9 @@ impl Switch {
                 reason: "No space left on device (test)".into(),
             }),
         };
-        match failure {
-            None => op,
-            Some(e) => Box::pin(async move { Err(e) }),
-        }
+        failure.map_or(Ok(()), Err)
     }
-}
 
-impl Store for Switch {
-    fn enqueue(
-        &self,
-        batch: Vec<NewJob>,
-        unique: Option<UniqueKey>,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'_, StoreResult<Enqueued>> {
-        self.gate(self.inner.enqueue(batch, unique, now))
-    }
-    fn claim<'a>(
-        &'a self,
-        worker: &'a str,
-        max: usize,
-        lease: Duration,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, StoreResult<Vec<Job>>> {
-        self.inner.claim(worker, max, lease, now)
-    }
-    fn renew<'a>(
-        &'a self,
-        job_id: &'a JobId,
-        version: u64,
-        until: DateTime<Utc>,
-        progress: Option<ProgressUpdate>,
-    ) -> BoxFuture<'a, StoreResult<Cas<Job>>> {
-        self.inner.renew(job_id, version, until, progress)
-    }
-    fn complete<'a>(
-        &'a self,
-        job_id: &'a JobId,
-        version: u64,
-        outcome: Outcome,
-        joins: &'a [JoinEdge],
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, StoreResult<Cas<Completion>>> {
-        self.inner.complete(job_id, version, outcome, joins, now)
-    }
-    fn sync(&self) -> BoxFuture<'_, StoreResult<()>> {
-        self.inner.sync()
-    }
-    fn cancel<'a>(
-        &'a self,
-        job_id: &'a JobId,
-        now: DateTime<Utc>,
-    ) -> BoxFuture<'a, StoreResult<CancelOutcome>> {
-        self.gate(self.inner.cancel(job_id, now))
-    }
-    fn requeue_expired<'a>(
-        &'a self,
-        now: DateTime<Utc>,
-        joins: &'a dyn JoinRules,
-    ) -> BoxFuture<'a, StoreResult<Expired>> {
-        self.inner.requeue_expired(now, joins)
-    }
-    fn requeue_all_processing<'a>(
-        &'a self,
-        now: DateTime<Utc>,
-        joins: &'a dyn JoinRules,
-    ) -> BoxFuture<'a, StoreResult<Expired>> {
-        self.inner.requeue_all_processing(now, joins)
-    }
-    fn get<'a>(&'a self, job_id: &'a JobId) -> BoxFuture<'a, StoreResult<Option<Job>>> {
-        self.gate(self.inner.get(job_id))
-    }
-    fn children<'a>(&'a self, job_id: &'a JobId) -> BoxFuture<'a, StoreResult<Vec<Job>>> {
-        self.gate(self.inner.children(job_id))
-    }
-    fn list(&self, filter: ListFilter) -> BoxFuture<'_, StoreResult<Page>> {
-        self.gate(self.inner.list(filter))
-    }
-    fn counts(&self) -> BoxFuture<'_, StoreResult<BTreeMap<JobStatus, u64>>> {
-        self.gate(self.inner.counts())
-    }
-    fn last_fire<'a>(
-        &'a self,
-        schedule: &'a str,
-    ) -> BoxFuture<'a, StoreResult<Option<DateTime<Utc>>>> {
-        self.inner.last_fire(schedule)
-    }
-    fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.subscribe()
-    }
     fn stopped(&self) -> Option<String> {
         (self.mode() == Mode::Stopped).then(|| "No space left on device (test)".to_string())
     }
@@ -175,54 +83,24 @@ impl Store for Switch {
 // The server
 // ---------------------------------------------------------------------------------------------
 
+/// The harness's in-process server on the bundled workflow, its store behind a [`Switch`]; no
+/// dispatcher: jobs stay QUEUED until a test runs one.
 struct TestServer {
-    base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-    engine: Arc<Engine>,
+    harness: common::TestServer,
     store: Arc<Switch>,
-    stop: watch::Sender<bool>,
-    served: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
 }
 
-/// The bundled workflow, compiled from a copy in `dir` (its results go there too).
-fn bundled_workflow(dir: &Path) -> Workflow {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let wf = dir.join("wf");
-    std::fs::create_dir_all(wf.join("data")).unwrap();
-    for file in ["reports.flow", "data/cases.csv"] {
-        std::fs::copy(repo.join("workflows").join(file), wf.join(file)).unwrap();
-    }
-    let compilation = flowctl::compiler::compile_paths(&[wf.join("reports.flow")]).unwrap();
-    compilation.workflow.expect("the bundled workflow compiles")
-}
-
-/// The bundled workflow, a sled store behind a [`Switch`], and `server::serve` on
-/// 127.0.0.1:0, as `tests/http.rs` starts its server; no dispatcher: jobs stay QUEUED until a
-/// test runs one.
 async fn start() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let workflow = bundled_workflow(dir.path());
-    let db = SledConfig::new(dir.path().join("db"));
-    let inner = SledStore::open(SledConfig { flush: false, ..db }).unwrap();
-    let mode = AtomicU8::new(Mode::Normal as u8);
-    let store = Arc::new(Switch { inner, mode });
-    let config = ExecutorConfig::from_workflow(&workflow, [7; 32]);
-    let (workflow, metrics) = (Arc::new(workflow), Arc::new(Metrics::new()));
-    let engine = Arc::new(Engine::new(workflow, store.clone(), config, metrics));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let auth = Arc::new(AuthConfig::hs256(SECRET.as_bytes()).unwrap());
-    let (stop, mut stopped) = watch::channel(false);
-    let until_stopped = async move {
-        let _ = stopped.wait_for(|s| *s).await;
+    let store = Arc::new(Switch {
+        mode: AtomicU8::new(Mode::Normal as u8),
+    });
+    let options = Options {
+        dispatcher: false,
+        faults: Some(store.clone()),
+        ..Options::default()
     };
-    let state = AppState::new(engine.clone(), auth);
-    let served = tokio::spawn(server::serve(listener, state, until_stopped));
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    #[rustfmt::skip]
-    let server = TestServer { base, client, engine, store, stop, served, _dir: dir };
-    server
+    let harness = common::TestServer::start_with(options).await;
+    TestServer { harness, store }
 }
 
 /// One request to send.
@@ -281,7 +159,7 @@ impl TestServer {
         self.store.set(probe.mode);
         let mut request = Request::builder()
             .method(probe.method)
-            .uri(format!("{}{}", self.base, probe.path));
+            .uri(format!("{}{}", self.harness.base, probe.path));
         if let Some(token) = &probe.token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -295,6 +173,7 @@ impl TestServer {
             .body(Full::new(Bytes::from(probe.body.clone())))
             .unwrap();
         let response = self
+            .harness
             .client
             .request(request)
             .await
@@ -327,9 +206,7 @@ impl TestServer {
     }
 
     async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let served = tokio::time::timeout(Duration::from_secs(10), self.served).await;
-        served.expect("graceful shutdown in time").unwrap().unwrap();
+        self.harness.shutdown().await;
     }
 }
 
@@ -356,15 +233,9 @@ fn generate(token: &str) -> Probe {
     }
 }
 
-/// A valid HS256 token for `role` in `county`.
+/// A valid token for `role` in `county`.
 fn token(role: &str, county: Option<&str>) -> String {
-    let now = jsonwebtoken::get_current_timestamp();
-    let mut claims = json!({ "sub": "tester", "role": role, "exp": now + 3600, "iat": now });
-    if let Some(county) = county {
-        claims["countyId"] = json!(county);
-    }
-    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
-    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    common::token::token("tester", role, county)
 }
 
 /// Every `(METHOD, path)` the document names.
@@ -623,7 +494,11 @@ async fn every_documented_status_is_answered_as_documented() {
     let worker = token("CASE_WORKER", Some("C01"));
     // A completed job: a dispatcher runs until nothing is left to do, then no more.
     let completed = server.generate(&worker).await;
-    let run = server.engine.clone().run(std::future::pending(), true);
+    let run = server
+        .harness
+        .engine
+        .clone()
+        .run(std::future::pending(), true);
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("the jobs finish")

@@ -44,10 +44,17 @@ pub trait Faults: Send + Sync {
         let _ = call;
         Ok(())
     }
+
+    /// Whether the store says it stopped accepting changes ([`Store::stopped`]): `None` leaves
+    /// it to the inner store.
+    fn stopped(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A sled store whose calls fail as its [`Faults`] say. The trait's provided methods
-/// (`complete_and_claim`, `sync`, `is_shared`, `stopped`) keep their defaults.
+/// (`complete_and_claim`, `sync`, `is_shared`) keep their defaults; `stopped` asks the faults,
+/// then the inner store.
 pub struct FaultyStore {
     pub inner: SledStore,
     faults: Arc<dyn Faults>,
@@ -157,5 +164,9 @@ impl Store for FaultyStore {
     }
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.subscribe()
+    }
+
+    fn stopped(&self) -> Option<String> {
+        self.faults.stopped().or_else(|| self.inner.stopped())
     }
 }
