@@ -120,7 +120,7 @@ fn success() -> Outcome {
     }
 }
 
-/// One slot of the pool, as `executor::Engine::work` drives the store: each completion claims
+/// One slot of the pool, as `Engine::work` (`src/executor/attempt.rs`) drives the store: each completion claims
 /// the slot's next job in the same change (eager dispatch); the next job runs while the
 /// completion is made durable, and completes only after it is.
 async fn slot(store: Arc<SledStore>, first: Job, done: Arc<AtomicUsize>) {

@@ -104,3 +104,20 @@ impl<E> Drop for Batches<E> {
         }
     }
 }
+
+/// Test support: every row a source gives, as text fields with their kinds.
+#[cfg(test)]
+pub(super) fn collect<E: std::fmt::Debug + Send + 'static>(
+    rows: &mut Batches<E>,
+) -> Vec<(Vec<String>, Vec<Kind>)> {
+    let mut out = Vec::new();
+    let mut row = Row::default();
+    while rows.next_row(&mut row).unwrap() {
+        let fields = row
+            .iter()
+            .map(|f| String::from_utf8(f.to_vec()).unwrap())
+            .collect();
+        out.push((fields, rows.kinds().to_vec()));
+    }
+    out
+}

@@ -288,16 +288,7 @@ mod tests {
     }
 
     fn all(source: &mut SqliteSource) -> Vec<(Vec<String>, Vec<Kind>)> {
-        let mut out = Vec::new();
-        let mut row = Row::default();
-        while source.next_row(&mut row).unwrap() {
-            let fields = row
-                .iter()
-                .map(|f| String::from_utf8(f.to_vec()).unwrap())
-                .collect();
-            out.push((fields, source.kinds().to_vec()));
-        }
-        out
+        crate::pipeline::batches::collect(&mut source.rows)
     }
 
     #[test]
