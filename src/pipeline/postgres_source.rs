@@ -30,6 +30,7 @@ use super::batches::{Batches, Message, Sender};
 use super::row::Row;
 use super::value_kind::Kind;
 use crate::params::ParamValue;
+use crate::store::postgres::{describe, is_transient};
 
 /// Rows per message from the producer thread.
 const BATCH: usize = 1024;
@@ -226,7 +227,7 @@ async fn stream(
 /// connection (transient).
 fn failed(error: &tokio_postgres::Error) -> PostgresError {
     match error.as_db_error() {
-        Some(db) if !crate::store::postgres::is_transient(error) => {
+        Some(db) if !is_transient(error) => {
             let mut message = format!("{}: {}", db.code().code(), db.message());
             if let Some(position) = db.position() {
                 let _ = write!(message, " (at {position:?})");
@@ -235,13 +236,6 @@ fn failed(error: &tokio_postgres::Error) -> PostgresError {
         }
         Some(db) => PostgresError::Lost(format!("{}: {}", db.code().code(), db.message())),
         None => PostgresError::Lost(describe(error)),
-    }
-}
-
-fn describe(error: &tokio_postgres::Error) -> String {
-    match error.source() {
-        Some(source) => format!("{error}: {source}"),
-        None => error.to_string(),
     }
 }
 

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use super::batches::{Batches, Message, TypedRow};
+use super::batches::{Batches, Message};
 use super::row::Row;
 use super::value_kind::Kind;
 use crate::params::ParamValue;
@@ -104,7 +104,9 @@ fn query_error(path: &Path, e: rusqlite::Error) -> SqliteError {
 }
 
 impl SqliteSource {
-    /// Prepares `query` on `path`, binds `bindings` by name, and starts streaming its rows.
+    /// Prepares `query` on `path`, binds `bindings` by name, and starts streaming its rows. A
+    /// bad query or an unknown parameter fails the open: the producer prepares the statement
+    /// once and reports either its columns or the error before any row.
     pub(super) fn open(
         path: &Path,
         query: &str,
@@ -112,37 +114,13 @@ impl SqliteSource {
     ) -> Result<SqliteSource, SqliteError> {
         let conn = open(path)?;
         let interrupt = conn.get_interrupt_handle();
-        // Prepare here, so that a bad query or an unknown parameter fails the open.
-        let header: Row;
-        {
-            let stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
-            for name in placeholders(&stmt)? {
-                if !bindings.contains_key(&name) {
-                    let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
-                    return Err(SqliteError::UnknownParameter {
-                        name,
-                        known: known.join(", "),
-                    });
-                }
-            }
-            header = stmt.column_names().collect();
-        }
-        let columns = header
-            .iter()
-            .map(|c| String::from_utf8_lossy(c).into_owned())
-            .collect();
         let (path_buf, query, bindings) = (path.to_path_buf(), query.to_string(), bindings.clone());
-        let (_, rows) = Batches::start(
+        let (columns, rows) = Batches::start(
             "sqlite-source",
             move |tx| {
-                let sent = tx.send(Message::Started(columns)).is_ok();
-                let result = if sent {
-                    produce(&conn, &path_buf, &query, &bindings, |batch| {
-                        tx.send(Message::Rows(batch)).is_ok()
-                    })
-                } else {
-                    Ok(())
-                };
+                let result = produce(&conn, &path_buf, &query, &bindings, |message| {
+                    tx.send(message).is_ok()
+                });
                 if let Err(e) = result {
                     let _ = tx.send(Message::Failed(e));
                 }
@@ -157,7 +135,7 @@ impl SqliteSource {
             },
         )?;
         Ok(SqliteSource {
-            header,
+            header: columns.iter().collect(),
             interrupt,
             rows,
         })
@@ -186,22 +164,29 @@ impl Drop for SqliteSource {
     }
 }
 
-/// Runs the query, handing batches to `send` until it returns `false` (the reader left).
+/// Prepares and runs the query, handing its columns and then its rows in batches to `send`
+/// until it returns `false` (the reader left).
 fn produce(
     conn: &Connection,
     path: &Path,
     query: &str,
     bindings: &BTreeMap<String, ParamValue>,
-    mut send: impl FnMut(Vec<TypedRow>) -> bool,
+    mut send: impl FnMut(Message<SqliteError>) -> bool,
 ) -> Result<(), SqliteError> {
     let mut stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
-    let names: Vec<(usize, String)> = (1..=stmt.parameter_count())
-        .filter_map(|i| stmt.parameter_name(i).map(|n| (i, n[1..].to_string())))
-        .collect();
-    for (i, name) in names {
-        if let Some(value) = bindings.get(&name) {
-            bind(&mut stmt, i, value).map_err(|e| query_error(path, e))?;
-        }
+    for (i, name) in placeholders(&stmt)?.into_iter().enumerate() {
+        let Some(value) = bindings.get(&name) else {
+            let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
+            return Err(SqliteError::UnknownParameter {
+                name,
+                known: known.join(", "),
+            });
+        };
+        bind(&mut stmt, i + 1, value).map_err(|e| query_error(path, e))?;
+    }
+    let names = stmt.column_names().map(str::to_string).collect();
+    if !send(Message::Started(names)) {
+        return Ok(());
     }
     let columns = stmt.column_count();
     let mut rows = stmt.raw_query();
@@ -241,12 +226,17 @@ fn produce(
         }
         row.seal();
         batch.push((row, kinds));
-        if batch.len() == BATCH && !send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH))) {
+        if batch.len() == BATCH
+            && !send(Message::Rows(std::mem::replace(
+                &mut batch,
+                Vec::with_capacity(BATCH),
+            )))
+        {
             return Ok(());
         }
     }
     if !batch.is_empty() {
-        send(batch);
+        send(Message::Rows(batch));
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ pub(super) fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
 }
 
 /// An error's message: PostgreSQL's own (severity, message, SQLSTATE) or the client's.
-pub(super) fn describe(error: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
         None => match std::error::Error::source(error) {

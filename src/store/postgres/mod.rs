@@ -73,8 +73,8 @@ mod rows;
 mod store;
 
 pub use config::{is_postgres_url, redact_url, PgConfig};
-/// Which PostgreSQL errors are worth another try: the store's rule, which report sources
-/// (`pipeline::postgres_source`) follow too.
-pub(crate) use errors::is_transient;
+/// How PostgreSQL errors read and which are worth another try: the store's rules, which report
+/// sources (`pipeline::postgres_source`) follow too.
+pub(crate) use errors::{describe, is_transient};
 pub use migrations::{latest_migration, Migration, MIGRATIONS};
 pub use store::PgStore;
