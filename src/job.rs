@@ -12,6 +12,9 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::params::ParamValue;
+use crate::window::Window;
+
 /// `JOB_` followed by 8 characters from `[A-Z0-9]`.
 ///
 /// Drawn from the thread-local CSPRNG, so ids are not guessable in sequence. The space is
@@ -205,8 +208,13 @@ pub struct JobRequest {
     pub priority: Option<u8>,
     #[serde(default)]
     pub target_system: Option<String>,
+    /// The report's declared parameters, resolved when the job was created (defaults filled
+    /// in); a dependent gets its parent's.
     #[serde(default)]
-    pub params: BTreeMap<String, String>,
+    pub params: BTreeMap<String, ParamValue>,
+    /// The period of data the run covers; a dependent gets its parent's.
+    #[serde(default)]
+    pub window: Option<Window>,
 }
 
 /// The job record of DESIGN.md. Times are kept to the microsecond, as PostgreSQL keeps them, so

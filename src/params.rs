@@ -94,8 +94,10 @@ impl ParamType {
     ];
 }
 
-/// A typed parameter value.
+/// A typed parameter value. Its JSON (the API's and the PostgreSQL store's) names its type:
+/// `{"date": "2026-11-30"}`, `{"decimal": "12.50"}`, `{"integer": 3}`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ParamValue {
     String(String),
     Integer(i64),

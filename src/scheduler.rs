@@ -416,6 +416,7 @@ mod tests {
             roles: vec!["ADMIN".into()],
             counties: vec![],
             catch_up,
+            window: None,
         }
     }
 

@@ -16,7 +16,7 @@ use std::path::Path;
 use crate::diagnostic::{did_you_mean, Code, Diagnostic};
 use crate::pipeline::{column_preview, PipelineError};
 use crate::source_map::Span;
-use crate::workflow::{DataFormat, Workflow};
+use crate::workflow::{DataFormat, SourceKind, Workflow};
 
 /// Holds every source's columns against the rules that name them. `read` gives a source's
 /// column names (empty for a source without any, which has no rows to leak).
@@ -33,7 +33,11 @@ pub fn check_sources(
             .copied()
             .unwrap_or_default();
         let at = location.path.or(location.name);
-        let columns = match std::fs::metadata(&source.path) {
+        // Database sources are checked per report query (not yet: issue 13).
+        let SourceKind::File { path, format } = &source.kind else {
+            continue;
+        };
+        let columns = match std::fs::metadata(path) {
             Err(_) => {
                 diags.push(located(
                     Diagnostic::warning(
@@ -41,7 +45,7 @@ pub fn check_sources(
                         format!(
                             "source `{}`: {} does not exist",
                             source.name,
-                            source.path.display()
+                            path.display()
                         ),
                     ),
                     at,
@@ -57,7 +61,7 @@ pub fn check_sources(
                         format!(
                             "source `{}`: {} is not a regular file",
                             source.name,
-                            source.path.display()
+                            path.display()
                         ),
                     ),
                     at,
@@ -66,7 +70,7 @@ pub fn check_sources(
                 ));
                 continue;
             }
-            Ok(_) => match read(&source.path, source.format) {
+            Ok(_) => match read(path, *format) {
                 Ok(columns) => columns,
                 Err(e) => {
                     diags.push(located(
@@ -104,7 +108,7 @@ pub fn check_sources(
                 let what = format!(
                     "county column `{column}` is not a column of source `{}` ({})",
                     source.name,
-                    source.path.display()
+                    path.display()
                 );
                 diags.push(missing(what, column, location.county_column));
             }
@@ -126,7 +130,7 @@ pub fn check_sources(
                     "mask rule on `{}`: no such column in source `{}` ({}), which report `{}` reads",
                     rule.field,
                     source.name,
-                    source.path.display(),
+                    path.display(),
                     report.name
                 );
                 diags.push(missing(what, &rule.field, span));

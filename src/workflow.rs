@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cron_expr::CronExpr;
 use crate::masking::MaskMethod;
+use crate::params::ParamSpec;
 use crate::source_map::Span;
+use crate::window::WindowSpec;
 
 pub use crate::pipeline::DataFormat;
 
@@ -50,12 +52,69 @@ impl Default for EngineConfig {
     }
 }
 
+/// Where a source's rows come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    /// A CSV or JSON lines file; the whole file is the report's data.
+    File { path: PathBuf, format: DataFormat },
+    /// A SQLite database file, opened read-only; each report gives its query.
+    Sqlite { path: PathBuf },
+    /// A PostgreSQL database whose connection URL is in the environment variable `url_env`
+    /// (read when a job runs: a password never sits in a `.flow` file); each report gives its
+    /// query.
+    Postgres { url_env: String },
+}
+
+impl SourceKind {
+    /// Whether reports on this source give a query.
+    pub fn is_database(&self) -> bool {
+        !matches!(self, SourceKind::File { .. })
+    }
+
+    /// The kind's name as written in a `source` block.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceKind::File { .. } => "file",
+            SourceKind::Sqlite { .. } => "sqlite",
+            SourceKind::Postgres { .. } => "postgres",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Source {
     pub name: String,
-    pub path: PathBuf,
-    pub format: DataFormat,
+    pub kind: SourceKind,
     pub county_column: Option<String>,
+}
+
+impl Source {
+    /// The file a file or SQLite source reads.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match &self.kind {
+            SourceKind::File { path, .. } | SourceKind::Sqlite { path } => Some(path),
+            SourceKind::Postgres { .. } => None,
+        }
+    }
+}
+
+/// A report's query on a database source, with its named placeholders (`:name`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    /// The SQL text as written (inline) or as read (from its `.sql` file).
+    pub text: String,
+    /// The `.sql` file it was read from; `None` when inline.
+    pub file: Option<PathBuf>,
+    /// The distinct placeholder names, in order of first use: each is a declared parameter of
+    /// the report or a built-in ([`crate::params::BUILT_INS`]).
+    pub placeholders: Vec<String>,
+}
+
+impl Query {
+    /// Whether the query reads the run's window.
+    pub fn uses_window(&self) -> bool {
+        self.placeholders.iter().any(|p| p.starts_with("interval_"))
+    }
 }
 
 /// Who a mask rule applies to.
@@ -94,6 +153,16 @@ pub struct ReportType {
     pub timeout: Option<Duration>,
     /// Inline rules and rules of the `masking` sets it uses, in order.
     pub masks: Vec<MaskRule>,
+    /// The query, for a report on a database source (required there, refused on a file).
+    pub query: Option<Query>,
+    /// Declared parameters, in declaration order.
+    pub params: Vec<ParamSpec>,
+    /// The window a trigger that gives none gets (a schedule's own `window` wins for its fires;
+    /// a dependent gets its parent's).
+    pub window: Option<WindowSpec>,
+    /// The zone the default window's calendar periods and local dates are read in (UTC unless
+    /// the report says `zone`).
+    pub zone: Tz,
 }
 
 impl ReportType {
@@ -150,6 +219,8 @@ pub struct Schedule {
     pub roles: Vec<String>,
     pub counties: Vec<String>,
     pub catch_up: CatchUp,
+    /// The period each fire covers (`None`: the report's own default, if any).
+    pub window: Option<WindowSpec>,
 }
 
 impl Schedule {

@@ -33,7 +33,7 @@ use flowctl::compiler::{compile, Compilation};
 use flowctl::diagnostic::{self, Code, RenderOptions};
 use flowctl::loader::load_text;
 use flowctl::source_map::FileId;
-use flowctl::workflow::{CatchUp, Condition, DataFormat, RoleRule, Workflow};
+use flowctl::workflow::{CatchUp, Condition, DataFormat, RoleRule, SourceKind, Workflow};
 use flowctl::{formatter, parser};
 use petgraph::visit::EdgeRef;
 use proptest::collection::vec;
@@ -1566,13 +1566,18 @@ fn check_model(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
     prop_assert_eq!(wf.sources.len(), spec.sources.len());
     for (s, m) in wf.sources.iter().zip(&spec.sources) {
         prop_assert_eq!(&s.name, &m.name);
-        prop_assert_eq!(&s.path, &PathBuf::from(&m.resolved));
         let inferred = if m.path.ends_with(".csv") {
             DataFormat::Csv
         } else {
             DataFormat::Jsonl
         };
-        prop_assert_eq!(s.format, m.format.unwrap_or(inferred));
+        prop_assert_eq!(
+            &s.kind,
+            &SourceKind::File {
+                path: PathBuf::from(&m.resolved),
+                format: m.format.unwrap_or(inferred)
+            }
+        );
         prop_assert_eq!(
             &s.county_column,
             &m.county_column.as_ref().map(Tok::as_text)

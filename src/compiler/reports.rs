@@ -51,6 +51,10 @@ impl Compiler<'_> {
             backoff: Duration::from_secs(30),
             timeout: None,
             masks: Vec::new(),
+            query: None,
+            params: Vec::new(),
+            window: None,
+            zone: chrono_tz::UTC,
         };
         let mut has_source = false;
         let mut mask_spans = Vec::new();

@@ -148,6 +148,7 @@ impl Compiler<'_> {
             reports: run,
             roles,
             counties,
+            window: None,
             catch_up,
         }
     }

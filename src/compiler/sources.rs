@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::ast::{Block, Ident};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::source_map::FileId;
-use crate::workflow::{DataFormat, Source, SourceLocation};
+use crate::workflow::{DataFormat, Source, SourceKind, SourceLocation};
 
 use super::values::resolve_path;
 use super::Compiler;
@@ -76,8 +76,10 @@ impl Compiler<'_> {
         });
         let source = Source {
             name: name.name.clone(),
-            path: resolved,
-            format: format.unwrap_or(DataFormat::Csv),
+            kind: SourceKind::File {
+                path: resolved,
+                format: format.unwrap_or(DataFormat::Csv),
+            },
             county_column,
         };
         (source, location)

@@ -11,7 +11,7 @@ use crate::job::{Job, JobStatus};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Control, Observer, PipelineError, PipelineSpec, Progress};
 use crate::store::{Cas, Outcome, ProgressUpdate};
-use crate::workflow::DataFormat;
+use crate::workflow::{DataFormat, SourceKind};
 
 use super::results::{discard_result, leftover_results, result_file_name};
 use super::{Engine, ExecEvent};
@@ -36,6 +36,17 @@ impl Engine {
             .check_county(&job.role, job.county.as_deref())
             .map_err(|e| e.to_string())?;
         let source = self.workflow.source_of(report);
+        let SourceKind::File {
+            path: source_path,
+            format: source_format,
+        } = &source.kind
+        else {
+            return Err(format!(
+                "source `{}` is a {} database: database sources are not wired into the executor yet",
+                source.name,
+                source.kind.name()
+            ));
+        };
         let format = match job.request.data_format.as_deref() {
             Some(f) => {
                 DataFormat::from_name(f).ok_or_else(|| format!("unknown data format {f}"))?
@@ -50,8 +61,8 @@ impl Engine {
             .join(result_file_name(&job.job_id, job.attempt, format));
         Ok((
             PipelineSpec {
-                source_path: source.path.clone(),
-                source_format: to_pipeline_format(source.format),
+                source_path: source_path.clone(),
+                source_format: to_pipeline_format(*source_format),
                 county_column: source.county_column.clone(),
                 county: job.county.clone(),
                 output_format: to_pipeline_format(format),

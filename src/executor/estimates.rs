@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::pipeline;
-use crate::workflow::Source;
+use crate::workflow::{DataFormat, Source, SourceKind};
 
 use super::Engine;
 
@@ -23,8 +23,17 @@ pub(super) struct RowCounts(Mutex<HashMap<PathBuf, (FileVersion, u64)>>);
 
 type FileVersion = (u64, Option<std::time::SystemTime>);
 
+/// The source's file and format, for the file sources whose rows can be counted ahead.
+fn counted_file(source: &Source) -> Option<(&PathBuf, DataFormat)> {
+    match &source.kind {
+        SourceKind::File { path, format } => Some((path, *format)),
+        _ => None,
+    }
+}
+
 fn file_version(source: &Source) -> Option<FileVersion> {
-    let meta = std::fs::metadata(&source.path).ok()?;
+    let (path, _) = counted_file(source)?;
+    let meta = std::fs::metadata(path).ok()?;
     Some((meta.len(), meta.modified().ok()))
 }
 
@@ -35,9 +44,10 @@ impl RowCounts {
         if let Some(rows) = self.lookup(source, version) {
             return Some(rows);
         }
-        let rows = pipeline::count_rows(&source.path, source.format).ok()?;
+        let (path, format) = counted_file(source)?;
+        let rows = pipeline::count_rows(path, format).ok()?;
         if let Ok(mut cache) = self.0.lock() {
-            cache.insert(source.path.clone(), (version, rows));
+            cache.insert(path.clone(), (version, rows));
         }
         Some(rows)
     }
@@ -49,9 +59,10 @@ impl RowCounts {
     }
 
     fn lookup(&self, source: &Source, version: FileVersion) -> Option<u64> {
+        let (path, _) = counted_file(source)?;
         let cache = self.0.lock().ok()?;
         cache
-            .get(&source.path)
+            .get(path)
             .filter(|(counted, _)| *counted == version)
             .map(|&(_, rows)| rows)
     }

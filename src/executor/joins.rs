@@ -41,6 +41,7 @@ impl Joins {
                         priority: o.priority,
                         target_system: o.target.clone(),
                         params: Default::default(),
+                        window: None,
                     },
                     // Rows of the child's source at the default rate; the
                     // executor refines the estimate while the child runs.

@@ -143,7 +143,11 @@ struct JobRequestSchema {
     priority: Option<u8>,
     #[schema(required = true)]
     target_system: Option<String>,
-    params: std::collections::BTreeMap<String, String>,
+    /// Resolved parameters, each value tagged with its type: `{"date": "2026-11-30"}`.
+    params: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The period of data the run covers.
+    #[schema(required = true)]
+    window: Option<serde_json::Value>,
 }
 
 impl PartialSchema for JobRequest {

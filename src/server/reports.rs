@@ -172,6 +172,7 @@ pub(super) async fn generate(
         priority: body.priority,
         target_system: body.target_system,
         params: BTreeMap::new(),
+        window: None,
     };
     // `new_job` may count the source's rows (once per version of the file):
     // keep that IO off the async threads.

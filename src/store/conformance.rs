@@ -306,7 +306,9 @@ pub async fn enqueue_get_list_paginate(store: Arc<dyn Store>) {
             "DAILY_SUMMARY"
         };
         let mut job = new_job(report, "SUPERVISOR", county);
-        job.request.params.insert("i".into(), i.to_string());
+        job.request
+            .params
+            .insert("i".into(), crate::params::ParamValue::Integer(i as i64));
         job.estimated_completion = Some(at(i + 100));
         // Nanoseconds are dropped: stores keep microseconds.
         let now = at(i) + TimeDelta::nanoseconds(1_234_567);

@@ -255,7 +255,9 @@ mod tests {
     fn record_encoding_is_pinned() {
         let mut new = new_job("DAILY_REPORT", "SUPERVISOR", Some("C1"));
         new.request.chunk_size = Some(500);
-        new.request.params.insert("k".into(), "v".into());
+        new.request
+            .params
+            .insert("k".into(), crate::params::ParamValue::String("v".into()));
         new.parent_job_ids = vec!["JOB_PARENT01".parse().unwrap()];
         new.estimated_completion = Some(at(60));
         let mut job = new.into_job("JOB_ABCD1234".parse().unwrap(), at(0));
