@@ -17,6 +17,10 @@ pub struct Ident {
 pub enum ValueKind {
     /// A quoted string, escapes already decoded.
     Str(String),
+    /// A triple-quoted string (`"""…"""`), exactly as written between the quotes: it may span
+    /// lines and has no escapes. It is a string wherever one is expected; the formatter prints
+    /// it back verbatim.
+    RawStr(String),
     /// An integer as written (it may not fit the setting's range).
     Number(i64),
     /// Digits followed by letters, e.g. `5s`, `1h30m`, `5x`: checked later.
@@ -35,10 +39,30 @@ impl Value {
     /// What kind of value this is, in words, for "expected X, found Y" errors.
     pub fn describe(&self) -> &'static str {
         match self.kind {
-            ValueKind::Str(_) => "a string",
+            ValueKind::Str(_) | ValueKind::RawStr(_) => "a string",
             ValueKind::Number(_) => "a number",
             ValueKind::Duration(_) => "a duration",
             ValueKind::Ident(_) => "a name",
+        }
+    }
+
+    /// The text of a string value (quoted or triple-quoted).
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.kind {
+            ValueKind::Str(s) | ValueKind::RawStr(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// For a string whose text is its source byte for byte (triple-quoted, or quoted without
+    /// escapes): the offset of the text's first byte in the file, so a diagnostic can point
+    /// inside it.
+    pub fn text_start(&self) -> Option<usize> {
+        let start = self.span.start as usize;
+        match &self.kind {
+            ValueKind::RawStr(_) => Some(start + 3),
+            ValueKind::Str(s) if self.span.len() == s.len() + 2 => Some(start + 1),
+            _ => None,
         }
     }
 }
@@ -61,10 +85,64 @@ pub struct MaskRule {
     pub span: Span,
 }
 
+/// The type of a `param`: a name (`string`, `date`, ...) or `one_of("A", "B")`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamTypeDecl {
+    Named(Ident),
+    /// `one_of(VALUES)`; the span covers `one_of` to `)`.
+    OneOf { options: Vec<Value>, span: Span },
+}
+
+impl ParamTypeDecl {
+    pub fn span(&self) -> Span {
+        match self {
+            ParamTypeDecl::Named(id) => id.span,
+            ParamTypeDecl::OneOf { span, .. } => *span,
+        }
+    }
+}
+
+/// One option of a `param`, as written; the span covers the keyword and its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamOption {
+    Default { value: Value, span: Span },
+    Required(Span),
+    Help { value: Value, span: Span },
+}
+
+impl ParamOption {
+    pub fn span(&self) -> Span {
+        match self {
+            ParamOption::Default { span, .. }
+            | ParamOption::Required(span)
+            | ParamOption::Help { span, .. } => *span,
+        }
+    }
+}
+
+/// `param NAME TYPE [default VALUE | required | help STRING]...`, options in written order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamDecl {
+    pub name: Ident,
+    pub ty: ParamTypeDecl,
+    pub options: Vec<ParamOption>,
+    pub span: Span,
+}
+
+/// `window WORD...` (`previous day`, `previous week starting sunday`, `last 36h`): the words
+/// as written, read by the compiler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowDecl {
+    pub words: Vec<Value>,
+    pub span: Span,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     Setting(Setting),
     Mask(MaskRule),
+    Param(ParamDecl),
+    Window(WindowDecl),
 }
 
 impl Entry {
@@ -72,11 +150,13 @@ impl Entry {
         match self {
             Entry::Setting(s) => s.span,
             Entry::Mask(m) => m.span,
+            Entry::Param(p) => p.span,
+            Entry::Window(w) => w.span,
         }
     }
 }
 
-/// `{ ... }`: settings and mask rules, one per line.
+/// `{ ... }`: settings, mask rules, parameters and windows, one per line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
     pub entries: Vec<Entry>,
@@ -87,14 +167,28 @@ impl Block {
     pub fn settings(&self) -> impl Iterator<Item = &Setting> {
         self.entries.iter().filter_map(|e| match e {
             Entry::Setting(s) => Some(s),
-            Entry::Mask(_) => None,
+            _ => None,
         })
     }
 
     pub fn masks(&self) -> impl Iterator<Item = &MaskRule> {
         self.entries.iter().filter_map(|e| match e {
             Entry::Mask(m) => Some(m),
-            Entry::Setting(_) => None,
+            _ => None,
+        })
+    }
+
+    pub fn params(&self) -> impl Iterator<Item = &ParamDecl> {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::Param(p) => Some(p),
+            _ => None,
+        })
+    }
+
+    pub fn windows(&self) -> impl Iterator<Item = &WindowDecl> {
+        self.entries.iter().filter_map(|e| match e {
+            Entry::Window(w) => Some(w),
+            _ => None,
         })
     }
 }

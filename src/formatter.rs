@@ -10,7 +10,8 @@
 //! nothing.
 
 use crate::ast::{
-    Block, DependencyDecl, Entry, FlowFile, Ident, ItemKind, MaskRule, Value, ValueKind,
+    Block, DependencyDecl, Entry, FlowFile, Ident, ItemKind, MaskRule, ParamDecl, ParamOption,
+    ParamTypeDecl, Value, ValueKind,
 };
 
 struct Comment {
@@ -21,7 +22,7 @@ struct Comment {
     trailing: bool,
 }
 
-/// Finds comments, skipping `#` inside strings.
+/// Finds comments, skipping `#` inside strings (triple-quoted ones included).
 fn comments(text: &str) -> Vec<Comment> {
     let mut out = Vec::new();
     let bytes = text.as_bytes();
@@ -32,6 +33,12 @@ fn comments(text: &str) -> Vec<Comment> {
             b'\n' => {
                 line_has_code = false;
                 i += 1;
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                line_has_code = true;
+                // To the first `"""` after the opening one (a parsed file has it).
+                i = memchr::memmem::find(&bytes[i + 3..], b"\"\"\"")
+                    .map_or(bytes.len(), |n| i + 3 + n + 3);
             }
             b'"' => {
                 line_has_code = true;
@@ -247,6 +254,13 @@ impl Printer<'_> {
         let key_width = block
             .settings()
             .map(|s| s.key.name.len())
+            .chain(block.windows().map(|_| "window".len()))
+            .max()
+            .unwrap_or(0);
+        let param_width = block.params().map(|p| p.name.name.len()).max().unwrap_or(0);
+        let type_width = block
+            .params()
+            .map(|p| param_type(&p.ty).len())
             .max()
             .unwrap_or(0);
         let field_width = block.masks().map(|m| m.field.name.len()).max().unwrap_or(0);
@@ -269,6 +283,12 @@ impl Printer<'_> {
                         .push_str(&format!("{:<key_width$} {}", s.key.name, values.join(", ")));
                 }
                 Entry::Mask(m) => self.mask(m, field_width, method_width),
+                Entry::Param(p) => self.param(p, param_width, type_width),
+                Entry::Window(w) => {
+                    let words: Vec<String> = w.words.iter().map(value).collect();
+                    self.out
+                        .push_str(&format!("{:<key_width$} {}", "window", words.join(" ")));
+                }
             }
             self.trailing_comment(entry.span().end as usize);
             self.out.push('\n');
@@ -295,6 +315,40 @@ impl Printer<'_> {
     }
 }
 
+impl Printer<'_> {
+    fn param(&mut self, p: &ParamDecl, name_width: usize, type_width: usize) {
+        let mut line = format!(
+            "param {:<name_width$} {:<type_width$}",
+            p.name.name,
+            param_type(&p.ty)
+        );
+        for option in &p.options {
+            match option {
+                ParamOption::Default { value: v, .. } => {
+                    line.push_str(" default ");
+                    line.push_str(&value(v));
+                }
+                ParamOption::Required(_) => line.push_str(" required"),
+                ParamOption::Help { value: v, .. } => {
+                    line.push_str(" help ");
+                    line.push_str(&value(v));
+                }
+            }
+        }
+        self.out.push_str(line.trim_end());
+    }
+}
+
+fn param_type(ty: &ParamTypeDecl) -> String {
+    match ty {
+        ParamTypeDecl::Named(id) => id.name.clone(),
+        ParamTypeDecl::OneOf { options, .. } => {
+            let options: Vec<String> = options.iter().map(value).collect();
+            format!("one_of({})", options.join(", "))
+        }
+    }
+}
+
 fn idents(list: &[Ident]) -> String {
     list.iter()
         .map(|i| i.name.as_str())
@@ -305,6 +359,8 @@ fn idents(list: &[Ident]) -> String {
 fn value(v: &Value) -> String {
     match &v.kind {
         ValueKind::Str(s) => quote(s),
+        // Verbatim: it has no escapes, and its lines are the query's.
+        ValueKind::RawStr(s) => format!("\"\"\"{s}\"\"\""),
         ValueKind::Number(n) => n.to_string(),
         ValueKind::Duration(d) => d.clone(),
         ValueKind::Ident(i) => i.clone(),

@@ -90,7 +90,7 @@ impl Compiler<'_> {
                 "counties" => {
                     for v in &setting.values {
                         match &v.kind {
-                            ValueKind::Str(s) => counties.push(s.clone()),
+                            ValueKind::Str(s) | ValueKind::RawStr(s) => counties.push(s.clone()),
                             ValueKind::Ident(s) => counties.push(s.clone()),
                             ValueKind::Number(n) => counties.push(n.to_string()),
                             ValueKind::Duration(_) => self.wrong_kind(v, setting, "a county id"),

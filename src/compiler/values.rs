@@ -115,7 +115,7 @@ impl Compiler<'_> {
     pub(super) fn one_string(&mut self, setting: &Setting) -> Option<(String, Span)> {
         let v = self.one(setting)?;
         match &v.kind {
-            ValueKind::Str(s) => Some((s.clone(), v.span)),
+            ValueKind::Str(s) | ValueKind::RawStr(s) => Some((s.clone(), v.span)),
             _ => {
                 self.wrong_kind(v, setting, "a quoted string");
                 None
@@ -152,7 +152,7 @@ impl Compiler<'_> {
     pub(super) fn name_or_string(&mut self, setting: &Setting) -> Option<String> {
         let v = self.one(setting)?;
         match &v.kind {
-            ValueKind::Str(s) | ValueKind::Ident(s) => Some(s.clone()),
+            ValueKind::Str(s) | ValueKind::RawStr(s) | ValueKind::Ident(s) => Some(s.clone()),
             _ => {
                 self.wrong_kind(v, setting, "a name or a string");
                 None

@@ -13,8 +13,8 @@
 //! tree as it goes.
 
 use crate::ast::{
-    Block, DependencyDecl, Entry, FlowFile, Ident, Item, ItemKind, MaskRule, Setting, Value,
-    ValueKind,
+    Block, DependencyDecl, Entry, FlowFile, Ident, Item, ItemKind, MaskRule, ParamDecl,
+    ParamOption, ParamTypeDecl, Setting, Value, ValueKind, WindowDecl,
 };
 use crate::diagnostic::Diagnostic;
 use crate::source_map::{FileId, Span};
@@ -183,13 +183,25 @@ impl P<'_> {
         self.list(Self::ident)
     }
 
-    /// `value = ident | string | number | duration`
+    /// `value = ident | raw_string | string | number | duration`
     fn value(&mut self) -> Option<Value> {
         let start = self.pos;
         if let Some(ident) = self.ident() {
             return Some(Value {
                 kind: ValueKind::Ident(ident.name),
                 span: ident.span,
+            });
+        }
+        if self.b[self.pos..].starts_with(b"\"\"\"") {
+            // raw_string = "\"\"\"" ~ (!"\"\"\"" ~ ANY)* ~ "\"\"\"". Unterminated, the grammar
+            // falls back to `string`, which reads `""` and leaves a `"` that nothing after a
+            // value accepts: the file does not parse either way.
+            let body = self.pos + 3;
+            let close = body + memchr::memmem::find(&self.b[body..], b"\"\"\"")?;
+            self.pos = close + 3;
+            return Some(Value {
+                kind: ValueKind::RawStr(self.text[body..close].to_string()),
+                span: self.span(start, self.pos),
             });
         }
         if let Some(value) = self.string() {
@@ -315,24 +327,35 @@ impl P<'_> {
         })
     }
 
-    /// `entry = setting | mask_rule`
+    /// `entry = setting | mask_rule | param_decl | window_decl`
     fn entry(&mut self) -> Option<Entry> {
         let start = self.pos;
         if let Some(setting) = self.setting() {
             return Some(Entry::Setting(setting));
         }
         self.pos = start;
-        let mask = self.mask_rule();
-        if mask.is_none() {
+        let entry = match self.peek() {
+            Some(b'm') => self.mask_rule().map(Entry::Mask),
+            Some(b'p') => self.param_decl().map(Entry::Param),
+            Some(b'w') => self.window_decl().map(Entry::Window),
+            _ => None,
+        };
+        if entry.is_none() {
             self.pos = start;
         }
-        mask.map(Entry::Mask)
+        entry
     }
 
-    /// `setting = !kw_mask ~ ident ~ sp ~ value_list`
+    /// `setting = !(kw_mask | kw_param | kw_window) ~ ident ~ sp ~ value_list`
     fn setting(&mut self) -> Option<Setting> {
         let start = self.pos;
-        if self.keyword("mask") {
+        let reserved = match self.peek() {
+            Some(b'm') => self.keyword("mask"),
+            Some(b'p') => self.keyword("param"),
+            Some(b'w') => self.keyword("window"),
+            _ => false,
+        };
+        if reserved {
             return None;
         }
         let key = self.ident()?;
@@ -371,6 +394,122 @@ impl P<'_> {
             method,
             for_roles,
             except_roles,
+            span: self.span(start, end),
+        })
+    }
+
+    /// `param_decl = !{ kw_param ~ ident ~ param_type ~ param_option* }`, blanks and comments
+    /// between.
+    fn param_decl(&mut self) -> Option<ParamDecl> {
+        let start = self.pos;
+        if !self.keyword("param") {
+            return None;
+        }
+        self.skip();
+        let name = self.ident()?;
+        self.skip();
+        let ty = self.param_type()?;
+        let mut end = ty.span().end as usize;
+        let mut options = Vec::new();
+        loop {
+            let before = self.pos;
+            self.skip();
+            match self.param_option() {
+                Some(option) => {
+                    end = option.span().end as usize;
+                    options.push(option);
+                }
+                None => {
+                    self.pos = before;
+                    break;
+                }
+            }
+        }
+        Some(ParamDecl {
+            name,
+            ty,
+            options,
+            span: self.span(start, end),
+        })
+    }
+
+    /// `param_type = { one_of | !kw_one_of ~ ident }`, `one_of = ${ kw_one_of ~ sp? ~
+    /// paren_open ~ sp? ~ value_list? ~ sp? ~ paren_close }`
+    fn param_type(&mut self) -> Option<ParamTypeDecl> {
+        let start = self.pos;
+        if !self.keyword("one_of") {
+            return self.ident().map(ParamTypeDecl::Named);
+        }
+        self.sp();
+        if !self.byte(b'(') {
+            return None;
+        }
+        self.sp();
+        let before = self.pos;
+        let options = match self.list(Self::value) {
+            Some(options) => options,
+            None => {
+                self.pos = before;
+                Vec::new()
+            }
+        };
+        self.sp();
+        if !self.byte(b')') {
+            return None;
+        }
+        Some(ParamTypeDecl::OneOf {
+            options,
+            span: self.span(start, self.pos),
+        })
+    }
+
+    /// `param_default | param_required | param_help`; nothing read when none is next.
+    fn param_option(&mut self) -> Option<ParamOption> {
+        let start = self.pos;
+        if self.keyword("required") {
+            return Some(ParamOption::Required(self.span(start, self.pos)));
+        }
+        let help = if self.keyword("default") {
+            false
+        } else if self.keyword("help") {
+            true
+        } else {
+            return None;
+        };
+        self.skip();
+        let Some(value) = self.value() else {
+            self.pos = start;
+            return None;
+        };
+        let span = self.span(start, value.span.end as usize);
+        Some(if help {
+            ParamOption::Help { value, span }
+        } else {
+            ParamOption::Default { value, span }
+        })
+    }
+
+    /// `window_decl = ${ kw_window ~ (sp ~ value)+ }`
+    fn window_decl(&mut self) -> Option<WindowDecl> {
+        let start = self.pos;
+        if !self.keyword("window") {
+            return None;
+        }
+        let mut words = Vec::new();
+        loop {
+            let before = self.pos;
+            if self.sp() {
+                if let Some(word) = self.value() {
+                    words.push(word);
+                    continue;
+                }
+            }
+            self.pos = before;
+            break;
+        }
+        let end = words.last()?.span.end as usize;
+        Some(WindowDecl {
+            words,
             span: self.span(start, end),
         })
     }

@@ -11,8 +11,8 @@ use pest::iterators::Pair;
 use pest::Parser as _;
 
 use crate::ast::{
-    Block, DependencyDecl, Entry, FlowFile, Ident, Item, ItemKind, MaskRule, Setting, Value,
-    ValueKind,
+    Block, DependencyDecl, Entry, FlowFile, Ident, Item, ItemKind, MaskRule, ParamDecl,
+    ParamOption, ParamTypeDecl, Setting, Value, ValueKind, WindowDecl,
 };
 use crate::diagnostic::{did_you_mean, Code, Diagnostic};
 use crate::source_map::{FileId, Span};
@@ -108,6 +108,19 @@ fn pest_parse(file: FileId, text: &str, prefixes: bool) -> Parsed {
                     InputLocation::Pos(p) => p,
                     InputLocation::Span((p, _)) => p,
                 };
+                if let Some(open) = unterminated_raw_string(text, pos, pos + at) {
+                    // The rest of the file is inside the string: nothing after it is a
+                    // declaration to recover at.
+                    diagnostics.push(
+                        Diagnostic::error(Code::Syntax, "unterminated `\"\"\"` string")
+                            .label(
+                                Span::new(file, open, open + 3),
+                                "this string is never closed",
+                            )
+                            .help("a triple-quoted string ends at the next `\"\"\"`, which may be on a later line"),
+                    );
+                    break;
+                }
                 diagnostics.push(syntax_error(file, text, pos + at, at == 0, &err.variant));
                 pos = resume_point(text, pos);
             }
@@ -216,6 +229,16 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::ident | Rule::ident_list | Rule::parents => "a name",
         Rule::string | Rule::string_inner => "a quoted string",
+        Rule::raw_string | Rule::raw_quote => "`\"\"\"`",
+        Rule::paren_open => "`(`",
+        Rule::paren_close => "`)`",
+        Rule::param_type => "a parameter type (string, integer, decimal, date, timestamp, boolean or one_of(...))",
+        Rule::one_of | Rule::kw_one_of => "`one_of`",
+        Rule::param_default | Rule::kw_default => "`default`",
+        Rule::param_required | Rule::kw_required => "`required`",
+        Rule::param_help | Rule::kw_help => "`help`",
+        Rule::param_decl | Rule::kw_param => "`param`",
+        Rule::window_decl | Rule::kw_window => "`window`",
         Rule::escape => "an escape (\\\" \\\\ \\n \\t \\r or \\u{...})",
         Rule::number => "a number",
         Rule::duration => "a duration such as `30s`",
@@ -329,6 +352,34 @@ fn syntax_error(
     Diagnostic::error(Code::Syntax, message)
         .label(Span::new(file, at, at + width), "here")
         .help(help)
+}
+
+/// Where a `"""` opens, between `from` (an item's start) and the error at `at`, that has no
+/// closing `"""` in the rest of the text. Comments and one-line strings are skipped, so a `"""`
+/// inside them opens nothing.
+fn unterminated_raw_string(text: &str, from: usize, at: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = from;
+    while i <= at && i < bytes.len() {
+        match bytes[i] {
+            b'#' => i = memchr::memchr(b'\n', &bytes[i..]).map_or(bytes.len(), |n| i + n),
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                match memchr::memmem::find(&bytes[i + 3..], b"\"\"\"") {
+                    Some(n) => i += 3 + n + 3,
+                    None => return Some(i),
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && !matches!(bytes[i], b'"' | b'\n') {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// A `"` with no closing quote on its line explains most errors at a string.
@@ -506,6 +557,8 @@ impl Builder<'_> {
             .filter_map(|p| match p.as_rule() {
                 Rule::setting => Some(Entry::Setting(self.setting(p))),
                 Rule::mask_rule => Some(Entry::Mask(self.mask_rule(p))),
+                Rule::param_decl => Some(Entry::Param(self.param_decl(p))),
+                Rule::window_decl => Some(Entry::Window(self.window_decl(p))),
                 _ => None,
             })
             .collect();
@@ -569,10 +622,85 @@ impl Builder<'_> {
         }
     }
 
+    fn param_decl(&mut self, pair: Pair<'_, Rule>) -> ParamDecl {
+        let span = self.span(&pair);
+        let mut name = Ident {
+            name: String::new(),
+            span,
+        };
+        let mut ty = ParamTypeDecl::Named(name.clone());
+        let mut options = Vec::new();
+        for p in pair.into_inner() {
+            match p.as_rule() {
+                Rule::ident => name = self.ident(p),
+                Rule::param_type => {
+                    let Some(inner) = p.into_inner().next() else {
+                        continue;
+                    };
+                    ty = match inner.as_rule() {
+                        Rule::one_of => {
+                            let span = self.span(&inner);
+                            let options = inner
+                                .into_inner()
+                                .filter(|p| p.as_rule() == Rule::value_list)
+                                .flat_map(|list| list.into_inner())
+                                .filter(|v| !matches!(v.as_rule(), Rule::comma | Rule::nl))
+                                .map(|v| self.value(v))
+                                .collect();
+                            ParamTypeDecl::OneOf { options, span }
+                        }
+                        _ => ParamTypeDecl::Named(self.ident(inner)),
+                    };
+                }
+                Rule::param_default | Rule::param_help => {
+                    let span = self.span(&p);
+                    let help = p.as_rule() == Rule::param_help;
+                    let value = p
+                        .into_inner()
+                        .find(|v| !is_keyword(v.as_rule()))
+                        .map(|v| self.value(v))
+                        .unwrap_or(Value {
+                            kind: ValueKind::Str(String::new()),
+                            span,
+                        });
+                    options.push(if help {
+                        ParamOption::Help { value, span }
+                    } else {
+                        ParamOption::Default { value, span }
+                    });
+                }
+                Rule::param_required => options.push(ParamOption::Required(self.token_span(&p))),
+                _ => {}
+            }
+        }
+        ParamDecl {
+            name,
+            ty,
+            options,
+            span,
+        }
+    }
+
+    fn window_decl(&mut self, pair: Pair<'_, Rule>) -> WindowDecl {
+        let span = self.span(&pair);
+        let words = pair
+            .into_inner()
+            .filter(|p| !is_keyword(p.as_rule()))
+            .map(|v| self.value(v))
+            .collect();
+        WindowDecl { words, span }
+    }
+
     fn value(&mut self, pair: Pair<'_, Rule>) -> Value {
         let span = self.token_span(&pair);
         let text = pair.as_str();
         let kind = match pair.as_rule() {
+            Rule::raw_string => ValueKind::RawStr(
+                pair.into_inner()
+                    .find(|p| p.as_rule() == Rule::raw_inner)
+                    .map_or("", |p| p.as_str())
+                    .to_string(),
+            ),
             Rule::string => {
                 let raw = pair.into_inner().next().map_or("", |p| p.as_str());
                 ValueKind::Str(unescape(raw, span, self.diagnostics))
@@ -643,7 +771,10 @@ fn unescape(raw: &str, span: Span, diagnostics: &mut Vec<Diagnostic>) -> String 
 
 fn tight_end(pair: &Pair<'_, Rule>) -> usize {
     // Blocks end at their `}` and strings at their closing quote: both tight.
-    if matches!(pair.as_rule(), Rule::block | Rule::string) {
+    if matches!(
+        pair.as_rule(),
+        Rule::block | Rule::string | Rule::raw_string | Rule::one_of
+    ) {
         return pair.as_span().end();
     }
     match pair.clone().into_inner().last() {
@@ -670,12 +801,19 @@ fn is_keyword(rule: Rule) -> bool {
             | Rule::kw_mask
             | Rule::kw_for
             | Rule::kw_except
+            | Rule::kw_param
+            | Rule::kw_window
+            | Rule::kw_one_of
+            | Rule::kw_default
+            | Rule::kw_required
+            | Rule::kw_help
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ast::{ParamOption, ParamTypeDecl};
 
     fn parse_ok(text: &str) -> FlowFile {
         let parsed = parse(FileId(0), text);
@@ -892,6 +1030,34 @@ after A, B run C
             "report A {}}",
             "}",
             "\u{0}",
+            "report A {\n query \"\"\"SELECT 1\"\"\"\n}",
+            "report A {\n query \"\"\"\nSELECT ':x' -- # no comment\n  FROM t\n\"\"\" # c\n}",
+            "report A {\n query \"\"\"\"\"\"\n}",
+            "report A {\n query \"\"\"a\"\"\"\"\n}",
+            "report A {\n query \"\"\"a\"\"\",\"b\"\n}",
+            "report A {\n query \"\"\"never closed\n}",
+            "report A {\n query \"\"\n}",
+            "include \"\"\"x.flow\"\"\"",
+            "report A {\n param status one_of(\"OPEN\", \"CLOSED\") default \"OPEN\" help \"which\"\n}",
+            "report A {\n param as_of date required help \"day\" # c\n}",
+            "report A {\n param x string\n param y decimal default \"0\"\n}",
+            "report A {\n param x one_of (\"a\",\n  \"b\" )\n}",
+            "report A {\n param x one_of()\n}",
+            "report A {\n param x one_of(\"a\",)\n}",
+            "report A {\n param x one_of \"a\"\n}",
+            "report A {\n param x one_ofx\n}",
+            "report A {\n param x\n}",
+            "report A {\n param x string default\n}",
+            "report A {\n param x string required default 1 required help x\n}",
+            "report A { param x string }",
+            "report A {\n params x\n}",
+            "report A {\n window previous day\n}",
+            "report A {\n window previous week starting sunday # c\n}",
+            "report A {\n window last 36h\n}",
+            "report A {\n window\n}",
+            "report A {\n window 5\n}",
+            "report A {\n windows 5\n}",
+            "schedule s { window previous month }",
         ] {
             let pest = parse_with_pest(FileId(0), text);
             match parse_fast(FileId(0), text) {
@@ -905,6 +1071,78 @@ after A, B run C
                 ),
             }
         }
+    }
+
+    /// The new entry forms take the fast path when valid.
+    #[test]
+    fn fast_parser_takes_queries_params_and_windows() {
+        for text in [
+            "report A {\n query \"\"\"\nSELECT ':x' -- # no\n\"\"\" # c\n}",
+            "report A {\n param s one_of(\"A\", \"B\") default \"A\" help \"h\"\n param d date required # c\n}",
+            "report A {\n param x one_of (\"a\",\n  \"b\" ) required\n}",
+            "report A { window last 36h }",
+            "schedule s {\n window previous week starting sunday # c\n cron \"x\"\n}",
+        ] {
+            let fast = parse_fast(FileId(0), text);
+            assert!(fast.is_some(), "gave up on {text:?}");
+            assert_eq!(fast.map(|p| p.file), Some(parse_with_pest(FileId(0), text).file));
+        }
+    }
+
+    #[test]
+    fn triple_quoted_strings_span_lines_verbatim() {
+        let text = "report A {\n  query \"\"\"\n  SELECT \"a\", '#b' -- \\n\n\"\"\"\n}\n";
+        let file = parse_ok(text);
+        let ItemKind::Report(_, block) = &file.items[0].kind else {
+            panic!()
+        };
+        let query = &block.settings().next().unwrap().values[0];
+        assert_eq!(
+            query.kind,
+            ValueKind::RawStr("\n  SELECT \"a\", '#b' -- \\n\n".into())
+        );
+        assert_eq!(query.text_start(), Some(query.span.start as usize + 3));
+        assert!(text[query.span.start as usize..query.span.end as usize].ends_with("\"\"\""));
+    }
+
+    #[test]
+    fn params_and_windows_keep_their_parts() {
+        let file = parse_ok(
+            "report A {\n  param s one_of(\"OPEN\", \"CLOSED\") default \"OPEN\" help \"h\"\n  param d date required\n  window previous week starting sunday\n}\n",
+        );
+        let ItemKind::Report(_, block) = &file.items[0].kind else {
+            panic!()
+        };
+        let params: Vec<_> = block.params().collect();
+        assert_eq!(params.len(), 2);
+        assert_eq!(params[0].name.name, "s");
+        let ParamTypeDecl::OneOf { options, .. } = &params[0].ty else {
+            panic!("{:?}", params[0].ty)
+        };
+        assert_eq!(options.len(), 2);
+        assert!(matches!(params[0].options[0], ParamOption::Default { .. }));
+        assert!(matches!(params[0].options[1], ParamOption::Help { .. }));
+        assert!(matches!(params[1].options[..], [ParamOption::Required(_)]));
+        let words: Vec<_> = block.windows().next().unwrap().words.iter().map(|w| w.kind.clone()).collect();
+        assert_eq!(words.len(), 4);
+        assert_eq!(words[3], ValueKind::Ident("sunday".into()));
+    }
+
+    #[test]
+    fn an_unterminated_triple_quoted_string_points_where_it_opened() {
+        let text = "report A {\n  query \"\"\"\n  SELECT 1\nreport B {\n  source s\n}\n";
+        let parsed = parse(FileId(0), text);
+        assert_eq!(parsed.diagnostics.len(), 1, "{:?}", parsed.diagnostics);
+        let d = &parsed.diagnostics[0];
+        assert!(d.message.contains("unterminated"), "{}", d.message);
+        assert_eq!(d.primary_span().map(|s| s.start), Some(19));
+    }
+
+    #[test]
+    fn one_of_without_parentheses_asks_for_them() {
+        let parsed = parse(FileId(0), "report A {\n  param s one_of \"A\"\n}\n");
+        let msg = &parsed.diagnostics[0].message;
+        assert!(msg.contains("expected `(`"), "{msg}");
     }
 
     #[test]
