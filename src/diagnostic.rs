@@ -56,6 +56,9 @@ pub enum Code {
     UnknownColumn,
     CountyRequired,
     BadSource,
+    BadQuery,
+    BadParam,
+    SourceKind,
     NeverTriggered,
     UnusedSource,
     UnusedMasking,
@@ -63,6 +66,8 @@ pub enum Code {
     RunsTwice,
     RunsPerParentScope,
     NeverFiresAgain,
+    UnusedParam,
+    WindowNeeded,
 }
 
 impl Code {
@@ -90,6 +95,9 @@ impl Code {
             Code::UnknownColumn => "E020",
             Code::CountyRequired => "E021",
             Code::BadSource => "E022",
+            Code::BadQuery => "E023",
+            Code::BadParam => "E024",
+            Code::SourceKind => "E025",
             Code::NeverTriggered => "W001",
             Code::UnusedSource => "W002",
             Code::UnusedMasking => "W003",
@@ -97,6 +105,8 @@ impl Code {
             Code::RunsTwice => "W007",
             Code::RunsPerParentScope => "W008",
             Code::NeverFiresAgain => "W005",
+            Code::UnusedParam => "W009",
+            Code::WindowNeeded => "W010",
         }
     }
 
@@ -125,6 +135,9 @@ impl Code {
             Code::UnknownColumn => "unknown-column",
             Code::CountyRequired => "county-required",
             Code::BadSource => "bad-source",
+            Code::BadQuery => "bad-query",
+            Code::BadParam => "bad-param",
+            Code::SourceKind => "source-kind",
             Code::NeverTriggered => "never-triggered",
             Code::UnusedSource => "unused-source",
             Code::UnusedMasking => "unused-masking",
@@ -132,6 +145,8 @@ impl Code {
             Code::RunsTwice => "runs-twice",
             Code::RunsPerParentScope => "runs-per-parent-scope",
             Code::NeverFiresAgain => "never-fires-again",
+            Code::UnusedParam => "unused-param",
+            Code::WindowNeeded => "window-needed",
         }
     }
 }

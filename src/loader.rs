@@ -15,12 +15,16 @@
 //! - at most [`MAX_FILE_BYTES`]: reading stops there, whatever the file
 //!   claims its size is (`/proc` files say 0);
 //! - the text must be UTF-8.
+//!
+//! A report's `query_file "sql/x.sql"` is read the same way, fenced alike, and registered in
+//! the source map beside the `.flow` files, so a diagnostic about the query points at
+//! `sql/x.sql:line:col`; the compiler finds its text through [`Loaded::query_files`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
-use crate::ast::{FlowFile, ItemKind, ValueKind};
+use crate::ast::{FlowFile, ItemKind, Setting, ValueKind};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::parser;
 use crate::source_map::{FileId, SourceFile, SourceMap, Span};
@@ -84,6 +88,16 @@ pub struct Loaded {
     pub sources: SourceMap,
     pub files: Vec<(FileId, FlowFile)>,
     pub diagnostics: Vec<Diagnostic>,
+    /// The file each `query_file` setting read, by the span of its path value; a file that
+    /// could not be read is absent (and has a diagnostic).
+    pub query_files: HashMap<Span, FileId>,
+}
+
+/// What names a file the loader reads besides the one it was given.
+#[derive(Debug, Clone, Copy)]
+enum Reference {
+    Include,
+    QueryFile,
 }
 
 /// [`load_with`] with the default options: includes stay inside each input's root.
@@ -177,38 +191,63 @@ impl SourceError {
         }
     }
 
-    fn for_include(self, include: &str, span: Span) -> Diagnostic {
+    fn for_reference(self, what: Reference, name: &str, span: Span) -> Diagnostic {
+        let limit = match what {
+            Reference::Include => "the limit for a .flow file",
+            Reference::QueryFile => "the limit for a file a workflow reads",
+        };
         match self {
-            SourceError::Io(err) => include_error(Code::Include, include, &err.to_string(), span)
-                .help("include paths are relative to the file that includes them"),
-            SourceError::NotAFile(kind) => include_error(
+            SourceError::Io(err) => reference_error(what, Code::Include, name, &err.to_string(), span)
+                .help(match what {
+                    Reference::Include => "include paths are relative to the file that includes them",
+                    Reference::QueryFile => "a query_file path is relative to the file that names it",
+                }),
+            SourceError::NotAFile(kind) => reference_error(
+                what,
                 Code::IncludeNotAFile,
-                include,
+                name,
                 &format!("it is {kind}, not a regular file"),
                 span,
             )
-            .help("only regular files are included"),
-            SourceError::TooLarge => include_error(
+            .help(match what {
+                Reference::Include => "only regular files are included",
+                Reference::QueryFile => "a query file is a regular file",
+            }),
+            SourceError::TooLarge => reference_error(
+                what,
                 Code::IncludeTooLarge,
-                include,
-                &format!("it is larger than {MAX_FILE_SIZE_TEXT}, the limit for a .flow file"),
+                name,
+                &format!("it is larger than {MAX_FILE_SIZE_TEXT}, {limit}"),
                 span,
             )
-            .help("split the workflow into several files"),
-            SourceError::NotUtf8 { line, column } => include_error(
+            .help(match what {
+                Reference::Include => "split the workflow into several files",
+                Reference::QueryFile => "a query is a statement, not data: keep the data in the database",
+            }),
+            SourceError::NotUtf8 { line, column } => reference_error(
+                what,
                 Code::Include,
-                include,
+                name,
                 &format!("it is not UTF-8 text (invalid byte at {line}:{column})"),
                 span,
             )
-            .help("a .flow file is UTF-8 text"),
+            .help(match what {
+                Reference::Include => "a .flow file is UTF-8 text",
+                Reference::QueryFile => "a query file is UTF-8 text",
+            }),
         }
     }
 }
 
-fn include_error(code: Code, include: &str, why: &str, span: Span) -> Diagnostic {
-    Diagnostic::error(code, format!("cannot include `{include}`: {why}"))
-        .label(span, "included here")
+fn reference_error(what: Reference, code: Code, name: &str, why: &str, span: Span) -> Diagnostic {
+    match what {
+        Reference::Include => Diagnostic::error(code, format!("cannot include `{name}`: {why}"))
+            .label(span, "included here"),
+        Reference::QueryFile => {
+            Diagnostic::error(code, format!("cannot read query file `{name}`: {why}"))
+                .label(span, "named here")
+        }
+    }
 }
 
 /// The text of a regular file of at most [`MAX_FILE_BYTES`].
@@ -355,6 +394,8 @@ fn flow_files_in(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 struct Loader {
     loaded: Loaded,
     seen: HashSet<PathBuf>,
+    /// Query files read so far, by their resolved path: two reports may share one.
+    queries: HashMap<PathBuf, FileId>,
 }
 
 impl Loader {
@@ -391,35 +432,91 @@ impl Loader {
                 _ => None,
             })
             .collect();
+        let queries: Vec<(String, Span)> = parsed
+            .file
+            .items
+            .iter()
+            .filter_map(|item| match &item.kind {
+                ItemKind::Report(_, block) => Some(block.settings()),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(query_file)
+            .collect();
         self.loaded.files.push((id, parsed.file));
+        for (query, span) in queries {
+            let read = read_reference(
+                Reference::QueryFile,
+                &dir,
+                real_dir.as_deref(),
+                &query,
+                span,
+                roots,
+            );
+            match read {
+                Ok((target, resolved, text)) => {
+                    let file = match self.queries.get(&resolved) {
+                        Some(file) => *file,
+                        None => {
+                            let name = display_name(&target);
+                            let file = self.loaded.sources.add(SourceFile::new(target, name, text));
+                            self.queries.insert(resolved, file);
+                            file
+                        }
+                    };
+                    self.loaded.query_files.insert(span, file);
+                }
+                Err(d) => self.loaded.diagnostics.push(d),
+            }
+        }
         for (include, span) in includes {
-            match read_include(&dir, real_dir.as_deref(), &include, span, roots) {
-                Ok((target, text)) => self.add_file(target, text, roots),
+            match read_reference(Reference::Include, &dir, real_dir.as_deref(), &include, span, roots) {
+                Ok((target, _, text)) => self.add_file(target, text, roots),
                 Err(d) => self.loaded.diagnostics.push(d),
             }
         }
     }
 }
 
-/// The path and text of an include, or why it is refused.
-fn read_include(
+/// A report's `query_file` setting: its one string value and that value's span (anything else
+/// is the compiler's to report).
+fn query_file(setting: &Setting) -> Option<(String, Span)> {
+    match setting.values.as_slice() {
+        [value] if setting.key.name == "query_file" => {
+            value.as_str().map(|s| (s.to_string(), value.span))
+        }
+        _ => None,
+    }
+}
+
+/// The path (as shown), the resolved path and the text of a file an include or a
+/// `query_file` names, or why it is refused.
+fn read_reference(
+    what: Reference,
     dir: &Path,
     real_dir: Option<&Path>,
     include: &str,
     span: Span,
     roots: &[PathBuf],
-) -> Result<(PathBuf, String), Diagnostic> {
+) -> Result<(PathBuf, PathBuf, String), Diagnostic> {
     let outside = || {
-        include_error(
+        reference_error(
+            what,
             Code::IncludeOutsideRoot,
             include,
             "it is outside the workflow's root directory",
             span,
         )
-        .help(
-            "includes stay inside the directory of the file or directory given on the \
-                 command line; pass `--include-root DIR` to allow another directory",
-        )
+        .help(match what {
+            Reference::Include => {
+                "includes stay inside the directory of the file or directory given on the \
+                 command line; pass `--include-root DIR` to allow another directory"
+            }
+            Reference::QueryFile => {
+                "query files stay inside the directory of the file or directory given on the \
+                 command line; pass `--include-root DIR` to allow another directory"
+            }
+        })
     };
     // Nothing outside the root is even looked at.
     let real_dir = real_dir.ok_or_else(outside)?;
@@ -429,19 +526,19 @@ fn read_include(
     // The path that was checked is the path that is opened: relative to the including file's
     // real directory (a symlinked file's own directory could name another file).
     let resolved = std::fs::canonicalize(lexical_join(real_dir, Path::new(include)))
-        .map_err(|e| SourceError::Io(e).for_include(include, span))?;
+        .map_err(|e| SourceError::Io(e).for_reference(what, include, span))?;
     // A symlink inside the root may point out of it.
     if !inside(&resolved, roots) {
         return Err(outside());
     }
-    let text = read_source(&resolved).map_err(|e| e.for_include(include, span))?;
+    let text = read_source(&resolved).map_err(|e| e.for_reference(what, include, span))?;
     // Shown as written beside the including file when that names the same file.
     let written = dir.join(include);
     let target = match std::fs::canonicalize(&written) {
         Ok(same) if same == resolved => written,
-        _ => resolved,
+        _ => resolved.clone(),
     };
-    Ok((target, text))
+    Ok((target, resolved, text))
 }
 
 fn display_name(path: &Path) -> String {

@@ -16,6 +16,8 @@ mod config;
 mod graph;
 mod mask_rules;
 mod names;
+mod params;
+mod queries;
 mod reports;
 mod schedules;
 mod sources;
@@ -23,6 +25,9 @@ mod sources;
 mod test_support;
 mod values;
 mod warnings;
+mod windows;
+
+use std::collections::HashMap;
 
 use petgraph::graph::NodeIndex;
 
@@ -31,7 +36,7 @@ use crate::diagnostic::Diagnostic;
 use crate::loader::Loaded;
 use crate::source_map::{FileId, SourceMap, Span};
 use crate::workflow::{
-    Locations, MaskRule, ReportType, Schedule, Source, SourceLocation, Workflow,
+    Locations, MaskRule, ReportType, Schedule, Source, SourceKind, SourceLocation, Workflow,
 };
 
 use names::{index_of, Map, Scope};
@@ -59,10 +64,12 @@ pub fn compile(loaded: Loaded) -> Compilation {
         sources,
         files,
         mut diagnostics,
+        query_files,
     } = loaded;
     let syntax_failed = diagnostics.iter().any(Diagnostic::is_error);
     let mut compiler = Compiler {
         sources: &sources,
+        query_files: &query_files,
         diags: Vec::new(),
     };
     let workflow = compiler.workflow(&files);
@@ -94,6 +101,8 @@ pub fn compile_paths(
 struct Compiler<'s> {
     /// The files being compiled, to resolve paths and read the text under a span.
     sources: &'s SourceMap,
+    /// The file each `query_file` value names, as the loader read it.
+    query_files: &'s HashMap<Span, FileId>,
     /// Errors and warnings, in the order the passes found them.
     diags: Vec<Diagnostic>,
 }
@@ -149,11 +158,15 @@ impl Compiler<'_> {
         };
         let all_counties = self.all_counties(&decls.configs, &scope);
 
-        let (sources, source_locations): (Vec<Source>, Vec<SourceLocation>) = decls
-            .sources
-            .iter()
-            .map(|(file, name, block)| self.source(*file, name, block))
-            .unzip();
+        let mut sources: Vec<Source> = Vec::with_capacity(decls.sources.len());
+        let mut source_locations: Vec<SourceLocation> = Vec::with_capacity(decls.sources.len());
+        let mut source_kinds: Vec<Option<SourceKind>> = Vec::with_capacity(decls.sources.len());
+        for (file, name, block) in &decls.sources {
+            let (source, location, known) = self.source(*file, name, block);
+            source_kinds.push(known.then(|| source.kind.clone()));
+            sources.push(source);
+            source_locations.push(location);
+        }
 
         let maskings: Vec<Vec<(MaskRule, Span)>> = decls
             .maskings
@@ -163,22 +176,25 @@ impl Compiler<'_> {
         let mut masking_used = vec![false; maskings.len()];
         let mut source_used = vec![false; sources.len()];
 
-        let (reports, mask_fields): (Vec<ReportType>, Vec<Vec<Span>>) = decls
-            .reports
-            .iter()
-            .map(|(name, block)| {
-                self.report(
-                    name,
-                    block,
-                    &scope,
-                    &source_index,
-                    &masking_index,
-                    &maskings,
-                    &mut source_used,
-                    &mut masking_used,
-                )
-            })
-            .collect();
+        let mut reports: Vec<ReportType> = Vec::with_capacity(decls.reports.len());
+        let mut mask_fields: Vec<Vec<Span>> = Vec::with_capacity(decls.reports.len());
+        let mut window_uses: Vec<Option<Span>> = Vec::with_capacity(decls.reports.len());
+        for (name, block) in &decls.reports {
+            let (report, masks, window_use) = self.report(
+                name,
+                block,
+                &scope,
+                &source_index,
+                &source_kinds,
+                &masking_index,
+                &maskings,
+                &mut source_used,
+                &mut masking_used,
+            );
+            reports.push(report);
+            mask_fields.push(masks);
+            window_uses.push(window_use);
+        }
 
         let mut triggered = vec![false; reports.len()];
         let schedules: Vec<Schedule> = decls
@@ -208,6 +224,7 @@ impl Compiler<'_> {
         self.unused_warnings(&decls, &triggered, &source_used, &masking_used);
 
         self.check_repeated_runs(&dag, &report_index, &schedules);
+        self.window_warnings(&decls, &reports, &window_uses, &schedules, &dag);
         let report_index = reports
             .iter()
             .enumerate()

@@ -1,12 +1,18 @@
-//! `report` blocks: a report type's source, output, retries and masking.
+//! `report` blocks: a report type's source, output, retries and masking; on a database
+//! source its query, parameters, default window and zone.
 
 use std::time::Duration;
 
-use crate::ast::{Block, Ident};
+use crate::ast::{Block, Ident, Setting};
+use crate::diagnostic::{Code, Diagnostic};
+use crate::pipeline::sql_placeholders::Dialect;
 use crate::source_map::Span;
-use crate::workflow::{DataFormat, MaskRule, ReportType};
+use crate::workflow::{DataFormat, MaskRule, Query, ReportType, SourceKind};
 
 use super::names::{Map, Scope};
+use super::params::Declared;
+use super::queries::QueryText;
+use super::values::resolve_path;
 use super::Compiler;
 
 const REPORT_KEYS: &[&str] = &[
@@ -19,6 +25,9 @@ const REPORT_KEYS: &[&str] = &[
     "backoff",
     "timeout",
     "masking",
+    "query",
+    "query_file",
+    "zone",
 ];
 
 /// The largest `chunk_size`, of a report or of a dependency's override.
@@ -35,11 +44,12 @@ impl Compiler<'_> {
         block: &Block,
         scope: &Scope<'_>,
         sources: &Map<&str, usize>,
+        source_kinds: &[Option<SourceKind>],
         maskings: &Map<&str, usize>,
         masking_rules: &[Vec<(MaskRule, Span)>],
         source_used: &mut [bool],
         masking_used: &mut [bool],
-    ) -> (ReportType, Vec<Span>) {
+    ) -> (ReportType, Vec<Span>, Option<Span>) {
         let mut report = ReportType {
             name: name.name.clone(),
             source: 0,
@@ -57,6 +67,9 @@ impl Compiler<'_> {
             zone: chrono_tz::UTC,
         };
         let mut has_source = false;
+        let mut source_kind: Option<&SourceKind> = None;
+        let mut query: Option<&Setting> = None;
+        let mut query_file: Option<&Setting> = None;
         let mut mask_spans = Vec::new();
         for setting in self.settings(block, REPORT_KEYS, "report") {
             match setting.key.name.as_str() {
@@ -66,6 +79,7 @@ impl Compiler<'_> {
                         if let Some(i) = self.resolve(&id, "source", sources) {
                             report.source = i;
                             source_used[i] = true;
+                            source_kind = source_kinds.get(i).and_then(Option::as_ref);
                         }
                     }
                 }
@@ -100,6 +114,13 @@ impl Compiler<'_> {
                         report.timeout = Some(d);
                     }
                 }
+                "query" => query = Some(setting),
+                "query_file" => query_file = Some(setting),
+                "zone" => {
+                    if let Some(tz) = self.zone_value(setting) {
+                        report.zone = tz;
+                    }
+                }
                 "masking" => {
                     for value in &setting.values {
                         if let Some(id) = self.as_ident(value, setting) {
@@ -127,6 +148,140 @@ impl Compiler<'_> {
         if !has_source {
             self.missing(name, "report", "source", "source cases");
         }
-        (report, mask_spans)
+        report.window = self.window(block);
+        let declared = self.params(block);
+        let mut window_use = None;
+        match source_kind {
+            // No source, one that does not resolve or one of no known kind: already an error.
+            None => {}
+            Some(SourceKind::File { .. }) => {
+                for setting in [query, query_file].into_iter().flatten() {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::BadQuery,
+                            "a file source's report reads the whole file; a query needs a sqlite or postgres source",
+                        )
+                        .label(setting.key.span, "a query on a file source")
+                        .help("remove it, or point `source` at a `sqlite` or `postgres` source"),
+                    );
+                }
+                for p in block.params() {
+                    self.diags.push(
+                        Diagnostic::error(
+                            Code::BadParam,
+                            format!("report `{}` reads a file source: a parameter needs a query", name.name),
+                        )
+                        .label(p.span, "nothing would use it")
+                        .help("parameters are bound into a sqlite or postgres source's query"),
+                    );
+                }
+            }
+            Some(kind) => {
+                let dialect = match kind {
+                    SourceKind::Sqlite { .. } => Dialect::Sqlite,
+                    _ => Dialect::Postgres,
+                };
+                let (q, w) = self.report_query(name, kind, query, query_file, dialect, &declared);
+                report.query = q;
+                window_use = w;
+            }
+        }
+        report.params = declared.specs;
+        (report, mask_spans, window_use)
+    }
+
+    /// The query of a report on a database source: exactly one of `query` and `query_file`.
+    fn report_query(
+        &mut self,
+        name: &Ident,
+        kind: &SourceKind,
+        query: Option<&Setting>,
+        query_file: Option<&Setting>,
+        dialect: Dialect,
+        declared: &Declared,
+    ) -> (Option<Query>, Option<Span>) {
+        match (query, query_file) {
+            (Some(inline), Some(file)) => {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::BadQuery,
+                        format!("report `{}` has both `query` and `query_file`", name.name),
+                    )
+                    .label(file.key.span, "a second query")
+                    .label(inline.key.span, "the first")
+                    .help("a report runs one query: keep one of them"),
+                );
+                (None, None)
+            }
+            (None, None) => {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::MissingSetting,
+                        format!("report `{}` reads the {} source but has no query", name.name, kind.name()),
+                    )
+                    .label(name.span, "`query` or `query_file` is required")
+                    .help("add `query \"\"\"SELECT …\"\"\"` or `query_file \"sql/report.sql\"`"),
+                );
+                (None, None)
+            }
+            (Some(setting), None) => {
+                let Some(value) = self.one(setting) else {
+                    return (None, None);
+                };
+                let Some(text) = value.as_str() else {
+                    self.wrong_kind(value, setting, "a query in quotes (`\"\"\"…\"\"\"`)");
+                    return (None, None);
+                };
+                let located = match value.text_start() {
+                    Some(start) => QueryText::Mapped {
+                        text,
+                        file: value.span.file,
+                        start,
+                    },
+                    None => QueryText::Whole {
+                        text,
+                        span: value.span,
+                    },
+                };
+                self.query(&located, None, dialect, declared)
+            }
+            (None, Some(setting)) => {
+                let Some((path, span)) = self.one_string(setting) else {
+                    return (None, None);
+                };
+                // The loader read it, or said why not.
+                let Some(&file) = self.query_files.get(&span) else {
+                    return (None, None);
+                };
+                let text = &self.sources.get(file).text;
+                let located = QueryText::Mapped {
+                    text,
+                    file,
+                    start: 0,
+                };
+                let resolved = resolve_path(self.sources.get(span.file).dir(), &path);
+                self.query(&located, Some(resolved), dialect, declared)
+            }
+        }
+    }
+
+    fn query(
+        &mut self,
+        located: &QueryText<'_>,
+        file: Option<std::path::PathBuf>,
+        dialect: Dialect,
+        declared: &Declared,
+    ) -> (Option<Query>, Option<Span>) {
+        match self.placeholders(located, dialect, declared) {
+            Some(found) => (
+                Some(Query {
+                    text: located.text().to_string(),
+                    file,
+                    placeholders: found.names,
+                }),
+                found.window_use,
+            ),
+            None => (None, None),
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::ast::{Block, Ident, Setting, ValueKind};
 use crate::cron_expr::CronExpr;
-use crate::diagnostic::{did_you_mean, Code, Diagnostic};
+use crate::diagnostic::{Code, Diagnostic};
 use crate::source_map::Span;
 use crate::workflow::{CatchUp, Schedule};
 
@@ -42,27 +42,8 @@ impl Compiler<'_> {
                     cron = self.cron_value(setting);
                 }
                 "zone" => {
-                    if let Some((z, span)) = self.one_string(setting) {
-                        match z.parse::<chrono_tz::Tz>() {
-                            Ok(tz) => zone = tz,
-                            Err(_) => {
-                                let suggestion = did_you_mean(
-                                    &z,
-                                    chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()),
-                                );
-                                self.diags.push(
-                                    Diagnostic::error(
-                                        Code::UnknownZone,
-                                        format!("unknown time zone `{z}`"),
-                                    )
-                                    .label(span, "not an IANA time zone")
-                                    .help(match suggestion {
-                                        Some(s) => format!("did you mean `{s}`?"),
-                                        None => "use an IANA name such as `UTC`, `America/New_York` or `Europe/London`".to_string(),
-                                    }),
-                                );
-                            }
-                        }
+                    if let Some(tz) = self.zone_value(setting) {
+                        zone = tz;
                     }
                 }
                 "run" => {
@@ -148,7 +129,7 @@ impl Compiler<'_> {
             reports: run,
             roles,
             counties,
-            window: None,
+            window: self.window(block),
             catch_up,
         }
     }

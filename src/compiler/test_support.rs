@@ -19,3 +19,16 @@ pub(super) fn codes(c: &Compilation) -> Vec<&'static str> {
 
 /// Two roles, a source with a county column, and a report `R` that reads it.
 pub(super) const BASE: &str = "roles CASE_WORKER, ADMIN\nsource s {\n  path \"s.csv\"\n  county_column county_id\n}\nreport R {\n  source s\n}\n";
+
+/// [`codes`] without W001 (never-triggered), which a workflow without schedules always has.
+pub(super) fn significant(c: &Compilation) -> Vec<&'static str> {
+    codes(c).into_iter().filter(|c| *c != "W001").collect()
+}
+
+/// The first diagnostic that is not W001.
+pub(super) fn first(c: &Compilation) -> &crate::diagnostic::Diagnostic {
+    c.diagnostics
+        .iter()
+        .find(|d| d.code.as_str() != "W001")
+        .expect("a diagnostic besides W001")
+}

@@ -52,6 +52,31 @@ impl Compiler<'_> {
             }
             out.push(s);
         }
+        // Parameters belong in reports, windows in reports and schedules.
+        if what != "report" {
+            for p in block.params() {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::UnknownSetting,
+                        format!("a `param` is not allowed in a {what}"),
+                    )
+                    .label(p.span, "not allowed here")
+                    .help("parameters are declared in the `report` whose query uses them"),
+                );
+            }
+        }
+        if !matches!(what, "report" | "schedule") {
+            for w in block.windows() {
+                self.diags.push(
+                    Diagnostic::error(
+                        Code::UnknownSetting,
+                        format!("a `window` is not allowed in a {what}"),
+                    )
+                    .label(w.span, "not allowed here")
+                    .help("a `schedule` says what period its fires cover; a `report` gives the default for other triggers"),
+                );
+            }
+        }
         // Mask rules belong in reports; a dependency reports its own.
         if !matches!(what, "report" | "dependency") {
             for m in block.masks() {
@@ -81,7 +106,7 @@ impl Compiler<'_> {
     }
 
     /// The setting's value when it has exactly one (else an error at the second).
-    fn one<'v>(&mut self, setting: &'v Setting) -> Option<&'v Value> {
+    pub(super) fn one<'v>(&mut self, setting: &'v Setting) -> Option<&'v Value> {
         if setting.values.len() == 1 {
             return setting.values.first();
         }
@@ -248,6 +273,27 @@ impl Compiler<'_> {
             return None;
         }
         Some(d)
+    }
+
+    /// An IANA time zone (`zone "America/New_York"`), with a did-you-mean for a typo.
+    pub(super) fn zone_value(&mut self, setting: &Setting) -> Option<chrono_tz::Tz> {
+        let (z, span) = self.one_string(setting)?;
+        match z.parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                let suggestion =
+                    did_you_mean(&z, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
+                self.diags.push(
+                    Diagnostic::error(Code::UnknownZone, format!("unknown time zone `{z}`"))
+                        .label(span, "not an IANA time zone")
+                        .help(match suggestion {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None => "use an IANA name such as `UTC`, `America/New_York` or `Europe/London`".to_string(),
+                        }),
+                );
+                None
+            }
+        }
     }
 
     /// An unknown keyword among `allowed`, with a did-you-mean suggestion.

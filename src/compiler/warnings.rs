@@ -1,11 +1,13 @@
 //! The warning passes, over what the other passes built: declarations nothing
 //! uses or triggers (W001–W003), and reports that run more often than a reader
-//! of the file may think (W007, W008).
+//! of the file may think (W007, W008), parameters no query uses (W009, in `queries`), and
+//! queries that read a window some of their runs will not have (W010).
 
 use petgraph::visit::EdgeRef;
 
 use crate::diagnostic::{Code, Diagnostic};
-use crate::workflow::{RoleRule, Schedule};
+use crate::source_map::Span;
+use crate::workflow::{ReportType, RoleRule, Schedule};
 
 use super::graph::Dag;
 use super::names::Map;
@@ -59,6 +61,48 @@ impl Compiler<'_> {
                     )
                     .label(name.span, "declared here"),
                 );
+            }
+        }
+    }
+
+    /// A query reads the window (`:interval_*`) but the report declares no default `window`
+    /// and a schedule that runs it declares none either: such a fire has no period to bind. A
+    /// dependency's child is left alone (it runs on its parent's window).
+    pub(super) fn window_warnings(
+        &mut self,
+        decls: &Decls<'_>,
+        reports: &[ReportType],
+        window_uses: &[Option<Span>],
+        schedules: &[Schedule],
+        dag: &Dag,
+    ) {
+        for (i, report) in reports.iter().enumerate() {
+            let Some(Some(use_span)) = window_uses.get(i) else {
+                continue;
+            };
+            if report.window.is_some() || dag.dependencies.iter().any(|d| d.child == report.name)
+            {
+                continue;
+            }
+            for (schedule, (schedule_name, _)) in schedules.iter().zip(&decls.schedules) {
+                if schedule.window.is_some() || !schedule.reports.contains(&report.name) {
+                    continue;
+                }
+                let mut d = Diagnostic::warning(
+                    Code::WindowNeeded,
+                    format!(
+                        "report `{}` reads the window, but neither it nor schedule `{}` gives one",
+                        report.name, schedule.name
+                    ),
+                )
+                .label(schedule_name.span, "its fires cover no period");
+                if use_span.file == schedule_name.span.file {
+                    d = d.label(*use_span, "the query reads the window here");
+                }
+                self.diags.push(d.help(format!(
+                    "add `window previous day` (or week, month, quarter, year, `last 36h`) to schedule `{}` or to report `{}`; until then each of its runs needs an explicit window",
+                    schedule.name, report.name
+                )));
             }
         }
     }

@@ -46,7 +46,7 @@ mod batches;
 #[allow(dead_code)]
 mod postgres_source;
 #[allow(dead_code)]
-mod sql_placeholders;
+pub(crate) mod sql_placeholders;
 #[allow(dead_code)]
 mod sqlite_source;
 #[allow(dead_code)]
