@@ -419,6 +419,17 @@ mod tests {
     }
 
     #[test]
+    fn queries_params_and_windows_print_as_written() {
+        let src = "report R {\n  source db\n    query   \"\"\"\n  SELECT '#no', \"q\" -- x\n    FROM t WHERE a = :status\n\"\"\"   # after\n  param status one_of( \"A\",\"B\" )  default \"A\" help \"h\"\n  param as_of_day   date required\n  window   previous week   starting sunday\n  zone \"UTC\"\n}\n";
+        let out = fmt(src);
+        assert_eq!(
+            out,
+            "report R {\n  source db\n  query  \"\"\"\n  SELECT '#no', \"q\" -- x\n    FROM t WHERE a = :status\n\"\"\"  # after\n  param status    one_of(\"A\", \"B\") default \"A\" help \"h\"\n  param as_of_day date             required\n  window previous week starting sunday\n  zone   \"UTC\"\n}\n"
+        );
+        assert_eq!(fmt(&out), out, "idempotent");
+    }
+
+    #[test]
     fn hash_inside_string_is_not_a_comment() {
         let out = fmt("source s {\n  path \"a#b.csv\"\n}\n");
         assert!(out.contains("\"a#b.csv\""));

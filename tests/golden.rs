@@ -35,8 +35,8 @@ fn error_cases_match_their_diagnostics() {
     // One case per diagnostic the compiler can emit.
     for code in [
         "E001", "E002", "E003", "E004", "E005", "E006", "E007", "E008", "E009", "E010", "E011",
-        "E012", "E013", "E014", "E015", "E016", "E017", "E018", "E020", "E021", "E022", "W001",
-        "W002", "W004", "W007", "W008",
+        "E012", "E013", "E014", "E015", "E016", "E017", "E018", "E020", "E021", "E022", "E023",
+        "E024", "E025", "W001", "W002", "W004", "W007", "W008", "W009", "W010",
     ] {
         assert!(codes.contains(code), "no error case produces {code}");
     }

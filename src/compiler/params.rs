@@ -103,18 +103,13 @@ impl Compiler<'_> {
             }
         }
         if let (Some(value), Some(span)) = (default, required) {
-            let (later, earlier) = if span.start > value.span.start {
-                (span, value.span)
-            } else {
-                (value.span, span)
-            };
             self.diags.push(
                 Diagnostic::error(
                     Code::BadParam,
                     format!("parameter `{}` is both `required` and has a `default`", decl.name.name),
                 )
-                .label(later, "one of them goes")
-                .label(earlier, "the other")
+                .label(span, "required")
+                .label(value.span, "but has a default")
                 .help("a parameter with a default is never missing: keep `default` or `required`"),
             );
             ok = false;
