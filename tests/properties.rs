@@ -6,7 +6,10 @@
 //! with `#` inside them, irregular spacing, lists split after commas, string
 //! escapes, LF, CRLF and mixed line ends, numbers with leading zeros,
 //! one-line blocks, keywords used as role names and declarations in any
-//! order. The properties:
+//! order; file, SQLite and PostgreSQL sources, queries inline (triple-quoted
+//! or quoted, with literals and comments holding `:`, `#` and `"`) and from
+//! `.sql` files, parameters of every type with their options in any order,
+//! and windows of every kind. The properties:
 //!
 //! * generated text compiles without errors, to exactly the modelled workflow;
 //! * `fmt` keeps the compiled workflow, is idempotent and keeps every comment
@@ -33,6 +36,8 @@ use flowctl::compiler::{compile, Compilation};
 use flowctl::diagnostic::{self, Code, RenderOptions};
 use flowctl::loader::load_text;
 use flowctl::source_map::FileId;
+use flowctl::params::{ParamSpec, ParamType, BUILT_INS};
+use flowctl::window::{Period, WindowSpec};
 use flowctl::workflow::{CatchUp, Condition, DataFormat, RoleRule, SourceKind, Workflow};
 use flowctl::{formatter, parser};
 use petgraph::visit::EdgeRef;
@@ -151,6 +156,40 @@ const UNITS: [(&str, u64); 5] = [
     ("d", 86_400_000),
 ];
 
+/// Environment variables a PostgreSQL source names.
+const ENV_NAMES: [&str; 3] = ["WAREHOUSE_URL", "_PG", "DB2_URL"];
+/// Query files beside `gen.flow` (the crate root), with the placeholders they use.
+const QUERY_FILES: [(&str, &[&str]); 2] = [
+    (
+        "tests/data/queries/window.sql",
+        &["interval_start_date", "interval_end_date", "county"],
+    ),
+    (
+        "tests/data/queries/principal.sql",
+        &["role", "job_id", "trigger"],
+    ),
+];
+/// SQL around placeholders: literals, identifiers and comments with `:`, `#` and `"` in them
+/// (never `"""`), and line breaks for the triple-quoted form.
+const SQL_NOISE: [&str; 8] = [
+    " ",
+    " ':no' ",
+    " \"col:no\" ",
+    " -- :no # \"\n",
+    " /* :no */ ",
+    "\n  AND ",
+    " x::date ",
+    " '#' ",
+];
+const PARAM_NAMES: [&str; 5] = ["status", "min_amount", "as_of", "flag", "n"];
+const ONE_OF_OPTIONS: [&str; 5] = ["OPEN", "CLOSED", "a b", "caf\u{e9}", "q\"x"];
+const WEEKDAYS: [(&str, chrono::Weekday); 4] = [
+    ("sunday", chrono::Weekday::Sun),
+    ("mon", chrono::Weekday::Mon),
+    ("Saturday", chrono::Weekday::Sat),
+    ("wed", chrono::Weekday::Wed),
+];
+
 #[derive(Debug, Clone)]
 struct Dur {
     text: String,
@@ -164,13 +203,15 @@ enum Tok {
     Num(i64),
     Dur(Dur),
     Str(String),
+    /// `"""…"""`, verbatim.
+    Raw(String),
 }
 
 impl Tok {
     /// The value of a `name_or_string` / county setting after compilation.
     fn as_text(&self) -> String {
         match self {
-            Tok::Id(s) | Tok::Str(s) => s.clone(),
+            Tok::Id(s) | Tok::Str(s) | Tok::Raw(s) => s.clone(),
             Tok::Num(n) => n.to_string(),
             Tok::Dur(d) => d.text.clone(),
         }
@@ -185,10 +226,70 @@ struct Mask {
     except_roles: Vec<String>,
 }
 
+/// A `param` as written: its type and options in written order.
+#[derive(Debug, Clone)]
+struct Param {
+    name: String,
+    /// `Ok(name)` or `Err(options)` for `one_of(...)`.
+    ty: Result<&'static str, Vec<String>>,
+    options: Vec<ParamOpt>,
+}
+
+#[derive(Debug, Clone)]
+enum ParamOpt {
+    Default(Tok),
+    Required,
+    Help(String),
+}
+
+impl Param {
+    fn spec(&self) -> ParamSpec {
+        let ty = match &self.ty {
+            Ok(name) => ParamType::from_name(name).expect("a type name"),
+            Err(options) => ParamType::OneOf(options.clone()),
+        };
+        let mut spec = ParamSpec {
+            name: self.name.clone(),
+            ty,
+            default: None,
+            required: false,
+            help: String::new(),
+        };
+        for o in &self.options {
+            match o {
+                ParamOpt::Default(t) => {
+                    spec.default = Some(spec.parse_text(&t.as_text()).expect("a valid default"))
+                }
+                ParamOpt::Required => spec.required = true,
+                ParamOpt::Help(h) => spec.help = h.clone(),
+            }
+        }
+        spec
+    }
+}
+
+/// A window as written (words) and as compiled.
+#[derive(Debug, Clone)]
+struct Win {
+    words: Vec<Tok>,
+    spec: WindowSpec,
+}
+
+/// A report's query: as written and the placeholders it has.
+#[derive(Debug, Clone)]
+struct QuerySpec {
+    /// `Ok(text)` inline (`raw`: triple-quoted), `Err(index)` a file of [`QUERY_FILES`].
+    text: Result<String, usize>,
+    raw: bool,
+    placeholders: Vec<String>,
+}
+
 #[derive(Debug, Clone)]
 enum Entry {
     Set(&'static str, Vec<Tok>),
     Mask(Mask),
+    Param(Param),
+    Window(Win),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -207,6 +308,9 @@ struct ConfigSpec {
 #[derive(Debug, Clone)]
 struct SourceSpec {
     name: String,
+    /// 0 a file (`path`), 1 SQLite (`sqlite`), 2 PostgreSQL (`postgres ENV`).
+    kind: u8,
+    env: &'static str,
     path: String,
     /// `path` as the compiler should resolve it.
     resolved: String,
@@ -227,6 +331,11 @@ struct ReportSpec {
     timeout: Option<Dur>,
     masking: bool,
     masks: Vec<Mask>,
+    /// On a database source: the query and the parameters it uses.
+    query: Option<QuerySpec>,
+    params: Vec<Param>,
+    window: Option<Win>,
+    zone: Option<&'static str>,
 }
 
 #[derive(Debug, Clone)]
@@ -238,6 +347,7 @@ struct ScheduleSpec {
     roles: Vec<String>,
     counties: Vec<Tok>,
     catch_up: Option<CatchUp>,
+    window: Option<Win>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -373,6 +483,8 @@ fn config() -> impl Strategy<Value = ConfigSpec> {
 
 #[derive(Debug, Clone)]
 struct SourceRaw {
+    kind: u8,
+    env: &'static str,
     dir: (&'static str, &'static str),
     ext: &'static str,
     format: Option<DataFormat>,
@@ -382,14 +494,18 @@ struct SourceRaw {
 impl SourceRaw {
     fn resolve(&self, index: usize) -> SourceSpec {
         let name = SOURCE_NAMES[index].to_string();
-        // A path without a known extension needs an explicit format.
-        let format = match (self.ext, self.format) {
-            ("txt", None) => Some(DataFormat::Csv),
-            (_, f) => f,
+        // A path without a known extension needs an explicit format; a database has none.
+        let format = match (self.kind, self.ext, self.format) {
+            (1 | 2, _, _) => None,
+            (_, "txt", None) => Some(DataFormat::Csv),
+            (_, _, f) => f,
         };
+        let ext = if self.kind == 1 { "sqlite" } else { self.ext };
         SourceSpec {
-            path: format!("{}{name}.{}", self.dir.0, self.ext),
-            resolved: format!("{}{name}.{}", self.dir.1, self.ext),
+            kind: self.kind,
+            env: self.env,
+            path: format!("{}{name}.{ext}", self.dir.0),
+            resolved: format!("{}{name}.{ext}", self.dir.1),
             name,
             format,
             county_column: self.county_column.clone(),
@@ -399,12 +515,16 @@ impl SourceRaw {
 
 fn source() -> impl Strategy<Value = SourceRaw> {
     (
+        prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+        select(ENV_NAMES.to_vec()),
         select(PATH_DIRS.to_vec()),
         select(vec!["csv", "jsonl", "ndjson", "txt"]),
         option::of(data_format()),
         option::of(name_or_string()),
     )
-        .prop_map(|(dir, ext, format, county_column)| SourceRaw {
+        .prop_map(|(kind, env, dir, ext, format, county_column)| SourceRaw {
+            kind,
+            env,
             dir,
             ext,
             format,
@@ -479,6 +599,142 @@ struct ReportRaw {
     masking: bool,
     masks: Vec<MaskRaw>,
     deps: DepsRaw,
+    db: DbRaw,
+    window: Option<Win>,
+    zone: Option<&'static str>,
+}
+
+/// What a report on a database source adds: a query and its parameters.
+#[derive(Debug, Clone)]
+struct DbRaw {
+    /// 0 triple-quoted, 1 quoted, 2 a query file.
+    form: u8,
+    file: Index,
+    params: Vec<Param>,
+    built_ins: Vec<&'static str>,
+    noise: Vec<&'static str>,
+}
+
+impl DbRaw {
+    /// The query: each parameter and built-in used (some twice), with noise between.
+    fn query(&self) -> QuerySpec {
+        if self.form == 2 {
+            let i = self.file.index(QUERY_FILES.len());
+            return QuerySpec {
+                text: Err(i),
+                raw: false,
+                placeholders: QUERY_FILES[i].1.iter().map(|s| s.to_string()).collect(),
+            };
+        }
+        let mut names: Vec<String> = self.params.iter().map(|p| p.name.clone()).collect();
+        names.extend(self.built_ins.iter().map(|s| s.to_string()));
+        let mut text = String::from("SELECT *");
+        // A `--` comment runs to the end of its line: the noise that has one ends the line.
+        for (i, name) in names.iter().enumerate() {
+            text.push_str(self.noise[i % self.noise.len()]);
+            text.push_str(&format!("AND c{i} = :{name}"));
+        }
+        if let Some(first) = names.first() {
+            text.push_str(&format!(" OR :{first} IS NULL"));
+        }
+        // A quoted query's line breaks are written as escapes.
+        QuerySpec {
+            text: Ok(text),
+            raw: self.form == 0,
+            placeholders: names,
+        }
+    }
+}
+
+fn param_default(ty: &Result<&'static str, Vec<String>>, pick: usize) -> Tok {
+    match ty {
+        Ok("string") => Tok::Str(TEXTS[pick % TEXTS.len()].to_string()),
+        Ok("integer") => [Tok::Num(-3), Tok::Num(42), Tok::Str("7".into())][pick % 3].clone(),
+        Ok("decimal") => [Tok::Str("12.50".into()), Tok::Num(0), Tok::Str("-0.5".into())][pick % 3].clone(),
+        Ok("date") => Tok::Str("2026-11-30".into()),
+        Ok("timestamp") => Tok::Str("2026-11-30T05:30:00+01:00".into()),
+        Ok(_) => Tok::Id(["true", "false"][pick % 2].into()),
+        Err(options) => Tok::Str(options[pick % options.len()].clone()),
+    }
+}
+
+fn param(index: usize) -> impl Strategy<Value = Param> {
+    (
+        0usize..7,
+        subsequence(ONE_OF_OPTIONS.to_vec(), 1..=3),
+        0u8..3,
+        0usize..6,
+        option::of(text_value()),
+        any::<bool>(),
+    )
+        .prop_map(move |(ty, one_of, need, pick, help, help_first)| {
+            let ty = match ty {
+                6 => Err(one_of.iter().map(|s| s.to_string()).collect()),
+                t => Ok(ParamType::NAMES[t]),
+            };
+            let mut options = Vec::new();
+            match need {
+                1 => options.push(ParamOpt::Default(param_default(&ty, pick))),
+                2 => options.push(ParamOpt::Required),
+                _ => {}
+            }
+            if let Some(h) = help {
+                let at = if help_first { 0 } else { options.len() };
+                options.insert(at, ParamOpt::Help(h));
+            }
+            Param {
+                name: format!("{}_{index}", PARAM_NAMES[index % PARAM_NAMES.len()]),
+                ty,
+                options,
+            }
+        })
+}
+
+fn params() -> impl Strategy<Value = Vec<Param>> {
+    (0usize..=3).prop_flat_map(|n| (0..n).map(param).collect::<Vec<_>>())
+}
+
+fn window() -> impl Strategy<Value = Win> {
+    let id = |s: &str| Tok::Id(s.to_string());
+    prop_oneof![
+        select(vec![
+            ("day", Period::Day),
+            ("week", Period::Week { starts: chrono::Weekday::Mon }),
+            ("month", Period::Month),
+            ("quarter", Period::Quarter),
+            ("year", Period::Year),
+        ])
+        .prop_map(move |(w, p)| Win {
+            words: vec![id("previous"), id(w)],
+            spec: WindowSpec::Previous(p),
+        }),
+        select(WEEKDAYS.to_vec()).prop_map(move |(d, day)| Win {
+            words: vec![id("previous"), id("week"), id("starting"), id(d)],
+            spec: WindowSpec::Previous(Period::Week { starts: day }),
+        }),
+        duration(1).prop_map(move |d| Win {
+            words: vec![id("last"), Tok::Dur(d.clone())],
+            spec: WindowSpec::Last(Duration::from_millis(d.ms)),
+        }),
+    ]
+}
+
+fn db() -> impl Strategy<Value = DbRaw> {
+    (
+        0u8..3,
+        any::<Index>(),
+        params(),
+        subsequence(BUILT_INS.to_vec(), 0..=3),
+        vec(select(SQL_NOISE.to_vec()), 1..=4),
+    )
+        .prop_map(|(form, file, params, built_ins, noise)| DbRaw {
+            form,
+            file,
+            // A query file uses built-ins only.
+            params: if form == 2 { Vec::new() } else { params },
+            built_ins,
+            noise,
+        })
 }
 
 fn report() -> impl Strategy<Value = ReportRaw> {
@@ -497,6 +753,7 @@ fn report() -> impl Strategy<Value = ReportRaw> {
         (option::of(duration(0)), option::of(duration(1))),
         (any::<bool>(), vec(mask(), 0..=2)),
         dependencies(),
+        (db(), option::of(window()), option::of(select(ZONES.to_vec()))),
     )
         .prop_map(
             |(
@@ -505,6 +762,7 @@ fn report() -> impl Strategy<Value = ReportRaw> {
                 (backoff, timeout),
                 (masking, masks),
                 deps,
+                (db, window, zone),
             )| ReportRaw {
                 prefix,
                 source,
@@ -518,6 +776,9 @@ fn report() -> impl Strategy<Value = ReportRaw> {
                 masking,
                 masks,
                 deps,
+                db,
+                window,
+                zone,
             },
         )
 }
@@ -542,6 +803,7 @@ struct ScheduleRaw {
     roles: Vec<bool>,
     counties: Vec<Tok>,
     catch_up: Option<CatchUp>,
+    window: Option<Win>,
 }
 
 impl ScheduleRaw {
@@ -560,6 +822,7 @@ impl ScheduleRaw {
             roles: chosen_roles,
             counties: self.counties.clone(),
             catch_up: self.catch_up,
+            window: self.window.clone(),
         }
     }
 }
@@ -573,14 +836,16 @@ fn schedule() -> impl Strategy<Value = ScheduleRaw> {
         // At least one county: the generated roles are county-scoped (no `all_counties`).
         vec(county(), 1..=3),
         option::of(catch_up()),
+        option::of(window()),
     )
-        .prop_map(|(cron, zone, run, roles, counties, catch_up)| ScheduleRaw {
+        .prop_map(|(cron, zone, run, roles, counties, catch_up, window)| ScheduleRaw {
             cron,
             zone,
             run,
             roles,
             counties,
             catch_up,
+            window,
         })
 }
 
@@ -757,9 +1022,16 @@ fn spec() -> impl Strategy<Value = Spec> {
                 let reports = reports
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| ReportSpec {
+                    .map(|(i, r)| {
+                        let source = r.source.index(sources.len());
+                        let db = sources[source].kind != 0;
+                        ReportSpec {
                         name: format!("{}_{i}", REPORT_PREFIXES[r.prefix]),
-                        source: r.source.index(sources.len()),
+                        source,
+                        query: db.then(|| r.db.query()),
+                        params: if db { r.db.params.clone() } else { Vec::new() },
+                        window: r.window.clone(),
+                        zone: r.zone,
                         format: r.format,
                         chunk_size: r.chunk_size,
                         priority: r.priority,
@@ -769,7 +1041,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                         timeout: r.timeout.clone(),
                         masking: masking.is_some() && r.masking,
                         masks: r.masks.iter().map(|m| m.resolve(&roles)).collect(),
-                    })
+                    }})
                     .collect();
                 let schedules = schedules
                     .iter()
@@ -948,6 +1220,11 @@ impl Out {
             }
             Tok::Dur(d) => self.text.push_str(&d.text),
             Tok::Str(s) => self.string(s),
+            Tok::Raw(s) => {
+                self.text.push_str("\"\"\"");
+                self.text.push_str(s);
+                self.text.push_str("\"\"\"");
+            }
         }
     }
 
@@ -1011,6 +1288,48 @@ impl Out {
                     self.ids(&m.except_roles);
                 }
             }
+            Entry::Param(p) => {
+                self.text.push_str("param");
+                self.gap();
+                self.text.push_str(&p.name);
+                self.gap();
+                match &p.ty {
+                    Ok(name) => self.text.push_str(name),
+                    Err(options) => {
+                        self.text.push_str("one_of");
+                        self.opt_gap("");
+                        self.text.push('(');
+                        self.opt_gap("");
+                        let toks: Vec<Tok> = options.iter().map(|o| Tok::Str(o.clone())).collect();
+                        self.list(&toks);
+                        self.opt_gap("");
+                        self.text.push(')');
+                    }
+                }
+                for option in &p.options {
+                    self.gap();
+                    match option {
+                        ParamOpt::Default(t) => {
+                            self.text.push_str("default");
+                            self.gap();
+                            self.tok(t);
+                        }
+                        ParamOpt::Required => self.text.push_str("required"),
+                        ParamOpt::Help(h) => {
+                            self.text.push_str("help");
+                            self.gap();
+                            self.string(h);
+                        }
+                    }
+                }
+            }
+            Entry::Window(w) => {
+                self.text.push_str("window");
+                for word in &w.words {
+                    self.gap();
+                    self.tok(word);
+                }
+            }
         }
     }
 
@@ -1045,8 +1364,17 @@ impl Out {
         self.text.push('}');
     }
 
-    /// Settings in random order, with `masks` kept in their relative order.
-    fn shuffled(&mut self, mut settings: Vec<Entry>, masks: &[Mask]) -> Vec<Entry> {
+    /// Settings in random order, with `masks` (then `ordered`) kept in their relative order.
+    fn shuffled(&mut self, settings: Vec<Entry>, masks: &[Mask]) -> Vec<Entry> {
+        self.shuffled_with(settings, masks, Vec::new())
+    }
+
+    fn shuffled_with(
+        &mut self,
+        mut settings: Vec<Entry>,
+        masks: &[Mask],
+        ordered: Vec<Entry>,
+    ) -> Vec<Entry> {
         if self.noise > 0 {
             for i in (1..settings.len()).rev() {
                 let j = self.rng.below(i as u64 + 1) as usize;
@@ -1054,6 +1382,7 @@ impl Out {
             }
         }
         let mut masks: VecDeque<Entry> = masks.iter().cloned().map(Entry::Mask).collect();
+        masks.extend(ordered);
         let mut settings: VecDeque<Entry> = settings.into();
         let mut out = Vec::new();
         while !settings.is_empty() || !masks.is_empty() {
@@ -1184,7 +1513,11 @@ impl Spec {
             }
             ItemRef::Source(i) => {
                 let s = &self.sources[i];
-                let mut e = vec![Entry::Set("path", vec![Tok::Str(s.path.clone())])];
+                let mut e = vec![match s.kind {
+                    0 => Entry::Set("path", vec![Tok::Str(s.path.clone())]),
+                    1 => Entry::Set("sqlite", vec![Tok::Str(s.path.clone())]),
+                    _ => Entry::Set("postgres", vec![Tok::Id(s.env.to_string())]),
+                }];
                 id(format_name(s.format), "format", &mut e);
                 if let Some(c) = &s.county_column {
                     e.push(Entry::Set("county_column", vec![c.clone()]));
@@ -1221,7 +1554,24 @@ impl Spec {
                 if r.masking {
                     id(Some(MASKING_NAME), "masking", &mut e);
                 }
-                let e = o.shuffled(e, &r.masks);
+                if let Some(q) = &r.query {
+                    e.push(match &q.text {
+                        Ok(text) if q.raw => Entry::Set("query", vec![Tok::Raw(text.clone())]),
+                        Ok(text) => Entry::Set("query", vec![Tok::Str(text.clone())]),
+                        Err(i) => Entry::Set(
+                            "query_file",
+                            vec![Tok::Str(QUERY_FILES[*i].0.to_string())],
+                        ),
+                    });
+                }
+                if let Some(w) = &r.window {
+                    e.push(Entry::Window(w.clone()));
+                }
+                if let Some(z) = r.zone {
+                    e.push(Entry::Set("zone", vec![Tok::Str(z.to_string())]));
+                }
+                let params = r.params.iter().cloned().map(Entry::Param).collect();
+                let e = o.shuffled_with(e, &r.masks, params);
                 o.text.push_str("report");
                 o.gap();
                 o.text.push_str(&r.name);
@@ -1248,6 +1598,9 @@ impl Spec {
                     e.push(Entry::Set("counties", s.counties.clone()));
                 }
                 id(s.catch_up.map(CatchUp::name), "catch_up", &mut e);
+                if let Some(w) = &s.window {
+                    e.push(Entry::Window(w.clone()));
+                }
                 let e = o.shuffled(e, &[]);
                 o.text.push_str("schedule");
                 o.gap();
@@ -1367,6 +1720,7 @@ fn comment_texts(text: &str) -> Vec<String> {
                 }
                 out.push(text[i..end].trim_end().to_string());
             }
+            '"' if text[i..].starts_with("\"\"\"") => skip_raw(text, i, &mut chars),
             '"' => {
                 while let Some((_, n)) = chars.next() {
                     if n == '"' || n == '\n' {
@@ -1381,6 +1735,16 @@ fn comment_texts(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Moves `chars` past the triple-quoted string opening at `at`: to its first `"""`, or the end.
+fn skip_raw(text: &str, at: usize, chars: &mut impl Iterator<Item = (usize, char)>) {
+    let end = text[at + 3..].find("\"\"\"").map_or(text.len(), |n| at + 3 + n + 3);
+    for (j, _) in chars.by_ref() {
+        if j + 1 >= end {
+            break;
+        }
+    }
 }
 
 /// The comments of `text` must be exactly `expected`, as a multiset.
@@ -1418,6 +1782,7 @@ fn stray_char_outside_strings(text: &str) -> Option<(usize, char)> {
                     }
                 }
             }
+            '"' if text[i..].starts_with("\"\"\"") => skip_raw(text, i, &mut chars),
             '"' => {
                 while let Some((_, n)) = chars.next() {
                     if n == '"' || n == '\n' {
@@ -1428,7 +1793,7 @@ fn stray_char_outside_strings(text: &str) -> Option<(usize, char)> {
                     }
                 }
             }
-            c if c.is_ascii_alphanumeric() || "_ \t\r\n{},-".contains(c) => {}
+            c if c.is_ascii_alphanumeric() || "_ \t\r\n{},-()".contains(c) => {}
             c => return Some((i, c)),
         }
     }
@@ -1571,13 +1936,19 @@ fn check_model(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
         } else {
             DataFormat::Jsonl
         };
-        prop_assert_eq!(
-            &s.kind,
-            &SourceKind::File {
+        let kind = match m.kind {
+            0 => SourceKind::File {
                 path: PathBuf::from(&m.resolved),
-                format: m.format.unwrap_or(inferred)
-            }
-        );
+                format: m.format.unwrap_or(inferred),
+            },
+            1 => SourceKind::Sqlite {
+                path: PathBuf::from(&m.resolved),
+            },
+            _ => SourceKind::Postgres {
+                url_env: m.env.to_string(),
+            },
+        };
+        prop_assert_eq!(&s.kind, &kind);
         prop_assert_eq!(
             &s.county_column,
             &m.county_column.as_ref().map(Tok::as_text)
@@ -1605,6 +1976,29 @@ fn check_model(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
             masks.extend(expected_masks(set_masks));
         }
         prop_assert_eq!(&r.masks, &masks);
+        match (&r.query, &m.query) {
+            (None, None) => {}
+            (Some(q), Some(mq)) => {
+                prop_assert_eq!(&q.placeholders, &mq.placeholders);
+                match &mq.text {
+                    Ok(text) => {
+                        prop_assert_eq!(&q.text, text);
+                        prop_assert_eq!(&q.file, &None);
+                    }
+                    Err(i) => {
+                        let path = QUERY_FILES[*i].0;
+                        let text = std::fs::read_to_string(path).expect("a query file");
+                        prop_assert_eq!(&q.text, &text);
+                        prop_assert_eq!(&q.file, &Some(PathBuf::from(path)));
+                    }
+                }
+            }
+            (q, mq) => prop_assert!(false, "query {:?}, modelled {:?}", q, mq),
+        }
+        let params: Vec<ParamSpec> = m.params.iter().map(Param::spec).collect();
+        prop_assert_eq!(&r.params, &params);
+        prop_assert_eq!(r.window, m.window.as_ref().map(|w| w.spec));
+        prop_assert_eq!(r.zone.name(), m.zone.unwrap_or("UTC"));
     }
 
     // Schedules.
@@ -1619,6 +2013,7 @@ fn check_model(spec: &Spec, wf: &Workflow) -> Result<(), TestCaseError> {
         let counties: Vec<String> = m.counties.iter().map(Tok::as_text).collect();
         prop_assert_eq!(&s.counties, &counties);
         prop_assert_eq!(s.catch_up, m.catch_up.unwrap_or(CatchUp::Once));
+        prop_assert_eq!(s.window, m.window.as_ref().map(|w| w.spec));
     }
 
     // Dependencies.
@@ -1797,7 +2192,7 @@ fn runner_config(cases: u32) -> ProptestConfig {
 // Mutations
 // ---------------------------------------------------------------------------
 
-const SNIPPETS: [&str; 34] = [
+const SNIPPETS: [&str; 40] = [
     "after ",
     "run ",
     " on ",
@@ -1832,6 +2227,12 @@ const SNIPPETS: [&str; 34] = [
     "✓",
     "config {\n",
     "include \"__no_such_file__.flow\"\n",
+    "\"\"\"",
+    " default ",
+    "param x string\n",
+    "window last 1h\n",
+    "one_of(",
+    ")",
 ];
 
 #[derive(Debug, Clone)]
@@ -1898,7 +2299,7 @@ fn mutate(text: &str, m: &Mutation) -> String {
     }
 }
 
-const TOKENS: [&str; 58] = [
+const TOKENS: [&str; 75] = [
     "config",
     "roles",
     "source",
@@ -1957,6 +2358,23 @@ const TOKENS: [&str; 58] = [
     "\u{0}",
     "\r",
     "✓",
+    "\"\"\"",
+    "\"\"\"SELECT :a\n\"\"\"",
+    "param",
+    "window",
+    "one_of",
+    "(",
+    ")",
+    "default",
+    "required",
+    "help",
+    "previous",
+    "last",
+    "query",
+    "query_file",
+    "sqlite",
+    "postgres",
+    "WAREHOUSE_URL",
 ];
 
 // ---------------------------------------------------------------------------
@@ -2040,6 +2458,7 @@ proptest! {
                         | Code::UnusedMasking
                         | Code::RunsTwice
                         | Code::RunsPerParentScope
+                        | Code::WindowNeeded
                 ),
                 "unexpected warning {}", diagnostic::plain(d, &c.sources)
             );
@@ -2117,17 +2536,25 @@ proptest! {
     fn stray_character_is_a_syntax_error(
         spec in spec(),
         at in any::<Index>(),
-        bad in select(vec!['@', ';', '=', '(', '!', '.', '/', '\\', 'é', '\u{0}', '\u{c}', '$']),
+        bad in select(vec!['@', ';', '=', '!', '.', '/', '\\', 'é', '\u{0}', '\u{c}', '$']),
     ) {
         let (text, _) = spec.render();
-        // Char boundaries outside strings and comments.
+        // Char boundaries outside strings (triple-quoted ones too) and comments.
         let mut outside = Vec::new();
         let mut in_string = false;
         let mut in_comment = false;
         let mut escaped = false;
+        let mut raw_until = 0;
         for (i, c) in text.char_indices() {
+            if i < raw_until {
+                continue;
+            }
             if !in_string && !in_comment {
                 outside.push(i);
+            }
+            if !in_string && !in_comment && text[i..].starts_with("\"\"\"") {
+                raw_until = text[i + 3..].find("\"\"\"").map_or(text.len(), |n| i + 3 + n + 3);
+                continue;
             }
             match c {
                 '\n' => {
