@@ -302,3 +302,69 @@ fn control_characters_in_the_source_do_not_reach_the_terminal() {
     assert!(err.contains("E007"), "{err}");
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
 }
+
+/// A workflow whose one report reads a SQLite source with `query_file "{path}"`.
+fn with_query_file(path: &str) -> String {
+    format!(
+        "config {{\n  all_counties ADMIN\n}}\n\nroles ADMIN\n\nsource db {{\n  sqlite \"db.sqlite\"\n}}\n\nreport DAILY {{\n  source     db\n  query_file \"{path}\"\n}}\n\nschedule daily {{\n  cron  \"0 30 5 * * ?\"\n  run   DAILY\n  roles ADMIN\n}}\n"
+    )
+}
+
+#[test]
+fn a_query_file_is_fenced_like_an_include() {
+    let dir = Project::new();
+    dir.write("secret.sql", "SELECT 'TOP_SECRET_QUERY'\n");
+    dir.write("wf/main.flow", with_query_file("../secret.sql"));
+    let run = dir
+        .flowctl()
+        .args(["check", "wf/main.flow"])
+        .output()
+        .status(1);
+    let err = run.stderr();
+    assert!(err.contains("E017 include-outside-root"), "{err}");
+    assert!(err.contains("cannot read query file `../secret.sql`"), "{err}");
+    assert!(!err.contains("TOP_SECRET_QUERY"), "{err}");
+    // `--include-root` admits it, as it admits an include.
+    dir.flowctl()
+        .args(["check", "wf/main.flow", "--include-root", "."])
+        .output()
+        .success();
+    // Not a regular file, too large, not UTF-8: refused without being read.
+    dir.write("wf/dir.sql/x", "");
+    dir.write("wf/latin1.sql", b"SELECT '\xe9'\n");
+    let huge = std::fs::File::create(dir.path().join("wf/huge.sql")).unwrap();
+    huge.set_len(16 * 1024 * 1024 + 1).unwrap();
+    for (path, expected) in [
+        ("dir.sql", "E018 include-not-a-file"),
+        ("huge.sql", "E019 include-too-large"),
+        ("latin1.sql", "not UTF-8 text (invalid byte at 1:9)"),
+        ("missing.sql", "E015 include"),
+    ] {
+        dir.write("wf/main.flow", with_query_file(path));
+        let run = dir
+            .flowctl()
+            .args(["check", "wf/main.flow"])
+            .output_within(Duration::from_secs(60));
+        assert_eq!(run.code(), 1, "{path}: {}", run.stderr());
+        assert!(run.stderr().contains(expected), "{path}: {}", run.stderr());
+    }
+}
+
+#[test]
+fn a_query_files_diagnostics_point_into_it() {
+    let dir = Project::new();
+    dir.write(
+        "wf/sql/daily.sql",
+        "SELECT *\n  FROM cases\n WHERE opened_on >= :interval_strat\n",
+    );
+    dir.write("wf/main.flow", with_query_file("sql/daily.sql"));
+    let run = dir
+        .flowctl()
+        .args(["check", "wf/main.flow"])
+        .output()
+        .status(1);
+    let err = run.stderr();
+    assert!(err.contains("unknown parameter `:interval_strat`"), "{err}");
+    assert!(err.contains("sql/daily.sql:3:21"), "{err}");
+    assert!(err.contains("did you mean `:interval_start`?"), "{err}");
+}
