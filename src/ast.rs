@@ -90,7 +90,10 @@ pub struct MaskRule {
 pub enum ParamTypeDecl {
     Named(Ident),
     /// `one_of(VALUES)`; the span covers `one_of` to `)`.
-    OneOf { options: Vec<Value>, span: Span },
+    OneOf {
+        options: Vec<Value>,
+        span: Span,
+    },
 }
 
 impl ParamTypeDecl {

@@ -197,11 +197,17 @@ impl SourceError {
             Reference::QueryFile => "the limit for a file a workflow reads",
         };
         match self {
-            SourceError::Io(err) => reference_error(what, Code::Include, name, &err.to_string(), span)
-                .help(match what {
-                    Reference::Include => "include paths are relative to the file that includes them",
-                    Reference::QueryFile => "a query_file path is relative to the file that names it",
-                }),
+            SourceError::Io(err) => reference_error(
+                what,
+                Code::Include,
+                name,
+                &err.to_string(),
+                span,
+            )
+            .help(match what {
+                Reference::Include => "include paths are relative to the file that includes them",
+                Reference::QueryFile => "a query_file path is relative to the file that names it",
+            }),
             SourceError::NotAFile(kind) => reference_error(
                 what,
                 Code::IncludeNotAFile,
@@ -222,7 +228,9 @@ impl SourceError {
             )
             .help(match what {
                 Reference::Include => "split the workflow into several files",
-                Reference::QueryFile => "a query is a statement, not data: keep the data in the database",
+                Reference::QueryFile => {
+                    "a query is a statement, not data: keep the data in the database"
+                }
             }),
             SourceError::NotUtf8 { line, column } => reference_error(
                 what,
@@ -470,7 +478,14 @@ impl Loader {
             }
         }
         for (include, span) in includes {
-            match read_reference(Reference::Include, &dir, real_dir.as_deref(), &include, span, roots) {
+            match read_reference(
+                Reference::Include,
+                &dir,
+                real_dir.as_deref(),
+                &include,
+                span,
+                roots,
+            ) {
                 Ok((target, _, text)) => self.add_file(target, text, roots),
                 Err(d) => self.loaded.diagnostics.push(d),
             }

@@ -322,7 +322,10 @@ fn a_query_file_is_fenced_like_an_include() {
         .status(1);
     let err = run.stderr();
     assert!(err.contains("E017 include-outside-root"), "{err}");
-    assert!(err.contains("cannot read query file `../secret.sql`"), "{err}");
+    assert!(
+        err.contains("cannot read query file `../secret.sql`"),
+        "{err}"
+    );
     assert!(!err.contains("TOP_SECRET_QUERY"), "{err}");
     // `--include-root` admits it, as it admits an include.
     dir.flowctl()

@@ -35,8 +35,8 @@ use std::time::Duration;
 use flowctl::compiler::{compile, Compilation};
 use flowctl::diagnostic::{self, Code, RenderOptions};
 use flowctl::loader::load_text;
-use flowctl::source_map::FileId;
 use flowctl::params::{ParamSpec, ParamType, BUILT_INS};
+use flowctl::source_map::FileId;
 use flowctl::window::{Period, WindowSpec};
 use flowctl::workflow::{CatchUp, Condition, DataFormat, RoleRule, SourceKind, Workflow};
 use flowctl::{formatter, parser};
@@ -650,7 +650,12 @@ fn param_default(ty: &Result<&'static str, Vec<String>>, pick: usize) -> Tok {
     match ty {
         Ok("string") => Tok::Str(TEXTS[pick % TEXTS.len()].to_string()),
         Ok("integer") => [Tok::Num(-3), Tok::Num(42), Tok::Str("7".into())][pick % 3].clone(),
-        Ok("decimal") => [Tok::Str("12.50".into()), Tok::Num(0), Tok::Str("-0.5".into())][pick % 3].clone(),
+        Ok("decimal") => [
+            Tok::Str("12.50".into()),
+            Tok::Num(0),
+            Tok::Str("-0.5".into()),
+        ][pick % 3]
+            .clone(),
         Ok("date") => Tok::Str("2026-11-30".into()),
         Ok("timestamp") => Tok::Str("2026-11-30T05:30:00+01:00".into()),
         Ok(_) => Tok::Id(["true", "false"][pick % 2].into()),
@@ -699,7 +704,12 @@ fn window() -> impl Strategy<Value = Win> {
     prop_oneof![
         select(vec![
             ("day", Period::Day),
-            ("week", Period::Week { starts: chrono::Weekday::Mon }),
+            (
+                "week",
+                Period::Week {
+                    starts: chrono::Weekday::Mon
+                }
+            ),
             ("month", Period::Month),
             ("quarter", Period::Quarter),
             ("year", Period::Year),
@@ -753,7 +763,11 @@ fn report() -> impl Strategy<Value = ReportRaw> {
         (option::of(duration(0)), option::of(duration(1))),
         (any::<bool>(), vec(mask(), 0..=2)),
         dependencies(),
-        (db(), option::of(window()), option::of(select(ZONES.to_vec()))),
+        (
+            db(),
+            option::of(window()),
+            option::of(select(ZONES.to_vec())),
+        ),
     )
         .prop_map(
             |(
@@ -838,15 +852,17 @@ fn schedule() -> impl Strategy<Value = ScheduleRaw> {
         option::of(catch_up()),
         option::of(window()),
     )
-        .prop_map(|(cron, zone, run, roles, counties, catch_up, window)| ScheduleRaw {
-            cron,
-            zone,
-            run,
-            roles,
-            counties,
-            catch_up,
-            window,
-        })
+        .prop_map(
+            |(cron, zone, run, roles, counties, catch_up, window)| ScheduleRaw {
+                cron,
+                zone,
+                run,
+                roles,
+                counties,
+                catch_up,
+                window,
+            },
+        )
 }
 
 fn overrides() -> impl Strategy<Value = OverrideSpec> {
@@ -1026,22 +1042,23 @@ fn spec() -> impl Strategy<Value = Spec> {
                         let source = r.source.index(sources.len());
                         let db = sources[source].kind != 0;
                         ReportSpec {
-                        name: format!("{}_{i}", REPORT_PREFIXES[r.prefix]),
-                        source,
-                        query: db.then(|| r.db.query()),
-                        params: if db { r.db.params.clone() } else { Vec::new() },
-                        window: r.window.clone(),
-                        zone: r.zone,
-                        format: r.format,
-                        chunk_size: r.chunk_size,
-                        priority: r.priority,
-                        target: r.target.clone(),
-                        retries: r.retries,
-                        backoff: r.backoff.clone(),
-                        timeout: r.timeout.clone(),
-                        masking: masking.is_some() && r.masking,
-                        masks: r.masks.iter().map(|m| m.resolve(&roles)).collect(),
-                    }})
+                            name: format!("{}_{i}", REPORT_PREFIXES[r.prefix]),
+                            source,
+                            query: db.then(|| r.db.query()),
+                            params: if db { r.db.params.clone() } else { Vec::new() },
+                            window: r.window.clone(),
+                            zone: r.zone,
+                            format: r.format,
+                            chunk_size: r.chunk_size,
+                            priority: r.priority,
+                            target: r.target.clone(),
+                            retries: r.retries,
+                            backoff: r.backoff.clone(),
+                            timeout: r.timeout.clone(),
+                            masking: masking.is_some() && r.masking,
+                            masks: r.masks.iter().map(|m| m.resolve(&roles)).collect(),
+                        }
+                    })
                     .collect();
                 let schedules = schedules
                     .iter()
@@ -1558,10 +1575,9 @@ impl Spec {
                     e.push(match &q.text {
                         Ok(text) if q.raw => Entry::Set("query", vec![Tok::Raw(text.clone())]),
                         Ok(text) => Entry::Set("query", vec![Tok::Str(text.clone())]),
-                        Err(i) => Entry::Set(
-                            "query_file",
-                            vec![Tok::Str(QUERY_FILES[*i].0.to_string())],
-                        ),
+                        Err(i) => {
+                            Entry::Set("query_file", vec![Tok::Str(QUERY_FILES[*i].0.to_string())])
+                        }
                     });
                 }
                 if let Some(w) = &r.window {
@@ -1739,7 +1755,9 @@ fn comment_texts(text: &str) -> Vec<String> {
 
 /// Moves `chars` past the triple-quoted string opening at `at`: to its first `"""`, or the end.
 fn skip_raw(text: &str, at: usize, chars: &mut impl Iterator<Item = (usize, char)>) {
-    let end = text[at + 3..].find("\"\"\"").map_or(text.len(), |n| at + 3 + n + 3);
+    let end = text[at + 3..]
+        .find("\"\"\"")
+        .map_or(text.len(), |n| at + 3 + n + 3);
     for (j, _) in chars.by_ref() {
         if j + 1 >= end {
             break;

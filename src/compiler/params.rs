@@ -93,7 +93,10 @@ impl Compiler<'_> {
                         self.diags.push(
                             Diagnostic::error(
                                 Code::InvalidValue,
-                                format!("`help` expects a quoted string, found {}", value.describe()),
+                                format!(
+                                    "`help` expects a quoted string, found {}",
+                                    value.describe()
+                                ),
                             )
                             .label(value.span, "expected a quoted string"),
                         );
@@ -106,7 +109,10 @@ impl Compiler<'_> {
             self.diags.push(
                 Diagnostic::error(
                     Code::BadParam,
-                    format!("parameter `{}` is both `required` and has a `default`", decl.name.name),
+                    format!(
+                        "parameter `{}` is both `required` and has a `default`",
+                        decl.name.name
+                    ),
                 )
                 .label(span, "required")
                 .label(value.span, "but has a default")
@@ -167,7 +173,10 @@ impl Compiler<'_> {
                         self.diags.push(
                             Diagnostic::error(
                                 Code::BadParam,
-                                format!("a `one_of` option is a quoted string, found {}", option.describe()),
+                                format!(
+                                    "a `one_of` option is a quoted string, found {}",
+                                    option.describe()
+                                ),
                             )
                             .label(option.span, "expected a quoted string")
                             .help(match &option.kind {
@@ -270,15 +279,33 @@ mod tests {
     fn every_type_and_its_default() {
         for (line, ty, default) in [
             ("param x string", ParamType::String, None),
-            ("param x integer default -3", ParamType::Integer, Some(ParamValue::Integer(-3))),
-            ("param x decimal default \"0\"", ParamType::Decimal, Some(ParamValue::Decimal("0".into()))),
-            ("param x boolean default true", ParamType::Boolean, Some(ParamValue::Boolean(true))),
+            (
+                "param x integer default -3",
+                ParamType::Integer,
+                Some(ParamValue::Integer(-3)),
+            ),
+            (
+                "param x decimal default \"0\"",
+                ParamType::Decimal,
+                Some(ParamValue::Decimal("0".into())),
+            ),
+            (
+                "param x boolean default true",
+                ParamType::Boolean,
+                Some(ParamValue::Boolean(true)),
+            ),
             ("param x date required help \"day\"", ParamType::Date, None),
             ("param x timestamp", ParamType::Timestamp, None),
-            ("param x one_of(\"A\")", ParamType::OneOf(vec!["A".into()]), None),
+            (
+                "param x one_of(\"A\")",
+                ParamType::OneOf(vec!["A".into()]),
+                None,
+            ),
         ] {
             let c = with_param(line);
-            let w = c.workflow.unwrap_or_else(|| panic!("{line}: {:?}", c.diagnostics));
+            let w = c
+                .workflow
+                .unwrap_or_else(|| panic!("{line}: {:?}", c.diagnostics));
             assert_eq!(w.reports[0].params[0].ty, ty, "{line}");
             assert_eq!(w.reports[0].params[0].default, default, "{line}");
         }
@@ -311,7 +338,8 @@ mod tests {
     fn built_ins_and_duplicates_cannot_be_declared() {
         let c = with_param("param county string\n  param x string\n  param x integer");
         assert_eq!(codes(&c), ["E024", "E003"], "{:?}", c.diagnostics);
-        let c = compile_text("roles A\nschedule s {\n  param x string\n  cron \"0 0 5 * * ?\"\n}\n");
+        let c =
+            compile_text("roles A\nschedule s {\n  param x string\n  cron \"0 0 5 * * ?\"\n}\n");
         assert!(codes(&c).contains(&"E012"), "{:?}", c.diagnostics);
     }
 }

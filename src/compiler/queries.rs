@@ -44,9 +44,11 @@ impl QueryText<'_> {
 
     fn span(&self, range: std::ops::Range<usize>) -> Span {
         match self {
-            QueryText::Mapped { file, start, .. } => {
-                Span::new(*file, start + range.start, start + range.end.max(range.start + 1))
-            }
+            QueryText::Mapped { file, start, .. } => Span::new(
+                *file,
+                start + range.start,
+                start + range.end.max(range.start + 1),
+            ),
             QueryText::Whole { span, .. } => *span,
         }
     }
@@ -100,7 +102,10 @@ impl Compiler<'_> {
                     Code::UnknownReference,
                     format!("unknown parameter `:{}`", p.name),
                 )
-                .label(query.span(p.range.clone()), "not a parameter of this report")
+                .label(
+                    query.span(p.range.clone()),
+                    "not a parameter of this report",
+                )
                 .help(help),
             );
         }
@@ -156,7 +161,10 @@ mod tests {
         assert!(q.text.starts_with("\n    SELECT"));
         assert_eq!(q.file, None);
         assert_eq!(r.params.len(), 2);
-        assert_eq!(r.params[0].ty, ParamType::OneOf(vec!["OPEN".into(), "CLOSED".into()]));
+        assert_eq!(
+            r.params[0].ty,
+            ParamType::OneOf(vec!["OPEN".into(), "CLOSED".into()])
+        );
         assert_eq!(r.params[0].default, Some(ParamValue::String("OPEN".into())));
         assert_eq!(r.params[0].help, "which");
         assert!(r.params[1].required && r.params[1].help.is_empty());
@@ -188,39 +196,63 @@ mod tests {
     fn query_rules_per_source_kind() {
         // A database source needs one query; SQLite's unnamed forms are refused.
         assert_eq!(codes(&report("")), ["E013"]);
-        assert_eq!(codes(&report("  query \"SELECT 1\"\n  query_file \"q.sql\"")), ["E023", "E015"]);
+        assert_eq!(
+            codes(&report("  query \"SELECT 1\"\n  query_file \"q.sql\"")),
+            ["E023", "E015"]
+        );
         assert_eq!(codes(&report("  query \"SELECT ?\"")), ["E023"]);
         assert_eq!(codes(&report("  query \"SELECT 'x\"")), ["E023"]);
         // A file source takes neither a query nor parameters.
         let c = compile_text("roles A\nsource f {\n  path \"x.csv\"\n}\nreport R {\n  source f\n  param p string\n  query \"SELECT 1\"\n}\n");
         assert_eq!(codes(&c), ["E024", "E023"], "{:?}", c.diagnostics);
-        assert!(c.diagnostics.iter().any(|d| d.message.contains("a query needs a sqlite or postgres source")));
+        assert!(c.diagnostics.iter().any(|d| d
+            .message
+            .contains("a query needs a sqlite or postgres source")));
     }
 
     #[test]
     fn a_query_file_is_read_and_located() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("sql")).unwrap();
-        std::fs::write(dir.path().join("sql/r.sql"), "SELECT *\nFROM t\nWHERE a = :interval_start AND b = :statu\n").unwrap();
+        std::fs::write(
+            dir.path().join("sql/r.sql"),
+            "SELECT *\nFROM t\nWHERE a = :interval_start AND b = :statu\n",
+        )
+        .unwrap();
         let text = format!("{HEAD}report R {{\n  source db\n  param status string\n  query_file \"sql/r.sql\"\n}}\n");
-        let c = compile(crate::loader::load_text(&dir.path().join("w.flow"), text.clone()));
-        let d = c.diagnostics.iter().find(|d| d.is_error()).expect("an error");
+        let c = compile(crate::loader::load_text(
+            &dir.path().join("w.flow"),
+            text.clone(),
+        ));
+        let d = c
+            .diagnostics
+            .iter()
+            .find(|d| d.is_error())
+            .expect("an error");
         let at = c.sources.location(d.primary_span().unwrap());
         assert!(at.ends_with("sql/r.sql:3:35"), "{at}");
-        std::fs::write(dir.path().join("sql/r.sql"), "SELECT * FROM t WHERE a >= :interval_start AND s = :status").unwrap();
+        std::fs::write(
+            dir.path().join("sql/r.sql"),
+            "SELECT * FROM t WHERE a >= :interval_start AND s = :status",
+        )
+        .unwrap();
         let c = compile(crate::loader::load_text(&dir.path().join("w.flow"), text));
         assert!(!c.has_errors(), "{:?}", c.diagnostics);
         let w = c.workflow.unwrap();
         let q = w.reports[0].query.as_ref().unwrap();
         assert_eq!(q.placeholders, ["interval_start", "status"]);
-        assert!(q.file.as_deref().is_some_and(|f| f.ends_with(Path::new("sql/r.sql"))));
+        assert!(q
+            .file
+            .as_deref()
+            .is_some_and(|f| f.ends_with(Path::new("sql/r.sql"))));
         assert!(q.uses_window());
     }
 
     #[test]
     fn a_query_file_is_fenced_like_an_include() {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!("{HEAD}report R {{\n  source db\n  query_file \"../../etc/passwd\"\n}}\n");
+        let text =
+            format!("{HEAD}report R {{\n  source db\n  query_file \"../../etc/passwd\"\n}}\n");
         let c = compile(crate::loader::load_text(&dir.path().join("w.flow"), text));
         assert_eq!(codes(&c), ["E017"], "{:?}", c.diagnostics);
         assert!(first(&c).message.contains("cannot read query file"));
@@ -234,7 +266,13 @@ mod tests {
             ))
         };
         assert_eq!(codes(&flow("", "")), ["W010"]);
-        assert_eq!(codes(&flow("  window previous day\n", "")), Vec::<&str>::new());
-        assert_eq!(codes(&flow("", "  window previous day\n")), Vec::<&str>::new());
+        assert_eq!(
+            codes(&flow("  window previous day\n", "")),
+            Vec::<&str>::new()
+        );
+        assert_eq!(
+            codes(&flow("", "  window previous day\n")),
+            Vec::<&str>::new()
+        );
     }
 }

@@ -169,7 +169,10 @@ impl Compiler<'_> {
                     self.diags.push(
                         Diagnostic::error(
                             Code::BadParam,
-                            format!("report `{}` reads a file source: a parameter needs a query", name.name),
+                            format!(
+                                "report `{}` reads a file source: a parameter needs a query",
+                                name.name
+                            ),
                         )
                         .label(p.span, "nothing would use it")
                         .help("parameters are bound into a sqlite or postgres source's query"),
@@ -217,7 +220,11 @@ impl Compiler<'_> {
                 self.diags.push(
                     Diagnostic::error(
                         Code::MissingSetting,
-                        format!("report `{}` reads the {} source but has no query", name.name, kind.name()),
+                        format!(
+                            "report `{}` reads the {} source but has no query",
+                            name.name,
+                            kind.name()
+                        ),
                     )
                     .label(name.span, "`query` or `query_file` is required")
                     .help("add `query \"\"\"SELECT …\"\"\"` or `query_file \"sql/report.sql\"`"),

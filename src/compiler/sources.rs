@@ -100,7 +100,9 @@ impl Compiler<'_> {
                         path: resolve_path(&dir, &p),
                     }
                 }),
-                _ => self.env_name(setting).map(|url_env| SourceKind::Postgres { url_env }),
+                _ => self
+                    .env_name(setting)
+                    .map(|url_env| SourceKind::Postgres { url_env }),
             },
         };
         if let (Some(kind), Some(span)) = (&kind, format_span) {
@@ -201,13 +203,27 @@ mod tests {
 
     #[test]
     fn each_kind_of_source_compiles() {
-        let c = compile_text(&format!("source s {{\n  sqlite \"db/x.sqlite\"\n  county_column county_id\n}}\n{REPORT}"));
+        let c = compile_text(&format!(
+            "source s {{\n  sqlite \"db/x.sqlite\"\n  county_column county_id\n}}\n{REPORT}"
+        ));
         let w = c.workflow.expect("compiles");
-        assert_eq!(w.sources[0].kind, SourceKind::Sqlite { path: "db/x.sqlite".into() });
+        assert_eq!(
+            w.sources[0].kind,
+            SourceKind::Sqlite {
+                path: "db/x.sqlite".into()
+            }
+        );
         assert_eq!(w.sources[0].county_column.as_deref(), Some("county_id"));
-        let c = compile_text(&format!("source s {{\n  postgres WAREHOUSE_URL\n}}\n{REPORT}"));
+        let c = compile_text(&format!(
+            "source s {{\n  postgres WAREHOUSE_URL\n}}\n{REPORT}"
+        ));
         let w = c.workflow.expect("compiles");
-        assert_eq!(w.sources[0].kind, SourceKind::Postgres { url_env: "WAREHOUSE_URL".into() });
+        assert_eq!(
+            w.sources[0].kind,
+            SourceKind::Postgres {
+                url_env: "WAREHOUSE_URL".into()
+            }
+        );
     }
 
     #[test]
@@ -217,7 +233,9 @@ mod tests {
         ));
         assert_eq!(codes(&c), ["E014"], "{:?}", c.diagnostics);
         assert!(first(&c).message.contains("never sits in a .flow file"));
-        let c = compile_text(&format!("source s {{\n  postgres warehouse_url\n}}\n{REPORT}"));
+        let c = compile_text(&format!(
+            "source s {{\n  postgres warehouse_url\n}}\n{REPORT}"
+        ));
         assert_eq!(codes(&c), ["E014"], "{:?}", c.diagnostics);
     }
 
@@ -227,8 +245,16 @@ mod tests {
             "source s {{\n  path \"x.csv\"\n  sqlite \"x.sqlite\"\n}}\n{REPORT}"
         ));
         assert!(codes(&c).contains(&"E025"), "{:?}", c.diagnostics);
-        let both = c.diagnostics.iter().find(|d| d.code.as_str() == "E025").unwrap();
-        assert!(both.message.contains("`path` and `sqlite`"), "{}", both.message);
+        let both = c
+            .diagnostics
+            .iter()
+            .find(|d| d.code.as_str() == "E025")
+            .unwrap();
+        assert!(
+            both.message.contains("`path` and `sqlite`"),
+            "{}",
+            both.message
+        );
         let c = compile_text(&format!("source s {{\n  county_column c\n}}\n{REPORT}"));
         assert!(codes(&c).contains(&"E013"), "{:?}", c.diagnostics);
         let c = compile_text(&format!(

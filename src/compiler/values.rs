@@ -281,8 +281,7 @@ impl Compiler<'_> {
         match z.parse::<chrono_tz::Tz>() {
             Ok(tz) => Some(tz),
             Err(_) => {
-                let suggestion =
-                    did_you_mean(&z, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
+                let suggestion = did_you_mean(&z, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
                 self.diags.push(
                     Diagnostic::error(Code::UnknownZone, format!("unknown time zone `{z}`"))
                         .label(span, "not an IANA time zone")

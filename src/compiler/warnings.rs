@@ -80,8 +80,7 @@ impl Compiler<'_> {
             let Some(Some(use_span)) = window_uses.get(i) else {
                 continue;
             };
-            if report.window.is_some() || dag.dependencies.iter().any(|d| d.child == report.name)
-            {
+            if report.window.is_some() || dag.dependencies.iter().any(|d| d.child == report.name) {
                 continue;
             }
             for (schedule, (schedule_name, _)) in schedules.iter().zip(&decls.schedules) {

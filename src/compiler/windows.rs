@@ -103,7 +103,10 @@ impl Compiler<'_> {
                 parse_duration(text).map_err(|why| format!("bad duration `{text}`: {why}"))
             }
             ValueKind::Number(n) => Err(format!("bad duration `{n}`: no unit")),
-            _ => Err(format!("`window last` expects a duration, found {}", value.describe())),
+            _ => Err(format!(
+                "`window last` expects a duration, found {}",
+                value.describe()
+            )),
         };
         match parsed {
             Ok(d) if d > Duration::ZERO => Some(WindowSpec::Last(d)),
@@ -115,7 +118,8 @@ impl Compiler<'_> {
                 None
             }
             Err(message) => {
-                self.diags.push(error(message, value.span, "not a duration"));
+                self.diags
+                    .push(error(message, value.span, "not a duration"));
                 None
             }
         }
@@ -141,13 +145,23 @@ mod tests {
             ("window previous day", WindowSpec::Previous(Period::Day)),
             (
                 "window previous week starting sunday",
-                WindowSpec::Previous(Period::Week { starts: Weekday::Sun }),
+                WindowSpec::Previous(Period::Week {
+                    starts: Weekday::Sun,
+                }),
             ),
-            ("window previous quarter", WindowSpec::Previous(Period::Quarter)),
-            ("window last 36h", WindowSpec::Last(Duration::from_secs(36 * 3600))),
+            (
+                "window previous quarter",
+                WindowSpec::Previous(Period::Quarter),
+            ),
+            (
+                "window last 36h",
+                WindowSpec::Last(Duration::from_secs(36 * 3600)),
+            ),
         ] {
             let c = with_window(line);
-            let w = c.workflow.unwrap_or_else(|| panic!("{line}: {:?}", c.diagnostics));
+            let w = c
+                .workflow
+                .unwrap_or_else(|| panic!("{line}: {:?}", c.diagnostics));
             assert_eq!(w.reports[0].window, Some(spec), "{line}");
         }
     }
@@ -156,10 +170,19 @@ mod tests {
     fn bad_windows_are_located() {
         let c = with_window("window previous mnth");
         assert_eq!(codes(&c), ["E014"], "{:?}", c.diagnostics);
-        assert_eq!(first(&c).help.as_deref(), Some("did you mean `previous month`?"));
+        assert_eq!(
+            first(&c).help.as_deref(),
+            Some("did you mean `previous month`?")
+        );
         assert_eq!(codes(&with_window("window last 36")), ["E008"]);
         assert_eq!(codes(&with_window("window last 0s")), ["E011"]);
-        assert_eq!(codes(&with_window("window previous week starting funday")), ["E014"]);
-        assert_eq!(codes(&with_window("window previous day\n  window last 1h")), ["E003"]);
+        assert_eq!(
+            codes(&with_window("window previous week starting funday")),
+            ["E014"]
+        );
+        assert_eq!(
+            codes(&with_window("window previous day\n  window last 1h")),
+            ["E003"]
+        );
     }
 }

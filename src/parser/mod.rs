@@ -232,7 +232,9 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
         Rule::raw_string | Rule::raw_quote => "`\"\"\"`",
         Rule::paren_open => "`(`",
         Rule::paren_close => "`)`",
-        Rule::param_type => "a parameter type (string, integer, decimal, date, timestamp, boolean or one_of(...))",
+        Rule::param_type => {
+            "a parameter type (string, integer, decimal, date, timestamp, boolean or one_of(...))"
+        }
         Rule::one_of | Rule::kw_one_of => "`one_of`",
         Rule::param_default | Rule::kw_default => "`default`",
         Rule::param_required | Rule::kw_required => "`required`",
@@ -1123,7 +1125,14 @@ after A, B run C
         assert!(matches!(params[0].options[0], ParamOption::Default { .. }));
         assert!(matches!(params[0].options[1], ParamOption::Help { .. }));
         assert!(matches!(params[1].options[..], [ParamOption::Required(_)]));
-        let words: Vec<_> = block.windows().next().unwrap().words.iter().map(|w| w.kind.clone()).collect();
+        let words: Vec<_> = block
+            .windows()
+            .next()
+            .unwrap()
+            .words
+            .iter()
+            .map(|w| w.kind.clone())
+            .collect();
         assert_eq!(words.len(), 4);
         assert_eq!(words[3], ValueKind::Ident("sunday".into()));
     }

@@ -175,7 +175,10 @@ pub fn number(query: &str) -> Result<(String, Vec<String>), PlaceholderError> {
     let mut out = String::with_capacity(query.len());
     let mut copied = 0;
     for p in &found {
-        let number = names.iter().position(|n| *n == p.name).map_or(0, |at| at + 1);
+        let number = names
+            .iter()
+            .position(|n| *n == p.name)
+            .map_or(0, |at| at + 1);
         out.push_str(&query[copied..p.range.start]);
         out.push('$');
         out.push_str(&number.to_string());
