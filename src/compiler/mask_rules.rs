@@ -25,6 +25,20 @@ impl Compiler<'_> {
                 .help("write rules as `mask FIELD METHOD [for ROLES] [except ROLES]`"),
             );
         }
+        let others = block
+            .params()
+            .map(|p| ("param", p.span))
+            .chain(block.windows().map(|w| ("window", w.span)));
+        for (what, span) in others {
+            self.diags.push(
+                Diagnostic::error(
+                    Code::UnknownSetting,
+                    format!("a `{what}` is not allowed in a masking block"),
+                )
+                .label(span, "only `mask` rules go here")
+                .help("write rules as `mask FIELD METHOD [for ROLES] [except ROLES]`"),
+            );
+        }
         block
             .masks()
             .filter_map(|rule| self.mask_rule(rule, scope))
@@ -109,6 +123,17 @@ mod tests {
         // Inline rules first, like the rules themselves.
         assert_eq!(fields, ["name", "ssn"]);
         assert_eq!(w.reports[0].masks.len(), 2);
+        let refused = compile_text(&text.replace(
+            "  mask ssn last4\n",
+            "  mask ssn last4\n  param p string\n  window last 1h\n",
+        ));
+        let codes: Vec<&str> = refused
+            .diagnostics
+            .iter()
+            .filter(|d| d.message.contains("not allowed in a masking block"))
+            .map(|d| d.code.as_str())
+            .collect();
+        assert_eq!(codes, ["E012", "E012"], "{:?}", refused.diagnostics);
         assert_eq!(
             c.sources
                 .text(w.locations.sources[0].county_column.unwrap()),

@@ -8,8 +8,10 @@
 //! block in its own file: gather the declarations of every file (`Decls`),
 //! make names unique and resolve references (`names`), read each kind of block
 //! (`config`, `sources`, `mask_rules`, `reports`, `schedules`) with the shared
-//! setting checks (`values`), build the dependency graph and find its cycles
-//! (`graph`), then warn (`warnings`). Every pass pushes to the same diagnostic
+//! setting checks (`values`) — a report's `params`, its query's placeholders
+//! (`queries`) and the `windows` of reports and schedules in their own files —
+//! build the dependency graph and find its cycles (`graph`), then warn
+//! (`warnings`). Every pass pushes to the same diagnostic
 //! list; [`compile`] sorts it.
 
 mod config;
