@@ -229,7 +229,10 @@ fn describe_rule(rule: Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::ident | Rule::ident_list | Rule::parents => "a name",
         Rule::string | Rule::string_inner => "a quoted string",
-        Rule::raw_string | Rule::raw_quote => "`\"\"\"`",
+        Rule::raw_string | Rule::raw_quote => "a triple-quoted string",
+        Rule::default_value => "a default value (a string, a number, `true` or `false`)",
+        Rule::help_text => "a help text in quotes",
+        Rule::window_words => "a window such as `previous day`, `previous month` or `last 36h`",
         Rule::paren_open => "`(`",
         Rule::paren_close => "`)`",
         Rule::param_type => {
@@ -659,7 +662,9 @@ impl Builder<'_> {
                     let help = p.as_rule() == Rule::param_help;
                     let value = p
                         .into_inner()
-                        .find(|v| !is_keyword(v.as_rule()))
+                        .filter(|v| matches!(v.as_rule(), Rule::default_value | Rule::help_text))
+                        .flat_map(|v| v.into_inner())
+                        .next()
                         .map(|v| self.value(v))
                         .unwrap_or(Value {
                             kind: ValueKind::Str(String::new()),
@@ -687,7 +692,8 @@ impl Builder<'_> {
         let span = self.span(&pair);
         let words = pair
             .into_inner()
-            .filter(|p| !is_keyword(p.as_rule()))
+            .filter(|p| p.as_rule() == Rule::window_words)
+            .flat_map(|p| p.into_inner())
             .map(|v| self.value(v))
             .collect();
         WindowDecl { words, span }
