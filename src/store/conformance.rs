@@ -52,6 +52,7 @@ macro_rules! with_scenarios {
             subscribe_wakes_on_new_work,
             concurrent_claims_take_each_job_once,
             concurrent_parents_create_one_child,
+            params_and_window_round_trip_and_pass_to_children,
         );
     };
 }
@@ -1590,4 +1591,84 @@ pub async fn concurrent_parents_create_one_child(store: Arc<dyn Store>) {
         assert_eq!(ids(&child), ids(&children));
     }
     assert_eq!(counts(&*store).await[&JobStatus::Processing], ROUNDS as u64);
+}
+
+/// A request with every kind of parameter value and a window (a week that starts on Sunday, in
+/// a zone with daylight saving).
+pub fn full_request() -> JobRequest {
+    use crate::params::ParamValue;
+    let params = [
+        (
+            "a_string",
+            ParamValue::String("Zürich'; DROP TABLE x; -- $1".into()),
+        ),
+        ("an_integer", ParamValue::Integer(i64::MIN)),
+        (
+            "a_decimal",
+            ParamValue::Decimal("-12345678901234567890.50".into()),
+        ),
+        (
+            "a_date",
+            ParamValue::Date(chrono::NaiveDate::from_ymd_opt(2028, 2, 29).expect("a date")),
+        ),
+        (
+            "a_timestamp",
+            ParamValue::Timestamp(at(90) + TimeDelta::microseconds(123_456)),
+        ),
+        ("a_boolean", ParamValue::Boolean(false)),
+    ];
+    let window = crate::window::WindowSpec::Previous(crate::window::Period::Week {
+        starts: chrono::Weekday::Sun,
+    })
+    .window_at(at(0), chrono_tz::America::Santiago)
+    .expect("a window");
+    JobRequest {
+        chunk_size: Some(10),
+        params: params
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        window: Some(window),
+        ..JobRequest::default()
+    }
+}
+
+pub async fn params_and_window_round_trip_and_pass_to_children(store: Arc<dyn Store>) {
+    let store = &*store;
+    let mut joins = vec![edge(
+        "dep1:SUMMARY",
+        &["DAILY_REPORT"],
+        Condition::OnSuccess,
+        "SUMMARY",
+    )];
+    // The child's own default, and one the parent's value replaces.
+    joins[0].child.request.params = [
+        ("child_only", crate::params::ParamValue::Integer(7)),
+        ("a_boolean", crate::params::ParamValue::Boolean(true)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut parent = new_job("DAILY_REPORT", "SUPERVISOR", Some("C1"));
+    parent.request = full_request();
+    let queued = enqueue_one(store, parent.clone(), at(0)).await;
+    assert_eq!(queued.request, parent.request);
+    assert_eq!(get(store, &queued.job_id).await.request, parent.request);
+    let listed = list_all(store, ListFilter::default()).await;
+    assert_eq!(listed[0].request, parent.request);
+    let claimed = claim_all(store, at(1)).await;
+    assert_eq!(claimed[0].request, parent.request);
+    let done = finish(store, &claimed[0], success(), &joins, at(2)).await;
+    assert_eq!(done.job.request, parent.request);
+    let child = &done.children_created[0];
+    assert_eq!(child.request.window, parent.request.window);
+    let mut want = parent.request.params.clone();
+    want.insert("child_only".into(), crate::params::ParamValue::Integer(7));
+    assert_eq!(child.request.params, want);
+    assert_eq!(child.request.chunk_size, Some(500));
+    assert_eq!(&get(store, &child.job_id).await, child);
+    // An old record's shape: no parameters, no window.
+    let plain = enqueue_one(store, new_job("R", "S", Some("C1")), at(3)).await;
+    let plain = get(store, &plain.job_id).await;
+    assert!(plain.request.params.is_empty() && plain.request.window.is_none());
 }
