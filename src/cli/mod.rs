@@ -709,7 +709,12 @@ fn plan(
             } else {
                 format!("  after {}", j.after.join(" + "))
             };
-            out.push_str(&format!("{indent}{} as {who}{after}\n", j.report));
+            let window = j
+                .window
+                .as_ref()
+                .map(|w| format!("  window {}", w.label()))
+                .unwrap_or_default();
+            out.push_str(&format!("{indent}{} as {who}{after}{window}\n", j.report));
         }
     }
     out.push_str(&format!(

@@ -62,7 +62,7 @@ pub use extract::{ApiJson, ApiPath, ApiQuery};
 pub use idempotency::{idempotency_unique_key, IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_PATTERN};
 pub use jobs::{JobList, JobView, CURSOR_PATTERN, JOB_ID_PATTERN};
 pub use listen::{serve, serve_with, ServeConfig, HEADER_LIMIT, MAX_HEADERS};
-pub use openapi::openapi;
+pub use openapi::{openapi, workflow_openapi};
 pub use reports::{
     GenerateRequest, GenerateResponse, MAX_CHUNK_SIZE, MAX_KEY_LEN, TARGET_SYSTEM_PATTERN,
 };

@@ -309,7 +309,7 @@ pub async fn enqueue_get_list_paginate(store: Arc<dyn Store>) {
         let mut job = new_job(report, "SUPERVISOR", county);
         job.request
             .params
-            .insert("i".into(), crate::params::ParamValue::Integer(i as i64));
+            .insert("i".into(), crate::params::ParamValue::Integer(i));
         job.estimated_completion = Some(at(i + 100));
         // Nanoseconds are dropped: stores keep microseconds.
         let now = at(i) + TimeDelta::nanoseconds(1_234_567);
