@@ -879,6 +879,7 @@ pub async fn unique_key_at_most_once(store: Arc<dyn Store>) {
     let fire = at(3600);
     let key = UniqueKey::fire("nightly", fire);
     assert_eq!(key.to_string(), "fire:nightly:2030-01-01T01:00:00+00:00");
+    assert_eq!(store.unique_jobs(&key).await.unwrap(), None);
     let batch = vec![
         new_job("DAILY_REPORT", "SUPERVISOR", None),
         new_job("DAILY_REPORT", "CASE_WORKER", None),
@@ -898,6 +899,15 @@ pub async fn unique_key_at_most_once(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(again, Enqueued::Existing(ids(&first)));
     assert_eq!(counts(store).await[&JobStatus::Queued], 2);
+    // A read of the key answers what an enqueue would.
+    assert_eq!(store.unique_jobs(&key).await.unwrap(), Some(ids(&first)));
+    assert_eq!(
+        store
+            .unique_jobs(&UniqueKey::fire("nightly", at(3601)))
+            .await
+            .unwrap(),
+        None
+    );
 
     // An older fire recorded later does not move last_fire back.
     store
@@ -926,8 +936,17 @@ pub async fn unique_key_at_most_once(store: Arc<dyn Store>) {
         .unwrap();
     let two = store.enqueue(batch.clone(), Some(k2), at(8)).await.unwrap();
     assert!(matches!(one, Enqueued::Created(_)) && matches!(two, Enqueued::Created(_)));
-    let one_again = store.enqueue(batch, Some(k1), at(9)).await.unwrap();
+    let one_again = store.enqueue(batch, Some(k1.clone()), at(9)).await.unwrap();
     assert_eq!(one_again, Enqueued::Existing(one.job_ids()));
+    assert_eq!(store.unique_jobs(&k1).await.unwrap(), Some(one.job_ids()));
+    // A fire that created no job exists too.
+    assert_eq!(
+        store
+            .unique_jobs(&UniqueKey::fire("weekly", at(7200)))
+            .await
+            .unwrap(),
+        Some(vec![])
+    );
     assert_eq!(counts(store).await[&JobStatus::Queued], 8);
 }
 

@@ -217,6 +217,13 @@ pub trait Store: Send + Sync + 'static {
     /// counters, not counted.
     fn counts(&self) -> BoxFuture<'_, StoreResult<BTreeMap<JobStatus, u64>>>;
 
+    /// The ids of the jobs the enqueue with `unique` created, if one did (`None`: an enqueue
+    /// with it would create its batch). A read: a backfill's dry run asks which fires exist.
+    fn unique_jobs<'a>(
+        &'a self,
+        unique: &'a UniqueKey,
+    ) -> BoxFuture<'a, StoreResult<Option<Vec<JobId>>>>;
+
     /// The latest fire time recorded by an [`Store::enqueue`] with a [`UniqueKey::Fire`] of this
     /// schedule.
     fn last_fire<'a>(
