@@ -447,7 +447,7 @@ pub fn sweep_temp_files(results: &Path) {
 
 /// Draws progress until the executor is gone; returns the ids of the jobs
 /// that started and of the dependents created.
-async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) -> BTreeSet<JobId> {
+pub(super) async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) -> BTreeSet<JobId> {
     let mut seen = BTreeSet::new();
     let fancy = std::io::stderr().is_terminal();
     let multi = MultiProgress::new();
