@@ -233,6 +233,23 @@ fn generate(token: &str) -> Probe {
     }
 }
 
+/// A backfill of January 2025's daily fires, as ADMIN; a dry run if `dry`.
+fn backfill(dry: bool) -> Probe {
+    Probe {
+        method: "POST",
+        content_type: Some("application/json"),
+        body: json!({
+            "schedule": "daily",
+            "from": "2025-01-01T00:00:00Z",
+            "to": "2025-02-01T00:00:00Z",
+            "dryRun": dry,
+        })
+        .to_string()
+        .into_bytes(),
+        ..get("/api/backfills", Some(&token("ADMIN", None)))
+    }
+}
+
 /// A valid token for `role` in `county`.
 fn token(role: &str, county: Option<&str>) -> String {
     common::token::token("tester", role, county)
@@ -373,8 +390,10 @@ async fn provoke(
         (_, 400) if job_route => "%ff".to_string(),
         _ => jobs.queued.clone(),
     };
+    let is_backfill = path == "/api/backfills";
     let base = match method {
         "POST" if path == "/api/reports/generate" => generate(&jobs.worker),
+        "POST" if is_backfill => backfill(status == 200),
         "POST" => Probe {
             method: "POST",
             ..get(&path.replace("{id}", &id), Some(&jobs.worker))
@@ -393,6 +412,23 @@ async fn provoke(
             code("invalid_request"),
         ),
         400 if job_route => (base, code("invalid_request")),
+        400 if is_backfill => (
+            Probe {
+                body: json!({ "schedule": "daily", "from": "2025-02-01T00:00:00Z", "to": "2025-01-01T00:00:00Z" })
+                    .to_string()
+                    .into_bytes(),
+                ..base
+            },
+            code("invalid_request"),
+        ),
+        // Backfills are for ADMIN: a declared role that is not is refused too.
+        403 if is_backfill => (
+            Probe {
+                token: Some(jobs.worker.clone()),
+                ..base
+            },
+            code("forbidden"),
+        ),
         400 if path == "/api/jobs" => (
             Probe {
                 path: "/api/jobs?limit=0".into(),
