@@ -1,6 +1,6 @@
 //! Backfill: the runs of every past fire of a schedule in a range, each with its own window,
-//! created exactly as the scheduler creates a fire's jobs ([`scheduler::fire_jobs`]) under the
-//! same unique fire key ([`UniqueKey::fire`]).
+//! created exactly as the scheduler creates a fire's jobs ([`crate::scheduler::fire_jobs`])
+//! under the same unique fire key ([`UniqueKey::fire`]).
 //!
 //! That key is what makes a backfill safe to repeat and to resume: a fire the scheduler (or an
 //! earlier backfill) already made answers [`Enqueued::Existing`] and creates nothing, so

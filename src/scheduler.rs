@@ -652,6 +652,43 @@ mod tests {
         assert!(p.truncated);
     }
 
+    #[test]
+    fn plan_shows_each_fires_window_and_dependents_share_it() {
+        let text = "config {\n  all_counties ADMIN\n}\nroles ADMIN\nsource s {\n  path \"x.csv\"\n}\n\
+            report R {\n  source s\n}\nreport S {\n  source s\n}\nafter R run S\n\
+            schedule a {\n  cron \"0 30 5 * * ?\"\n  zone \"Europe/Berlin\"\n  run R\n  roles ADMIN\n}\n";
+        let loaded = crate::loader::load_text(std::path::Path::new("w.flow"), text.to_string());
+        let c = crate::compiler::compile(loaded);
+        let mut w = c.workflow.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        let from = t("2026-11-29T00:00:00Z");
+        let to = t("2026-12-01T12:00:00Z");
+        // Without a window nothing is shown.
+        let p = plan(&w, from, to, 10);
+        assert!(p.fires.iter().all(|f| f.jobs.iter().all(|j| j.window.is_none())));
+        w.schedules[0].window = Some(crate::window::WindowSpec::Previous(
+            crate::window::Period::Day,
+        ));
+        let p = plan(&w, from, to, 10);
+        let labels: Vec<Vec<String>> = p
+            .fires
+            .iter()
+            .map(|f| {
+                f.jobs
+                    .iter()
+                    .map(|j| format!("{} {}", j.report, j.window.as_ref().unwrap().label()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                vec!["R 2026-11-28", "S 2026-11-28"],
+                vec!["R 2026-11-29", "S 2026-11-29"],
+                vec!["R 2026-11-30", "S 2026-11-30"],
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn manual_clock_wakes_sleepers() {
         let clock = ManualClock::new(t("2027-01-01T00:00:00Z"));
