@@ -664,7 +664,10 @@ mod tests {
         let to = t("2026-12-01T12:00:00Z");
         // Without a window nothing is shown.
         let p = plan(&w, from, to, 10);
-        assert!(p.fires.iter().all(|f| f.jobs.iter().all(|j| j.window.is_none())));
+        assert!(p
+            .fires
+            .iter()
+            .all(|f| f.jobs.iter().all(|j| j.window.is_none())));
         w.schedules[0].window = Some(crate::window::WindowSpec::Previous(
             crate::window::Period::Day,
         ));
