@@ -432,4 +432,34 @@ mod tests {
         assert_eq!(p.role, "SUPERVISOR");
         assert_eq!(p.county, None);
     }
+
+    #[test]
+    fn request_json_shows_typed_params_and_the_window() {
+        let request = JobRequest {
+            params: [
+                (
+                    "since".to_string(),
+                    ParamValue::Date(chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()),
+                ),
+                ("limit".to_string(), ParamValue::Integer(5)),
+            ]
+            .into(),
+            window: Some(crate::window::Window::period("2026-11-30", chrono_tz::UTC).unwrap()),
+            ..JobRequest::default()
+        };
+        let value = serde_json::to_value(&request).unwrap();
+        assert_eq!(
+            value["params"],
+            serde_json::json!({"limit": {"integer": 5}, "since": {"date": "2026-11-01"}})
+        );
+        assert_eq!(value["window"]["label"], "2026-11-30");
+        assert_eq!(value["window"]["kind"], "day");
+        assert_eq!(
+            serde_json::from_value::<JobRequest>(value).unwrap(),
+            request
+        );
+        // A request stored before parameters and windows existed reads back without them.
+        let old: JobRequest = serde_json::from_str(r#"{"chunkSize": 5}"#).unwrap();
+        assert!(old.params.is_empty() && old.window.is_none());
+    }
 }

@@ -4,6 +4,7 @@
 
 pub mod ast;
 pub mod auth;
+pub mod backfill;
 pub mod cli;
 pub mod compiler;
 pub mod cron_expr;

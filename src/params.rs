@@ -121,6 +121,18 @@ impl fmt::Display for ParamValue {
 }
 
 impl ParamValue {
+    /// The type's name, as a declaration writes it (`date`); `string` for a one-of value.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ParamValue::String(_) => "string",
+            ParamValue::Integer(_) => "integer",
+            ParamValue::Decimal(_) => "decimal",
+            ParamValue::Date(_) => "date",
+            ParamValue::Timestamp(_) => "timestamp",
+            ParamValue::Boolean(_) => "boolean",
+        }
+    }
+
     /// The value as JSON: numbers stay numbers where JSON holds them exactly (integers),
     /// decimals stay exact text.
     pub fn to_json(&self) -> serde_json::Value {

@@ -15,11 +15,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
-use crate::executor::Engine;
+use crate::executor::{Engine, Trigger, WindowRequest};
 use crate::job::{JobRequest, NewJob, Principal};
 use crate::metrics::Metrics;
 use crate::store::{BoxFuture, Enqueued, StoreError, UniqueKey};
-use crate::workflow::{CatchUp, RoleRule, Schedule, Workflow};
+use crate::window::{Window, WindowError};
+use crate::workflow::{CatchUp, ReportType, RoleRule, Schedule, Workflow};
 
 /// A fire later than this after its time is "missed" (Quartz's default
 /// misfire threshold). Fires within it are on time, whatever the policy.
@@ -164,13 +165,31 @@ pub fn due_fires(
     Due { fire, dropped }
 }
 
-/// The root jobs of one fire of `schedule`, run as the system principal
-/// with the role (and county) the schedule names.
+/// The window a fire of `schedule` at `at` gives `report`'s jobs: the schedule's `window`,
+/// else the report's default, evaluated at the fire time in the schedule's zone. A pure
+/// function of the fire, so the same fire always covers the same period (a backfill of a past
+/// fire gives the window the scheduler gave it).
+pub fn fire_window(
+    schedule: &Schedule,
+    report: &ReportType,
+    at: DateTime<Utc>,
+) -> Result<Option<Window>, WindowError> {
+    schedule
+        .window
+        .or(report.window)
+        .map(|spec| spec.window_at(at, schedule.zone))
+        .transpose()
+}
+
+/// The root jobs of one fire of `schedule` at `at`, run as the system principal with the role
+/// (and county) the schedule names, each with its report's default parameters and the fire's
+/// window ([`fire_window`]).
 pub fn fire_jobs(
     engine: &Engine,
     schedule: &Schedule,
     trigger: &str,
     request: &JobRequest,
+    at: DateTime<Utc>,
 ) -> Vec<NewJob> {
     schedule
         .targets()
@@ -179,14 +198,36 @@ pub fn fire_jobs(
                 county: county.map(str::to_string),
                 ..Principal::system(role)
             };
-            // `check` proves every target passes the county rule; a refusal here is a bug
-            // or a workflow changed under a running server, and is logged, never run.
+            let refused = |e: &dyn std::fmt::Display| {
+                tracing::error!(schedule = %schedule.name, report, error = %e, "fire target refused");
+            };
+            let window = match engine.workflow.report(report).map(|r| fire_window(schedule, r, at)) {
+                Some(Ok(window)) => window,
+                Some(Err(e)) => {
+                    refused(&e);
+                    return None;
+                }
+                None => None,
+            };
+            let trigger_input = Trigger {
+                window: window.map(WindowRequest::Decided),
+                at: Some(at),
+                ..Trigger::default()
+            };
+            // `check` proves every target passes the county rule and has what it needs; a
+            // refusal here is a bug or a workflow changed under a running server, and is
+            // logged, never run.
             engine
-                .new_job(report, principal, trigger, request.clone())
-                .map_err(|e| tracing::error!(schedule = %schedule.name, error = %e, "fire target refused"))
+                .new_job_for(report, principal, trigger, request.clone(), &trigger_input)
+                .map_err(|e| refused(&e))
                 .ok()
         })
         .collect()
+}
+
+/// The trigger id of the fire of `schedule` at `at` (every job of the fire carries it).
+pub fn fire_trigger_id(schedule: &str, at: DateTime<Utc>) -> String {
+    format!("fire:{schedule}:{}", at.to_rfc3339())
 }
 
 /// Creates the jobs of one fire, at most once: the unique key
@@ -198,8 +239,8 @@ pub async fn fire(
     at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Enqueued, StoreError> {
-    let trigger = format!("fire:{}:{}", schedule.name, at.to_rfc3339());
-    let batch = fire_jobs(engine, schedule, &trigger, &JobRequest::default());
+    let trigger = fire_trigger_id(&schedule.name, at);
+    let batch = fire_jobs(engine, schedule, &trigger, &JobRequest::default(), at);
     let result = engine
         .store
         .enqueue(batch, Some(UniqueKey::fire(&schedule.name, at)), now)
@@ -299,6 +340,9 @@ pub struct PlannedJob {
     pub depth: usize,
     /// The parent report types whose completion creates it (empty for roots).
     pub after: Vec<String>,
+    /// The period it covers: the fire's ([`fire_window`]), or for a dependent the window of
+    /// the parent whose completion creates it. `None`: the job reads no window.
+    pub window: Option<Window>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,6 +400,9 @@ pub fn plan(workflow: &Workflow, from: DateTime<Utc>, to: DateTime<Utc>, limit: 
                 county: county.map(str::to_string),
                 depth: 0,
                 after: Vec::new(),
+                window: workflow
+                    .report(report)
+                    .and_then(|r| fire_window(schedule, r, at).ok().flatten()),
             })
             .collect();
         let mut jobs = Vec::new();
@@ -384,6 +431,7 @@ pub fn plan(workflow: &Workflow, from: DateTime<Utc>, to: DateTime<Utc>, limit: 
                             county: job.county.clone(),
                             depth: job.depth + 1,
                             after: dep.parents.clone(),
+                            window: job.window.clone(),
                         });
                     }
                 }
@@ -602,6 +650,46 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert!(p.truncated);
+    }
+
+    #[test]
+    fn plan_shows_each_fires_window_and_dependents_share_it() {
+        let text = "config {\n  all_counties ADMIN\n}\nroles ADMIN\nsource s {\n  path \"x.csv\"\n}\n\
+            report R {\n  source s\n}\nreport S {\n  source s\n}\nafter R run S\n\
+            schedule a {\n  cron \"0 30 5 * * ?\"\n  zone \"Europe/Berlin\"\n  run R\n  roles ADMIN\n}\n";
+        let loaded = crate::loader::load_text(std::path::Path::new("w.flow"), text.to_string());
+        let c = crate::compiler::compile(loaded);
+        let mut w = c.workflow.unwrap_or_else(|| panic!("{:?}", c.diagnostics));
+        let from = t("2026-11-29T00:00:00Z");
+        let to = t("2026-12-01T12:00:00Z");
+        // Without a window nothing is shown.
+        let p = plan(&w, from, to, 10);
+        assert!(p
+            .fires
+            .iter()
+            .all(|f| f.jobs.iter().all(|j| j.window.is_none())));
+        w.schedules[0].window = Some(crate::window::WindowSpec::Previous(
+            crate::window::Period::Day,
+        ));
+        let p = plan(&w, from, to, 10);
+        let labels: Vec<Vec<String>> = p
+            .fires
+            .iter()
+            .map(|f| {
+                f.jobs
+                    .iter()
+                    .map(|j| format!("{} {}", j.report, j.window.as_ref().unwrap().label()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                vec!["R 2026-11-28", "S 2026-11-28"],
+                vec!["R 2026-11-29", "S 2026-11-29"],
+                vec!["R 2026-11-30", "S 2026-11-30"],
+            ]
+        );
     }
 
     #[tokio::test]

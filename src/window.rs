@@ -55,7 +55,13 @@ pub enum WindowKind {
 }
 
 /// The period of data one run covers: `[start, end)`, read in `zone`.
+///
+/// Its JSON (the API's job record, the PostgreSQL store's `request_data`) is
+/// `{"start", "end", "zone", "kind", "weekStarts"?, "label"}`: `kind` is `day`, `week`, `month`,
+/// `quarter`, `year` or `span`, `weekStarts` (`monday` … `sunday`) is there for a week only,
+/// and `label` is [`Window::label`], written for people and ignored when read back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "WindowJson", into = "WindowJson")]
 pub struct Window {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -76,6 +82,118 @@ pub enum WindowError {
     },
     #[error("the window falls outside the dates flowctl can represent")]
     OutOfRange,
+    #[error(
+        "'{0}' is not a period: use a day (2026-11-30), an ISO week (2026-W48), a month \
+         (2026-11), a quarter (2026-Q4) or a year (2026)"
+    )]
+    BadPeriod(String),
+}
+
+/// [`Window`]'s JSON shape.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WindowJson {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    zone: String,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    week_starts: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+}
+
+impl From<Window> for WindowJson {
+    fn from(w: Window) -> WindowJson {
+        let label = Some(w.label());
+        let (kind, week_starts) = match w.kind {
+            WindowKind::Period(Period::Week { starts }) => ("week", Some(day_name(starts))),
+            WindowKind::Period(period) => (period.name(), None),
+            WindowKind::Span => ("span", None),
+        };
+        WindowJson {
+            start: w.start,
+            end: w.end,
+            zone: w.zone,
+            kind: kind.to_string(),
+            week_starts: week_starts.map(str::to_string),
+            label,
+        }
+    }
+}
+
+impl TryFrom<WindowJson> for Window {
+    type Error = String;
+
+    fn try_from(j: WindowJson) -> Result<Window, String> {
+        let kind = match (j.kind.as_str(), j.week_starts.as_deref()) {
+            ("week", starts) => {
+                let starts = match starts {
+                    None => Weekday::Mon,
+                    Some(day) => weekday(day).ok_or_else(|| {
+                        format!("weekStarts: '{day}' is not a day of the week (monday … sunday)")
+                    })?,
+                };
+                WindowKind::Period(Period::Week { starts })
+            }
+            ("span", None) => WindowKind::Span,
+            (name, None) => WindowKind::Period(Period::from_name(name).ok_or_else(|| {
+                format!("kind: '{name}' is not day, week, month, quarter, year or span")
+            })?),
+            (_, Some(_)) => return Err("weekStarts is only for a week".to_string()),
+        };
+        let zone: Tz = j
+            .zone
+            .parse()
+            .map_err(|_| WindowError::UnknownZone(j.zone.clone()).to_string())?;
+        // A period a zone skipped is empty (Apia's 2011-12-30); none ends before it starts.
+        if j.start > j.end {
+            return Err(WindowError::Empty {
+                start: j.start,
+                end: j.end,
+            }
+            .to_string());
+        }
+        Ok(Window {
+            start: j.start,
+            end: j.end,
+            zone: zone.name().to_string(),
+            kind,
+        })
+    }
+}
+
+impl Period {
+    /// The period's name in a window's JSON and in a trigger's `period` (`day`, `week`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week { .. } => "week",
+            Period::Month => "month",
+            Period::Quarter => "quarter",
+            Period::Year => "year",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Period> {
+        Some(match name {
+            "day" => Period::Day,
+            "week" => Period::Week {
+                starts: Weekday::Mon,
+            },
+            "month" => Period::Month,
+            "quarter" => Period::Quarter,
+            "year" => Period::Year,
+            _ => return None,
+        })
+    }
+}
+
+/// A day's name as the DSL and the JSON write it (`monday`).
+pub fn day_name(day: Weekday) -> &'static str {
+    DAYS.iter()
+        .find(|(_, d)| *d == day)
+        .map_or("monday", |(n, _)| n)
 }
 
 impl WindowSpec {
@@ -182,6 +300,80 @@ impl Window {
             zone: zone.name().to_string(),
             kind: WindowKind::Span,
         })
+    }
+
+    /// The calendar period a trigger names, in `zone`: a day `2026-11-30`, an ISO week
+    /// `2026-W48` (Monday to Monday), a month `2026-11`, a quarter `2026-Q4` or a year `2026` —
+    /// the forms [`Window::label`] writes, so a result's folder name gives its window back.
+    pub fn period(text: &str, zone: Tz) -> Result<Window, WindowError> {
+        let bad = || WindowError::BadPeriod(crate::diagnostic::bounded(text.to_string()));
+        let text = text.trim();
+        let number = |s: &str| -> Option<u32> {
+            (!s.is_empty() && s.len() <= 4 && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        let year = |s: &str| {
+            (s.len() == 4)
+                .then(|| number(s))
+                .flatten()
+                .and_then(|y| i32::try_from(y).ok())
+        };
+        let parts: Vec<&str> = text.split('-').collect();
+        let (period, first) = match parts.as_slice() {
+            [y] => (
+                Period::Year,
+                NaiveDate::from_ymd_opt(year(y).ok_or_else(bad)?, 1, 1),
+            ),
+            [y, w] if w.starts_with('W') => {
+                let week = number(&w[1..]).filter(|_| w.len() == 3).ok_or_else(bad)?;
+                (
+                    Period::Week {
+                        starts: Weekday::Mon,
+                    },
+                    NaiveDate::from_isoywd_opt(year(y).ok_or_else(bad)?, week, Weekday::Mon),
+                )
+            }
+            [y, q] if q.starts_with('Q') => {
+                let quarter = number(&q[1..])
+                    .filter(|n| q.len() == 2 && (1..=4).contains(n))
+                    .ok_or_else(bad)?;
+                (
+                    Period::Quarter,
+                    NaiveDate::from_ymd_opt(year(y).ok_or_else(bad)?, quarter * 3 - 2, 1),
+                )
+            }
+            [y, m] if m.len() == 2 => (
+                Period::Month,
+                NaiveDate::from_ymd_opt(year(y).ok_or_else(bad)?, number(m).ok_or_else(bad)?, 1),
+            ),
+            [y, m, d] if m.len() == 2 && d.len() == 2 => (
+                Period::Day,
+                NaiveDate::from_ymd_opt(
+                    year(y).ok_or_else(bad)?,
+                    number(m).ok_or_else(bad)?,
+                    number(d).ok_or_else(bad)?,
+                ),
+            ),
+            _ => return Err(bad()),
+        };
+        let first = first.ok_or_else(bad)?;
+        let next = step(period, first, 1).ok_or(WindowError::OutOfRange)?;
+        Ok(Window {
+            start: start_of_day(zone, first).ok_or(WindowError::OutOfRange)?,
+            end: start_of_day(zone, next).ok_or(WindowError::OutOfRange)?,
+            zone: zone.name().to_string(),
+            kind: WindowKind::Period(period),
+        })
+    }
+
+    /// This window with its instants cut to the microsecond, as every time of a job record is
+    /// kept (PostgreSQL's precision), so that every store gives back what it was given.
+    pub fn truncated_to_micros(mut self) -> Window {
+        use chrono::SubsecRound;
+        self.start = self.start.trunc_subsecs(6);
+        self.end = self.end.trunc_subsecs(6);
+        self
     }
 
     /// The zone, parsed (a stored window always names a zone that parses).
@@ -609,15 +801,102 @@ mod tests {
     }
 
     #[test]
-    fn windows_survive_the_job_record_codec() {
-        let w = spec("previous month")
-            .window_at(utc("2026-12-01T04:30:00Z"), chrono_tz::Europe::Berlin)
+    fn window_json_names_its_kind_and_label_and_reads_back() {
+        let berlin = chrono_tz::Europe::Berlin;
+        let month = spec("previous month")
+            .window_at(utc("2026-12-01T04:30:00Z"), berlin)
             .unwrap();
-        let config = bincode::config::standard();
-        let bytes = bincode::serde::encode_to_vec(&w, config).unwrap();
-        let (back, _): (Window, usize) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
-        assert_eq!(back, w);
-        let json = serde_json::to_string(&w).unwrap();
-        assert_eq!(serde_json::from_str::<Window>(&json).unwrap(), w);
+        let json = serde_json::to_value(&month).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "start": "2026-10-31T23:00:00Z",
+                "end": "2026-11-30T23:00:00Z",
+                "zone": "Europe/Berlin",
+                "kind": "month",
+                "label": "2026-11",
+            })
+        );
+        let sunday_week = spec("previous week starting sunday")
+            .window_at(utc("2026-12-01T05:30:00Z"), Tz::UTC)
+            .unwrap();
+        let span = Window::between(
+            utc("2026-11-30T00:00:00Z"),
+            utc("2026-11-30T06:00:00Z"),
+            "UTC",
+        )
+        .unwrap();
+        for w in [&month, &sunday_week, &span] {
+            let text = serde_json::to_string(w).unwrap();
+            assert_eq!(&serde_json::from_str::<Window>(&text).unwrap(), w, "{text}");
+        }
+        assert_eq!(
+            serde_json::to_value(&sunday_week).unwrap()["weekStarts"],
+            "sunday"
+        );
+        // The label is for people: a wrong or missing one does not change the window.
+        let mut edited = json.clone();
+        edited["label"] = "whatever".into();
+        assert_eq!(serde_json::from_value::<Window>(edited).unwrap(), month);
+        for (field, value) in [
+            ("kind", serde_json::json!("fortnight")),
+            ("zone", serde_json::json!("Mars/Olympus")),
+            ("weekStarts", serde_json::json!("monday")),
+            ("start", serde_json::json!("2026-12-01T00:00:00Z")),
+        ] {
+            let mut bad = json.clone();
+            bad[field] = value;
+            assert!(serde_json::from_value::<Window>(bad).is_err(), "{field}");
+        }
+    }
+
+    #[test]
+    fn a_named_period_is_the_window_its_label_names() {
+        let berlin = chrono_tz::Europe::Berlin;
+        for (text, start, end) in [
+            ("2026-11-30", "2026-11-29T23:00:00Z", "2026-11-30T23:00:00Z"),
+            ("2026-03-29", "2026-03-28T23:00:00Z", "2026-03-29T22:00:00Z"),
+            ("2026-W48", "2026-11-22T23:00:00Z", "2026-11-29T23:00:00Z"),
+            ("2026-11", "2026-10-31T23:00:00Z", "2026-11-30T23:00:00Z"),
+            ("2026-Q1", "2025-12-31T23:00:00Z", "2026-03-31T22:00:00Z"),
+            ("2028", "2027-12-31T23:00:00Z", "2028-12-31T23:00:00Z"),
+        ] {
+            let w = Window::period(text, berlin).unwrap();
+            assert_eq!((w.start, w.end), (utc(start), utc(end)), "{text}");
+            assert_eq!(w.label(), text);
+        }
+        // The window a schedule gives a fire is the one its label names.
+        let fire = spec("previous day")
+            .window_at(utc("2026-12-01T04:30:00Z"), berlin)
+            .unwrap();
+        assert_eq!(Window::period(&fire.label(), berlin).unwrap(), fire);
+        for bad in [
+            "",
+            "2026-13",
+            "2026-02-30",
+            "2026-W54",
+            "2026-Q5",
+            "2026-Q0",
+            "26-11",
+            "2026-1",
+            "2026-11-3",
+            "2026/11/30",
+            "yesterday",
+            "2026-11-30T00:00",
+        ] {
+            assert!(
+                matches!(Window::period(bad, berlin), Err(WindowError::BadPeriod(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn instants_are_kept_to_the_microsecond() {
+        let start = utc("2026-11-30T00:00:00.123456789Z");
+        let w = Window::between(start, utc("2026-12-01T00:00:00Z"), "UTC")
+            .unwrap()
+            .truncated_to_micros();
+        assert_eq!(w.start, utc("2026-11-30T00:00:00.123456Z"));
     }
 }

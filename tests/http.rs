@@ -1730,3 +1730,97 @@ fn the_serve_binary_serves_and_refuses_a_second_instance_on_the_same_db() {
     assert!(!log.contains(&token), "the token was logged");
     assert!(!log.contains(SECRET), "the secret was logged");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backfills
+// ---------------------------------------------------------------------------------------------
+
+/// `POST /api/backfills` (ADMIN only) creates the past fires of a schedule that do not exist,
+/// under the scheduler's fire keys: a repeat creates nothing, a dry run counts and creates
+/// nothing, and the jobs are the schedule's own (its trigger ids, run as the system).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfills_create_each_past_fire_once_for_admin_only() {
+    let server = TestServer::start_idle().await;
+    let admin = token("ana", "ADMIN", None);
+    let body = |dry: bool| {
+        json!({
+            "schedule": "daily",
+            "from": "2025-01-01T00:00:00Z",
+            "to": "2025-01-08T00:00:00Z",
+            "dryRun": dry,
+        })
+    };
+    let dry = server.post_json("/api/backfills", &admin, body(true)).await;
+    assert_eq!(dry.status, 200, "{}", dry.text());
+    assert_eq!(
+        dry.json(),
+        json!({
+            "schedule": "daily",
+            "from": "2025-01-01T00:00:00Z",
+            "to": "2025-01-08T00:00:00Z",
+            "dryRun": true,
+            "firesPlanned": 7,
+            "firesCreated": 0,
+            "firesExisting": 0,
+            "jobsCreated": 0,
+        })
+    );
+    let first = server
+        .post_json("/api/backfills", &admin, body(false))
+        .await;
+    assert_eq!(first.status, 202, "{}", first.text());
+    assert_eq!(first.json()["firesCreated"], 7);
+    assert_eq!(first.json()["jobsCreated"], 7);
+    let again = server
+        .post_json("/api/backfills", &admin, body(false))
+        .await;
+    assert_eq!(again.status, 202);
+    assert_eq!(
+        (
+            again.json()["firesCreated"].clone(),
+            again.json()["firesExisting"].clone()
+        ),
+        (json!(0), json!(7))
+    );
+    let dry = server.post_json("/api/backfills", &admin, body(true)).await;
+    assert_eq!(dry.json()["firesExisting"], 7);
+    let jobs = server.get("/api/jobs?limit=100", &admin).await.json();
+    let triggers: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["triggerId"].as_str().unwrap())
+        .collect();
+    assert_eq!(triggers.len(), 7);
+    assert!(
+        triggers.contains(&"fire:daily:2025-01-01T10:30:00+00:00"),
+        "{triggers:?}"
+    );
+    // Not for other roles; bad requests say why.
+    let worker = token("bob", "CASE_WORKER", Some("C01"));
+    server
+        .post_json("/api/backfills", &worker, body(true))
+        .await
+        .assert_error(403, "forbidden");
+    for (bad, says) in [
+        (
+            json!({ "schedule": "daly", "from": "2025-01-01T00:00:00Z", "to": "2025-01-02T00:00:00Z" }),
+            "did you mean daily?",
+        ),
+        (
+            json!({ "schedule": "daily", "from": "2025-01-01T00:00:00Z", "to": "2999-01-02T00:00:00Z" }),
+            "after now",
+        ),
+        (
+            json!({ "schedule": "daily", "from": "soon", "to": "2025-01-02T00:00:00Z" }),
+            "RFC 3339",
+        ),
+    ] {
+        let message = server
+            .post_json("/api/backfills", &admin, bad.clone())
+            .await
+            .assert_error(400, "invalid_request");
+        assert!(message.contains(says), "{bad}: {message}");
+    }
+    server.shutdown().await;
+}

@@ -233,6 +233,23 @@ fn generate(token: &str) -> Probe {
     }
 }
 
+/// A backfill of January 2025's daily fires, as ADMIN; a dry run if `dry`.
+fn backfill(dry: bool) -> Probe {
+    Probe {
+        method: "POST",
+        content_type: Some("application/json"),
+        body: json!({
+            "schedule": "daily",
+            "from": "2025-01-01T00:00:00Z",
+            "to": "2025-02-01T00:00:00Z",
+            "dryRun": dry,
+        })
+        .to_string()
+        .into_bytes(),
+        ..get("/api/backfills", Some(&token("ADMIN", None)))
+    }
+}
+
 /// A valid token for `role` in `county`.
 fn token(role: &str, county: Option<&str>) -> String {
     common::token::token("tester", role, county)
@@ -373,8 +390,10 @@ async fn provoke(
         (_, 400) if job_route => "%ff".to_string(),
         _ => jobs.queued.clone(),
     };
+    let is_backfill = path == "/api/backfills";
     let base = match method {
         "POST" if path == "/api/reports/generate" => generate(&jobs.worker),
+        "POST" if is_backfill => backfill(status == 200),
         "POST" => Probe {
             method: "POST",
             ..get(&path.replace("{id}", &id), Some(&jobs.worker))
@@ -393,6 +412,23 @@ async fn provoke(
             code("invalid_request"),
         ),
         400 if job_route => (base, code("invalid_request")),
+        400 if is_backfill => (
+            Probe {
+                body: json!({ "schedule": "daily", "from": "2025-02-01T00:00:00Z", "to": "2025-01-01T00:00:00Z" })
+                    .to_string()
+                    .into_bytes(),
+                ..base
+            },
+            code("invalid_request"),
+        ),
+        // Backfills are for ADMIN: a declared role that is not is refused too.
+        403 if is_backfill => (
+            Probe {
+                token: Some(jobs.worker.clone()),
+                ..base
+            },
+            code("forbidden"),
+        ),
         400 if path == "/api/jobs" => (
             Probe {
                 path: "/api/jobs?limit=0".into(),
@@ -667,4 +703,143 @@ fn conforms(value: &Value, schema: &Value, doc: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report parameters
+// ---------------------------------------------------------------------------------------------
+
+/// The document of a workflow whose reports declare parameters shows each report's: a
+/// `ReportParams.<REPORT>` object (each parameter's type, `format` for a date or timestamp,
+/// `enum` for a one-of list, the help as description, the default, the required ones), and
+/// `GenerateRequest` as one branch per report type; the bodies and jobs the API takes and
+/// gives conform to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_shows_each_reports_parameters() {
+    use flowctl::params::{ParamSpec, ParamType, ParamValue};
+    let spec = |name: &str, ty: ParamType, default: Option<ParamValue>, required: bool| ParamSpec {
+        name: name.into(),
+        ty,
+        default,
+        required,
+        help: format!("The {name}."),
+    };
+    let harness = common::TestServer::start_edited(
+        Options {
+            dispatcher: false,
+            ..Options::default()
+        },
+        |workflow| {
+            let daily = workflow
+                .reports
+                .iter_mut()
+                .find(|r| r.name == "DAILY_REPORT")
+                .unwrap();
+            daily.params = vec![
+                spec("since", ParamType::Date, None, true),
+                spec("at", ParamType::Timestamp, None, false),
+                spec(
+                    "limit",
+                    ParamType::Integer,
+                    Some(ParamValue::Integer(100)),
+                    false,
+                ),
+                spec("min_amount", ParamType::Decimal, None, false),
+                spec("closed", ParamType::Boolean, None, false),
+                spec("note", ParamType::String, None, false),
+                spec(
+                    "status",
+                    ParamType::OneOf(vec!["OPEN".into(), "CLOSED".into()]),
+                    None,
+                    false,
+                ),
+            ];
+            daily.window = Some(flowctl::window::WindowSpec::Previous(
+                flowctl::window::Period::Day,
+            ));
+        },
+    )
+    .await;
+    let reply = harness.api.get("/api/openapi.json", "").await;
+    assert_eq!(reply.status, 200);
+    let doc = reply.json();
+    let schemas = &doc["components"]["schemas"];
+    let daily = &schemas["ReportParams.DAILY_REPORT"];
+    assert_eq!(daily["type"], "object");
+    assert_eq!(daily["additionalProperties"], false);
+    assert_eq!(daily["required"], json!(["since"]));
+    let props = &daily["properties"];
+    assert_eq!(
+        props["since"],
+        json!({ "type": "string", "format": "date", "description": "The since." })
+    );
+    assert_eq!(props["at"]["format"], "date-time");
+    assert_eq!(props["limit"]["type"], "integer");
+    assert_eq!(props["limit"]["default"], 100);
+    assert_eq!(props["min_amount"]["type"], "string");
+    assert_eq!(props["min_amount"]["format"], "decimal");
+    assert_eq!(props["closed"]["type"], "boolean");
+    assert_eq!(props["note"]["maxLength"], flowctl::params::MAX_TEXT);
+    assert_eq!(props["status"]["enum"], json!(["OPEN", "CLOSED"]));
+    // A report without parameters takes an empty object.
+    assert_eq!(
+        schemas["ReportParams.WEEKLY_REPORT"]["properties"],
+        json!({})
+    );
+    // One branch of the trigger body per report type, naming its parameters.
+    let branches = schemas["GenerateRequest"]["oneOf"].as_array().unwrap();
+    assert_eq!(branches.len(), harness.engine.workflow.reports.len());
+    let branch = |report: &str| {
+        branches
+            .iter()
+            .find(|b| b["properties"]["reportType"]["enum"] == json!([report]))
+            .unwrap_or_else(|| panic!("no branch for {report}"))
+            .clone()
+    };
+    assert_eq!(
+        branch("DAILY_REPORT")["required"],
+        json!(["reportType", "params"])
+    );
+    assert_eq!(branch("WEEKLY_REPORT")["required"], json!(["reportType"]));
+    let body = json!({
+        "reportType": "DAILY_REPORT",
+        "params": { "since": "2026-11-01", "limit": 5, "status": "OPEN" },
+        "window": { "period": "2026-11-30" },
+    });
+    conforms(&body, &schemas["GenerateRequest"], &doc).unwrap();
+    conforms(&body, &branch("DAILY_REPORT"), &doc).unwrap();
+    let mut unknown = body.clone();
+    unknown["params"]["limt"] = json!(5);
+    assert!(conforms(&unknown, &branch("DAILY_REPORT"), &doc).is_err());
+    let mut bad_type = body.clone();
+    bad_type["params"]["limit"] = json!("five");
+    assert!(conforms(&bad_type, &branch("DAILY_REPORT"), &doc).is_err());
+    // What the API does with that body conforms to what it documents.
+    let admin = token("ADMIN", None);
+    let id = harness.api.generate(&admin, body).await;
+    let reply = harness.api.get(&format!("/api/jobs/{id}"), &admin).await;
+    let job = reply.json();
+    assert_eq!(job["request"]["window"]["label"], "2026-11-30");
+    let get_job = &doc["paths"]["/api/jobs/{id}"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    conforms(&job, get_job, &doc).unwrap_or_else(|e| panic!("{e}: {job}"));
+    let window = &schemas["Window"];
+    assert_eq!(
+        window["properties"]["kind"]["enum"],
+        json!(["day", "week", "month", "quarter", "year", "span"])
+    );
+    // A refused parameter's answer is the documented error, with its `param`.
+    let reply = harness
+        .api
+        .post_json(
+            "/api/reports/generate",
+            &admin,
+            json!({ "reportType": "DAILY_REPORT" }),
+        )
+        .await;
+    reply.assert_param_error("missing_param", "since");
+    let error = reply.json();
+    conforms(&error, &schemas["Error"], &doc).unwrap();
+    assert_eq!(schemas["Error"]["properties"]["param"]["type"], "string");
+    harness.shutdown().await;
 }

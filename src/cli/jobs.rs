@@ -323,10 +323,9 @@ async fn show(store: &dyn Store, id: &str, json: bool) -> u8 {
                     .join(", ")
             },
         ),
-        (
-            "request",
-            serde_json::to_string(&job.request).unwrap_or_default(),
-        ),
+        ("request", request_settings(&job.request)),
+        ("window", window_line(job.request.window.as_ref())),
+        ("params", params_lines(&job.request.params)),
         ("priority", job.priority.to_string()),
         (
             "attempt",
@@ -361,6 +360,63 @@ async fn show(store: &dyn Store, id: &str, json: bool) -> u8 {
         outln!("{k:<10} {v}");
     }
     EXIT_OK
+}
+
+/// The request's settings (chunk size, format, priority, target), as JSON; `-` if none.
+fn request_settings(request: &crate::job::JobRequest) -> String {
+    let settings = crate::job::JobRequest {
+        params: Default::default(),
+        window: None,
+        ..request.clone()
+    };
+    let mut value = serde_json::to_value(&settings).unwrap_or_default();
+    if let Some(obj) = value.as_object_mut() {
+        obj.retain(|k, v| !v.is_null() && k != "params" && k != "window");
+        if obj.is_empty() {
+            return "-".into();
+        }
+    }
+    value.to_string()
+}
+
+/// `2026-11-30 (day, Europe/Berlin): 2026-11-30T00:00:00+01:00 to 2026-12-01T00:00:00+01:00`.
+pub(super) fn window_line(window: Option<&crate::window::Window>) -> String {
+    let Some(w) = window else {
+        return "-".into();
+    };
+    let kind = match w.kind {
+        crate::window::WindowKind::Period(p) => p.name(),
+        crate::window::WindowKind::Span => "span",
+    };
+    let zone = w.tz();
+    format!(
+        "{} ({kind}, {}): {} to {} (end excluded)",
+        w.label(),
+        w.zone,
+        w.start.with_timezone(&zone).to_rfc3339(),
+        w.end.with_timezone(&zone).to_rfc3339()
+    )
+}
+
+/// One `name (type) = value` per parameter, aligned under the first; `-` if none.
+fn params_lines(params: &std::collections::BTreeMap<String, crate::params::ParamValue>) -> String {
+    if params.is_empty() {
+        return "-".into();
+    }
+    let lines: Vec<String> = params
+        .iter()
+        .map(|(name, value)| {
+            // A string is quoted, escaped and cut, so it shows on one line as what it is.
+            let text = match value {
+                crate::params::ParamValue::String(s) => {
+                    crate::diagnostic::bounded(format!("{s:?}"))
+                }
+                other => other.to_string(),
+            };
+            format!("{name} ({}) = {text}", value.type_name())
+        })
+        .collect();
+    lines.join(&format!("\n{:<10} ", ""))
 }
 
 async fn cancel(store: &dyn Store, id: &str) -> u8 {

@@ -36,6 +36,7 @@ macro_rules! out {
     }};
 }
 
+mod backfill;
 mod jobs;
 mod migrate;
 mod run;
@@ -127,6 +128,10 @@ pub enum Command {
     },
     /// Queue reports and run them and their dependents to completion.
     Run(run::RunArgs),
+    /// Create the runs of every past fire of a schedule in a range, each with its own window,
+    /// skipping fires that exist (running it again creates nothing new, and resumes one cut
+    /// short); then run them here unless --queue-only. --dry-run prints the plan.
+    Backfill(backfill::BackfillArgs),
     /// List, show, cancel and retry jobs in the store.
     Jobs(jobs::JobsArgs),
     /// Run the scheduler, the dispatcher and the HTTP API until SIGTERM or Ctrl-C.
@@ -242,6 +247,7 @@ where
             includes,
         } => plan(&paths, &includes, from.as_deref(), to.as_deref(), limit),
         Command::Run(args) => run::run(args),
+        Command::Backfill(args) => backfill::run(args),
         Command::Jobs(args) => jobs::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Worker(args) => worker::run(args),
@@ -709,7 +715,12 @@ fn plan(
             } else {
                 format!("  after {}", j.after.join(" + "))
             };
-            out.push_str(&format!("{indent}{} as {who}{after}\n", j.report));
+            let window = j
+                .window
+                .as_ref()
+                .map(|w| format!("  window {}", w.label()))
+                .unwrap_or_default();
+            out.push_str(&format!("{indent}{} as {who}{after}{window}\n", j.report));
         }
     }
     out.push_str(&format!(

@@ -2,7 +2,7 @@
 //! dependents to completion against the embedded store, with progress, then
 //! print every job.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use super::{
     block_on, compiled_workflow, error, start_engine, Started, StoreArgs, EXIT_FAILURE, EXIT_OK,
 };
-use crate::executor::{Engine, ExecEvent, JobRefused};
+use crate::executor::{Engine, ExecEvent, JobRefused, Trigger, WindowRequest};
 use crate::job::{Job, JobId, JobRequest, JobStatus, NewJob, Principal};
+use crate::params::{Given, ParamError, ParamSpec};
 use crate::store::{ListFilter, Store};
 use crate::workflow::{DataFormat, Workflow};
 
@@ -40,9 +41,11 @@ pub struct RunArgs {
     /// restricts a role that sees all counties to one.
     #[arg(long)]
     pub county: Option<String>,
-    /// Request parameters: chunk_size=N, format=csv|jsonl, priority=N, target=NAME.
+    /// Request settings: chunk_size=N, format=csv|jsonl, priority=N, target=NAME.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    #[command(flatten)]
+    pub trigger: TriggerArgs,
     /// Queue nothing new: finish what an interrupted run left.
     #[arg(long, conflicts_with_all = ["reports", "set"])]
     pub resume: bool,
@@ -51,6 +54,111 @@ pub struct RunArgs {
     /// Override the workflow's worker pool size.
     #[arg(long)]
     pub workers: Option<u32>,
+}
+
+/// What a manual trigger gives its `--report` jobs: parameter values and a window (the same
+/// as the HTTP trigger's `params` and `window`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TriggerArgs {
+    /// A value for a parameter the report declares, parsed by its declared type
+    /// (repeatable): `--param since=2026-11-01 --param status=OPEN`. With several
+    /// `--report`s, each gets the values of the parameters it declares. Omitted ones get
+    /// their default; a required one must be given.
+    #[arg(long = "param", value_name = "NAME=VALUE", requires = "reports")]
+    pub params: Vec<String>,
+    /// The period of data to cover: a day 2026-11-30, an ISO week 2026-W48, a month 2026-11,
+    /// a quarter 2026-Q4 or a year 2026 (in --zone). Default: the report's own window as of
+    /// now, if it declares one.
+    #[arg(long, value_name = "PERIOD", requires = "reports",
+          conflicts_with_all = ["window_start", "window_end"])]
+    pub period: Option<String>,
+    /// The first instant of the window to cover (RFC 3339, e.g. 2026-11-30T00:00:00Z); with
+    /// --window-end.
+    #[arg(long, value_name = "INSTANT", requires_all = ["reports", "window_end"])]
+    pub window_start: Option<String>,
+    /// The instant the window ends, excluded (RFC 3339); with --window-start.
+    #[arg(long, value_name = "INSTANT", requires = "window_start")]
+    pub window_end: Option<String>,
+    /// The IANA zone the window's days and local dates are read in (default: the report's
+    /// zone, else UTC).
+    #[arg(long, value_name = "ZONE", requires = "reports")]
+    pub zone: Option<String>,
+}
+
+impl TriggerArgs {
+    /// The window named, if any.
+    pub fn window(&self) -> Result<Option<WindowRequest>, String> {
+        let instant = |flag: &str, text: &str| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    format!("{flag} {text}: not an RFC 3339 instant (2026-11-30T00:00:00Z): {e}")
+                })
+        };
+        Ok(match (&self.period, &self.window_start, &self.window_end) {
+            (Some(name), _, _) => Some(WindowRequest::Period {
+                name: name.clone(),
+                zone: self.zone.clone(),
+            }),
+            (None, Some(start), Some(end)) => Some(WindowRequest::Span {
+                start: instant("--window-start", start)?,
+                end: instant("--window-end", end)?,
+                zone: self.zone.clone(),
+            }),
+            (None, None, None) if self.zone.is_some() => {
+                return Err(
+                    "--zone is the zone of --period or --window-start/--window-end; give one"
+                        .into(),
+                )
+            }
+            _ => None,
+        })
+    }
+
+    /// The trigger of `reports`' jobs: each gets the `--param` values of the parameters it
+    /// declares; a name none of them declares is refused (with a did-you-mean).
+    pub fn triggers(
+        &self,
+        workflow: &Workflow,
+        reports: &[String],
+    ) -> Result<HashMap<String, Trigger>, ParamError> {
+        let given = crate::params::parse_cli_pairs(&self.params)?;
+        let declared: Vec<ParamSpec> = reports
+            .iter()
+            .filter_map(|r| workflow.report(r))
+            .flat_map(|r| r.params.iter().cloned())
+            .collect();
+        let unknown: BTreeMap<String, Given> = given
+            .iter()
+            .filter(|(name, _)| !declared.iter().any(|s| &s.name == *name))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !unknown.is_empty() {
+            crate::params::resolve(&declared, &unknown)?;
+        }
+        Ok(reports
+            .iter()
+            .map(|name| {
+                let params = workflow
+                    .report(name)
+                    .map(|r| {
+                        given
+                            .iter()
+                            .filter(|(k, _)| r.params.iter().any(|s| &s.name == *k))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (
+                    name.clone(),
+                    Trigger {
+                        params,
+                        ..Trigger::default()
+                    },
+                )
+            })
+            .collect())
+    }
 }
 
 /// Parses `--set` pairs into a request.
@@ -100,13 +208,19 @@ fn root_jobs(
     let request = request_from_sets(&args.set)?;
     let mut jobs = Vec::new();
     if args.reports.is_empty() {
+        let now = Utc::now();
         for schedule in &workflow.schedules {
             jobs.extend(crate::scheduler::fire_jobs(
-                engine, schedule, trigger, &request,
+                engine, schedule, trigger, &request, now,
             ));
         }
         return Ok(jobs);
     }
+    let window = args.trigger.window()?;
+    let mut triggers = args
+        .trigger
+        .triggers(workflow, &args.reports)
+        .map_err(|e| format!("--param {e}"))?;
     let role = match &args.role {
         Some(r) if workflow.roles.contains(r) => r.clone(),
         Some(r) => {
@@ -135,7 +249,9 @@ fn root_jobs(
             role: role.clone(),
             county: args.county.clone(),
         };
-        match engine.new_job(report, principal, trigger, request.clone()) {
+        let mut given = triggers.remove(report).unwrap_or_default();
+        given.window.clone_from(&window);
+        match engine.new_job_for(report, principal, trigger, request.clone(), &given) {
             Ok(job) => jobs.push(job),
             Err(JobRefused::UnknownReport(_)) => {
                 let names = workflow.reports.iter().map(|r| r.name.as_str());
@@ -146,6 +262,13 @@ fn root_jobs(
             }
             Err(JobRefused::CountyRequired(e)) => {
                 return Err(format!("{e}: pass --county"));
+            }
+            Err(JobRefused::Param(e)) => return Err(format!("{report}: --param {e}")),
+            Err(e @ JobRefused::Window(_)) => return Err(format!("{report}: {e}")),
+            Err(e @ JobRefused::WindowRequired { .. }) => {
+                return Err(format!(
+                    "{e} (--period 2026-11-30, or --window-start and --window-end)"
+                ))
             }
         }
     }
@@ -324,7 +447,7 @@ pub fn sweep_temp_files(results: &Path) {
 
 /// Draws progress until the executor is gone; returns the ids of the jobs
 /// that started and of the dependents created.
-async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) -> BTreeSet<JobId> {
+pub(super) async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) -> BTreeSet<JobId> {
     let mut seen = BTreeSet::new();
     let fancy = std::io::stderr().is_terminal();
     let multi = MultiProgress::new();

@@ -40,7 +40,13 @@ impl Joins {
                         data_format: o.format.map(|f| f.name().to_string()),
                         priority: o.priority,
                         target_system: o.target.clone(),
-                        params: Default::default(),
+                        // The child's own defaults; the parent's values and window are laid
+                        // over them when it fires (`ChildTemplate::instantiate`).
+                        params: child
+                            .params
+                            .iter()
+                            .filter_map(|p| Some((p.name.clone(), p.default.clone()?)))
+                            .collect(),
                         window: None,
                     },
                     // Rows of the child's source at the default rate; the

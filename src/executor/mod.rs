@@ -25,13 +25,18 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use tokio::sync::mpsc;
 
 use crate::job::{Job, JobId, JobRequest, NewJob, Principal};
 use crate::metrics::Metrics;
+use crate::params::{Given, ParamError};
 use crate::store::{Store, StoreError};
-use crate::workflow::{CountyRequired, Workflow};
+use crate::window::{Window, WindowError};
+use crate::workflow::{CountyRequired, ReportType, Workflow};
 
 use estimates::RowCounts;
 
@@ -91,6 +96,105 @@ pub enum JobRefused {
     UnknownReport(String),
     #[error(transparent)]
     CountyRequired(#[from] CountyRequired),
+    /// A parameter value is unknown, missing or ill-typed ([`ParamError::code`] says which).
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    /// The window the trigger gave cannot be made (an unknown zone, an end not after its
+    /// start, a period that is not one).
+    #[error("window: {0}")]
+    Window(#[from] WindowError),
+    /// The report's query reads the window, and neither the trigger nor the report gave one.
+    #[error(
+        "report {report} reads its data window (:interval_start, :interval_end) and has no \
+         default window: give one (a period such as 2026-11-30 or 2026-11, or a start and an \
+         end), or declare a `window` for the report"
+    )]
+    WindowRequired { report: String },
+}
+
+impl JobRefused {
+    /// A stable code for each refusal (the HTTP API's error code).
+    pub fn code(&self) -> &'static str {
+        match self {
+            JobRefused::UnknownReport(_) => "unknown_report",
+            JobRefused::CountyRequired(_) => "county_required",
+            JobRefused::Param(e) => e.code,
+            JobRefused::Window(_) => "invalid_window",
+            JobRefused::WindowRequired { .. } => "window_required",
+        }
+    }
+}
+
+/// What a trigger gives a job beside its principal and request: parameter values, a window,
+/// and when it happened. The default (nothing given, now) is a plain manual trigger.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Trigger {
+    /// Parameter values as given: text from the command line, JSON from the API. Checked
+    /// against the report's declarations by [`crate::params::resolve`].
+    pub params: BTreeMap<String, Given>,
+    /// The window the trigger names; `None`: the report's default window at [`Trigger::at`].
+    pub window: Option<WindowRequest>,
+    /// When the trigger happened (a fire's time); `None`: now.
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// A window as a trigger names it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowRequest {
+    /// `[start, end)`, its local dates read in `zone` (default: the report's `zone`).
+    Span {
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        zone: Option<String>,
+    },
+    /// A calendar period by name ([`Window::period`]: `2026-11-30`, `2026-W48`, `2026-11`,
+    /// `2026-Q4`, `2026`), in `zone` (default: the report's `zone`).
+    Period { name: String, zone: Option<String> },
+    /// A window already decided: a schedule fire's, evaluated at the fire time.
+    Decided(Window),
+}
+
+impl WindowRequest {
+    /// The window this names, for `report`.
+    pub fn window(&self, report: &ReportType) -> Result<Window, WindowError> {
+        let zone = |zone: &Option<String>| -> Result<Tz, WindowError> {
+            match zone {
+                None => Ok(report.zone),
+                Some(name) => name.parse().map_err(|_| {
+                    WindowError::UnknownZone(crate::diagnostic::bounded(name.clone()))
+                }),
+            }
+        };
+        match self {
+            WindowRequest::Span {
+                start,
+                end,
+                zone: z,
+            } => Window::between(*start, *end, zone(z)?.name()),
+            WindowRequest::Period { name, zone: z } => Window::period(name, zone(z)?),
+            WindowRequest::Decided(window) => Ok(window.clone()),
+        }
+    }
+}
+
+/// The window a job of `report` covers: the one `trigger` names, else the report's default at
+/// the trigger's time; refused when there is none and the report's query reads it.
+pub fn decide_window(
+    report: &ReportType,
+    trigger: &Trigger,
+    now: DateTime<Utc>,
+) -> Result<Option<Window>, JobRefused> {
+    let window = match (&trigger.window, report.window) {
+        (Some(request), _) => Some(request.window(report)?),
+        (None, Some(spec)) => Some(spec.window_at(trigger.at.unwrap_or(now), report.zone)?),
+        (None, None) => None,
+    };
+    if window.is_none() && report.query.as_ref().is_some_and(|q| q.uses_window()) {
+        return Err(JobRefused::WindowRequired {
+            report: report.name.clone(),
+        });
+    }
+    Ok(window.map(Window::truncated_to_micros))
 }
 
 /// What the executor reports while it runs, for progress displays.
@@ -184,9 +288,9 @@ impl Engine {
         }
     }
 
-    /// A root job for `report_type` run as `principal`, with the report's
-    /// priority, attempts and an estimated completion time. Every entry point (CLI, API,
-    /// schedule fires) makes its jobs here, so the county rule is decided here once.
+    /// A root job for `report_type` run as `principal`, given nothing but its request (the
+    /// report's default parameters and window): [`Engine::new_job_for`] with
+    /// [`Trigger::default`].
     pub fn new_job(
         &self,
         report_type: &str,
@@ -194,12 +298,37 @@ impl Engine {
         trigger_id: &str,
         request: JobRequest,
     ) -> Result<NewJob, JobRefused> {
+        self.new_job_for(
+            report_type,
+            principal,
+            trigger_id,
+            request,
+            &Trigger::default(),
+        )
+    }
+
+    /// A root job for `report_type` run as `principal`, with the report's priority, attempts
+    /// and an estimated completion time, its parameters resolved from `trigger`'s values and
+    /// its window decided ([`decide_window`]); `request`'s own `params` and `window` are
+    /// replaced. Every entry point (CLI, API, schedule fires, backfills) makes its jobs here,
+    /// so the county rule, the parameters and the window are decided here once, before any
+    /// job exists.
+    pub fn new_job_for(
+        &self,
+        report_type: &str,
+        principal: Principal,
+        trigger_id: &str,
+        mut request: JobRequest,
+        trigger: &Trigger,
+    ) -> Result<NewJob, JobRefused> {
         let report = self
             .workflow
             .report(report_type)
             .ok_or_else(|| JobRefused::UnknownReport(report_type.to_string()))?;
         self.workflow
             .check_county(&principal.role, principal.county.as_deref())?;
+        request.params = crate::params::resolve(&report.params, &trigger.params)?;
+        request.window = decide_window(report, trigger, Utc::now())?;
         let priority = request.priority.unwrap_or(report.priority);
         Ok(NewJob {
             report_type: report_type.to_string(),
@@ -232,5 +361,257 @@ impl Engine {
             );
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{ParamSpec, ParamType, ParamValue};
+    use crate::window::{Period, WindowKind, WindowSpec};
+    use crate::workflow::Query;
+
+    const FLOW: &str = "config {\n  all_counties ADMIN\n}\nroles ADMIN\n\
+        source s {\n  path \"s.csv\"\n  county_column county_id\n}\n\
+        report R {\n  source s\n}\n\
+        schedule nightly {\n  cron \"0 30 5 * * ?\"\n  zone \"America/New_York\"\n  run R\n  roles ADMIN\n}\n";
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// `R` declares `since` (date, required) and `limit` (integer, default 10), covers the
+    /// previous day in Berlin by default; `edit` changes it further.
+    fn test_engine(edit: impl FnOnce(&mut ReportType)) -> (Engine, tempfile::TempDir) {
+        let loaded = crate::loader::load_text(std::path::Path::new("w.flow"), FLOW.to_string());
+        let compilation = crate::compiler::compile(loaded);
+        let mut workflow = compilation
+            .workflow
+            .unwrap_or_else(|| panic!("{:#?}", compilation.diagnostics));
+        let report = &mut workflow.reports[0];
+        report.params = vec![
+            ParamSpec {
+                name: "since".into(),
+                ty: ParamType::Date,
+                default: None,
+                required: true,
+                help: "first day".into(),
+            },
+            ParamSpec {
+                name: "limit".into(),
+                ty: ParamType::Integer,
+                default: Some(ParamValue::Integer(10)),
+                required: false,
+                help: "rows".into(),
+            },
+        ];
+        report.window = Some(WindowSpec::Previous(Period::Day));
+        report.zone = chrono_tz::Europe::Berlin;
+        edit(report);
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            crate::store::SledStore::open(crate::store::SledConfig::new(dir.path().join("db")))
+                .unwrap();
+        let config = ExecutorConfig::from_workflow(&workflow, [0; 32]);
+        let engine = Engine::new(
+            Arc::new(workflow),
+            Arc::new(store),
+            config,
+            Arc::new(Metrics::new()),
+        );
+        (engine, dir)
+    }
+
+    fn given(pairs: &[(&str, &str)]) -> BTreeMap<String, Given> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Given::Text(v.to_string())))
+            .collect()
+    }
+
+    fn job(engine: &Engine, trigger: &Trigger) -> Result<NewJob, JobRefused> {
+        engine.new_job_for(
+            "R",
+            Principal::system("ADMIN"),
+            "cli:test",
+            JobRequest::default(),
+            trigger,
+        )
+    }
+
+    #[test]
+    fn params_are_resolved_before_a_job_exists() {
+        let (engine, _dir) = test_engine(|_| {});
+        let trigger = Trigger {
+            params: given(&[("since", "2026-11-01")]),
+            ..Trigger::default()
+        };
+        let new = job(&engine, &trigger).unwrap();
+        assert_eq!(
+            new.request.params,
+            [
+                ("limit".to_string(), ParamValue::Integer(10)),
+                (
+                    "since".to_string(),
+                    ParamValue::Date(chrono::NaiveDate::from_ymd_opt(2026, 11, 1).unwrap())
+                ),
+            ]
+            .into()
+        );
+        for (pairs, code) in [
+            (vec![], "missing_param"),
+            (
+                vec![("since", "2026-11-01"), ("limt", "1")],
+                "unknown_param",
+            ),
+            (vec![("since", "November")], "invalid_param"),
+        ] {
+            let trigger = Trigger {
+                params: given(&pairs),
+                ..Trigger::default()
+            };
+            let refused = job(&engine, &trigger).unwrap_err();
+            assert!(matches!(refused, JobRefused::Param(_)), "{refused}");
+            assert_eq!(refused.code(), code, "{pairs:?}");
+        }
+        // `new_job` is a trigger that gives nothing: a required parameter is missing.
+        assert_eq!(
+            engine
+                .new_job("R", Principal::system("ADMIN"), "t", JobRequest::default())
+                .unwrap_err()
+                .code(),
+            "missing_param"
+        );
+    }
+
+    #[test]
+    fn the_window_is_the_triggers_else_the_reports_default_at_the_trigger_time() {
+        let (engine, _dir) = test_engine(|_| {});
+        let with = |window: Option<WindowRequest>, at: Option<&str>| {
+            let trigger = Trigger {
+                params: given(&[("since", "2026-11-01")]),
+                window,
+                at: at.map(utc),
+            };
+            job(&engine, &trigger).map(|j| j.request.window.unwrap())
+        };
+        // The default, in the report's zone, at the trigger's time.
+        let w = with(None, Some("2026-12-01T04:30:00Z")).unwrap();
+        assert_eq!(
+            (w.start, w.end, w.label()),
+            (
+                utc("2026-11-29T23:00:00Z"),
+                utc("2026-11-30T23:00:00Z"),
+                "2026-11-30".to_string()
+            )
+        );
+        // A span given: its zone defaults to the report's; kept to the microsecond.
+        let w = with(
+            Some(WindowRequest::Span {
+                start: utc("2026-11-30T00:00:00.000000999Z"),
+                end: utc("2026-11-30T06:00:00Z"),
+                zone: None,
+            }),
+            None,
+        )
+        .unwrap();
+        assert_eq!(w.kind, WindowKind::Span);
+        assert_eq!(w.zone, "Europe/Berlin");
+        assert_eq!(w.start, utc("2026-11-30T00:00:00Z"));
+        // A period given, in another zone.
+        let w = with(
+            Some(WindowRequest::Period {
+                name: "2026-11".into(),
+                zone: Some("America/New_York".into()),
+            }),
+            None,
+        )
+        .unwrap();
+        assert_eq!(w.start, utc("2026-11-01T04:00:00Z"));
+        for bad in [
+            WindowRequest::Period {
+                name: "2026-11-31".into(),
+                zone: None,
+            },
+            WindowRequest::Period {
+                name: "2026-11".into(),
+                zone: Some("Nowhere/City".into()),
+            },
+            WindowRequest::Span {
+                start: utc("2026-11-30T06:00:00Z"),
+                end: utc("2026-11-30T06:00:00Z"),
+                zone: None,
+            },
+        ] {
+            let refused = with(Some(bad.clone()), None).unwrap_err();
+            assert_eq!(refused.code(), "invalid_window", "{bad:?}: {refused}");
+        }
+    }
+
+    #[test]
+    fn a_report_that_reads_its_window_is_refused_without_one() {
+        let (engine, _dir) = test_engine(|report| {
+            report.window = None;
+            report.query = Some(Query {
+                text: "SELECT 1 WHERE :interval_end > :since".into(),
+                file: None,
+                placeholders: vec!["interval_end".into(), "since".into()],
+            });
+        });
+        let trigger = Trigger {
+            params: given(&[("since", "2026-11-01")]),
+            ..Trigger::default()
+        };
+        let refused = job(&engine, &trigger).unwrap_err();
+        assert_eq!(refused, JobRefused::WindowRequired { report: "R".into() });
+        assert!(refused.to_string().contains("2026-11-30"), "{refused}");
+        let trigger = Trigger {
+            window: Some(WindowRequest::Period {
+                name: "2026-11-30".into(),
+                zone: None,
+            }),
+            ..trigger
+        };
+        assert!(job(&engine, &trigger).unwrap().request.window.is_some());
+        // A report that does not read it runs without one.
+        let (engine, _dir) = test_engine(|report| report.window = None);
+        let trigger = Trigger {
+            params: given(&[("since", "2026-11-01")]),
+            ..Trigger::default()
+        };
+        assert_eq!(job(&engine, &trigger).unwrap().request.window, None);
+    }
+
+    #[test]
+    fn a_fire_covers_the_schedules_window_in_the_schedules_zone_and_always_the_same() {
+        let (engine, _dir) = test_engine(|report| {
+            report.params[0].required = false;
+        });
+        let mut schedule = engine.workflow.schedules[0].clone();
+        let report = engine.workflow.report("R").unwrap();
+        let fire = utc("2026-12-01T10:30:00Z");
+        // The report's default (previous day), read in the schedule's zone, not the report's.
+        let w = crate::scheduler::fire_window(&schedule, report, fire)
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.zone, "America/New_York");
+        assert_eq!(w.start, utc("2026-11-30T05:00:00Z"));
+        // The schedule's own window wins.
+        schedule.window = Some(WindowSpec::Previous(Period::Month));
+        let w = crate::scheduler::fire_window(&schedule, report, fire)
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.label(), "2026-11");
+        let jobs = |at| {
+            crate::scheduler::fire_jobs(&engine, &schedule, "fire:t", &JobRequest::default(), at)
+        };
+        let first = jobs(fire);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].request.window.as_ref(), Some(&w));
+        assert_eq!(first[0].request.params["limit"], ParamValue::Integer(10));
+        assert_eq!(
+            first.iter().map(|j| &j.request).collect::<Vec<_>>(),
+            jobs(fire).iter().map(|j| &j.request).collect::<Vec<_>>()
+        );
     }
 }

@@ -39,6 +39,16 @@ pub enum AppError {
     IdempotencyKeyReused(String),
     /// 422: the `Idempotency-Key` header and the body's `idempotencyKey` differ.
     IdempotencyKeyMismatch(String),
+    /// 422: a report parameter given is unknown, missing or ill-typed; `param` names it
+    /// (cut to a short excerpt).
+    Param {
+        code: &'static str,
+        param: String,
+        message: String,
+    },
+    /// 422: the window given cannot be made (`invalid_window`), or the report needs one and
+    /// none was given or declared (`window_required`).
+    Window { code: &'static str, message: String },
     /// 503: the store does not answer (readiness).
     Unavailable(String),
     /// 503 with `Retry-After`: the store failed transiently and kept failing through the
@@ -60,9 +70,10 @@ impl AppError {
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            AppError::IdempotencyKeyReused(_) | AppError::IdempotencyKeyMismatch(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            AppError::IdempotencyKeyReused(_)
+            | AppError::IdempotencyKeyMismatch(_)
+            | AppError::Param { .. }
+            | AppError::Window { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Unavailable(_) | AppError::StoreUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -84,6 +95,7 @@ impl AppError {
             AppError::UnsupportedMediaType(_) => "unsupported_media_type",
             AppError::IdempotencyKeyReused(_) => "idempotency_key_reused",
             AppError::IdempotencyKeyMismatch(_) => "idempotency_key_mismatch",
+            AppError::Param { code, .. } | AppError::Window { code, .. } => code,
             AppError::Unavailable(_) => "unavailable",
             AppError::StoreUnavailable(_) => "store_unavailable",
             AppError::Internal(_) => "internal",
@@ -91,7 +103,7 @@ impl AppError {
     }
 
     /// Every code, for the OpenAPI document (with [`STORE_STOPPED`]).
-    pub const CODES: [&'static str; 14] = [
+    pub const CODES: [&'static str; 19] = [
         "unauthorized",
         "forbidden",
         "not_found",
@@ -103,6 +115,11 @@ impl AppError {
         "unsupported_media_type",
         "idempotency_key_reused",
         "idempotency_key_mismatch",
+        "unknown_param",
+        "missing_param",
+        "invalid_param",
+        "invalid_window",
+        "window_required",
         "unavailable",
         "store_unavailable",
         "internal",
@@ -124,7 +141,17 @@ impl AppError {
             | AppError::IdempotencyKeyReused(m)
             | AppError::IdempotencyKeyMismatch(m)
             | AppError::Unavailable(m)
-            | AppError::StoreUnavailable(m) => m,
+            | AppError::StoreUnavailable(m)
+            | AppError::Param { message: m, .. }
+            | AppError::Window { message: m, .. } => m,
+        }
+    }
+
+    /// The parameter an error is about, if any.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            AppError::Param { param, .. } => Some(param),
+            _ => None,
         }
     }
 }
@@ -133,13 +160,17 @@ impl AppError {
 /// no other answer has it).
 pub(super) const STORE_STOPPED: &str = "store_stopped";
 
-/// The body of every error answer: `{"code", "message"}`.
+/// The body of every error answer: `{"code", "message"}`, and `param` for a parameter's.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = Error)]
 pub(super) struct ErrorBody {
     #[schema(schema_with = error_code_schema)]
     pub(super) code: &'static str,
     pub(super) message: String,
+    /// The report parameter refused (`unknown_param`, `missing_param`, `invalid_param`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(super) param: Option<String>,
 }
 
 /// Every code an error answer can carry: [`AppError::CODES`] and [`STORE_STOPPED`].
@@ -159,6 +190,7 @@ impl IntoResponse for AppError {
         let body = ErrorBody {
             code: self.code(),
             message: self.message().to_string(),
+            param: self.param().map(str::to_string),
         };
         let mut response = (self.status(), Json(body)).into_response();
         match self {

@@ -80,6 +80,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>,
         let body = ErrorBody {
             code: STORE_STOPPED,
             message: format!("the job store stopped accepting changes: {reason}"),
+            param: None,
         };
         return Err((StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response());
     }

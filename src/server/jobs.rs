@@ -145,9 +145,37 @@ struct JobRequestSchema {
     target_system: Option<String>,
     /// Resolved parameters, each value tagged with its type: `{"date": "2026-11-30"}`.
     params: std::collections::BTreeMap<String, serde_json::Value>,
-    /// The period of data the run covers.
+    /// The period of data the run covers (`null`: the report reads no window).
     #[schema(required = true)]
-    window: Option<serde_json::Value>,
+    window: Option<WindowSchema>,
+}
+
+// `Window` as it is serialized (`crate::window`'s JSON shape).
+/// The period of data a run covers: `[start, end)`.
+#[derive(ToSchema)]
+#[schema(as = Window, rename_all = "camelCase")]
+#[allow(dead_code)]
+pub(super) struct WindowSchema {
+    start: chrono::DateTime<chrono::Utc>,
+    /// Excluded.
+    end: chrono::DateTime<chrono::Utc>,
+    /// The IANA zone whose calendar the period follows and its local dates are read in.
+    zone: String,
+    #[schema(schema_with = window_kind_schema)]
+    kind: String,
+    /// A week's first day (`monday` … `sunday`); only for a week.
+    #[schema(nullable = false)]
+    week_starts: Option<String>,
+    /// A short name for the period, as result paths use it: `2026-11-30`, `2026-W48`,
+    /// `2026-11`, `2026-Q4`, `2026`, or `<start>-<end>` for a span.
+    label: String,
+}
+
+fn window_kind_schema() -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["day", "week", "month", "quarter", "year", "span"]))
+        .build()
 }
 
 impl PartialSchema for JobRequest {

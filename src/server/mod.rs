@@ -24,7 +24,7 @@
 //!
 //! One file per resource or concern: [`errors`] (the error shape and its safety net),
 //! [`caller`] (the token's principal), [`extract`] (body, path and query rejections),
-//! [`store_call`] (retries), [`idempotency`], [`reports`], [`jobs`] (and [`file_body`], the
+//! [`store_call`] (retries), [`idempotency`], [`reports`], [`backfills`], [`jobs`] (and [`file_body`], the
 //! streamed result), [`graph`], [`health`], [`openapi`], [`middleware`] and [`listen`] (the
 //! accept loop).
 
@@ -41,6 +41,7 @@ use utoipa_axum::routes;
 use crate::auth::AuthConfig;
 use crate::executor::Engine;
 
+mod backfills;
 mod caller;
 mod errors;
 mod extract;
@@ -56,13 +57,14 @@ mod openapi;
 mod reports;
 mod store_call;
 
+pub use backfills::{BackfillRequest, BackfillResponse};
 pub use caller::Caller;
 pub use errors::AppError;
 pub use extract::{ApiJson, ApiPath, ApiQuery};
 pub use idempotency::{idempotency_unique_key, IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_PATTERN};
 pub use jobs::{JobList, JobView, CURSOR_PATTERN, JOB_ID_PATTERN};
 pub use listen::{serve, serve_with, ServeConfig, HEADER_LIMIT, MAX_HEADERS};
-pub use openapi::openapi;
+pub use openapi::{openapi, workflow_openapi};
 pub use reports::{
     GenerateRequest, GenerateResponse, MAX_CHUNK_SIZE, MAX_KEY_LEN, TARGET_SYSTEM_PATTERN,
 };
@@ -97,6 +99,7 @@ impl AppState {
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(reports::generate))
+        .routes(routes!(backfills::backfill))
         .routes(routes!(jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))

@@ -25,6 +25,8 @@ use utoipa::{IntoResponses, Modify, OpenApi};
 use super::errors::ErrorBody;
 use super::listen::GUARDED_HEADER_LIMIT;
 use super::{AppState, HEADER_LIMIT, MAX_HEADERS, STORE_RETRY_AFTER_SECS, STORE_RETRY_BUDGET};
+use crate::params::{ParamType, MAX_TEXT};
+use crate::workflow::{ReportType, Workflow};
 
 /// The document's header and the schemas that no operation names directly.
 #[derive(OpenApi)]
@@ -33,7 +35,7 @@ use super::{AppState, HEADER_LIMIT, MAX_HEADERS, STORE_RETRY_AFTER_SECS, STORE_R
         title = "flowctl",
         description = "Report jobs: trigger, follow, cancel and download. Every error is `{\"code\", \"message\"}`."
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, super::jobs::WindowSchema)),
     modifiers(&BearerAuth)
 )]
 pub(super) struct ApiDoc;
@@ -179,6 +181,90 @@ pub fn openapi(report_types: &[&str]) -> Value {
     serde_json::to_value(doc).expect("an OpenAPI document serializes")
 }
 
+/// The document of the API serving `workflow`: [`openapi`] with its report types, and each
+/// report's parameters (`ReportParams.<REPORT>`: an object with a property per declared
+/// parameter, its type, `format` for dates and timestamps, `enum` for a one-of list, the help
+/// as its description, its default, and the required ones). `GenerateRequest` is then one of
+/// a branch per report type, whose `params` is that report's.
+pub fn workflow_openapi(workflow: &Workflow) -> Value {
+    let names: Vec<&str> = workflow.reports.iter().map(|r| r.name.as_str()).collect();
+    let mut doc = openapi(&names);
+    if workflow.reports.is_empty() {
+        return doc;
+    }
+    let mut branches = Vec::new();
+    for report in &workflow.reports {
+        let name = format!("ReportParams.{}", report.name);
+        doc["components"]["schemas"][&name] = params_schema(report);
+        let mut required = vec![json!("reportType")];
+        if report
+            .params
+            .iter()
+            .any(|p| p.required && p.default.is_none())
+        {
+            required.push(json!("params"));
+        }
+        branches.push(json!({
+            "type": "object",
+            "title": report.name,
+            "properties": {
+                "reportType": { "type": "string", "enum": [report.name] },
+                "params": { "$ref": format!("#/components/schemas/{name}") },
+            },
+            "required": required,
+        }));
+    }
+    doc["components"]["schemas"]["GenerateRequest"]["oneOf"] = Value::Array(branches);
+    doc
+}
+
+/// The `params` object of one report's trigger.
+fn params_schema(report: &ReportType) -> Value {
+    let mut properties = serde_json::Map::new();
+    for spec in &report.params {
+        let mut schema = match &spec.ty {
+            ParamType::String => json!({ "type": "string", "maxLength": MAX_TEXT }),
+            ParamType::Integer => json!({ "type": "integer", "format": "int64" }),
+            ParamType::Decimal => json!({
+                "type": "string",
+                "format": "decimal",
+                "pattern": DECIMAL_PATTERN,
+                "maxLength": MAX_TEXT,
+            }),
+            ParamType::Date => json!({ "type": "string", "format": "date" }),
+            ParamType::Timestamp => json!({ "type": "string", "format": "date-time" }),
+            ParamType::Boolean => json!({ "type": "boolean" }),
+            ParamType::OneOf(options) => json!({ "type": "string", "enum": options }),
+        };
+        if !spec.help.is_empty() {
+            schema["description"] = json!(spec.help);
+        }
+        if let Some(default) = &spec.default {
+            schema["default"] = default.to_json();
+        }
+        properties.insert(spec.name.clone(), schema);
+    }
+    let required: Vec<&str> = report
+        .params
+        .iter()
+        .filter(|p| p.required && p.default.is_none())
+        .map(|p| p.name.as_str())
+        .collect();
+    let mut schema = json!({
+        "type": "object",
+        "description": format!("The parameters of {}.", report.name),
+        "properties": properties,
+        "additionalProperties": false,
+    });
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    schema
+}
+
+/// A decimal parameter's text (`-12.50`, `.5`; no exponent).
+pub const DECIMAL_PATTERN: &str = r"^[+-]?([0-9]+(\.[0-9]+)?|\.[0-9]+)$";
+
 /// Where a client names a report type (the `reportType` of a request body or of a query), the
 /// document lists the workflow's `names`. A job's own `reportType` stays an open string: the
 /// job may have been queued under an earlier version of the workflow.
@@ -228,16 +314,9 @@ fn list_report_types(doc: &mut openapi::OpenApi, names: &[&str]) {
     )
 )]
 pub(super) async fn openapi_json(State(state): State<AppState>) -> Response {
-    let doc = state.openapi.get_or_init(|| {
-        let names: Vec<&str> = state
-            .engine
-            .workflow
-            .reports
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
-        openapi(&names).to_string().into()
-    });
+    let doc = state
+        .openapi
+        .get_or_init(|| workflow_openapi(&state.engine.workflow).to_string().into());
     ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }
 

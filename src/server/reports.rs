@@ -17,8 +17,9 @@ use super::errors::{clip, ErrorBody};
 use super::idempotency::{idempotency_key, idempotency_unique_key, trigger_unique_key};
 use super::openapi::{AuthErrors, HeadErrors, InternalError, StoreErrors};
 use super::{store_call, ApiJson, AppError, AppState, Caller};
-use crate::executor::JobRefused;
+use crate::executor::{JobRefused, Trigger, WindowRequest};
 use crate::job::{JobId, JobRequest, JobStatus};
+use crate::params::Given;
 use crate::store::Enqueued;
 use crate::workflow::DataFormat;
 
@@ -59,6 +60,15 @@ pub struct GenerateRequest {
     )]
     pub idempotency_key: Option<String>,
     // Sent by the seed's clients; accepted and never read: the token decides.
+    /// Values of the report's declared parameters, by name: a string, or a number or boolean
+    /// where the type is one (the document's `ReportParams.<reportType>` lists each report's).
+    /// Omitted ones get their default; a required one must be given.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>, nullable = false)]
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub window: Option<WindowBody>,
     /// Accepted and ignored: the token's `role` decides.
     #[serde(default)]
     #[allow(dead_code)]
@@ -70,6 +80,104 @@ pub struct GenerateRequest {
     #[allow(dead_code)]
     #[schema(value_type = Option<serde_json::Value>)]
     county_id: Option<IgnoredAny>,
+}
+
+/// The period of data the job covers: a named `period`, or a `start` and an `end`. Without it
+/// the job covers the report's default window at the time of the request (if it declares one).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowBody {
+    /// A calendar period: a day `2026-11-30`, an ISO week `2026-W48`, a month `2026-11`, a
+    /// quarter `2026-Q4` or a year `2026`, read in `zone`. Not with `start`/`end`.
+    #[serde(default)]
+    #[schema(nullable = false, max_length = 16, example = "2026-11-30")]
+    pub period: Option<String>,
+    /// The first instant of the window (RFC 3339, with an offset); with `end`.
+    #[serde(default)]
+    #[schema(nullable = false, max_length = 64, format = DateTime)]
+    pub start: Option<String>,
+    /// The instant the window ends, excluded (RFC 3339); after `start`.
+    #[serde(default)]
+    #[schema(nullable = false, max_length = 64, format = DateTime)]
+    pub end: Option<String>,
+    /// The IANA zone the period's days and the window's local dates are read in; default the
+    /// report's `zone`.
+    #[serde(default)]
+    #[schema(nullable = false, max_length = 64, example = "Europe/Berlin")]
+    pub zone: Option<String>,
+}
+
+/// Longest text of a window field (period, instant, zone), in bytes.
+pub const MAX_WINDOW_TEXT: usize = 64;
+
+impl WindowBody {
+    /// The window this names, as the engine takes it.
+    pub fn request(self) -> Result<WindowRequest, AppError> {
+        let invalid = |message: String| AppError::Window {
+            code: "invalid_window",
+            message,
+        };
+        for (field, value) in [
+            ("period", &self.period),
+            ("start", &self.start),
+            ("end", &self.end),
+            ("zone", &self.zone),
+        ] {
+            if value.as_ref().is_some_and(|v| v.len() > MAX_WINDOW_TEXT) {
+                return Err(invalid(format!(
+                    "window.{field} is longer than {MAX_WINDOW_TEXT} bytes"
+                )));
+            }
+        }
+        let instant = |field: &str, text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    invalid(format!(
+                        "window.{field} {} is not an RFC 3339 instant (2026-11-30T00:00:00Z)",
+                        clip(text)
+                    ))
+                })
+        };
+        match (self.period, self.start, self.end) {
+            (Some(name), None, None) => Ok(WindowRequest::Period {
+                name,
+                zone: self.zone,
+            }),
+            (None, Some(start), Some(end)) => Ok(WindowRequest::Span {
+                start: instant("start", &start)?,
+                end: instant("end", &end)?,
+                zone: self.zone,
+            }),
+            (Some(_), _, _) => Err(invalid(
+                "give window.period or window.start and window.end, not both".into(),
+            )),
+            (None, _, _) => Err(invalid(
+                "give window.period, or both window.start and window.end".into(),
+            )),
+        }
+    }
+}
+
+/// The API's answer to a job the engine refused.
+impl From<JobRefused> for AppError {
+    fn from(e: JobRefused) -> AppError {
+        match e {
+            JobRefused::CountyRequired(e) => AppError::Forbidden(e.to_string()),
+            JobRefused::UnknownReport(name) => {
+                AppError::Internal(format!("report type {name} vanished"))
+            }
+            JobRefused::Param(e) => AppError::Param {
+                code: e.code,
+                param: clip(&e.param),
+                message: e.to_string(),
+            },
+            e @ (JobRefused::Window(_) | JobRefused::WindowRequired { .. }) => AppError::Window {
+                code: e.code(),
+                message: e.to_string(),
+            },
+        }
+    }
 }
 
 /// A report type of the workflow (the document served lists them: `openapi::list_report_types`).
@@ -117,7 +225,7 @@ pub struct GenerateResponse {
         (status = 400, description = "Unknown report type, bad field type, unknown field, out-of-range value or malformed JSON.", body = ErrorBody),
         (status = 413, description = format!("Body larger than {} KiB.", super::BODY_LIMIT / 1024), body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json.", body = ErrorBody),
-        (status = 422, description = "`idempotency_key_reused`: this principal used the key for a different request; `idempotency_key_mismatch`: the header and the body name different keys.", body = ErrorBody),
+        (status = 422, description = "`unknown_param`, `missing_param`, `invalid_param`: a parameter (named in `param`) the report does not declare, a required one not given, or a value that does not fit its type; `invalid_window`: a window that cannot be made (not a period, an end not after its start, an unknown zone); `window_required`: the report reads its window and neither the request nor the report gives one; `idempotency_key_reused`: this principal used the key for a different request (other parameters or window included); `idempotency_key_mismatch`: the header and the body name different keys.", body = ErrorBody),
         AuthErrors,
         HeadErrors,
         InternalError,
@@ -166,6 +274,19 @@ pub(super) async fn generate(
         }
     }
     let idempotency_key = idempotency_key(&headers, body.idempotency_key)?;
+    // The trigger's time: the default window's reference and the job's creation time.
+    let now = Utc::now();
+    let given_window = body.window.is_some();
+    let trigger_input = Trigger {
+        params: body
+            .params
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, value)| (name, Given::Json(value)))
+            .collect(),
+        window: body.window.map(WindowBody::request).transpose()?,
+        at: Some(now),
+    };
     let request = JobRequest {
         chunk_size: body.chunk_size,
         data_format: body.data_format,
@@ -185,17 +306,10 @@ pub(super) async fn generate(
         None => trigger_unique_key(&trigger),
     };
     let new_job = tokio::task::spawn_blocking(move || {
-        engine.new_job(&report_type, principal, &trigger, request)
+        engine.new_job_for(&report_type, principal, &trigger, request, &trigger_input)
     })
     .await
-    .map_err(|e| AppError::Internal(format!("estimating the job failed: {e}")))?
-    .map_err(|e| match e {
-        JobRefused::CountyRequired(e) => AppError::Forbidden(e.to_string()),
-        JobRefused::UnknownReport(name) => {
-            AppError::Internal(format!("report type {name} vanished"))
-        }
-    })?;
-    let now = Utc::now();
+    .map_err(|e| AppError::Internal(format!("estimating the job failed: {e}")))??;
     let store = &state.engine.store;
     let enqueued =
         store_call(|| store.enqueue(vec![new_job.clone()], Some(unique.clone()), now)).await?;
@@ -223,10 +337,18 @@ pub(super) async fn generate(
             let same_principal = job.subject == principal.subject
                 && job.role == principal.role
                 && job.county == principal.county;
-            if !same_principal
-                || job.report_type != new_job.report_type
-                || job.request != new_job.request
-            {
+            // The parameters and the window are part of the request. A request that gives no
+            // window asks for the report's default as of the first request (its job's
+            // creation): a retry the next day means that job, not the next day's period.
+            let mut asked = new_job.request.clone();
+            if !given_window {
+                let first = Trigger {
+                    at: Some(job.created_at),
+                    ..Trigger::default()
+                };
+                asked.window = crate::executor::decide_window(report, &first, job.created_at)?;
+            }
+            if !same_principal || job.report_type != new_job.report_type || job.request != asked {
                 return Err(AppError::IdempotencyKeyReused(
                     "this idempotency key was already used for a different request; use a new key for a new request".into(),
                 ));

@@ -52,6 +52,7 @@ macro_rules! with_scenarios {
             subscribe_wakes_on_new_work,
             concurrent_claims_take_each_job_once,
             concurrent_parents_create_one_child,
+            params_and_window_round_trip_and_pass_to_children,
         );
     };
 }
@@ -308,7 +309,7 @@ pub async fn enqueue_get_list_paginate(store: Arc<dyn Store>) {
         let mut job = new_job(report, "SUPERVISOR", county);
         job.request
             .params
-            .insert("i".into(), crate::params::ParamValue::Integer(i as i64));
+            .insert("i".into(), crate::params::ParamValue::Integer(i));
         job.estimated_completion = Some(at(i + 100));
         // Nanoseconds are dropped: stores keep microseconds.
         let now = at(i) + TimeDelta::nanoseconds(1_234_567);
@@ -878,6 +879,7 @@ pub async fn unique_key_at_most_once(store: Arc<dyn Store>) {
     let fire = at(3600);
     let key = UniqueKey::fire("nightly", fire);
     assert_eq!(key.to_string(), "fire:nightly:2030-01-01T01:00:00+00:00");
+    assert_eq!(store.unique_jobs(&key).await.unwrap(), None);
     let batch = vec![
         new_job("DAILY_REPORT", "SUPERVISOR", None),
         new_job("DAILY_REPORT", "CASE_WORKER", None),
@@ -897,6 +899,15 @@ pub async fn unique_key_at_most_once(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(again, Enqueued::Existing(ids(&first)));
     assert_eq!(counts(store).await[&JobStatus::Queued], 2);
+    // A read of the key answers what an enqueue would.
+    assert_eq!(store.unique_jobs(&key).await.unwrap(), Some(ids(&first)));
+    assert_eq!(
+        store
+            .unique_jobs(&UniqueKey::fire("nightly", at(3601)))
+            .await
+            .unwrap(),
+        None
+    );
 
     // An older fire recorded later does not move last_fire back.
     store
@@ -925,8 +936,17 @@ pub async fn unique_key_at_most_once(store: Arc<dyn Store>) {
         .unwrap();
     let two = store.enqueue(batch.clone(), Some(k2), at(8)).await.unwrap();
     assert!(matches!(one, Enqueued::Created(_)) && matches!(two, Enqueued::Created(_)));
-    let one_again = store.enqueue(batch, Some(k1), at(9)).await.unwrap();
+    let one_again = store.enqueue(batch, Some(k1.clone()), at(9)).await.unwrap();
     assert_eq!(one_again, Enqueued::Existing(one.job_ids()));
+    assert_eq!(store.unique_jobs(&k1).await.unwrap(), Some(one.job_ids()));
+    // A fire that created no job exists too.
+    assert_eq!(
+        store
+            .unique_jobs(&UniqueKey::fire("weekly", at(7200)))
+            .await
+            .unwrap(),
+        Some(vec![])
+    );
     assert_eq!(counts(store).await[&JobStatus::Queued], 8);
 }
 
@@ -1590,4 +1610,84 @@ pub async fn concurrent_parents_create_one_child(store: Arc<dyn Store>) {
         assert_eq!(ids(&child), ids(&children));
     }
     assert_eq!(counts(&*store).await[&JobStatus::Processing], ROUNDS as u64);
+}
+
+/// A request with every kind of parameter value and a window (a week that starts on Sunday, in
+/// a zone with daylight saving).
+pub fn full_request() -> JobRequest {
+    use crate::params::ParamValue;
+    let params = [
+        (
+            "a_string",
+            ParamValue::String("Zürich'; DROP TABLE x; -- $1".into()),
+        ),
+        ("an_integer", ParamValue::Integer(i64::MIN)),
+        (
+            "a_decimal",
+            ParamValue::Decimal("-12345678901234567890.50".into()),
+        ),
+        (
+            "a_date",
+            ParamValue::Date(chrono::NaiveDate::from_ymd_opt(2028, 2, 29).expect("a date")),
+        ),
+        (
+            "a_timestamp",
+            ParamValue::Timestamp(at(90) + TimeDelta::microseconds(123_456)),
+        ),
+        ("a_boolean", ParamValue::Boolean(false)),
+    ];
+    let window = crate::window::WindowSpec::Previous(crate::window::Period::Week {
+        starts: chrono::Weekday::Sun,
+    })
+    .window_at(at(0), chrono_tz::America::Santiago)
+    .expect("a window");
+    JobRequest {
+        chunk_size: Some(10),
+        params: params
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        window: Some(window),
+        ..JobRequest::default()
+    }
+}
+
+pub async fn params_and_window_round_trip_and_pass_to_children(store: Arc<dyn Store>) {
+    let store = &*store;
+    let mut joins = vec![edge(
+        "dep1:SUMMARY",
+        &["DAILY_REPORT"],
+        Condition::OnSuccess,
+        "SUMMARY",
+    )];
+    // The child's own default, and one the parent's value replaces.
+    joins[0].child.request.params = [
+        ("child_only", crate::params::ParamValue::Integer(7)),
+        ("a_boolean", crate::params::ParamValue::Boolean(true)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut parent = new_job("DAILY_REPORT", "SUPERVISOR", Some("C1"));
+    parent.request = full_request();
+    let queued = enqueue_one(store, parent.clone(), at(0)).await;
+    assert_eq!(queued.request, parent.request);
+    assert_eq!(get(store, &queued.job_id).await.request, parent.request);
+    let listed = list_all(store, ListFilter::default()).await;
+    assert_eq!(listed[0].request, parent.request);
+    let claimed = claim_all(store, at(1)).await;
+    assert_eq!(claimed[0].request, parent.request);
+    let done = finish(store, &claimed[0], success(), &joins, at(2)).await;
+    assert_eq!(done.job.request, parent.request);
+    let child = &done.children_created[0];
+    assert_eq!(child.request.window, parent.request.window);
+    let mut want = parent.request.params.clone();
+    want.insert("child_only".into(), crate::params::ParamValue::Integer(7));
+    assert_eq!(child.request.params, want);
+    assert_eq!(child.request.chunk_size, Some(500));
+    assert_eq!(&get(store, &child.job_id).await, child);
+    // An old record's shape: no parameters, no window.
+    let plain = enqueue_one(store, new_job("R", "S", Some("C1")), at(3)).await;
+    let plain = get(store, &plain.job_id).await;
+    assert!(plain.request.params.is_empty() && plain.request.window.is_none());
 }

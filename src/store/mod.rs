@@ -217,6 +217,13 @@ pub trait Store: Send + Sync + 'static {
     /// counters, not counted.
     fn counts(&self) -> BoxFuture<'_, StoreResult<BTreeMap<JobStatus, u64>>>;
 
+    /// The ids of the jobs the enqueue with `unique` created, if one did (`None`: an enqueue
+    /// with it would create its batch). A read: a backfill's dry run asks which fires exist.
+    fn unique_jobs<'a>(
+        &'a self,
+        unique: &'a UniqueKey,
+    ) -> BoxFuture<'a, StoreResult<Option<Vec<JobId>>>>;
+
     /// The latest fire time recorded by an [`Store::enqueue`] with a [`UniqueKey::Fire`] of this
     /// schedule.
     fn last_fire<'a>(
@@ -559,7 +566,9 @@ pub struct ChildTemplate {
     pub role: RoleRule,
     pub priority: u8,
     pub max_attempts: u32,
-    /// The child's request (the dependency's overrides, e.g. `chunk_size`).
+    /// The child's request (the dependency's overrides, e.g. `chunk_size`, and the defaults of
+    /// the child's own parameters); the completing job's parameters and window are laid over
+    /// it ([`ChildTemplate::instantiate`]).
     pub request: JobRequest,
     /// How long the child is expected to run, for its estimated completion
     /// time when it is queued (the executor refines it while it runs).
@@ -616,11 +625,25 @@ impl JoinEdge {
 
 impl ChildTemplate {
     /// The child a join fires, in the scope of `completing` (the job whose event fired it).
+    ///
+    /// The child summarises exactly its parent's period: it gets `completing`'s window and
+    /// parameters (over its own parameters' defaults). Of a join of several parents, that is
+    /// the parent whose completion fired it, whose scope and trigger the child takes too; the
+    /// parents of one fire share the fire's window, so any of them would give the same one.
     pub fn instantiate(&self, completing: &Job, parent_job_ids: Vec<JobId>) -> NewJob {
         let role = match &self.role {
             RoleRule::Inherit => completing.role.clone(),
             RoleRule::Fixed(role) => role.clone(),
         };
+        let mut request = self.request.clone();
+        request.params.extend(
+            completing
+                .request
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        request.window = completing.request.window.clone();
         NewJob {
             report_type: self.report_type.clone(),
             principal: Principal {
@@ -630,7 +653,7 @@ impl ChildTemplate {
             },
             parent_job_ids,
             trigger_id: completing.trigger_id.clone(),
-            request: self.request.clone(),
+            request,
             priority: self.priority,
             max_attempts: self.max_attempts,
             estimated_completion: self.estimated_duration.and_then(|d| {

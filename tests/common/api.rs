@@ -62,6 +62,20 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// A `422` refusing the report parameter `param` with `code` (`unknown_param`,
+    /// `missing_param`, `invalid_param`): `{"code", "message", "param"}`; returns the message.
+    #[track_caller]
+    pub fn assert_param_error(&self, code: &str, param: &str) -> String {
+        assert_eq!(self.status, 422, "body: {}", self.text());
+        let body = self.json();
+        assert_eq!(body["code"], code, "body: {body}");
+        assert_eq!(body["param"], param, "body: {body}");
+        assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+        body["message"].as_str().expect("a message").to_string()
+    }
+}
+
 /// A client of the API at `base` (`http://127.0.0.1:PORT`). Its methods are async: call them
 /// inside a tokio runtime.
 #[derive(Clone)]

@@ -85,9 +85,19 @@ impl TestServer {
 
     /// The bundled workflow (copied to `wf/` of a temporary directory; results in `results/`),
     /// a sled store at `db` there, served as `options` say.
-    pub async fn start_with(mut options: Options) -> TestServer {
+    pub async fn start_with(options: Options) -> TestServer {
+        TestServer::start_edited(options, |_| {}).await
+    }
+
+    /// As [`TestServer::start_with`], the compiled workflow changed by `edit` first (what the
+    /// language cannot say yet, or a case no `.flow` file should hold).
+    pub async fn start_edited(
+        mut options: Options,
+        edit: impl FnOnce(&mut flowctl::workflow::Workflow),
+    ) -> TestServer {
         let project = Project::new().bundled("wf");
-        let workflow = project.workflow("wf/reports.flow");
+        let mut workflow = project.workflow("wf/reports.flow");
+        edit(&mut workflow);
         let sled = SledStore::open(SledConfig {
             flush: false,
             ..SledConfig::new(project.db())

@@ -29,6 +29,7 @@ pub enum Call {
     List,
     Counts,
     LastFire,
+    UniqueJobs,
 }
 
 /// When a [`FaultyStore`]'s calls fail. Both default to letting the call through.
@@ -155,6 +156,12 @@ impl Store for FaultyStore {
     }
     fn counts(&self) -> BoxFuture<'_, StoreResult<BTreeMap<JobStatus, u64>>> {
         self.gate(Call::Counts, self.inner.counts())
+    }
+    fn unique_jobs<'a>(
+        &'a self,
+        unique: &'a UniqueKey,
+    ) -> BoxFuture<'a, StoreResult<Option<Vec<JobId>>>> {
+        self.gate(Call::UniqueJobs, self.inner.unique_jobs(unique))
     }
     fn last_fire<'a>(
         &'a self,

@@ -108,7 +108,7 @@ pub(super) async fn insert_jobs(
 }
 
 /// A unique key as its `unique_keys` row: (kind, part1, part2).
-fn unique_parts(unique: &UniqueKey) -> (&'static str, &str, String) {
+pub(super) fn unique_parts(unique: &UniqueKey) -> (&'static str, &str, String) {
     match unique {
         UniqueKey::Fire {
             schedule,

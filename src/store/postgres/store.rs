@@ -265,6 +265,38 @@ impl Store for PgStore {
         }))
     }
 
+    fn unique_jobs<'a>(
+        &'a self,
+        unique: &'a UniqueKey,
+    ) -> BoxFuture<'a, StoreResult<Option<Vec<JobId>>>> {
+        Box::pin(self.read("unique_jobs", move |inner| async move {
+            let (kind, part1, part2) = super::enqueue::unique_parts(unique);
+            let client = inner.client().await?;
+            let statement = client
+                .prepare_cached(
+                    "SELECT job_ids FROM unique_keys WHERE kind = $1 AND part1 = $2 AND part2 = $3",
+                )
+                .await
+                .map_err(pg_error)?;
+            let row = client
+                .query_opt(&statement, &[&kind, &part1, &part2])
+                .await
+                .map_err(pg_error)?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let ids: Vec<String> = row.try_get(0).map_err(pg_error)?;
+            ids.iter()
+                .map(|id| id.parse())
+                .collect::<Result<Vec<JobId>, _>>()
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt {
+                    key: format!("unique_keys/{unique}"),
+                    message: "invalid job id".into(),
+                })
+        }))
+    }
+
     fn last_fire<'a>(
         &'a self,
         schedule: &'a str,

@@ -2,22 +2,33 @@
 //! own stored shape ([`Record`]); and the layout version these and the keys (`keys.rs`) make.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Utc, Weekday};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::job::{Job, JobRequest, JobStatus};
+use crate::params::ParamValue;
 use crate::store::{StoreError, StoreResult};
+use crate::window::{Period, Window, WindowKind};
 
 /// Version of the key layout (`keys.rs`) and the value encodings (here). Bump it with any
 /// change to them.
-pub const LAYOUT_VERSION: u32 = 2;
-/// Layout 1 wrote all-or-nothing changes as sled batches and had no intent key; its data is
-/// layout 2 as it stands, so opening it only rewrites the version.
-pub(super) const UPGRADABLE_LAYOUT: u32 = 1;
-/// First byte of every value but the layout version and fire times.
+///
+/// - 1 → 2: all-or-nothing changes stopped being sled batches and got an intent key.
+/// - 2 → 3: a job's request holds typed parameters and the run's window; its record is written
+///   with [`JOB_FORMAT`]. Records of layout 2 keep their [`RECORD_FORMAT`] byte and are read as
+///   what they were (their parameters were text, they had no window), so opening an older
+///   store rewrites only the version, and each record takes the new format at its next change.
+pub const LAYOUT_VERSION: u32 = 3;
+/// Layouts whose data layout 3 reads as it stands: opening them only rewrites the version.
+pub(super) const UPGRADABLE_LAYOUTS: [u32; 2] = [1, 2];
+/// First byte of every value but the layout version and fire times (and of a job record of
+/// layout 1 or 2).
 pub(super) const RECORD_FORMAT: u8 = 1;
+/// First byte of a job record of layout 3: [`Record`] with a [`StoredRequest`].
+pub(super) const JOB_FORMAT: u8 = 2;
 
 fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -58,9 +69,10 @@ pub(super) fn decode_value<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Sto
 }
 
 /// The job record as stored: its own type, so that the JSON shape of [`Job`] can change without
-/// changing the disk format, and times are compact integers (microseconds).
+/// changing the disk format, and times are compact integers (microseconds). `R` is the
+/// request's shape: [`StoredRequest`] today, [`RequestV2`] in records of layout 1 and 2.
 #[derive(Serialize, Deserialize)]
-struct Record<'a> {
+struct Record<'a, R> {
     job_id: Cow<'a, str>,
     status: u8,
     report_type: Cow<'a, str>,
@@ -69,7 +81,7 @@ struct Record<'a> {
     subject: Cow<'a, str>,
     parent_job_ids: Vec<Cow<'a, str>>,
     trigger_id: Cow<'a, str>,
-    request: Cow<'a, JobRequest>,
+    request: R,
     priority: u8,
     result_path: Option<Cow<'a, str>>,
     rows_written: u64,
@@ -89,13 +101,140 @@ struct Record<'a> {
     version: u64,
 }
 
+/// A job's request as stored (layout 3).
+#[derive(Serialize, Deserialize)]
+struct StoredRequest<'a> {
+    chunk_size: Option<u32>,
+    data_format: Option<Cow<'a, str>>,
+    priority: Option<u8>,
+    target_system: Option<Cow<'a, str>>,
+    /// bincode's serde form of [`ParamValue`]: the variant's index, then its value (a date and
+    /// a timestamp as their ISO 8601 text); `record_encoding_is_pinned` holds every variant.
+    params: Cow<'a, BTreeMap<String, ParamValue>>,
+    window: Option<StoredWindow<'a>>,
+}
+
+/// A window as stored: instants in microseconds, the kind as a code
+/// ([`window_kind_code`]).
+#[derive(Serialize, Deserialize)]
+struct StoredWindow<'a> {
+    start: i64,
+    end: i64,
+    zone: Cow<'a, str>,
+    kind: u8,
+}
+
+/// A job's request in records of layout 1 and 2: parameters were text, there was no window.
+#[derive(Serialize, Deserialize)]
+struct RequestV2 {
+    chunk_size: Option<u32>,
+    data_format: Option<String>,
+    priority: Option<u8>,
+    target_system: Option<String>,
+    params: BTreeMap<String, String>,
+}
+
+impl From<RequestV2> for JobRequest {
+    fn from(old: RequestV2) -> JobRequest {
+        JobRequest {
+            chunk_size: old.chunk_size,
+            data_format: old.data_format,
+            priority: old.priority,
+            target_system: old.target_system,
+            // No release wrote any (nothing declared parameters); kept as the text they were.
+            params: old
+                .params
+                .into_iter()
+                .map(|(k, v)| (k, ParamValue::String(v)))
+                .collect(),
+            window: None,
+        }
+    }
+}
+
+/// Window kinds on disk: 0 a span, 1–5 day, week, month, quarter, year; a week's first day is
+/// `10 + days from Monday` (10 for an ISO week, 16 for a week starting on Sunday).
+fn window_kind_code(kind: WindowKind) -> u8 {
+    match kind {
+        WindowKind::Span => 0,
+        WindowKind::Period(Period::Day) => 1,
+        WindowKind::Period(Period::Week { starts }) => {
+            10 + u8::try_from(starts.num_days_from_monday()).unwrap_or(0)
+        }
+        WindowKind::Period(Period::Month) => 3,
+        WindowKind::Period(Period::Quarter) => 4,
+        WindowKind::Period(Period::Year) => 5,
+    }
+}
+
+fn window_kind_from_code(code: u8) -> Option<WindowKind> {
+    Some(match code {
+        0 => WindowKind::Span,
+        1 => WindowKind::Period(Period::Day),
+        3 => WindowKind::Period(Period::Month),
+        4 => WindowKind::Period(Period::Quarter),
+        5 => WindowKind::Period(Period::Year),
+        10..=16 => WindowKind::Period(Period::Week {
+            starts: Weekday::try_from(code - 10).ok()?,
+        }),
+        _ => return None,
+    })
+}
+
+fn stored_request(request: &JobRequest) -> StoredRequest<'_> {
+    StoredRequest {
+        chunk_size: request.chunk_size,
+        data_format: request.data_format.as_deref().map(Cow::Borrowed),
+        priority: request.priority,
+        target_system: request.target_system.as_deref().map(Cow::Borrowed),
+        params: Cow::Borrowed(&request.params),
+        // Window instants are kept to the microsecond when a job is made
+        // (`Window::truncated_to_micros`), like every time of the record.
+        window: request.window.as_ref().map(|w| StoredWindow {
+            start: w.start.timestamp_micros(),
+            end: w.end.timestamp_micros(),
+            zone: Cow::Borrowed(&w.zone),
+            kind: window_kind_code(w.kind),
+        }),
+    }
+}
+
+fn job_request(key: &[u8], stored: StoredRequest<'static>) -> StoreResult<JobRequest> {
+    let bad = |what: &str| corrupt(key, format!("invalid {what}"));
+    let window = match stored.window {
+        None => None,
+        Some(w) => {
+            let time = |micros: i64| {
+                DateTime::from_timestamp_micros(micros).ok_or_else(|| bad("window time"))
+            };
+            let zone: chrono_tz::Tz = w.zone.parse().map_err(|_| bad("window zone"))?;
+            Some(Window {
+                start: time(w.start)?,
+                end: time(w.end)?,
+                zone: zone.name().to_string(),
+                kind: window_kind_from_code(w.kind).ok_or_else(|| bad("window kind"))?,
+            })
+        }
+    };
+    Ok(JobRequest {
+        chunk_size: stored.chunk_size,
+        data_format: stored.data_format.map(Cow::into_owned),
+        priority: stored.priority,
+        target_system: stored.target_system.map(Cow::into_owned),
+        params: stored.params.into_owned(),
+        window,
+    })
+}
+
 /// A job's record as stored.
 pub(super) fn encode_job(job: &Job) -> Vec<u8> {
     fn borrow(s: &Option<String>) -> Option<Cow<'_, str>> {
         s.as_deref().map(Cow::Borrowed)
     }
     let micros = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_micros());
-    encode_value(&Record {
+    let mut bytes = Vec::with_capacity(256);
+    bytes.push(JOB_FORMAT);
+    let record = Record {
         job_id: Cow::Borrowed(job.job_id.as_str()),
         status: status_code(job.status),
         report_type: Cow::Borrowed(&job.report_type),
@@ -108,7 +247,7 @@ pub(super) fn encode_job(job: &Job) -> Vec<u8> {
             .map(|id| Cow::Borrowed(id.as_str()))
             .collect(),
         trigger_id: Cow::Borrowed(&job.trigger_id),
-        request: Cow::Borrowed(&job.request),
+        request: stored_request(&job.request),
         priority: job.priority,
         result_path: borrow(&job.result_path),
         rows_written: job.rows_written,
@@ -126,12 +265,38 @@ pub(super) fn encode_job(job: &Job) -> Vec<u8> {
         lease_owner: borrow(&job.lease_owner),
         lease_until: micros(job.lease_until),
         version: job.version,
-    })
+    };
+    bincode::serde::encode_into_std_write(&record, &mut bytes, bincode_config())
+        .expect("encoding into a Vec cannot fail");
+    bytes
 }
 
-/// The job a record stored under `key` holds.
+/// The job a record stored under `key` holds, of this layout or of layout 1 or 2.
 pub(super) fn decode_job(key: &[u8], bytes: &[u8]) -> StoreResult<Job> {
-    let record: Record<'static> = decode_value(key, bytes)?;
+    match bytes.split_first() {
+        Some((&JOB_FORMAT, rest)) => {
+            let (record, read): (Record<'static, StoredRequest<'static>>, usize) =
+                bincode::serde::decode_from_slice(rest, bincode_config())
+                    .map_err(|error| corrupt(key, error.to_string()))?;
+            if read != rest.len() {
+                return Err(corrupt(key, "trailing bytes after the value"));
+            }
+            job_from_record(key, record, |request| job_request(key, request))
+        }
+        Some((&RECORD_FORMAT, _)) => {
+            let record: Record<'static, RequestV2> = decode_value(key, bytes)?;
+            job_from_record(key, record, |request| Ok(request.into()))
+        }
+        Some((format, _)) => Err(corrupt(key, format!("unknown value format {format}"))),
+        None => Err(corrupt(key, "empty value")),
+    }
+}
+
+fn job_from_record<R>(
+    key: &[u8],
+    record: Record<'static, R>,
+    request: impl FnOnce(R) -> StoreResult<JobRequest>,
+) -> StoreResult<Job> {
     let bad = |what: &str| corrupt(key, format!("invalid {what}"));
     let time = |micros: i64| DateTime::from_timestamp_micros(micros).ok_or_else(|| bad("time"));
     let opt_time = |micros: Option<i64>| micros.map(time).transpose();
@@ -149,7 +314,7 @@ pub(super) fn decode_job(key: &[u8], bytes: &[u8]) -> StoreResult<Job> {
             .map(|id| id.parse().map_err(|_| bad("parent job id")))
             .collect::<StoreResult<_>>()?,
         trigger_id: record.trigger_id.into_owned(),
-        request: record.request.into_owned(),
+        request: request(record.request)?,
         priority: record.priority,
         result_path: owned(record.result_path),
         rows_written: record.rows_written,
@@ -186,7 +351,7 @@ fn status_from_code(code: u8) -> Option<JobStatus> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
 
     use std::time::Duration;
 
@@ -249,31 +414,126 @@ mod tests {
         ));
     }
 
-    /// The record encoding is part of the layout: a change to `Job`, `JobRequest` or `Record`
-    /// that changes these bytes needs a new `LAYOUT_VERSION` and a migration.
-    #[test]
-    fn record_encoding_is_pinned() {
+    /// A job with every kind of value the record holds: each parameter type, a window.
+    fn full_job() -> crate::job::Job {
+        use crate::params::ParamValue;
+        use chrono::NaiveDate;
         let mut new = new_job("DAILY_REPORT", "SUPERVISOR", Some("C1"));
         new.request.chunk_size = Some(500);
-        new.request
-            .params
-            .insert("k".into(), crate::params::ParamValue::String("v".into()));
+        new.request.params = [
+            ("a_string", ParamValue::String("x'; --".into())),
+            ("an_integer", ParamValue::Integer(-42)),
+            ("a_decimal", ParamValue::Decimal("-12.50".into())),
+            (
+                "a_date",
+                ParamValue::Date(NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()),
+            ),
+            ("a_timestamp", ParamValue::Timestamp(at(90))),
+            ("a_boolean", ParamValue::Boolean(true)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        new.request.window = Some(
+            crate::window::WindowSpec::Previous(crate::window::Period::Week {
+                starts: chrono::Weekday::Sun,
+            })
+            .window_at(at(0), chrono_tz::Europe::Berlin)
+            .unwrap(),
+        );
         new.parent_job_ids = vec!["JOB_PARENT01".parse().unwrap()];
         new.estimated_completion = Some(at(60));
         let mut job = new.into_job("JOB_ABCD1234".parse().unwrap(), at(0));
         job.status = JobStatus::Processing;
         job.lease_owner = Some("w".into());
         job.lease_until = Some(at(30));
+        job
+    }
+
+    /// The record encoding is part of the layout: a change to `Job`, `JobRequest`,
+    /// `ParamValue`, `Window` or `Record` that changes these bytes needs a new
+    /// `LAYOUT_VERSION` and a way to read the old records.
+    #[test]
+    fn record_encoding_is_pinned() {
+        let job = full_job();
         let bytes = super::encode_job(&job);
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "010c4a4f425f4142434431323334020c4441494c595f5245504f52540a53555045525649\
+            "020c4a4f425f4142434431323334020c4441494c595f5245504f52540a53555045525649\
              534f520102433105616c696365010c4a4f425f504152454e5430310b6d616e75616c3a74\
-             65737401fbf40100000001016b017600000000000001010000fd00408e282d740d000000\
-             01fd004eb52f2d740d0001017701fd00c7212c2d740d0001",
+             65737401fbf4010000000609615f626f6f6c65616e050106615f64617465030a32303236\
+             2d31312d333009615f646563696d616c02062d31322e353008615f737472696e67000678\
+             273b202d2d0b615f74696d657374616d700414323033302d30312d30315430303a30313a\
+             33305a0a616e5f696e7465676572015301fd00384262c1720d00fd00780904db730d000d\
+             4575726f70652f4265726c696e1000000000000001010000fd00408e282d740d00000001\
+             fd004eb52f2d740d0001017701fd00c7212c2d740d0001",
             "the on-disk record layout changed"
         );
+        assert_eq!(super::decode_job(b"k", &bytes).unwrap(), job);
+    }
+
+    #[test]
+    fn every_window_kind_survives_the_record() {
+        use crate::window::{Period, Window, WindowKind, WindowSpec};
+        let mut job = full_job();
+        let mut kinds = vec![WindowKind::Span];
+        kinds.extend(
+            [Period::Day, Period::Month, Period::Quarter, Period::Year].map(WindowKind::Period),
+        );
+        for day in 0..7u8 {
+            kinds.push(WindowKind::Period(Period::Week {
+                starts: chrono::Weekday::try_from(day).unwrap(),
+            }));
+        }
+        for kind in kinds {
+            let base = WindowSpec::Previous(Period::Day)
+                .window_at(at(0), chrono_tz::America::Santiago)
+                .unwrap();
+            job.request.window = Some(Window { kind, ..base });
+            let bytes = super::encode_job(&job);
+            assert_eq!(super::decode_job(b"k", &bytes).unwrap(), job, "{kind:?}");
+        }
+        job.request.window = None;
+        job.request.params.clear();
+        let bytes = super::encode_job(&job);
+        assert_eq!(super::decode_job(b"k", &bytes).unwrap(), job);
+    }
+
+    /// The record `record_encoding_is_pinned` held at layout 2 (parameters as text, no window),
+    /// byte for byte as that release wrote it.
+    pub(in crate::store::sled) const LAYOUT_2_RECORD: &str =
+        "010c4a4f425f4142434431323334020c4441494c595f5245504f52540a53555045525649\
+         534f520102433105616c696365010c4a4f425f504152454e5430310b6d616e75616c3a74\
+         65737401fbf40100000001016b017600000000000001010000fd00408e282d740d000000\
+         01fd004eb52f2d740d0001017701fd00c7212c2d740d0001";
+
+    pub(in crate::store::sled) fn layout_2_bytes() -> Vec<u8> {
+        (0..LAYOUT_2_RECORD.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&LAYOUT_2_RECORD[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_layout_2_record_reads_back_with_its_text_params_and_no_window() {
+        let job = super::decode_job(b"k", &layout_2_bytes()).unwrap();
+        assert_eq!(job.job_id.as_str(), "JOB_ABCD1234");
+        assert_eq!(job.report_type, "DAILY_REPORT");
+        assert_eq!(job.request.chunk_size, Some(500));
+        assert_eq!(
+            job.request.params,
+            [(
+                "k".to_string(),
+                crate::params::ParamValue::String("v".into())
+            )]
+            .into()
+        );
+        assert_eq!(job.request.window, None);
+        assert_eq!(job.lease_until, Some(at(30)));
+        // Written again, it takes this layout's format.
+        let bytes = super::encode_job(&job);
+        assert_eq!(bytes[0], super::JOB_FORMAT);
         assert_eq!(super::decode_job(b"k", &bytes).unwrap(), job);
     }
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::codec::{corrupt, LAYOUT_VERSION, UPGRADABLE_LAYOUT};
+use super::codec::{corrupt, LAYOUT_VERSION, UPGRADABLE_LAYOUTS};
 use super::flusher::Flusher;
 use super::indexes::State;
 use super::intent::{replay_intent, INTENT_TREE};
@@ -399,7 +399,7 @@ fn check_layout(tree: &sled::Tree) -> StoreResult<()> {
             let found = <[u8; 4]>::try_from(bytes.as_ref())
                 .map(u32::from_be_bytes)
                 .map_err(|_| corrupt(META_LAYOUT, "the layout version is not 4 bytes"))?;
-            if found == UPGRADABLE_LAYOUT {
+            if UPGRADABLE_LAYOUTS.contains(&found) {
                 tree.insert(META_LAYOUT, &LAYOUT_VERSION.to_be_bytes())
                     .map_err(StoreError::Sled)?;
                 tracing::info!(
@@ -521,5 +521,45 @@ mod tests {
             store.tree.get(keys::META_LAYOUT).unwrap().as_deref(),
             Some(&LAYOUT_VERSION.to_be_bytes()[..])
         );
+    }
+
+    /// A store the previous release wrote (layout 2) opens; its jobs read back with their
+    /// text parameters and no window, and a change writes them in this layout.
+    #[tokio::test]
+    async fn a_layout_2_store_opens_and_its_jobs_read_back() {
+        use crate::store::conformance::at;
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(open_at(&path));
+        let old = crate::store::sled::codec::tests::layout_2_bytes();
+        let id: crate::job::JobId = "JOB_ABCD1234".parse().unwrap();
+        {
+            let db = raw_sled(&path);
+            let tree = db.open_tree("flowctl").unwrap();
+            tree.insert(keys::META_LAYOUT, &2u32.to_be_bytes()).unwrap();
+            tree.insert(
+                keys::job_key(at(0).timestamp_micros(), &keys::id_bytes(&id)),
+                old,
+            )
+            .unwrap();
+            db.flush().unwrap();
+        }
+        let store = open_at(&path);
+        assert_eq!(
+            store.tree.get(keys::META_LAYOUT).unwrap().as_deref(),
+            Some(&LAYOUT_VERSION.to_be_bytes()[..])
+        );
+        let job = store.get(&id).await.unwrap().expect("the old job");
+        assert_eq!(job.request.window, None);
+        assert_eq!(job.request.params.len(), 1);
+        assert_eq!(job.status, crate::job::JobStatus::Processing);
+        // A change rewrites it (a cancel of a running job asks its worker to stop).
+        store.cancel(&id, at(1)).await.unwrap();
+        drop(store);
+        let store = open_at(&path);
+        let job = store.get(&id).await.unwrap().unwrap();
+        assert!(job.cancel_requested);
+        assert_eq!(job.request.params.len(), 1);
     }
 }

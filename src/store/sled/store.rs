@@ -11,10 +11,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::change::Change;
-use super::codec::decode_job;
+use super::codec::{decode_job, decode_value};
 use super::flusher::Flusher;
 use super::indexes::State;
-use super::keys::{id_bytes, job_key, time_from_key, FIRE};
+use super::keys::{id_bytes, job_key, time_from_key, unique_key, FIRE};
 use super::lock;
 use super::transitions::add;
 use super::writer::broken;
@@ -320,6 +320,18 @@ impl Store for SledStore {
         Box::pin(async move {
             let counts = lock(&self.state).counts;
             Ok(JobStatus::ALL.into_iter().zip(counts).collect())
+        })
+    }
+
+    fn unique_jobs<'a>(
+        &'a self,
+        unique: &'a UniqueKey,
+    ) -> BoxFuture<'a, StoreResult<Option<Vec<JobId>>>> {
+        Box::pin(async move {
+            let key = unique_key(unique);
+            self.read(&key)?
+                .map(|bytes| decode_value(&key, &bytes))
+                .transpose()
         })
     }
 
