@@ -170,7 +170,7 @@ async fn a_generated_report_completes_and_its_result_is_masked_for_the_token() {
     }
 
     // The source's rows of county C03, as the result must hold them.
-    let source = std::fs::read_to_string(repo().join("workflows/data/cases.csv")).unwrap();
+    let source = std::fs::read_to_string(repo().join("tests/data/csv_workflow/data/cases.csv")).unwrap();
     let c03 = source
         .lines()
         .skip(1)
@@ -1642,7 +1642,7 @@ fn the_serve_binary_serves_and_refuses_a_second_instance_on_the_same_db() {
         eprintln!("SKIPPED: this flowctl has no `serve`/`token` subcommand yet");
         return;
     }
-    let project = Project::new().bundled("wf");
+    let project = Project::new().csv_workflow("wf");
     let flow = project.join("wf/reports.flow");
     let db = project.db();
 

@@ -172,7 +172,7 @@ fn kinds(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn bundled_workflow_runs_every_schedule_and_its_whole_cascade() {
-    let sb = Project::new().bundled("workflows");
+    let sb = Project::new().csv_workflow("workflows");
     let run = sb.run(["workflows/reports.flow"]).success();
     assert!(
         run.stdout().contains("94 of 94 jobs completed"),
@@ -343,7 +343,7 @@ fn bundled_workflow_runs_every_schedule_and_its_whole_cascade() {
 
 #[test]
 fn masking_and_county_filter_follow_the_principal() {
-    let sb = Project::new().bundled("workflows");
+    let sb = Project::new().csv_workflow("workflows");
     let (header, source) = read_csv(&sb.path().join("workflows/data/cases.csv"));
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     let (case_id, county, name, ssn, dob) = (
@@ -939,7 +939,7 @@ fn a_missing_source_fails_at_once_without_spending_retries() {
 #[test]
 fn a_mask_on_a_renamed_column_fails_the_job_and_check() {
     // The reproduction: the source renames `client_name` to `name`.
-    let sb = Project::new().bundled("workflows");
+    let sb = Project::new().csv_workflow("workflows");
     let data = sb.path().join("workflows/data/cases.csv");
     let text = std::fs::read_to_string(&data).unwrap();
     std::fs::write(&data, text.replacen("client_name", "name", 1)).unwrap();
@@ -980,7 +980,7 @@ fn a_mask_on_a_renamed_column_fails_the_job_and_check() {
 
 #[test]
 fn a_county_scoped_role_without_a_county_is_refused_by_run() {
-    let sb = Project::new().bundled("workflows");
+    let sb = Project::new().csv_workflow("workflows");
     for role in ["CASE_WORKER", "SUPERVISOR"] {
         let run = sb.run([
             "workflows/reports.flow",
@@ -1053,7 +1053,7 @@ after SLOW run AFTER
 
 #[test]
 fn bad_parameters_and_unknown_reports_are_usage_errors() {
-    let sb = Project::new().bundled("workflows");
+    let sb = Project::new().csv_workflow("workflows");
     let run = sb
         .run([
             "workflows/reports.flow",
@@ -1171,7 +1171,7 @@ report HOLD {
 
 #[test]
 fn jobs_show_lists_children_and_cancel_refuses_finished_jobs() {
-    let sb = Project::new().bundled("workflows");
+    let sb = Project::new().csv_workflow("workflows");
     sb.run([
         "workflows/reports.flow",
         "--report",

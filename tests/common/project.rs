@@ -58,6 +58,17 @@ impl Project {
         self
     }
 
+    /// With a copy of `tests/data/csv_workflow/` at `into`: the bundled workflow's reports,
+    /// schedules and dependencies on one CSV file (12,000 cases), for tests of what every report
+    /// does whatever its period (masking, the county rule, crash recovery, the API).
+    pub fn csv_workflow(self, into: &str) -> Project {
+        files::copy_dir(
+            &files::repo().join("tests/data/csv_workflow"),
+            &self.join(into),
+        );
+        self
+    }
+
     /// With a workflow file at `rel`.
     pub fn flow(self, rel: &str, text: &str) -> Project {
         self.file(rel, text)

@@ -95,7 +95,7 @@ impl TestServer {
         mut options: Options,
         edit: impl FnOnce(&mut flowctl::workflow::Workflow),
     ) -> TestServer {
-        let project = Project::new().bundled("wf");
+        let project = Project::new().csv_workflow("wf");
         let mut workflow = project.workflow("wf/reports.flow");
         edit(&mut workflow);
         let sled = SledStore::open(SledConfig {

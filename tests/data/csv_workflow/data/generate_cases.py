@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Generates workflows/data/cases.csv: obviously fake case records.
+"""Generates tests/data/csv_workflow/data/cases.csv: obviously fake case records.
 
 Deterministic (fixed seed), so the committed file can be regenerated
-byte-for-byte:  python3 workflows/data/generate_cases.py [ROWS] > cases.csv
+byte-for-byte:  python3 tests/data/csv_workflow/data/generate_cases.py [ROWS] > cases.csv
 Names are drawn from a fictional list, SSNs use the never-issued 9xx area
 prefix, and every client name starts with "Fake".
 """
