@@ -226,6 +226,7 @@ impl Compiler<'_> {
             locations: Locations {
                 sources: source_locations,
                 mask_fields,
+                queries: Vec::new(),
             },
         }
     }

@@ -6,34 +6,44 @@
 //! at a time costs a round trip per fetch. `query_raw` streams the rows of one execution, and
 //! tokio-postgres hands them over through a channel of one message, so a consumer that is
 //! busy masking and writing stops the reads from the socket and the server waits: memory stays
-//! flat for a 10-million-row query without a round trip per chunk.
+//! flat for a 10-million-row query without a round trip per chunk (`benches/sources.rs`
+//! measures it against `psql`'s `\copy`).
 //!
 //! Parameters go over the wire as text with the type the server inferred for their place in the
 //! query (as libpq's `PQexecParams` does), so `:interval_start_date` compares with a `date`
-//! column and `:min_amount` with a `numeric` one without casts. Results arrive in binary and
-//! are written as text: integers, shortest round-trip floats, exact numerics, ISO dates and
-//! times (a `timestamptz` in UTC, `…Z`), hyphenated UUIDs, JSON as its text, `bytea` as hex. A
-//! column of any other type is refused when the query is opened, with the cast to write.
+//! column and `:min_amount` with a `numeric` one without casts; a `None` binding is NULL.
+//! Results arrive in binary and are written as text: integers, shortest round-trip floats,
+//! exact numerics, ISO dates and times (a `timestamptz` in UTC, `…Z`), hyphenated UUIDs, JSON
+//! as its text, `bytea` as hex. A column of any other type is refused when the query is
+//! opened, with the cast to write.
+//!
+//! The connection honours the URL's `sslmode` (`pg_tls`) and carries an `application_name`
+//! (the job's, so an operator finds the session in `pg_stat_activity`). Errors never quote the
+//! URL, and a password that the server or driver echoes is cut out of them.
 //!
 //! A lost connection mid-report ends the source with [`PostgresError::Lost`], which the
-//! engine treats as transient: the attempt fails cleanly and the report's retries apply.
+//! engine treats as transient: the attempt fails cleanly and the report's retries apply. A
+//! connection the server refuses for good (bad password, unknown database) or that cannot be
+//! set up (TLS the server does not offer) is [`PostgresError::Rejected`]: permanent.
 
-use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use futures_util::StreamExt;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
-use tokio_postgres::NoTls;
 
-use super::batches::{Batches, Message, Sender};
+use super::batches::{Batches, Sender};
+use super::pg_tls;
 use super::row::Row;
+use super::spec::Bindings;
 use super::value_kind::Kind;
-use crate::params::ParamValue;
-use crate::store::postgres::{describe, is_transient};
+use crate::store::postgres::{describe as describe_error, is_transient};
 
-/// Rows per message from the producer thread.
+/// Rows per message from the producer thread (fewer when they are wide: [`BATCH_BYTES`]).
 const BATCH: usize = 1024;
+/// Bytes per message at most, roughly.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Why a PostgreSQL source failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +51,10 @@ pub enum PostgresError {
     /// The server could not be reached (transient).
     #[error("cannot connect to the source database: {0}")]
     Connect(String),
+    /// The connection cannot be made as configured: a bad URL, a refused login, an unknown
+    /// database, TLS the server does not offer (permanent).
+    #[error("the source database refused the connection: {0}")]
+    Rejected(String),
     /// The server refused the query (permanent: the same query fails again).
     #[error("the source query failed: {0}")]
     Query(String),
@@ -62,6 +76,21 @@ impl PostgresError {
     pub fn is_transient(&self) -> bool {
         matches!(self, PostgresError::Connect(_) | PostgresError::Lost(_))
     }
+
+    /// The same error with every occurrence of `secret` cut out of its message.
+    fn redacted(self, secret: Option<&str>) -> PostgresError {
+        let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+            return self;
+        };
+        let cut = |m: String| m.replace(secret, "<redacted>");
+        match self {
+            PostgresError::Connect(m) => PostgresError::Connect(cut(m)),
+            PostgresError::Rejected(m) => PostgresError::Rejected(cut(m)),
+            PostgresError::Query(m) => PostgresError::Query(cut(m)),
+            PostgresError::Lost(m) => PostgresError::Lost(cut(m)),
+            other => other,
+        }
+    }
 }
 
 /// A running query.
@@ -70,19 +99,50 @@ pub(super) struct PostgresSource {
     rows: Batches<PostgresError>,
 }
 
+/// What the producer is given.
+struct Job {
+    config: tokio_postgres::Config,
+    tls: Option<pg_tls::MakeRustls>,
+    sql: String,
+    values: Vec<Option<String>>,
+    password: Option<String>,
+}
+
+/// The connection settings of `url` with `application_name`, and the TLS connector its
+/// `sslmode` asks for (`None`: plain TCP).
+fn config(
+    url: &str,
+    application_name: &str,
+) -> Result<(tokio_postgres::Config, Option<pg_tls::MakeRustls>), PostgresError> {
+    let (url, verify, root) = pg_tls::split_url(url);
+    // The parse error names the option at fault, never the URL.
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| PostgresError::Rejected(format!("bad connection URL: {e}")))?;
+    if !application_name.is_empty() {
+        config.application_name(application_name);
+    }
+    let tls = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => None,
+        _ => Some(pg_tls::connector(verify, root.as_deref()).map_err(PostgresError::Rejected)?),
+    };
+    Ok((config, tls))
+}
+
 impl PostgresSource {
-    /// Connects to `url`, runs `query` with `bindings` bound to its `:name` placeholders, and
-    /// starts streaming its rows.
+    /// Connects to `url` (as `application_name`), runs `query` with `bindings` bound to its
+    /// `:name` placeholders, and starts streaming its rows.
     pub(super) fn open(
         url: &str,
         query: &str,
-        bindings: &BTreeMap<String, ParamValue>,
+        bindings: &Bindings,
+        application_name: &str,
     ) -> Result<PostgresSource, PostgresError> {
         let (sql, names) = super::sql_placeholders::number(query)?;
         let mut values = Vec::with_capacity(names.len());
         for name in &names {
             match bindings.get(name) {
-                Some(value) => values.push(value.to_string()),
+                Some(value) => values.push(value.as_ref().map(ToString::to_string)),
                 None => {
                     let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
                     return Err(PostgresError::UnknownParameter {
@@ -92,13 +152,25 @@ impl PostgresSource {
                 }
             }
         }
-        let url = url.to_string();
+        let (config, tls) = config(url, application_name)?;
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let secret = password.clone();
+        let job = Job {
+            config,
+            tls,
+            sql,
+            values,
+            password,
+        };
         let (columns, rows) = Batches::start(
             "postgres-source",
-            move |tx| produce(&url, &sql, &values, &tx),
+            move |mut tx| produce(job, &mut tx),
             |e| PostgresError::Connect(format!("cannot start its reader thread: {e}")),
             || PostgresError::Lost("the reader stopped before the query started".into()),
-        )?;
+        )
+        .map_err(|e| e.redacted(secret.as_deref()))?;
         Ok(PostgresSource {
             header: columns.iter().collect(),
             rows,
@@ -114,41 +186,107 @@ impl PostgresSource {
         self.rows.kinds()
     }
 
-    /// Moves the next row into `row`; `false` at the end. Dropping the source stops the
+    /// Copies the next row into `row`; `false` at the end. Dropping the source stops the
     /// producer, which drops its client: the connection closes and the query ends on the server.
     pub(super) fn next_row(&mut self, row: &mut Row) -> Result<bool, PostgresError> {
         self.rows.next_row(row)
     }
 }
 
+/// The result columns of `query` on the server at `url`, without running it (a prepared
+/// statement): `flowctl check` holds them against the mask rules and county column. Fails as a
+/// run would on a bad query, an unknown column type or a refused connection. Blocks; runs on a
+/// thread of its own, so it may be called from inside an async runtime.
+pub fn describe(url: &str, query: &str) -> Result<Vec<String>, PostgresError> {
+    let (sql, _) = super::sql_placeholders::number(query)?;
+    let (config, tls) = config(url, "flowctl check")?;
+    let password = config
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let describe = async move {
+        let client = match &tls {
+            None => {
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| connect_failed(&e))?;
+                tokio::spawn(connection);
+                client
+            }
+            Some(tls) => {
+                let (client, connection) = config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(|e| connect_failed(&e))?;
+                tokio::spawn(connection);
+                client
+            }
+        };
+        let statement = client.prepare(&sql).await.map_err(|e| failed(&e))?;
+        statement
+            .columns()
+            .iter()
+            .map(|c| match Decoder::for_type(c.type_()) {
+                Some(_) => Ok(c.name().to_string()),
+                None => Err(PostgresError::UnsupportedType {
+                    column: c.name().to_string(),
+                    ty: c.type_().name().to_string(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| PostgresError::Connect(e.to_string()))?;
+                runtime.block_on(describe)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(PostgresError::Connect("the describe thread panicked".into())))
+    })
+    .map_err(|e| e.redacted(password.as_deref()))
+}
+
 /// The producer thread: its own single-threaded runtime drives the connection.
-fn produce(url: &str, sql: &str, values: &[String], tx: &Sender<PostgresError>) {
+fn produce(job: Job, tx: &mut Sender<PostgresError>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            let _ = tx.send(Message::Failed(PostgresError::Connect(e.to_string())));
+            tx.fail(PostgresError::Connect(e.to_string()));
             return;
         }
     };
-    if let Err(e) = runtime.block_on(stream(url, sql, values, tx)) {
-        let _ = tx.send(Message::Failed(e));
+    if let Err(e) = runtime.block_on(stream(&job, tx)) {
+        tx.fail(e.redacted(job.password.as_deref()));
     }
 }
 
-async fn stream(
-    url: &str,
-    sql: &str,
-    values: &[String],
-    tx: &Sender<PostgresError>,
-) -> Result<(), PostgresError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| PostgresError::Connect(describe(&e)))?;
-    let connection = tokio::spawn(connection);
-    let statement = client.prepare(sql).await.map_err(|e| failed(&e))?;
+async fn stream(job: &Job, tx: &mut Sender<PostgresError>) -> Result<(), PostgresError> {
+    let (client, connection) = match &job.tls {
+        None => {
+            let (client, connection) = job
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| connect_failed(&e))?;
+            (client, tokio::spawn(async move { connection.await }))
+        }
+        Some(tls) => {
+            let (client, connection) = job
+                .config
+                .connect(tls.clone())
+                .await
+                .map_err(|e| connect_failed(&e))?;
+            (client, tokio::spawn(async move { connection.await }))
+        }
+    };
+    let statement = client.prepare(&job.sql).await.map_err(|e| failed(&e))?;
     let columns: Vec<(String, Type)> = statement
         .columns()
         .iter()
@@ -163,63 +301,51 @@ async fn stream(
             })
         })
         .collect::<Result<_, _>>()?;
-    let params = values.iter().map(|v| TextParam(v.as_str()));
+    let params = job.values.iter().map(|v| TextParam(v.as_deref()));
     let rows = client
         .query_raw(&statement, params)
         .await
         .map_err(|e| failed(&e))?;
-    if tx
-        .send(Message::Started(
-            columns.into_iter().map(|(n, _)| n).collect(),
-        ))
-        .is_err()
-    {
+    if !tx.started(columns.into_iter().map(|(n, _)| n).collect()) {
         return Ok(());
     }
     let mut rows = std::pin::pin!(rows);
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut text = String::with_capacity(64);
+    let mut batch = tx.batch();
     while let Some(next) = rows.next().await {
         let sql_row = next.map_err(|e| failed(&e))?;
-        let mut row = Row::default();
-        let mut kinds = Vec::with_capacity(decoders.len());
         for (i, decoder) in decoders.iter().enumerate() {
             let raw: Option<Raw<'_>> = sql_row.try_get(i).map_err(|e| failed(&e))?;
-            let kind = match raw {
-                None => {
-                    row.push_field(b"");
-                    Kind::Null
-                }
+            match raw {
+                None => batch.end_field(Kind::Null),
                 Some(Raw(bytes)) => {
-                    text.clear();
-                    let kind = decoder
-                        .write(bytes, &mut text)
-                        .map_err(|e| PostgresError::Query(format!("decoding column {i}: {e}")))?;
-                    row.push_field(text.as_bytes());
-                    kind
+                    let kind = decoder.write(bytes, batch.buf()).map_err(|e| {
+                        PostgresError::Query(format!("decoding column {}: {e}", i + 1))
+                    })?;
+                    batch.end_field(kind);
                 }
-            };
-            kinds.push(kind);
+            }
         }
-        row.seal();
-        batch.push((row, kinds));
-        if batch.len() == BATCH
-            && tx
-                .send(Message::Rows(std::mem::replace(
-                    &mut batch,
-                    Vec::with_capacity(BATCH),
-                )))
-                .is_err()
+        if (batch.rows() == BATCH || batch.byte_len() >= BATCH_BYTES)
+            && !tx.send(std::mem::replace(&mut batch, tx.batch()))
         {
             return Ok(());
         }
     }
-    if !batch.is_empty() {
-        let _ = tx.send(Message::Rows(batch));
-    }
+    tx.send(batch);
     drop(client);
     let _ = connection.await;
     Ok(())
+}
+
+/// A connection that failed: transient when the server could not be reached or is starting,
+/// stopping or full; permanent when it refused us (authentication, unknown database) or the
+/// connection cannot be set up as configured (TLS the server does not offer).
+fn connect_failed(error: &tokio_postgres::Error) -> PostgresError {
+    if is_transient(error) {
+        PostgresError::Connect(describe_error(error))
+    } else {
+        PostgresError::Rejected(describe_error(error))
+    }
 }
 
 /// A server error is the query's (permanent) unless the server ended the session or ran out
@@ -235,13 +361,13 @@ fn failed(error: &tokio_postgres::Error) -> PostgresError {
             PostgresError::Query(message)
         }
         Some(db) => PostgresError::Lost(format!("{}: {}", db.code().code(), db.message())),
-        None => PostgresError::Lost(describe(error)),
+        None => PostgresError::Lost(describe_error(error)),
     }
 }
 
-/// A parameter sent as text, typed by the server from its place in the query.
+/// A parameter sent as text, typed by the server from its place in the query; `None` is NULL.
 #[derive(Debug)]
-struct TextParam<'a>(&'a str);
+struct TextParam<'a>(Option<&'a str>);
 
 impl ToSql for TextParam<'_> {
     fn to_sql(
@@ -249,8 +375,13 @@ impl ToSql for TextParam<'_> {
         _ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(IsNull::No)
+        match self.0 {
+            Some(text) => {
+                out.extend_from_slice(text.as_bytes());
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
     }
 
     fn accepts(_ty: &Type) -> bool {
@@ -325,37 +456,29 @@ impl Decoder {
         })
     }
 
-    fn write(self, raw: &[u8], out: &mut String) -> DecodeResult {
+    /// Appends the value's text to `out`; its kind.
+    fn write(self, raw: &[u8], out: &mut Vec<u8>) -> DecodeResult {
         Ok(match self {
             Decoder::Bool => {
-                out.push_str(if bool::from_sql(&Type::BOOL, raw)? {
-                    "true"
+                out.extend_from_slice(if bool::from_sql(&Type::BOOL, raw)? {
+                    b"true"
                 } else {
-                    "false"
+                    b"false"
                 });
                 Kind::Bool
             }
-            Decoder::Int2 => {
-                let _ = write!(out, "{}", i16::from_sql(&Type::INT2, raw)?);
-                Kind::Integer
-            }
-            Decoder::Int4 => {
-                let _ = write!(out, "{}", i32::from_sql(&Type::INT4, raw)?);
-                Kind::Integer
-            }
-            Decoder::Int8 => {
-                let _ = write!(out, "{}", i64::from_sql(&Type::INT8, raw)?);
-                Kind::Integer
-            }
-            Decoder::Oid => {
-                let _ = write!(out, "{}", u32::from_sql(&Type::OID, raw)?);
-                Kind::Integer
-            }
+            Decoder::Int2 => integer(i64::from(i16::from_sql(&Type::INT2, raw)?), out),
+            Decoder::Int4 => integer(i64::from(i32::from_sql(&Type::INT4, raw)?), out),
+            Decoder::Int8 => integer(i64::from_sql(&Type::INT8, raw)?, out),
+            Decoder::Oid => integer(i64::from(u32::from_sql(&Type::OID, raw)?), out),
             Decoder::Float4 => float(f64::from(f32::from_sql(&Type::FLOAT4, raw)?), out),
             Decoder::Float8 => float(f64::from_sql(&Type::FLOAT8, raw)?, out),
             Decoder::Numeric => numeric(raw, out)?,
             Decoder::Text | Decoder::Json => {
-                out.push_str(std::str::from_utf8(raw)?);
+                // The connection's client_encoding is UTF8; checked all the same, since JSON
+                // output writes the bytes as they are.
+                std::str::from_utf8(raw)?;
+                out.extend_from_slice(raw);
                 if matches!(self, Decoder::Json) {
                     Kind::Json
                 } else {
@@ -367,7 +490,8 @@ impl Decoder {
                 if *version != 1 {
                     return Err(format!("jsonb version {version}").into());
                 }
-                out.push_str(std::str::from_utf8(text)?);
+                std::str::from_utf8(text)?;
+                out.extend_from_slice(text);
                 Kind::Json
             }
             Decoder::Date => {
@@ -405,26 +529,50 @@ impl Decoder {
                 Kind::Text
             }
             Decoder::Bytea => {
-                out.push_str(&hex::encode(raw));
+                let at = out.len();
+                out.resize(at + 2 * raw.len(), 0);
+                // Cannot fail: the slice is exactly twice as long as the bytes.
+                let _ = hex::encode_to_slice(raw, &mut out[at..]);
                 Kind::Blob
             }
         })
     }
 }
 
+/// An integer in decimal, without the formatting machinery.
+#[inline]
+fn integer(n: i64, out: &mut Vec<u8>) -> Kind {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+    Kind::Integer
+}
+
 /// A float in shortest round-trip form; NaN and infinities as PostgreSQL writes them, as text
 /// (no JSON number holds them).
-fn float(x: f64, out: &mut String) -> Kind {
+fn float(x: f64, out: &mut Vec<u8>) -> Kind {
     if x.is_finite() {
         let _ = write!(out, "{x}");
         Kind::Real
     } else {
-        out.push_str(if x.is_nan() {
-            "NaN"
+        out.extend_from_slice(if x.is_nan() {
+            b"NaN"
         } else if x > 0.0 {
-            "Infinity"
+            b"Infinity"
         } else {
-            "-Infinity"
+            b"-Infinity"
         });
         Kind::Text
     }
@@ -432,7 +580,7 @@ fn float(x: f64, out: &mut String) -> Kind {
 
 /// PostgreSQL's binary `numeric` as exact decimal text: `ndigits`, `weight`, `sign`, `dscale`
 /// (16 bits each), then base-10000 digits, the first worth 10000^weight.
-fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
+fn numeric(raw: &[u8], out: &mut Vec<u8>) -> DecodeResult {
     let word = |i: usize| -> Result<u16, Box<dyn StdError + Sync + Send>> {
         raw.get(2 * i..2 * i + 2)
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
@@ -445,15 +593,15 @@ fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
     match sign {
         0x0000 | 0x4000 => {}
         0xC000 => {
-            out.push_str("NaN");
+            out.extend_from_slice(b"NaN");
             return Ok(Kind::Text);
         }
         0xD000 => {
-            out.push_str("Infinity");
+            out.extend_from_slice(b"Infinity");
             return Ok(Kind::Text);
         }
         0xF000 => {
-            out.push_str("-Infinity");
+            out.extend_from_slice(b"-Infinity");
             return Ok(Kind::Text);
         }
         other => return Err(format!("numeric sign {other:#x}").into()),
@@ -472,10 +620,10 @@ fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
             .unwrap_or(0)
     };
     if sign == 0x4000 && digits.iter().any(|d| *d != 0) {
-        out.push('-');
+        out.push(b'-');
     }
     if weight < 0 {
-        out.push('0');
+        out.push(b'0');
     } else {
         let _ = write!(out, "{}", digit(0));
         for i in 1..=weight {
@@ -483,14 +631,14 @@ fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
         }
     }
     if dscale > 0 {
-        out.push('.');
-        let mut frac = String::with_capacity(dscale + 4);
+        out.push(b'.');
+        let start = out.len();
         let mut i = weight + 1;
-        while frac.len() < dscale {
-            let _ = write!(frac, "{:04}", digit(i));
+        while out.len() - start < dscale {
+            let _ = write!(out, "{:04}", digit(i));
             i += 1;
         }
-        out.push_str(&frac[..dscale]);
+        out.truncate(start + dscale);
     }
     Ok(Kind::Decimal)
 }
@@ -498,12 +646,13 @@ fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::ParamValue;
 
     fn numeric_text(words: &[u16]) -> String {
         let raw: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
-        let mut out = String::new();
+        let mut out = Vec::new();
         numeric(&raw, &mut out).unwrap();
-        out
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
@@ -542,7 +691,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(conn);
             client.batch_execute(sql).await.unwrap();
         });
@@ -569,7 +718,8 @@ mod tests {
         let mut source = PostgresSource::open(
             &url,
             &format!("SELECT * FROM {schema}.t ORDER BY i2 NULLS LAST"),
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .unwrap();
         let all = rows(&mut source);
@@ -617,16 +767,16 @@ mod tests {
         run(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
             CREATE TABLE {schema}.t (name text, day date, amount numeric);
             INSERT INTO {schema}.t VALUES ('O''Brien', '2026-11-30', 10.5), ('x', '2026-11-29', 99);"));
-        let mut bindings = BTreeMap::new();
+        let mut bindings = Bindings::new();
         let nasty = "O'Brien'; DROP TABLE t; -- $1 :day /*";
-        bindings.insert("name".to_string(), ParamValue::String(nasty.into()));
+        bindings.insert("name".to_string(), Some(ParamValue::String(nasty.into())));
         bindings.insert(
             "day".to_string(),
-            ParamValue::Date(chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()),
+            Some(ParamValue::Date(chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap())),
         );
-        bindings.insert("min".to_string(), ParamValue::Decimal("10.25".into()));
+        bindings.insert("min".to_string(), Some(ParamValue::Decimal("10.25".into())));
         let query = format!("SELECT name, :name AS echoed FROM {schema}.t WHERE day = :day AND amount >= :min -- :nope");
-        let mut source = PostgresSource::open(&url, &query, &bindings).unwrap();
+        let mut source = PostgresSource::open(&url, &query, &bindings, "flowctl-test").unwrap();
         assert_eq!(
             rows(&mut source)
                 .into_iter()
@@ -637,7 +787,8 @@ mod tests {
         let mut count = PostgresSource::open(
             &url,
             &format!("SELECT count(*) FROM {schema}.t"),
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .unwrap();
         assert_eq!(rows(&mut count)[0].0, ["2"]);
@@ -648,7 +799,7 @@ mod tests {
     fn errors_say_whose_they_are_and_whether_to_retry() {
         let Some((url, _)) = server() else { return };
         let error =
-            PostgresSource::open(&url, "SELECT * FROM no_such_table_here", &BTreeMap::new())
+            PostgresSource::open(&url, "SELECT * FROM no_such_table_here", &Bindings::new(), "flowctl-test")
                 .err()
                 .unwrap();
         assert!(
@@ -656,21 +807,22 @@ mod tests {
             "{error}"
         );
         assert!(!error.is_transient());
-        let error = PostgresSource::open(&url, "SELECT :x", &BTreeMap::new())
+        let error = PostgresSource::open(&url, "SELECT :x", &Bindings::new(), "flowctl-test")
             .err()
             .unwrap();
         assert!(
             matches!(error, PostgresError::UnknownParameter { .. }),
             "{error}"
         );
-        let error = PostgresSource::open(&url, "SELECT point(1, 2) AS p", &BTreeMap::new())
+        let error = PostgresSource::open(&url, "SELECT point(1, 2) AS p", &Bindings::new(), "flowctl-test")
             .err()
             .unwrap();
         assert_eq!(error.to_string(), "column `p` has type point, which a report cannot write; cast it in the query (`p::text`)");
         let error = PostgresSource::open(
             "postgres://nobody@127.0.0.1:1/none",
             "SELECT 1",
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .err()
         .unwrap();
@@ -681,7 +833,7 @@ mod tests {
     fn a_connection_killed_mid_stream_fails_the_source_as_transient() {
         let Some((url, _)) = server() else { return };
         let query = "SELECT pg_backend_pid() AS pid, i FROM generate_series(1, 5000000) AS i";
-        let mut source = PostgresSource::open(&url, query, &BTreeMap::new()).unwrap();
+        let mut source = PostgresSource::open(&url, query, &Bindings::new(), "flowctl-test").unwrap();
         let mut row = Row::default();
         assert!(source.next_row(&mut row).unwrap());
         let pid = String::from_utf8(row.get(0).unwrap().to_vec()).unwrap();
@@ -702,7 +854,8 @@ mod tests {
         let mut source = PostgresSource::open(
             &url,
             "SELECT i, md5(i::text) FROM generate_series(1, 300000) AS i",
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .unwrap();
         let mut row = Row::default();
@@ -714,7 +867,8 @@ mod tests {
         let mut endless = PostgresSource::open(
             &url,
             "SELECT i FROM generate_series(1, 100000000) AS i",
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .unwrap();
         for _ in 0..5000 {
