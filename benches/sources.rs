@@ -39,7 +39,7 @@ fn table_sql(rows: u64) -> String {
            lpad(((i * 7919) % 1000000000)::text, 9, '0'), DATE '1930-01-01' + (i * 37 % 30000),
            (ARRAY['OPEN','CLOSED','PENDING','APPEALED'])[i % 4 + 1], DATE '2024-01-01' + (i % 700),
            ((i * 13) % 500000) / 100.0
-         FROM generate_series(1, {rows}) AS i;
+         FROM generate_series(1::int8, {rows}) AS i;
          ANALYZE cases;"
     )
 }
@@ -207,7 +207,14 @@ fn psql_copy(url: &str, schema: &str, out: &Path) -> Option<f64> {
         let started = Instant::now();
         let status = Command::new("psql")
             .arg(url.split('?').next()?)
-            .args(["-X", "-q", "-c", &format!("SET search_path TO {schema}"), "-c", &copy])
+            .args([
+                "-X",
+                "-q",
+                "-c",
+                &format!("SET search_path TO {schema}"),
+                "-c",
+                &copy,
+            ])
             .status()
             .ok()?;
         if !status.success() {
@@ -228,7 +235,10 @@ fn rss_parent(base: &str, rows: u64) {
         .unwrap();
     print!("{}", String::from_utf8_lossy(&output.stdout));
     if !output.status.success() {
-        println!("the RSS child failed: {}", String::from_utf8_lossy(&output.stderr));
+        println!(
+            "the RSS child failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
@@ -241,7 +251,7 @@ fn rss_child(rows: u64) {
          'Client ' || i AS client_name, lpad(((i * 7919) % 1000000000)::text, 9, '0') AS ssn, \
          DATE '1930-01-01' + (i * 37 % 30000) AS date_of_birth, 'OPEN' AS case_status, \
          DATE '2024-01-01' + (i % 700) AS opened_on, (((i * 13) % 500000) / 100.0)::numeric(10,2) AS benefit_amount \
-         FROM generate_series(1, {rows}) AS i"
+         FROM generate_series(1::int8, {rows}) AS i"
     );
     let spec = spec(
         SourceSpec::Postgres {

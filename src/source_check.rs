@@ -112,7 +112,8 @@ pub fn check_sources(
                     };
                     match crate::pipeline::describe_sqlite_query(path, &query.text) {
                         Ok((columns, _)) => {
-                            let what = format!("the query of report `{}`", workflow.reports[r].name);
+                            let what =
+                                format!("the query of report `{}`", workflow.reports[r].name);
                             check_columns(workflow, index, &[r], &columns, &what, &mut diags);
                         }
                         Err(e) => diags.push(query_error(workflow, r, &e.to_string())),
@@ -143,7 +144,12 @@ fn check_postgres(
     }
     let url = std::env::var(url_env).ok().filter(|u| !u.trim().is_empty());
     let Some(url) = url else {
-        let location = workflow.locations.sources.get(index).copied().unwrap_or_default();
+        let location = workflow
+            .locations
+            .sources
+            .get(index)
+            .copied()
+            .unwrap_or_default();
         diags.push(located(
             Diagnostic::warning(
                 Code::SourceNotFound,
@@ -212,7 +218,12 @@ fn check_columns(
         return;
     }
     let source = &workflow.sources[index];
-    let location = workflow.locations.sources.get(index).copied().unwrap_or_default();
+    let location = workflow
+        .locations
+        .sources
+        .get(index)
+        .copied()
+        .unwrap_or_default();
     let known = |name: &str| columns.iter().any(|c| c == name);
     let missing = |what: String, name: &str, span: Option<Span>| {
         let mut d = Diagnostic::error(Code::UnknownColumn, what);

@@ -100,9 +100,8 @@ impl Fixture {
         mut on_event: impl FnMut(&ExecEvent),
     ) -> Job {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let engine = Arc::new(
-            engine::engine(self.workflow.clone(), self.store.clone()).with_events(tx),
-        );
+        let engine =
+            Arc::new(engine::engine(self.workflow.clone(), self.store.clone()).with_events(tx));
         let principal = Principal {
             subject: "test".into(),
             role: role.into(),
@@ -153,7 +152,8 @@ fn sqlite_db(dir: &Path, sql: &str) -> PathBuf {
     path
 }
 
-const CASES_SQL: &str = "CREATE TABLE cases (case_id INTEGER, county_id TEXT, client_name TEXT, ssn TEXT,
+const CASES_SQL: &str =
+    "CREATE TABLE cases (case_id INTEGER, county_id TEXT, client_name TEXT, ssn TEXT,
        amount REAL, flag INTEGER, raw BLOB, note TEXT);
      INSERT INTO cases VALUES (1, 'C1', 'Zoë Muñoz 日本', '123456789', 12.5, 1, x'00ff', NULL);
      INSERT INTO cases VALUES (2, 'C2', 'a,b \"c\"', '987654321', -0.25, 0, NULL, 'x');
@@ -171,7 +171,9 @@ async fn sqlite_values_keep_their_types_and_nulls_in_json_lines_and_csv() {
     let db = sqlite_db(dir.path(), CASES_SQL);
     let query = "SELECT * FROM cases ORDER BY case_id";
     let fx = Fixture::new("jsonl", 0, SourceKind::Sqlite { path: db.clone() }, query);
-    let job = fx.run_one("ADMIN", None, JobRequest::default(), |_| {}).await;
+    let job = fx
+        .run_one("ADMIN", None, JobRequest::default(), |_| {})
+        .await;
     assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
     assert_eq!(job.rows_written, 3);
     let rows = jsonl(&fx.result_text(&job));
@@ -188,7 +190,9 @@ async fn sqlite_values_keep_their_types_and_nulls_in_json_lines_and_csv() {
     assert_eq!(rows[2]["raw"], "");
 
     let fx = Fixture::new("csv", 0, SourceKind::Sqlite { path: db }, query);
-    let job = fx.run_one("ADMIN", None, JobRequest::default(), |_| {}).await;
+    let job = fx
+        .run_one("ADMIN", None, JobRequest::default(), |_| {})
+        .await;
     assert_eq!(
         fx.result_text(&job),
         "case_id,county_id,client_name,ssn,amount,flag,raw,note\n\
@@ -219,7 +223,10 @@ async fn a_query_that_forgets_the_county_leaks_nothing() {
     assert!(rows.iter().all(|r| r["county_id"] == "C1"), "{text}");
     // A masked field is a string, whatever its kind.
     assert_eq!(rows[0]["ssn"], "****6789");
-    assert!(!text.contains("987654321") && !text.contains("123456789"), "{text}");
+    assert!(
+        !text.contains("987654321") && !text.contains("123456789"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +243,10 @@ async fn a_query_without_the_county_column_fails_before_a_row_is_written() {
         .run_one("CASE_WORKER", Some("C1"), JobRequest::default(), |_| {})
         .await;
     assert_eq!(job.status, JobStatus::Failed);
-    assert_eq!(job.attempt, 1, "a rule the data does not fit is not retried");
+    assert_eq!(
+        job.attempt, 1,
+        "a rule the data does not fit is not retried"
+    );
     let error = job.error.unwrap();
     assert!(error.contains("county column `county_id`"), "{error}");
     assert!(fx.files().is_empty(), "{:?}", fx.files());
@@ -247,7 +257,9 @@ async fn a_query_without_the_county_column_fails_before_a_row_is_written() {
         SourceKind::Sqlite { path: db },
         "SELECT case_id, county_id FROM cases",
     );
-    let job = fx.run_one("ADMIN", None, JobRequest::default(), |_| {}).await;
+    let job = fx
+        .run_one("ADMIN", None, JobRequest::default(), |_| {})
+        .await;
     assert_eq!(job.status, JobStatus::Failed);
     assert!(job.error.unwrap().contains("mask rule on `ssn`"));
     assert!(fx.files().is_empty());
@@ -292,7 +304,10 @@ fn request_with_name(name: &str) -> JobRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_parameters_are_bound_as_values_never_spliced() {
     let dir = tempfile::tempdir().unwrap();
-    let db = sqlite_db(dir.path(), "CREATE TABLE cases (id INTEGER, county_id TEXT, ssn TEXT, name TEXT);");
+    let db = sqlite_db(
+        dir.path(),
+        "CREATE TABLE cases (id INTEGER, county_id TEXT, ssn TEXT, name TEXT);",
+    );
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
         for (i, name) in NASTY.iter().enumerate() {
@@ -345,12 +360,15 @@ async fn a_windowed_job_binds_its_window_and_files_its_result_under_the_label() 
          INSERT INTO cases VALUES (1, 'C1', '1', '2026-11-29'), (2, 'C1', '2', '2026-11-30'),
                                   (3, 'C1', '3', '2026-12-01');",
     );
-    let query = "SELECT id, county_id, ssn, :interval_start AS s, :interval_end_date AS e FROM cases \
+    let query =
+        "SELECT id, county_id, ssn, :interval_start AS s, :interval_end_date AS e FROM cases \
                  WHERE opened_on >= :interval_start_date AND opened_on < :interval_end_date";
     let fx = Fixture::new("csv", 0, SourceKind::Sqlite { path: db.clone() }, query);
     let fire = Utc.with_ymd_and_hms(2026, 12, 1, 4, 30, 0).unwrap();
     let zone: chrono_tz::Tz = "Europe/Paris".parse().unwrap();
-    let window = WindowSpec::Previous(Period::Day).window_at(fire, zone).unwrap();
+    let window = WindowSpec::Previous(Period::Day)
+        .window_at(fire, zone)
+        .unwrap();
     let mut request = JobRequest::default();
     request.window = Some(window);
     let job = fx.run_one("ADMIN", None, request, |_| {}).await;
@@ -371,7 +389,9 @@ async fn a_windowed_job_binds_its_window_and_files_its_result_under_the_label() 
 
     // Without a window, the same query fails at once and says why.
     let fx = Fixture::new("csv", 3, SourceKind::Sqlite { path: db }, query);
-    let job = fx.run_one("ADMIN", None, JobRequest::default(), |_| {}).await;
+    let job = fx
+        .run_one("ADMIN", None, JobRequest::default(), |_| {})
+        .await;
     assert_eq!(job.status, JobStatus::Failed);
     assert_eq!(job.attempt, 1);
     let error = job.error.unwrap();
@@ -391,7 +411,9 @@ async fn a_query_error_and_a_missing_database_fail_at_once() {
         SourceKind::Sqlite { path: db },
         "SELECT nope FROM cases",
     );
-    let job = fx.run_one("ADMIN", None, JobRequest::default(), |_| {}).await;
+    let job = fx
+        .run_one("ADMIN", None, JobRequest::default(), |_| {})
+        .await;
     assert_eq!((job.status, job.attempt), (JobStatus::Failed, 1));
     assert!(job.error.unwrap().contains("no such column: nope"));
     let fx = Fixture::new(
@@ -402,7 +424,9 @@ async fn a_query_error_and_a_missing_database_fail_at_once() {
         },
         "SELECT 1",
     );
-    let job = fx.run_one("ADMIN", None, JobRequest::default(), |_| {}).await;
+    let job = fx
+        .run_one("ADMIN", None, JobRequest::default(), |_| {})
+        .await;
     assert_eq!((job.status, job.attempt), (JobStatus::Failed, 1));
     assert!(job.error.unwrap().contains("does not exist"));
     assert!(fx.files().is_empty());
@@ -446,11 +470,14 @@ async fn postgres_values_keep_their_types_and_values_are_never_spliced() {
                 .unwrap();
         }
         client
-            .batch_execute("INSERT INTO cases (case_id, county_id, name) VALUES (99, 'C2', 'nulls')")
+            .batch_execute(
+                "INSERT INTO cases (case_id, county_id, name) VALUES (99, 'C2', 'nulls')",
+            )
             .await
             .unwrap();
     }
-    let query = "SELECT case_id, county_id, ssn, name, amount, ratio, open, opened_on, at, doc, raw, \
+    let query =
+        "SELECT case_id, county_id, ssn, name, amount, ratio, open, opened_on, at, doc, raw, \
                  :name AS echoed, :maybe::int4 IS NULL AS maybe_null \
                  FROM cases WHERE name = :name OR name = 'nulls' ORDER BY case_id";
     let fx = Fixture::with_params(
@@ -478,7 +505,16 @@ async fn postgres_values_keep_their_types_and_values_are_never_spliced() {
                 "echoed": nasty, "maybe_null": true})
         );
         let nulls = rows[1].as_object().unwrap();
-        for column in ["ssn", "amount", "ratio", "open", "opened_on", "at", "doc", "raw"] {
+        for column in [
+            "ssn",
+            "amount",
+            "ratio",
+            "open",
+            "opened_on",
+            "at",
+            "doc",
+            "raw",
+        ] {
             assert_eq!(nulls[column], serde_json::Value::Null, "{column}");
         }
     }
@@ -499,7 +535,9 @@ async fn an_unset_url_variable_and_a_bad_query_fail_at_once() {
         url_env: "FLOWCTL_SOURCES_PG_NEVER_SET".into(),
     };
     let fx = Fixture::new("csv", 3, kind, "SELECT 1 AS county_id, 2 AS ssn");
-    let job = fx.run_one("ADMIN", None, JobRequest::default(), |_| {}).await;
+    let job = fx
+        .run_one("ADMIN", None, JobRequest::default(), |_| {})
+        .await;
     assert_eq!((job.status, job.attempt), (JobStatus::Failed, 1));
     let error = job.error.unwrap();
     assert!(
@@ -512,7 +550,9 @@ async fn an_unset_url_variable_and_a_bad_query_fail_at_once() {
         pg_kind("FLOWCTL_SOURCES_PG_BAD", &base),
         "SELECT * FROM no_such_table_anywhere",
     );
-    let job = fx.run_one("ADMIN", None, JobRequest::default(), |_| {}).await;
+    let job = fx
+        .run_one("ADMIN", None, JobRequest::default(), |_| {})
+        .await;
     assert_eq!((job.status, job.attempt), (JobStatus::Failed, 1));
     assert!(job.error.unwrap().contains("42P01"));
 }
@@ -524,7 +564,12 @@ async fn a_connection_killed_mid_stream_fails_the_attempt_cleanly_and_the_retry_
     // Every attempt sleeps two seconds after its first 5000 rows: the kill lands mid-stream.
     let query = "SELECT i AS id, 'C1' AS county_id, md5(i::text) AS ssn FROM generate_series(1, 20000) AS i \
                  WHERE CASE WHEN i = 5000 THEN pg_sleep(2) IS NOT NULL ELSE true END";
-    let fx = Fixture::new("csv", 1, pg_kind("FLOWCTL_SOURCES_PG_KILL", &schema.url()), query);
+    let fx = Fixture::new(
+        "csv",
+        1,
+        pg_kind("FLOWCTL_SOURCES_PG_KILL", &schema.url()),
+        query,
+    );
     let results = fx.results();
     let url = schema.url();
     let (kill_tx, mut kill_rx) = mpsc::unbounded_channel::<(JobId, u32)>();
@@ -566,7 +611,11 @@ async fn a_connection_killed_mid_stream_fails_the_attempt_cleanly_and_the_retry_
             _ => {}
         })
         .await;
-    assert_eq!(killer.await.unwrap(), Some(1), "the attempt's session was found and killed");
+    assert_eq!(
+        killer.await.unwrap(),
+        Some(1),
+        "the attempt's session was found and killed"
+    );
     assert!(temp_seen_after_kill.is_empty(), "{temp_seen_after_kill:?}");
     assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
     assert_eq!(job.attempt, 2, "the report's retry ran");
@@ -635,7 +684,10 @@ fn sslmode_disable_connects_and_require_fails_clearly_without_tls() {
         assert_eq!(required.unwrap().rows_written, 1);
     } else {
         let error = required.unwrap_err();
-        assert!(!error.is_transient(), "a server without TLS stays so: {error}");
+        assert!(
+            !error.is_transient(),
+            "a server without TLS stays so: {error}"
+        );
         assert!(error.to_string().contains("TLS"), "{error}");
     }
     // `prefer` connects either way.

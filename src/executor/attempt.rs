@@ -416,7 +416,10 @@ pub fn bindings(job: &Job, report: &ReportType) -> Result<Bindings, String> {
     let text = |s: &str| Some(ParamValue::String(s.to_string()));
     match &job.request.window {
         Some(w) => {
-            b.insert("interval_start".into(), Some(ParamValue::Timestamp(w.start)));
+            b.insert(
+                "interval_start".into(),
+                Some(ParamValue::Timestamp(w.start)),
+            );
             b.insert("interval_end".into(), Some(ParamValue::Timestamp(w.end)));
             b.insert(
                 "interval_start_date".into(),

@@ -201,20 +201,28 @@ mod tests {
     #[test]
     fn typed_values_are_written_as_json_and_masked_ones_as_strings() {
         let header: Row = ["i", "d", "b", "n", "j", "t", "m", "bad"].iter().collect();
-        let masker = Masker::new(
-            &masks(&[("m", MaskMethod::Last4)]),
-            header.iter(),
-            &KEY,
-        );
+        let masker = Masker::new(&masks(&[("m", MaskMethod::Last4)]), header.iter(), &KEY);
         let dir = tempfile::tempdir().unwrap();
         let file = std::fs::File::create(dir.path().join("out")).unwrap();
         let mut sink = JsonlSink::new(Out::new(file), masker, &header);
-        let row: Row = ["-7", "12.50", "true", "", "{\"k\":\n [1, 2.0]}", "Zoë", "123456", "{nope"]
-            .iter()
-            .collect();
+        let row: Row = [
+            "-7",
+            "12.50",
+            "true",
+            "",
+            "{\"k\":\n [1, 2.0]}",
+            "Zoë",
+            "123456",
+            "{nope",
+        ]
+        .iter()
+        .collect();
         use Kind::*;
-        sink.write_row(&row, &[Integer, Decimal, Bool, Null, Json, Text, Integer, Json])
-            .unwrap();
+        sink.write_row(
+            &row,
+            &[Integer, Decimal, Bool, Null, Json, Text, Integer, Json],
+        )
+        .unwrap();
         let (_, _, _) = sink.finish().unwrap();
         let text = std::fs::read_to_string(dir.path().join("out")).unwrap();
         assert_eq!(

@@ -200,7 +200,10 @@ where
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<Connect> {
         let name = ServerName::try_from(domain.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(Connect(tokio_rustls::TlsConnector::from(self.0.clone()), name))
+        Ok(Connect(
+            tokio_rustls::TlsConnector::from(self.0.clone()),
+            name,
+        ))
     }
 }
 
@@ -263,11 +266,13 @@ mod tests {
 
     #[test]
     fn verifying_modes_and_root_files_are_taken_out_of_the_url() {
-        let (url, verify, root) =
-            split_url("postgres://u:p@db:5432/x?sslmode=verify-full&sslrootcert=/ca.pem&application_name=a")
-                
-        ;
-        assert_eq!(url, "postgres://u:p@db:5432/x?sslmode=require&application_name=a");
+        let (url, verify, root) = split_url(
+            "postgres://u:p@db:5432/x?sslmode=verify-full&sslrootcert=/ca.pem&application_name=a",
+        );
+        assert_eq!(
+            url,
+            "postgres://u:p@db:5432/x?sslmode=require&application_name=a"
+        );
         assert_eq!((verify, root.as_deref()), (Verify::Full, Some("/ca.pem")));
         let (url, verify, root) = split_url("postgres://db/x?sslmode=disable");
         assert_eq!(url, "postgres://db/x?sslmode=disable");

@@ -37,7 +37,7 @@ use super::batches::{Batches, Sender};
 use super::pg_tls;
 use super::row::Row;
 use super::spec::Bindings;
-use super::value_kind::Kind;
+use super::value_kind::{push_float, push_integer, Kind};
 use crate::store::postgres::{describe as describe_error, is_transient};
 
 /// Rows per message from the producer thread (fewer when they are wide: [`BATCH_BYTES`]).
@@ -116,9 +116,9 @@ fn config(
 ) -> Result<(tokio_postgres::Config, Option<pg_tls::MakeRustls>), PostgresError> {
     let (url, verify, root) = pg_tls::split_url(url);
     // The parse error names the option at fault, never the URL.
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| PostgresError::Rejected(format!("bad connection URL: {e}")))?;
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        PostgresError::Rejected(format!("bad connection URL: {e}"))
+    })?;
     if !application_name.is_empty() {
         config.application_name(application_name);
     }
@@ -245,7 +245,11 @@ pub fn describe(url: &str, query: &str) -> Result<Vec<String>, PostgresError> {
                 runtime.block_on(describe)
             })
             .join()
-            .unwrap_or_else(|_| Err(PostgresError::Connect("the describe thread panicked".into())))
+            .unwrap_or_else(|_| {
+                Err(PostgresError::Connect(
+                    "the describe thread panicked".into(),
+                ))
+            })
     })
     .map_err(|e| e.redacted(password.as_deref()))
 }
@@ -471,8 +475,8 @@ impl Decoder {
             Decoder::Int4 => integer(i64::from(i32::from_sql(&Type::INT4, raw)?), out),
             Decoder::Int8 => integer(i64::from_sql(&Type::INT8, raw)?, out),
             Decoder::Oid => integer(i64::from(u32::from_sql(&Type::OID, raw)?), out),
-            Decoder::Float4 => float(f64::from(f32::from_sql(&Type::FLOAT4, raw)?), out),
-            Decoder::Float8 => float(f64::from_sql(&Type::FLOAT8, raw)?, out),
+            Decoder::Float4 => push_float(float4(f32::from_sql(&Type::FLOAT4, raw)?), out),
+            Decoder::Float8 => push_float(f64::from_sql(&Type::FLOAT8, raw)?, out),
             Decoder::Numeric => numeric(raw, out)?,
             Decoder::Text | Decoder::Json => {
                 // The connection's client_encoding is UTF8; checked all the same, since JSON
@@ -539,43 +543,22 @@ impl Decoder {
     }
 }
 
-/// An integer in decimal, without the formatting machinery.
 #[inline]
 fn integer(n: i64, out: &mut Vec<u8>) -> Kind {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = n.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    if n < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&digits[at..]);
+    push_integer(n, out);
     Kind::Integer
 }
 
-/// A float in shortest round-trip form; NaN and infinities as PostgreSQL writes them, as text
-/// (no JSON number holds them).
-fn float(x: f64, out: &mut Vec<u8>) -> Kind {
-    if x.is_finite() {
-        let _ = write!(out, "{x}");
-        Kind::Real
-    } else {
-        out.extend_from_slice(if x.is_nan() {
-            b"NaN"
-        } else if x > 0.0 {
-            b"Infinity"
-        } else {
-            b"-Infinity"
-        });
-        Kind::Text
+/// A float4 as the f64 its shortest text reads as (`0.1f32` → `0.1`, not the
+/// `0.10000000149011612` of its binary value).
+fn float4(x: f32) -> f64 {
+    if !x.is_finite() {
+        return f64::from(x);
     }
+    ryu::Buffer::new()
+        .format_finite(x)
+        .parse()
+        .unwrap_or(f64::from(x))
 }
 
 /// PostgreSQL's binary `numeric` as exact decimal text: `ndigits`, `weight`, `sign`, `dscale`
@@ -691,7 +674,9 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             tokio::spawn(conn);
             client.batch_execute(sql).await.unwrap();
         });
@@ -772,7 +757,9 @@ mod tests {
         bindings.insert("name".to_string(), Some(ParamValue::String(nasty.into())));
         bindings.insert(
             "day".to_string(),
-            Some(ParamValue::Date(chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap())),
+            Some(ParamValue::Date(
+                chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap(),
+            )),
         );
         bindings.insert("min".to_string(), Some(ParamValue::Decimal("10.25".into())));
         let query = format!("SELECT name, :name AS echoed FROM {schema}.t WHERE day = :day AND amount >= :min -- :nope");
@@ -798,10 +785,14 @@ mod tests {
     #[test]
     fn errors_say_whose_they_are_and_whether_to_retry() {
         let Some((url, _)) = server() else { return };
-        let error =
-            PostgresSource::open(&url, "SELECT * FROM no_such_table_here", &Bindings::new(), "flowctl-test")
-                .err()
-                .unwrap();
+        let error = PostgresSource::open(
+            &url,
+            "SELECT * FROM no_such_table_here",
+            &Bindings::new(),
+            "flowctl-test",
+        )
+        .err()
+        .unwrap();
         assert!(
             matches!(&error, PostgresError::Query(m) if m.contains("42P01")),
             "{error}"
@@ -814,9 +805,14 @@ mod tests {
             matches!(error, PostgresError::UnknownParameter { .. }),
             "{error}"
         );
-        let error = PostgresSource::open(&url, "SELECT point(1, 2) AS p", &Bindings::new(), "flowctl-test")
-            .err()
-            .unwrap();
+        let error = PostgresSource::open(
+            &url,
+            "SELECT point(1, 2) AS p",
+            &Bindings::new(),
+            "flowctl-test",
+        )
+        .err()
+        .unwrap();
         assert_eq!(error.to_string(), "column `p` has type point, which a report cannot write; cast it in the query (`p::text`)");
         let error = PostgresSource::open(
             "postgres://nobody@127.0.0.1:1/none",
@@ -833,7 +829,8 @@ mod tests {
     fn a_connection_killed_mid_stream_fails_the_source_as_transient() {
         let Some((url, _)) = server() else { return };
         let query = "SELECT pg_backend_pid() AS pid, i FROM generate_series(1, 5000000) AS i";
-        let mut source = PostgresSource::open(&url, query, &Bindings::new(), "flowctl-test").unwrap();
+        let mut source =
+            PostgresSource::open(&url, query, &Bindings::new(), "flowctl-test").unwrap();
         let mut row = Row::default();
         assert!(source.next_row(&mut row).unwrap());
         let pid = String::from_utf8(row.get(0).unwrap().to_vec()).unwrap();

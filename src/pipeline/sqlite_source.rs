@@ -13,10 +13,9 @@
 //! masking and writing. Dropping the source interrupts the query and stops the thread.
 //!
 //! Values become text as the pipeline carries them, with their kind kept: integers in decimal,
-//! reals in shortest round-trip form (`1.5`), text as is, a blob as lowercase hex, NULL as an
+//! reals in shortest round-trip form (`1.5`, `1e20`), text as is, a blob as lowercase hex, NULL as an
 //! empty field marked null. A binding of `None` is bound as NULL.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::ValueRef;
@@ -25,7 +24,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::batches::{Batch, Batches, Sender};
 use super::row::Row;
 use super::spec::Bindings;
-use super::value_kind::Kind;
+use super::value_kind::{push_float, push_integer, Kind};
 use crate::params::ParamValue;
 
 /// Rows per message from the producer thread (fewer when they are wide: [`BATCH_BYTES`]).
@@ -106,10 +105,7 @@ pub(super) fn placeholders(stmt: &rusqlite::Statement<'_>) -> Result<Vec<String>
 /// The column names of `query` on `path` and its placeholders (without their sigil), without
 /// running it: the database is opened read-only and the query only prepared. `flowctl check`
 /// holds the columns against the mask rules and county column, as a run would.
-pub fn describe(
-    path: &Path,
-    query: &str,
-) -> Result<(Vec<String>, Vec<String>), SqliteError> {
+pub fn describe(path: &Path, query: &str) -> Result<(Vec<String>, Vec<String>), SqliteError> {
     let conn = open(path)?;
     let stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
     let columns = stmt.column_names().map(str::to_string).collect();
@@ -229,18 +225,11 @@ fn push_value(batch: &mut Batch, value: ValueRef<'_>) {
     let kind = match value {
         ValueRef::Null => Kind::Null,
         ValueRef::Integer(n) => {
-            let _ = write!(batch.buf(), "{n}");
+            push_integer(n, batch.buf());
             Kind::Integer
         }
-        ValueRef::Real(x) if x.is_finite() => {
-            let _ = write!(batch.buf(), "{x}");
-            Kind::Real
-        }
-        ValueRef::Real(x) => {
-            // SQLite has infinities (1e999) and no NaN; no JSON number holds them.
-            let _ = write!(batch.buf(), "{}", if x > 0.0 { "Infinity" } else { "-Infinity" });
-            Kind::Text
-        }
+        // SQLite has infinities (1e999), which become text, and no NaN.
+        ValueRef::Real(x) => push_float(x, batch.buf()),
         ValueRef::Text(text) => {
             batch.buf().extend_from_slice(text);
             Kind::Text
@@ -317,10 +306,7 @@ mod tests {
         assert_eq!(rows[0].1, [Integer, Text, Real, Integer, Blob, Null]);
         assert_eq!(rows[1].0, ["2", "a,b \"c\"", "-0.25", "0", "", "x"]);
         assert_eq!(rows[1].1[4], Null);
-        assert_eq!(
-            rows[2].0,
-            ["3", "O'Brien", "100000000000000000000", "", "", ""]
-        );
+        assert_eq!(rows[2].0, ["3", "O'Brien", "1e20", "", "", ""]);
         assert_eq!(rows[2].1, [Integer, Text, Real, Null, Blob, Text]);
     }
 
