@@ -357,4 +357,116 @@ mod tests {
             diags[0].message
         );
     }
+
+    fn with_query(w: &mut Workflow, report: usize, text: &str) {
+        w.reports[report].query = Some(crate::workflow::Query {
+            text: text.to_string(),
+            file: None,
+            placeholders: Vec::new(),
+        });
+    }
+
+    #[test]
+    fn a_sqlite_query_is_prepared_and_its_columns_held_against_the_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.sqlite");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE s (county_id TEXT, client_name TEXT, ssn TEXT, name TEXT)")
+            .unwrap();
+        let (mut w, sources) = workflow(dir.path(), FLOW);
+        w.sources[0].kind = SourceKind::Sqlite { path: db.clone() };
+        w.locations.queries = vec![None, w.locations.mask_fields[1].first().copied()];
+        with_query(&mut w, 0, "SELECT county_id, client_name, ssn FROM s");
+        with_query(&mut w, 1, "SELECT county_id, name AS client_name FROM s");
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        // Report B's query lacks `ssn` (its own rule); A's is clean.
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].code, Code::UnknownColumn);
+        assert!(
+            diags[0].message.contains("the query of report `B`"),
+            "{}",
+            diags[0].message
+        );
+        assert_eq!(sources.text(diags[0].primary_span().unwrap()), "ssn");
+
+        // A query the database refuses is an error at the query; the database is not changed.
+        with_query(&mut w, 1, "SELECT nope FROM s");
+        with_query(&mut w, 0, "DELETE FROM s");
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 2, "{diags:?}");
+        assert!(diags
+            .iter()
+            .all(|d| d.code == Code::BadSource && d.is_error()));
+        assert!(
+            diags[0].message.contains("would change the database"),
+            "{}",
+            diags[0].message
+        );
+        assert!(
+            diags[1].message.contains("no such column: nope"),
+            "{}",
+            diags[1].message
+        );
+        assert!(diags[1].primary_span().is_some());
+
+        // A database that does not exist yet is a warning.
+        w.sources[0].kind = SourceKind::Sqlite {
+            path: dir.path().join("later.sqlite"),
+        };
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].code, Code::SourceNotFound);
+    }
+
+    #[test]
+    fn a_postgres_source_without_its_url_variable_is_not_checked_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = workflow(dir.path(), FLOW);
+        w.sources[0].kind = SourceKind::Postgres {
+            url_env: "FLOWCTL_SOURCE_CHECK_NEVER_SET".into(),
+        };
+        with_query(&mut w, 0, "SELECT 1");
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(!diags[0].is_error());
+        assert!(
+            diags[0].message.contains("FLOWCTL_SOURCE_CHECK_NEVER_SET")
+                && diags[0].message.contains("not checked"),
+            "{}",
+            diags[0].message
+        );
+    }
+
+    #[test]
+    fn a_postgres_query_is_described_by_the_server() {
+        let Some(url) = crate::store::pg_test_schema::database_url() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = workflow(dir.path(), FLOW);
+        std::env::set_var("FLOWCTL_SOURCE_CHECK_PG", &url);
+        w.sources[0].kind = SourceKind::Postgres {
+            url_env: "FLOWCTL_SOURCE_CHECK_PG".into(),
+        };
+        with_query(
+            &mut w,
+            0,
+            "SELECT 'x' AS county_id, 'y' AS client_name, 'z' AS ssn",
+        );
+        with_query(
+            &mut w,
+            1,
+            "SELECT 'x' AS county_id, 'y' AS client_name WHERE :role = 'r'",
+        );
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].code, Code::UnknownColumn);
+        assert!(diags[0].message.contains("`ssn`"), "{}", diags[0].message);
+        with_query(&mut w, 1, "SELECT * FROM no_such_table_for_check");
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].code, Code::BadSource);
+        assert!(diags[0].message.contains("42P01"), "{}", diags[0].message);
+    }
 }

@@ -17,7 +17,9 @@
 //! as its text, `bytea` as hex. A column of any other type is refused when the query is
 //! opened, with the cast to write.
 //!
-//! The connection honours the URL's `sslmode` (`pg_tls`) and carries an `application_name`
+//! The session is read-only (`default_transaction_read_only`): a report never changes the
+//! database it reads, whatever its query says. The connection honours the URL's `sslmode`
+//! (`pg_tls`) and carries an `application_name`
 //! (the job's, so an operator finds the session in `pg_stat_activity`). Errors never quote the
 //! URL, and a password that the server or driver echoes is cut out of them.
 //!
@@ -122,6 +124,13 @@ fn config(
     if !application_name.is_empty() {
         config.application_name(application_name);
     }
+    // A report never changes the database it reads, whatever its query says: the session's
+    // transactions are read-only (on top of the URL's own options, such as a search_path).
+    let options = match config.get_options() {
+        Some(own) if !own.trim().is_empty() => format!("{own} -c default_transaction_read_only=on"),
+        _ => "-c default_transaction_read_only=on".to_string(),
+    };
+    config.options(options);
     let tls = match config.get_ssl_mode() {
         tokio_postgres::config::SslMode::Disable => None,
         _ => Some(pg_tls::connector(verify, root.as_deref()).map_err(PostgresError::Rejected)?),
@@ -798,6 +807,18 @@ mod tests {
             "{error}"
         );
         assert!(!error.is_transient());
+        let error = PostgresSource::open(
+            &url,
+            "CREATE TABLE flowctl_must_not_exist (x int)",
+            &Bindings::new(),
+            "flowctl-test",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(&error, PostgresError::Query(m) if m.contains("25006")),
+            "{error}"
+        );
         let error = PostgresSource::open(&url, "SELECT :x", &Bindings::new(), "flowctl-test")
             .err()
             .unwrap();

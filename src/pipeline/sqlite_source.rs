@@ -49,6 +49,10 @@ pub enum SqliteError {
         "the query uses a positional placeholder (`?` or `?NNN`); name its parameters (`:name`)"
     )]
     Positional,
+    #[error(
+        "the query would change the database; a report's query only reads (SELECT, WITH … SELECT)"
+    )]
+    NotReadOnly,
 }
 
 /// A running query.
@@ -108,6 +112,9 @@ pub(super) fn placeholders(stmt: &rusqlite::Statement<'_>) -> Result<Vec<String>
 pub fn describe(path: &Path, query: &str) -> Result<(Vec<String>, Vec<String>), SqliteError> {
     let conn = open(path)?;
     let stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
+    if !stmt.readonly() {
+        return Err(SqliteError::NotReadOnly);
+    }
     let columns = stmt.column_names().map(str::to_string).collect();
     Ok((columns, placeholders(&stmt)?))
 }
@@ -187,6 +194,10 @@ fn produce(
     tx: &mut Sender<SqliteError>,
 ) -> Result<(), SqliteError> {
     let mut stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
+    if !stmt.readonly() {
+        // The read-only open would refuse the write anyway; this says why, before any row.
+        return Err(SqliteError::NotReadOnly);
+    }
     for (i, name) in placeholders(&stmt)?.into_iter().enumerate() {
         let Some(value) = bindings.get(&name) else {
             let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
