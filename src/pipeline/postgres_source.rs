@@ -131,6 +131,21 @@ fn config(
         _ => "-c default_transaction_read_only=on".to_string(),
     };
     config.options(options);
+    // A server that does not answer, or a connection that dies without a reset (a network
+    // cut), must end the attempt, not hang it: the pipeline sees cancellation and timeouts only
+    // between chunks. The URL's own settings win.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(30));
+    }
+    if config.get_keepalives_idle() >= std::time::Duration::from_secs(7200) {
+        config.keepalives_idle(std::time::Duration::from_secs(30));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(std::time::Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
     let tls = match config.get_ssl_mode() {
         tokio_postgres::config::SslMode::Disable => None,
         _ => Some(pg_tls::connector(verify, root.as_deref()).map_err(PostgresError::Rejected)?),
@@ -508,23 +523,27 @@ impl Decoder {
                 Kind::Json
             }
             Decoder::Date => {
-                let date = chrono::NaiveDate::from_sql(&Type::DATE, raw)?;
-                let _ = write!(out, "{}", date.format("%Y-%m-%d"));
+                push_date(chrono::NaiveDate::from_sql(&Type::DATE, raw)?, out);
                 Kind::Text
             }
             Decoder::Time => {
-                let time = chrono::NaiveTime::from_sql(&Type::TIME, raw)?;
-                let _ = write!(out, "{}", time.format("%H:%M:%S%.f"));
+                push_time(chrono::NaiveTime::from_sql(&Type::TIME, raw)?, out);
                 Kind::Text
             }
             Decoder::Timestamp => {
                 let t = chrono::NaiveDateTime::from_sql(&Type::TIMESTAMP, raw)?;
-                let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.f"));
+                push_date(t.date(), out);
+                out.push(b' ');
+                push_time(t.time(), out);
                 Kind::Text
             }
             Decoder::TimestampTz => {
                 let t = chrono::DateTime::<chrono::Utc>::from_sql(&Type::TIMESTAMPTZ, raw)?;
-                let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.fZ"));
+                let t = t.naive_utc();
+                push_date(t.date(), out);
+                out.push(b'T');
+                push_time(t.time(), out);
+                out.push(b'Z');
                 Kind::Text
             }
             Decoder::Uuid => {
@@ -549,6 +568,75 @@ impl Decoder {
                 Kind::Blob
             }
         })
+    }
+}
+
+/// `n` (below 10000) as four digits, with leading zeros.
+#[inline]
+fn push_4_digits(n: u16, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[
+        b'0' + (n / 1000 % 10) as u8,
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
+}
+
+#[inline]
+fn push_2_digits(n: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]);
+}
+
+/// `YYYY-MM-DD`, as chrono's `%Y-%m-%d` writes it (which years outside 0–9999 need).
+#[inline]
+fn push_date(date: chrono::NaiveDate, out: &mut Vec<u8>) {
+    use chrono::Datelike;
+    match u16::try_from(date.year()) {
+        Ok(year) if year <= 9999 => {
+            push_4_digits(year, out);
+            out.push(b'-');
+            push_2_digits(date.month(), out);
+            out.push(b'-');
+            push_2_digits(date.day(), out);
+        }
+        _ => {
+            let _ = write!(out, "{}", date.format("%Y-%m-%d"));
+        }
+    }
+}
+
+/// `HH:MM:SS` and the fraction as chrono's `%.f` writes it: none, or 3, 6 or 9 digits.
+#[inline]
+fn push_time(time: chrono::NaiveTime, out: &mut Vec<u8>) {
+    use chrono::Timelike;
+    let nanos = time.nanosecond();
+    if nanos >= 1_000_000_000 {
+        // A leap second: chrono's own writer.
+        let _ = write!(out, "{}", time.format("%H:%M:%S%.f"));
+        return;
+    }
+    push_2_digits(time.hour(), out);
+    out.push(b':');
+    push_2_digits(time.minute(), out);
+    out.push(b':');
+    push_2_digits(time.second(), out);
+    if nanos == 0 {
+        return;
+    }
+    let (value, digits) = if nanos % 1_000_000 == 0 {
+        (nanos / 1_000_000, 3)
+    } else if nanos % 1000 == 0 {
+        (nanos / 1000, 6)
+    } else {
+        (nanos, 9)
+    };
+    out.push(b'.');
+    let at = out.len();
+    out.resize(at + digits, b'0');
+    let mut rest = value;
+    for slot in out[at..].iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
     }
 }
 
@@ -619,7 +707,7 @@ fn numeric(raw: &[u8], out: &mut Vec<u8>) -> DecodeResult {
     } else {
         let _ = write!(out, "{}", digit(0));
         for i in 1..=weight {
-            let _ = write!(out, "{:04}", digit(i));
+            push_4_digits(digit(i), out);
         }
     }
     if dscale > 0 {
@@ -627,7 +715,7 @@ fn numeric(raw: &[u8], out: &mut Vec<u8>) -> DecodeResult {
         let start = out.len();
         let mut i = weight + 1;
         while out.len() - start < dscale {
-            let _ = write!(out, "{:04}", digit(i));
+            push_4_digits(digit(i), out);
             i += 1;
         }
         out.truncate(start + dscale);
@@ -645,6 +733,41 @@ mod tests {
         let mut out = Vec::new();
         numeric(&raw, &mut out).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn dates_and_times_are_written_as_chrono_writes_them() {
+        use chrono::{NaiveDate, NaiveTime};
+        let times = [
+            NaiveTime::from_hms_opt(5, 30, 0).unwrap(),
+            NaiveTime::from_hms_milli_opt(5, 30, 0, 250).unwrap(),
+            NaiveTime::from_hms_micro_opt(23, 59, 59, 123_456).unwrap(),
+            NaiveTime::from_hms_nano_opt(0, 0, 1, 7).unwrap(),
+            NaiveTime::from_hms_milli_opt(23, 59, 59, 1500).unwrap(),
+        ];
+        for time in times {
+            let mut out = Vec::new();
+            push_time(time, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                time.format("%H:%M:%S%.f").to_string()
+            );
+        }
+        for (y, m, d) in [
+            (2026, 2, 28),
+            (1, 1, 1),
+            (9999, 12, 31),
+            (10000, 1, 1),
+            (-44, 3, 15),
+        ] {
+            let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
+            let mut out = Vec::new();
+            push_date(date, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                date.format("%Y-%m-%d").to_string()
+            );
+        }
     }
 
     #[test]
@@ -807,14 +930,15 @@ mod tests {
             "{error}"
         );
         assert!(!error.is_transient());
+        // A read-only session: the write fails (when it runs, at the first read).
         let error = PostgresSource::open(
             &url,
             "CREATE TABLE flowctl_must_not_exist (x int)",
             &Bindings::new(),
             "flowctl-test",
         )
-        .err()
-        .unwrap();
+        .and_then(|mut source| source.next_row(&mut Row::default()))
+        .unwrap_err();
         assert!(
             matches!(&error, PostgresError::Query(m) if m.contains("25006")),
             "{error}"
