@@ -369,8 +369,10 @@ async fn a_windowed_job_binds_its_window_and_files_its_result_under_the_label() 
     let window = WindowSpec::Previous(Period::Day)
         .window_at(fire, zone)
         .unwrap();
-    let mut request = JobRequest::default();
-    request.window = Some(window);
+    let request = JobRequest {
+        window: Some(window),
+        ..JobRequest::default()
+    };
     let job = fx.run_one("ADMIN", None, request, |_| {}).await;
     assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
     let path = PathBuf::from(job.result_path.clone().unwrap());

@@ -10,7 +10,7 @@
 //! the producer to fill again: after the first few batches no row costs an allocation on
 //! either side, and the consumer copies a row's bytes once, into the row it is given.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 use super::row::Row;
@@ -93,10 +93,8 @@ impl<E> Sender<E> {
 
     /// An empty batch to fill: one the reader sent back, or a new one.
     pub(super) fn batch(&self) -> Batch {
-        let mut batch = match self.recycled.try_recv() {
-            Ok(batch) => batch,
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => Batch::default(),
-        };
+        // None waiting (or the reader is gone): a new one.
+        let mut batch = self.recycled.try_recv().unwrap_or_default();
         batch.reset(self.columns);
         batch
     }

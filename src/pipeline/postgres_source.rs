@@ -303,7 +303,7 @@ async fn stream(job: &Job, tx: &mut Sender<PostgresError>) -> Result<(), Postgre
                 .connect(tokio_postgres::NoTls)
                 .await
                 .map_err(|e| connect_failed(&e))?;
-            (client, tokio::spawn(async move { connection.await }))
+            (client, tokio::spawn(connection))
         }
         Some(tls) => {
             let (client, connection) = job
@@ -311,7 +311,7 @@ async fn stream(job: &Job, tx: &mut Sender<PostgresError>) -> Result<(), Postgre
                 .connect(tls.clone())
                 .await
                 .map_err(|e| connect_failed(&e))?;
-            (client, tokio::spawn(async move { connection.await }))
+            (client, tokio::spawn(connection))
         }
     };
     let statement = client.prepare(&job.sql).await.map_err(|e| failed(&e))?;

@@ -220,10 +220,10 @@ fn produce(
             let value = sql_row.get_ref(i).map_err(|e| query_error(path, e))?;
             push_value(&mut batch, value);
         }
-        if batch.rows() == BATCH || batch.byte_len() >= BATCH_BYTES {
-            if !tx.send(std::mem::replace(&mut batch, tx.batch())) {
-                return Ok(());
-            }
+        if (batch.rows() == BATCH || batch.byte_len() >= BATCH_BYTES)
+            && !tx.send(std::mem::replace(&mut batch, tx.batch()))
+        {
+            return Ok(());
         }
     }
     tx.send(batch);
