@@ -424,14 +424,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, _) = workflow(dir.path(), FLOW);
         w.sources[0].kind = SourceKind::Postgres {
-            url_env: "FLOWCTL_SOURCE_CHECK_NEVER_SET".into(),
+            url_env: "SOURCE_CHECK_TEST_URL_NEVER_SET".into(),
         };
         with_query(&mut w, 0, "SELECT 1");
         let diags = check_sources(&w, crate::pipeline::read_columns);
         assert_eq!(diags.len(), 1, "{diags:?}");
         assert!(!diags[0].is_error());
         assert!(
-            diags[0].message.contains("FLOWCTL_SOURCE_CHECK_NEVER_SET")
+            diags[0].message.contains("SOURCE_CHECK_TEST_URL_NEVER_SET")
                 && diags[0].message.contains("not checked"),
             "{}",
             diags[0].message
@@ -445,9 +445,9 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let (mut w, _) = workflow(dir.path(), FLOW);
-        std::env::set_var("FLOWCTL_SOURCE_CHECK_PG", &url);
+        std::env::set_var("SOURCE_CHECK_TEST_PG_URL", &url);
         w.sources[0].kind = SourceKind::Postgres {
-            url_env: "FLOWCTL_SOURCE_CHECK_PG".into(),
+            url_env: "SOURCE_CHECK_TEST_PG_URL".into(),
         };
         with_query(
             &mut w,
