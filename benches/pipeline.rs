@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowctl::masking::MaskMethod;
-use flowctl::pipeline::{self as report, Control, DataFormat, PipelineSpec, Progress};
+use flowctl::pipeline::{self as report, Control, DataFormat, PipelineSpec, Progress, SourceSpec};
 
 const ROWS: u64 = 1_000_000;
 
@@ -130,8 +130,10 @@ fn bench_pipeline(c: &mut Criterion) {
     );
 
     let spec = PipelineSpec {
-        source_path: source.clone(),
-        source_format: DataFormat::Csv,
+        source: SourceSpec::File {
+            path: source.clone(),
+            format: DataFormat::Csv,
+        },
         county_column: Some("county_id".into()),
         county: None,
         output_format: DataFormat::Csv,

@@ -2,10 +2,16 @@
 //!
 //! The compiler proves what the text alone can prove and reads no files; whether a mask rule
 //! or a county column names a real column only the data can tell. This pass reads the header
-//! of each source (the CSV header, the keys of the first JSON object) through a function the
-//! caller gives — [`crate::pipeline::read_columns`] in the CLI — and reports, at the rule that
-//! names it, every column the source lacks. The pipeline applies the same rule to every run
-//! before it writes a row ([`crate::pipeline`]'s column check); this pass says so earlier.
+//! of each file source (the CSV header, the keys of the first JSON object) through a function
+//! the caller gives — [`crate::pipeline::read_columns`] in the CLI — and reports, at the rule
+//! that names it, every column the source lacks. The pipeline applies the same rule to every
+//! run before it writes a row ([`crate::pipeline`]'s column check); this pass says so earlier.
+//!
+//! A database source has no header of its own: each report's query has its result columns.
+//! For SQLite the query is prepared on the database opened read-only (never run), so a query
+//! error is reported at the report's query and its columns are checked like a file's header.
+//! For PostgreSQL the same is done with a prepared statement when the source's URL variable is
+//! set; otherwise a warning says the queries were not checked.
 //!
 //! A source that does not exist yet is a warning (data may arrive before the first fire; a
 //! job that finds it missing fails at once); a source that exists but cannot be read as its
@@ -18,8 +24,8 @@ use crate::pipeline::{column_preview, PipelineError};
 use crate::source_map::Span;
 use crate::workflow::{DataFormat, SourceKind, Workflow};
 
-/// Holds every source's columns against the rules that name them. `read` gives a source's
-/// column names (empty for a source without any, which has no rows to leak).
+/// Holds every source's columns against the rules that name them. `read` gives a file
+/// source's column names (empty for a source without any, which has no rows to leak).
 pub fn check_sources(
     workflow: &Workflow,
     read: impl Fn(&Path, DataFormat) -> Result<Vec<String>, PipelineError>,
@@ -33,11 +39,17 @@ pub fn check_sources(
             .copied()
             .unwrap_or_default();
         let at = location.path.or(location.name);
-        // Database sources are checked per report query (not yet: issue 13).
-        let SourceKind::File { path, format } = &source.kind else {
-            continue;
+        let reports: Vec<usize> = (0..workflow.reports.len())
+            .filter(|&r| workflow.reports[r].source == index)
+            .collect();
+        let path = match &source.kind {
+            SourceKind::File { path, .. } | SourceKind::Sqlite { path } => path,
+            SourceKind::Postgres { url_env } => {
+                check_postgres(workflow, index, url_env, &reports, &mut diags);
+                continue;
+            }
         };
-        let columns = match std::fs::metadata(path) {
+        match std::fs::metadata(path) {
             Err(_) => {
                 diags.push(located(
                     Diagnostic::warning(
@@ -66,12 +78,21 @@ pub fn check_sources(
                     ),
                     at,
                     "not a regular file",
-                    "a source is a CSV or JSON-lines file",
+                    match source.kind {
+                        SourceKind::Sqlite { .. } => "a sqlite source is a SQLite database file",
+                        _ => "a source is a CSV or JSON-lines file",
+                    },
                 ));
                 continue;
             }
-            Ok(_) => match read(path, *format) {
-                Ok(columns) => columns,
+            Ok(_) => {}
+        }
+        match &source.kind {
+            SourceKind::File { format, .. } => match read(path, *format) {
+                Ok(columns) => {
+                    let what = path.display().to_string();
+                    check_columns(workflow, index, &reports, &columns, &what, &mut diags);
+                }
                 Err(e) => {
                     diags.push(located(
                         Diagnostic::error(
@@ -82,62 +103,168 @@ pub fn check_sources(
                         "its header cannot be read",
                         "a job reading it would fail the same way",
                     ));
-                    continue;
                 }
             },
-        };
-        if columns.is_empty() {
-            continue;
-        }
-        let known = |name: &str| columns.iter().any(|c| c == name);
-        let missing = |what: String, name: &str, span: Option<Span>| {
-            let mut d = Diagnostic::error(Code::UnknownColumn, what);
-            if let Some(span) = span {
-                d = d.label(span, "no such column in the source's header");
-            }
-            d.help(match did_you_mean(name, columns.iter().map(String::as_str)) {
-                Some(s) => format!("did you mean `{s}`? jobs fail before writing a row while a rule names a missing column"),
-                None => format!(
-                    "its columns: {}; jobs fail before writing a row while a rule names a missing column",
-                    column_preview(columns.iter().map(String::as_bytes))
-                ),
-            })
-        };
-        if let Some(column) = &source.county_column {
-            if !known(column) {
-                let what = format!(
-                    "county column `{column}` is not a column of source `{}` ({})",
-                    source.name,
-                    path.display()
-                );
-                diags.push(missing(what, column, location.county_column));
-            }
-        }
-        // A rule of a shared `masking` set is reported once, however many reports use it.
-        let mut reported: Vec<(&str, Option<Span>)> = Vec::new();
-        for (r, report) in workflow.reports.iter().enumerate() {
-            if report.source != index {
-                continue;
-            }
-            let spans = workflow.locations.mask_fields.get(r);
-            for (m, rule) in report.masks.iter().enumerate() {
-                let span = spans.and_then(|s| s.get(m)).copied();
-                if known(&rule.field) || reported.contains(&(rule.field.as_str(), span)) {
-                    continue;
+            _ => {
+                for &r in &reports {
+                    let Some(query) = &workflow.reports[r].query else {
+                        continue;
+                    };
+                    match crate::pipeline::describe_sqlite_query(path, &query.text) {
+                        Ok((columns, _)) => {
+                            let what =
+                                format!("the query of report `{}`", workflow.reports[r].name);
+                            check_columns(workflow, index, &[r], &columns, &what, &mut diags);
+                        }
+                        Err(e) => diags.push(query_error(workflow, r, &e.to_string())),
+                    }
                 }
-                reported.push((&rule.field, span));
-                let what = format!(
-                    "mask rule on `{}`: no such column in source `{}` ({}), which report `{}` reads",
-                    rule.field,
-                    source.name,
-                    path.display(),
-                    report.name
-                );
-                diags.push(missing(what, &rule.field, span));
             }
         }
     }
     diags
+}
+
+/// A PostgreSQL source's queries, described by the server when the URL variable is set.
+fn check_postgres(
+    workflow: &Workflow,
+    index: usize,
+    url_env: &str,
+    reports: &[usize],
+    diags: &mut Vec<Diagnostic>,
+) {
+    let source = &workflow.sources[index];
+    let with_query: Vec<usize> = reports
+        .iter()
+        .copied()
+        .filter(|&r| workflow.reports[r].query.is_some())
+        .collect();
+    if with_query.is_empty() {
+        return;
+    }
+    let url = std::env::var(url_env).ok().filter(|u| !u.trim().is_empty());
+    let Some(url) = url else {
+        let location = workflow
+            .locations
+            .sources
+            .get(index)
+            .copied()
+            .unwrap_or_default();
+        diags.push(located(
+            Diagnostic::warning(
+                Code::SourceNotFound,
+                format!(
+                    "source `{}`: environment variable {url_env} is not set, so its queries were not checked against the database",
+                    source.name
+                ),
+            ),
+            location.name,
+            "not checked",
+            &format!("set {url_env} to the connection URL to check each query's columns; a job without it fails at once"),
+        ));
+        return;
+    };
+    for r in with_query {
+        let Some(query) = &workflow.reports[r].query else {
+            continue;
+        };
+        match crate::pipeline::describe_postgres_query(&url, &query.text) {
+            Ok(columns) => {
+                let what = format!("the query of report `{}`", workflow.reports[r].name);
+                check_columns(workflow, index, &[r], &columns, &what, diags);
+            }
+            Err(e) if e.is_transient() => {
+                diags.push(Diagnostic::warning(
+                    Code::SourceNotFound,
+                    format!(
+                        "source `{}`: the database could not be reached ({e}); report `{}`'s query was not checked",
+                        source.name, workflow.reports[r].name
+                    ),
+                ));
+                // The next query would wait for the same server.
+                return;
+            }
+            Err(e) => diags.push(query_error(workflow, r, &e.to_string())),
+        }
+    }
+}
+
+/// The database refused report `r`'s query: an error at the query.
+fn query_error(workflow: &Workflow, r: usize, message: &str) -> Diagnostic {
+    let report = &workflow.reports[r];
+    let span = workflow.locations.queries.get(r).copied().flatten();
+    located(
+        Diagnostic::error(
+            Code::BadSource,
+            format!("report `{}`: its query fails: {message}", report.name),
+        ),
+        span,
+        "the database refuses this query",
+        "every job of this report would fail the same way",
+    )
+}
+
+/// Holds `columns` (a file's header, or a query's result columns, named `what`) against the
+/// county column of source `index` and the mask rules of `reports`.
+fn check_columns(
+    workflow: &Workflow,
+    index: usize,
+    reports: &[usize],
+    columns: &[String],
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) {
+    if columns.is_empty() {
+        return;
+    }
+    let source = &workflow.sources[index];
+    let location = workflow
+        .locations
+        .sources
+        .get(index)
+        .copied()
+        .unwrap_or_default();
+    let known = |name: &str| columns.iter().any(|c| c == name);
+    let missing = |what: String, name: &str, span: Option<Span>| {
+        let mut d = Diagnostic::error(Code::UnknownColumn, what);
+        if let Some(span) = span {
+            d = d.label(span, "no such column in the source's header");
+        }
+        d.help(match did_you_mean(name, columns.iter().map(String::as_str)) {
+            Some(s) => format!("did you mean `{s}`? jobs fail before writing a row while a rule names a missing column"),
+            None => format!(
+                "its columns: {}; jobs fail before writing a row while a rule names a missing column",
+                column_preview(columns.iter().map(String::as_bytes))
+            ),
+        })
+    };
+    if let Some(column) = &source.county_column {
+        if !known(column) {
+            let what = format!(
+                "county column `{column}` is not a column of source `{}` ({what})",
+                source.name,
+            );
+            diags.push(missing(what, column, location.county_column));
+        }
+    }
+    // A rule of a shared `masking` set is reported once, however many reports use it.
+    let mut reported: Vec<(&str, Option<Span>)> = Vec::new();
+    for &r in reports {
+        let report = &workflow.reports[r];
+        let spans = workflow.locations.mask_fields.get(r);
+        for (m, rule) in report.masks.iter().enumerate() {
+            let span = spans.and_then(|s| s.get(m)).copied();
+            if known(&rule.field) || reported.contains(&(rule.field.as_str(), span)) {
+                continue;
+            }
+            reported.push((&rule.field, span));
+            let message = format!(
+                "mask rule on `{}`: no such column in source `{}` ({what}), which report `{}` reads",
+                rule.field, source.name, report.name
+            );
+            diags.push(missing(message, &rule.field, span));
+        }
+    }
 }
 
 fn located(d: Diagnostic, span: Option<Span>, label: &str, help: &str) -> Diagnostic {
@@ -229,5 +356,117 @@ mod tests {
             "{}",
             diags[0].message
         );
+    }
+
+    fn with_query(w: &mut Workflow, report: usize, text: &str) {
+        w.reports[report].query = Some(crate::workflow::Query {
+            text: text.to_string(),
+            file: None,
+            placeholders: Vec::new(),
+        });
+    }
+
+    #[test]
+    fn a_sqlite_query_is_prepared_and_its_columns_held_against_the_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.sqlite");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE s (county_id TEXT, client_name TEXT, ssn TEXT, name TEXT)")
+            .unwrap();
+        let (mut w, sources) = workflow(dir.path(), FLOW);
+        w.sources[0].kind = SourceKind::Sqlite { path: db.clone() };
+        w.locations.queries = vec![None, w.locations.mask_fields[1].first().copied()];
+        with_query(&mut w, 0, "SELECT county_id, client_name, ssn FROM s");
+        with_query(&mut w, 1, "SELECT county_id, name AS client_name FROM s");
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        // Report B's query lacks `ssn` (its own rule); A's is clean.
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].code, Code::UnknownColumn);
+        assert!(
+            diags[0].message.contains("the query of report `B`"),
+            "{}",
+            diags[0].message
+        );
+        assert_eq!(sources.text(diags[0].primary_span().unwrap()), "ssn");
+
+        // A query the database refuses is an error at the query; the database is not changed.
+        with_query(&mut w, 1, "SELECT nope FROM s");
+        with_query(&mut w, 0, "DELETE FROM s");
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 2, "{diags:?}");
+        assert!(diags
+            .iter()
+            .all(|d| d.code == Code::BadSource && d.is_error()));
+        assert!(
+            diags[0].message.contains("would change the database"),
+            "{}",
+            diags[0].message
+        );
+        assert!(
+            diags[1].message.contains("no such column: nope"),
+            "{}",
+            diags[1].message
+        );
+        assert!(diags[1].primary_span().is_some());
+
+        // A database that does not exist yet is a warning.
+        w.sources[0].kind = SourceKind::Sqlite {
+            path: dir.path().join("later.sqlite"),
+        };
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].code, Code::SourceNotFound);
+    }
+
+    #[test]
+    fn a_postgres_source_without_its_url_variable_is_not_checked_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = workflow(dir.path(), FLOW);
+        w.sources[0].kind = SourceKind::Postgres {
+            url_env: "SOURCE_CHECK_TEST_URL_NEVER_SET".into(),
+        };
+        with_query(&mut w, 0, "SELECT 1");
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert!(!diags[0].is_error());
+        assert!(
+            diags[0].message.contains("SOURCE_CHECK_TEST_URL_NEVER_SET")
+                && diags[0].message.contains("not checked"),
+            "{}",
+            diags[0].message
+        );
+    }
+
+    #[test]
+    fn a_postgres_query_is_described_by_the_server() {
+        let Some(url) = crate::store::pg_test_schema::database_url() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = workflow(dir.path(), FLOW);
+        std::env::set_var("SOURCE_CHECK_TEST_PG_URL", &url);
+        w.sources[0].kind = SourceKind::Postgres {
+            url_env: "SOURCE_CHECK_TEST_PG_URL".into(),
+        };
+        with_query(
+            &mut w,
+            0,
+            "SELECT 'x' AS county_id, 'y' AS client_name, 'z' AS ssn",
+        );
+        with_query(
+            &mut w,
+            1,
+            "SELECT 'x' AS county_id, 'y' AS client_name WHERE :role = 'r'",
+        );
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].code, Code::UnknownColumn);
+        assert!(diags[0].message.contains("`ssn`"), "{}", diags[0].message);
+        with_query(&mut w, 1, "SELECT * FROM no_such_table_for_check");
+        let diags = check_sources(&w, crate::pipeline::read_columns);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].code, Code::BadSource);
+        assert!(diags[0].message.contains("42P01"), "{}", diags[0].message);
     }
 }

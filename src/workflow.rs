@@ -317,6 +317,10 @@ pub struct Locations {
     /// Per report (same index as [`Workflow::reports`]): the field name of each mask rule, in
     /// [`ReportType::masks`] order.
     pub mask_fields: Vec<Vec<Span>>,
+    /// Per report (same index as [`Workflow::reports`]): its query (the inline text, or the
+    /// `.sql` file's name), where `check` reports what the database says of it. May be
+    /// shorter than the reports (no span known).
+    pub queries: Vec<Option<Span>>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -418,15 +418,25 @@ async fn unfinished(store: &dyn Store) -> Result<Vec<Job>, String> {
     all_jobs(store, Some(JobStatus::Queued)).await
 }
 
-/// Removes temporary result files left by a process that died mid-write.
+/// Removes temporary result files left by a process that died mid-write, in each report's
+/// directory and in its window directories (`<REPORT>/<window>/`).
 /// Only files whose writer is not alive are removed, so a concurrent worker
 /// on this machine keeps its own.
 pub fn sweep_temp_files(results: &Path) {
     let Ok(types) = std::fs::read_dir(results) else {
         return;
     };
-    for dir in types.flatten() {
-        let Ok(files) = std::fs::read_dir(dir.path()) else {
+    let mut dirs: Vec<std::path::PathBuf> = types.flatten().map(|d| d.path()).collect();
+    let windows: Vec<std::path::PathBuf> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    dirs.extend(windows);
+    for dir in dirs {
+        let Ok(files) = std::fs::read_dir(&dir) else {
             continue;
         };
         for f in files.flatten() {
@@ -477,7 +487,12 @@ pub(super) async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) ->
                 if let Some(bar) = bars.get(job_id.as_str()) {
                     let pct = (rows_read * 100).checked_div(rows_total).unwrap_or(0);
                     bar.set_position(pct.min(100));
-                    bar.set_message(format!("{rows_read}/{rows_total} rows"));
+                    // A total of 0: not known up front (a database query).
+                    if rows_total == 0 {
+                        bar.set_message(format!("{rows_read} rows"));
+                    } else {
+                        bar.set_message(format!("{rows_read}/{rows_total} rows"));
+                    }
                 }
             }
             ExecEvent::Retrying { job } => {

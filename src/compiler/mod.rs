@@ -245,6 +245,7 @@ impl Compiler<'_> {
             locations: Locations {
                 sources: source_locations,
                 mask_fields,
+                queries: Vec::new(),
             },
         }
     }

@@ -1,5 +1,11 @@
 //! One attempt of a claimed job: its pipeline spec, the pipeline on a blocking thread beside
 //! the lease heartbeat (progress, cancellation, timeout), and the outcome it ends with.
+//!
+//! A database source's query gets its values here ([`bindings`]): the report's resolved
+//! parameters from the job record, and the built-ins — the window's instants and local dates,
+//! the principal's county and role, the job id and the trigger's kind. A PostgreSQL source's
+//! connection URL is read from its environment variable when the attempt starts, so a changed
+//! password takes effect at the next attempt; it is never logged or put in an error.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,9 +15,12 @@ use chrono::{DateTime, Utc};
 
 use crate::job::{Job, JobStatus};
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Control, Observer, PipelineError, PipelineSpec, Progress};
+use crate::params::ParamValue;
+use crate::pipeline::{
+    self, Bindings, Control, Observer, PipelineError, PipelineSpec, Progress, SourceSpec,
+};
 use crate::store::{Cas, Outcome, ProgressUpdate};
-use crate::workflow::{DataFormat, SourceKind};
+use crate::workflow::{DataFormat, ReportType, Source, SourceKind};
 
 use super::results::{discard_result, leftover_results, result_file_name};
 use super::{Engine, ExecEvent};
@@ -36,17 +45,7 @@ impl Engine {
             .check_county(&job.role, job.county.as_deref())
             .map_err(|e| e.to_string())?;
         let source = self.workflow.source_of(report);
-        let SourceKind::File {
-            path: source_path,
-            format: source_format,
-        } = &source.kind
-        else {
-            return Err(format!(
-                "source `{}` is a {} database: database sources are not wired into the executor yet",
-                source.name,
-                source.kind.name()
-            ));
-        };
+        let source_spec = source_spec(job, report, source)?;
         let format = match job.request.data_format.as_deref() {
             Some(f) => {
                 DataFormat::from_name(f).ok_or_else(|| format!("unknown data format {f}"))?
@@ -54,15 +53,16 @@ impl Engine {
             None => report.format,
         };
         let chunk_size = job.request.chunk_size.unwrap_or(report.chunk_size).max(1) as usize;
-        let result_path = self
-            .config
-            .results_dir
-            .join(&job.report_type)
-            .join(result_file_name(&job.job_id, job.attempt, format));
+        // A run over a window files its result under the window's label, so last Tuesday's
+        // report is found by its date: `<results>/<REPORT>/2026-11-30/JOB_….csv`.
+        let mut result_path = self.config.results_dir.join(&job.report_type);
+        if let Some(window) = &job.request.window {
+            result_path.push(window.label());
+        }
+        result_path.push(result_file_name(&job.job_id, job.attempt, format));
         Ok((
             PipelineSpec {
-                source_path: source_path.clone(),
-                source_format: to_pipeline_format(*source_format),
+                source: source_spec,
                 county_column: source.county_column.clone(),
                 county: job.county.clone(),
                 output_format: to_pipeline_format(format),
@@ -71,7 +71,10 @@ impl Engine {
                 mask_columns: report.masks.iter().map(|m| m.field.clone()).collect(),
                 hash_key: self.config.hash_key,
                 result_path,
-                rows_total: self.row_counts.cached(source),
+                rows_total: match source.kind {
+                    SourceKind::File { .. } => self.row_counts.cached(source),
+                    _ => None,
+                },
             },
             report.timeout,
         ))
@@ -195,14 +198,23 @@ impl Engine {
                     let rows_written = shared.rows_written.load(Ordering::Relaxed);
                     let progressed = (read, rows_written) != written;
                     if progressed {
-                        self.emit(ExecEvent::Progress { job_id: job.job_id.clone(), rows_read: read, rows_total: total });
+                        // rows_total 0: not known (a database source).
+                        let rows_total = if shared.total_known.load(Ordering::Relaxed) { total } else { 0 };
+                        self.emit(ExecEvent::Progress { job_id: job.job_id.clone(), rows_read: read, rows_total });
                     }
                     if !(progressed || last_renew.elapsed() >= renew_every) || lost {
                         continue;
                     }
-                    let progress = (read * 100).checked_div(total).unwrap_or(0).min(100) as u8;
+                    // A database query's size is known only at its end: no percentage and no
+                    // time left until then (rows_written still moves).
+                    let known = shared.total_known.load(Ordering::Relaxed);
+                    let progress = if known {
+                        (read * 100).checked_div(total).unwrap_or(0).min(100) as u8
+                    } else {
+                        0
+                    };
                     let elapsed = run_started.elapsed().as_secs_f64();
-                    let estimated_completion = (read > 0 && elapsed > 0.0).then(|| {
+                    let estimated_completion = (known && read > 0 && elapsed > 0.0).then(|| {
                         let remaining = total.saturating_sub(read) as f64 / (read as f64 / elapsed);
                         Utc::now() + chrono::Duration::milliseconds((remaining * 1000.0) as i64)
                     });
@@ -293,6 +305,7 @@ pub(super) type Flush = std::pin::Pin<Box<dyn std::future::Future<Output = ()> +
 #[derive(Default)]
 struct Shared {
     cancel: AtomicBool,
+    total_known: AtomicBool,
     rows_read: AtomicU64,
     rows_total: AtomicU64,
     rows_written: AtomicU64,
@@ -315,12 +328,150 @@ impl Observer for SharedObserver {
     fn on_chunk(&mut self, p: &Progress) -> Control {
         self.0.rows_read.store(p.rows_read, Ordering::Relaxed);
         self.0.rows_total.store(p.rows_total, Ordering::Relaxed);
+        self.0.total_known.store(p.total_known, Ordering::Relaxed);
         self.0.rows_written.store(p.rows_written, Ordering::Relaxed);
         if self.0.cancel.load(Ordering::Relaxed) {
             Control::Cancel
         } else {
             Control::Continue
         }
+    }
+}
+
+/// Where the job's rows come from: the source's file, or its database with the report's query
+/// and the job's bindings. Errors are permanent: the same job fails the same way again.
+fn source_spec(job: &Job, report: &ReportType, source: &Source) -> Result<SourceSpec, String> {
+    let query = || {
+        report.query.as_ref().ok_or_else(|| {
+            format!(
+                "report {} reads database source `{}` but has no query",
+                report.name, source.name
+            )
+        })
+    };
+    Ok(match &source.kind {
+        SourceKind::File { path, format } => SourceSpec::File {
+            path: path.clone(),
+            format: to_pipeline_format(*format),
+        },
+        SourceKind::Sqlite { path } => SourceSpec::Sqlite {
+            path: path.clone(),
+            query: query()?.text.clone(),
+            bindings: bindings(job, report)?,
+        },
+        SourceKind::Postgres { url_env } => {
+            let query = query()?.text.clone();
+            let bindings = bindings(job, report)?;
+            // Read now, not when the workflow was loaded: a rotated password takes effect at
+            // the next attempt. The value is never printed (it may hold a password).
+            let url = match std::env::var(url_env) {
+                Ok(url) if !url.trim().is_empty() => url,
+                Ok(_) => return Err(format!(
+                    "source `{}`: environment variable {url_env} is empty; it must hold the PostgreSQL connection URL",
+                    source.name
+                )),
+                Err(std::env::VarError::NotPresent) => return Err(format!(
+                    "source `{}`: environment variable {url_env} is not set; it must hold the PostgreSQL connection URL",
+                    source.name
+                )),
+                Err(std::env::VarError::NotUnicode(_)) => return Err(format!(
+                    "source `{}`: environment variable {url_env} is not valid UTF-8",
+                    source.name
+                )),
+            };
+            SourceSpec::Postgres {
+                url,
+                query,
+                bindings,
+                application_name: application_name(job),
+            }
+        }
+    })
+}
+
+/// The `application_name` of a PostgreSQL source's connection: `flowctl <job> #<attempt>`, so
+/// an operator (or a test) finds the attempt's session in `pg_stat_activity`. PostgreSQL keeps
+/// 63 bytes of it; job ids are short ASCII.
+pub fn application_name(job: &Job) -> String {
+    format!("flowctl {} #{}", job.job_id, job.attempt.max(1))
+}
+
+/// The values of a database source's query for `job`: every declared parameter of `report`
+/// (its resolved value from the job record, or NULL for an optional one left out) and the
+/// built-ins ([`crate::params::BUILT_INS`]): `interval_start`/`interval_end` (instants) and
+/// `interval_start_date`/`interval_end_date` (local dates in the window's zone, the end
+/// exclusive) from the job's window, `county` (NULL for a job over every county), `role`,
+/// `job_id` and `trigger` ([`trigger_kind`]).
+///
+/// A job without a window gets no window built-ins; a query that reads one then fails here,
+/// with the reason, instead of binding NULL and quietly returning nothing.
+pub fn bindings(job: &Job, report: &ReportType) -> Result<Bindings, String> {
+    let mut b = Bindings::new();
+    for param in &report.params {
+        b.insert(
+            param.name.clone(),
+            job.request.params.get(&param.name).cloned(),
+        );
+    }
+    let text = |s: &str| Some(ParamValue::String(s.to_string()));
+    match &job.request.window {
+        Some(w) => {
+            b.insert(
+                "interval_start".into(),
+                Some(ParamValue::Timestamp(w.start)),
+            );
+            b.insert("interval_end".into(), Some(ParamValue::Timestamp(w.end)));
+            b.insert(
+                "interval_start_date".into(),
+                Some(ParamValue::Date(w.start_date())),
+            );
+            b.insert(
+                "interval_end_date".into(),
+                Some(ParamValue::Date(w.end_date())),
+            );
+        }
+        None => {
+            if let Some(query) = report.query.as_ref().filter(|q| q.uses_window()) {
+                let used: Vec<String> = query
+                    .placeholders
+                    .iter()
+                    .filter(|p| p.starts_with("interval_"))
+                    .map(|p| format!(":{p}"))
+                    .collect();
+                return Err(format!(
+                    "report {}'s query reads the run's window ({}) but job {} has none: give the trigger a window, or the report or its schedule a `window`",
+                    report.name,
+                    used.join(", "),
+                    job.job_id
+                ));
+            }
+        }
+    }
+    b.insert("county".into(), job.county.as_deref().and_then(text));
+    b.insert("role".into(), text(&job.role));
+    b.insert("job_id".into(), text(job.job_id.as_str()));
+    b.insert("trigger".into(), text(trigger_kind(job)));
+    Ok(b)
+}
+
+/// The kind of trigger that made `job`, as the `trigger` built-in gives it: `dependency` for a
+/// dependent (it carries its parent's trigger id, but a dependency made it), else from the
+/// trigger id's prefix: `schedule` (`fire:`, the scheduler's and a backfill's fires),
+/// `backfill` (`backfill:`), `http` (`http:`), `cli` (`run:`, `flowctl run`); any other
+/// prefix as it is written.
+pub fn trigger_kind(job: &Job) -> &str {
+    if !job.parent_job_ids.is_empty() {
+        return "dependency";
+    }
+    let prefix = job
+        .trigger_id
+        .split_once(':')
+        .map_or(job.trigger_id.as_str(), |(p, _)| p);
+    match prefix {
+        "fire" => "schedule",
+        "run" | "cli" => "cli",
+        "dep" | "dependency" => "dependency",
+        other => other,
     }
 }
 

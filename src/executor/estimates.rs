@@ -1,5 +1,8 @@
 //! Estimates: how many rows a job's source has (counted once per version of the file) and
 //! how fast its report type runs (a moving average of the rows per second observed).
+//!
+//! A database source has no count up front (counting would run the query twice): its jobs
+//! get no estimated completion, and their progress counts rows without a percentage.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -7,7 +7,9 @@ use crate::job::{Job, JobId};
 use crate::workflow::DataFormat;
 
 /// The result file of one attempt: `<job_id>.<ext>` for the first, `<job_id>.attempt-N.<ext>`
-/// after. Each attempt writes its own path and the pipeline never replaces a file, so a worker
+/// after, in `<results>/<REPORT>/` or, for a job with a window, `<results>/<REPORT>/<label>/`
+/// (`Window::label`: `2026-11-30`, `2026-W48`, `2026-11`, …; the pipeline creates it and syncs
+/// its parent). Each attempt writes its own path and the pipeline never replaces a file, so a worker
 /// that lost its lease (paused past it, then resumed) cannot put its output over the result a
 /// later attempt completed: the recorded path and SHA-256 always match the file.
 pub fn result_file_name(job_id: &JobId, attempt: u32, format: DataFormat) -> String {

@@ -4,7 +4,9 @@
 //! A chunk is `chunk_size` *source* rows, whether or not the county filter keeps them, so
 //! progress and cancellation latency do not depend on how selective the filter is; the last
 //! chunk may be shorter. A source without data rows gives no chunk. The county filter is
-//! applied here, and, from a CSV source to JSONL output, the check that each kept row is UTF-8.
+//! applied here — after the query, for a database source, so a query that forgets to filter by
+//! county still hands out only the principal's county — and, from a CSV or SQLite source to
+//! JSONL output, the check that each kept row is UTF-8.
 
 use std::path::Path;
 
@@ -12,7 +14,7 @@ use super::error::{io_err, PipelineError, Result};
 use super::row::Row;
 use super::sink::RowSink;
 use super::source::RowSource;
-use super::PipelineSpec;
+use super::{PipelineSpec, SourceSpec};
 
 /// The observer's answer after a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +31,12 @@ pub struct Progress {
     /// Source rows read so far.
     pub rows_read: u64,
     /// Source rows in total: [`count_rows`](super::count_rows)'s estimate, raised to
-    /// `rows_read` if that is larger, so `rows_read <= rows_total` always holds.
+    /// `rows_read` if that is larger, so `rows_read <= rows_total` always holds. Without a
+    /// known total (a database source) it follows `rows_read`.
     pub rows_total: u64,
+    /// Whether `rows_total` is a count (or estimate) made before the run; `false` for a
+    /// database query, whose size is only known at its end: no percentage, no time left.
+    pub total_known: bool,
     /// Rows written to the result so far (after the county filter).
     pub rows_written: u64,
     /// Chunks done so far (1 at the first call).
@@ -38,8 +44,11 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Percentage done, 0–100 (100 for an empty source).
+    /// Percentage done, 0–100 (100 for an empty source; 0 while the total is unknown).
     pub fn percent(&self) -> u8 {
+        if !self.total_known {
+            return 0;
+        }
         if self.rows_total == 0 {
             return 100;
         }
@@ -94,9 +103,10 @@ impl Run<'_> {
                     }
                 }
                 if validate_utf8 {
-                    check_utf8(&row, &self.spec.source_path)?;
+                    check_utf8(&row, self.spec)?;
                 }
-                sink.write_row(&row).map_err(io_err(out_path))?;
+                sink.write_row(&row, source.kinds())
+                    .map_err(io_err(out_path))?;
                 self.progress.rows_written += 1;
             }
             if in_chunk > 0 {
@@ -115,20 +125,28 @@ impl Run<'_> {
     }
 }
 
-fn check_utf8(row: &Row, path: &Path) -> Result<()> {
+fn check_utf8(row: &Row, spec: &PipelineSpec) -> Result<()> {
     if row.as_bytes().is_ascii() {
         return Ok(());
     }
     for (i, field) in row.iter().enumerate() {
         if let Err(e) = std::str::from_utf8(field) {
-            return Err(PipelineError::Csv {
-                path: path.to_path_buf(),
-                line: row.line,
-                message: format!(
-                    "field {} is not valid UTF-8 (byte {}), which JSON output requires",
-                    i + 1,
-                    e.valid_up_to()
-                ),
+            return Err(match &spec.source {
+                SourceSpec::File { path, .. } => PipelineError::Csv {
+                    path: path.clone(),
+                    line: row.line,
+                    message: format!(
+                        "field {} is not valid UTF-8 (byte {}), which JSON output requires",
+                        i + 1,
+                        e.valid_up_to()
+                    ),
+                },
+                other => PipelineError::NotUtf8 {
+                    source_name: other.describe(),
+                    row: row.line,
+                    field: i + 1,
+                    at: e.valid_up_to(),
+                },
             });
         }
     }

@@ -29,7 +29,7 @@ pub(super) fn check_columns<'a>(
         if position(column).is_none() {
             return Err(PipelineError::MissingMaskColumn {
                 column: column.clone(),
-                path: spec.source_path.clone(),
+                source_name: spec.source.describe(),
                 columns: listed(),
             });
         }
@@ -39,7 +39,7 @@ pub(super) fn check_columns<'a>(
             Some(index) => Ok(Some((index, county.as_bytes()))),
             None => Err(PipelineError::MissingCountyColumn {
                 column: column.clone(),
-                path: spec.source_path.clone(),
+                source_name: spec.source.describe(),
                 columns: listed(),
             }),
         },

@@ -8,6 +8,7 @@ use crate::masking::{MaskBuf, Masker};
 use super::byte_scan::needs_csv_quotes;
 use super::row::Row;
 use super::sink::{Finished, Out, RowSink};
+use super::value_kind::Kind;
 
 /// Writes one CSV field, quoted (with doubled quotes) only when necessary.
 fn write_csv_field(out: &mut Vec<u8>, field: &[u8]) {
@@ -88,7 +89,8 @@ impl CsvSink {
 
 impl RowSink for CsvSink {
     #[inline]
-    fn write_row(&mut self, row: &Row) -> io::Result<()> {
+    fn write_row(&mut self, row: &Row, _kinds: &[Kind]) -> io::Result<()> {
+        // Every kind is its text in CSV; NULL is an empty field.
         write_csv_row(&mut self.out.buf, row, Some(&self.masker));
         self.out.row_done()
     }

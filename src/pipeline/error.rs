@@ -33,20 +33,35 @@ pub enum PipelineError {
         line: u64,
         message: String,
     },
-    /// A county filter is requested but the source has no such column.
-    #[error("county column `{column}` is not a column of {} (its columns: {columns})", path.display())]
+    /// A text value of a database source is not UTF-8, which JSON output requires.
+    #[error("row {row} of {source_name}: field {field} is not valid UTF-8 (byte {at}), which JSON output requires")]
+    NotUtf8 {
+        source_name: String,
+        row: u64,
+        field: usize,
+        at: usize,
+    },
+    /// A county filter is requested but the source has no such column. `source_name` is the
+    /// file, or the query of a database source.
+    #[error("county column `{column}` is not a column of {source_name} (its columns: {columns})")]
     MissingCountyColumn {
         column: String,
-        path: PathBuf,
+        source_name: String,
         columns: String,
     },
     /// A mask rule names a column the source does not have.
-    #[error("mask rule on `{column}` names no column of {} (its columns: {columns}); no row was written", path.display())]
+    #[error("mask rule on `{column}` names no column of {source_name} (its columns: {columns}); no row was written")]
     MissingMaskColumn {
         column: String,
-        path: PathBuf,
+        source_name: String,
         columns: String,
     },
+    /// A SQLite source failed: a missing database, a bad query, an unknown parameter.
+    #[error(transparent)]
+    Sqlite(#[from] super::SqliteError),
+    /// A PostgreSQL source failed; transient when the connection was refused or lost.
+    #[error(transparent)]
+    Postgres(#[from] super::PostgresError),
     /// The result file is already there: an attempt never replaces a result it did not write.
     #[error("result file {} already exists; an attempt never replaces a result", path.display())]
     ResultExists { path: PathBuf },
@@ -67,6 +82,15 @@ impl PipelineError {
             PipelineError::Io { .. } => "io",
             PipelineError::Csv { .. } => "bad_csv",
             PipelineError::Json { .. } => "bad_json",
+            PipelineError::NotUtf8 { .. } => "bad_text",
+            PipelineError::Sqlite(super::SqliteError::Missing { .. }) => "source_missing",
+            PipelineError::Sqlite(_) => "source_query",
+            PipelineError::Postgres(e) => match e {
+                super::PostgresError::Connect(_) => "source_unavailable",
+                super::PostgresError::Lost(_) => "source_lost",
+                super::PostgresError::Rejected(_) => "source_rejected",
+                _ => "source_query",
+            },
             PipelineError::MissingCountyColumn { .. } => "missing_county_column",
             PipelineError::MissingMaskColumn { .. } => "missing_mask_column",
             PipelineError::ResultExists { .. } => "result_exists",
@@ -75,11 +99,16 @@ impl PipelineError {
         }
     }
 
-    /// Whether running the same spec again may succeed: I/O errors only. A missing source,
-    /// bad data, a rule the source does not fit and a bad spec fail the same way every time, so
-    /// a job that meets one fails at once instead of spending its retries.
+    /// Whether running the same spec again may succeed: I/O errors, and a PostgreSQL server
+    /// that could not be reached or dropped the connection. A missing source, bad data, a bad
+    /// query, a rule the source does not fit and a bad spec fail the same way every time, so a
+    /// job that meets one fails at once instead of spending its retries.
     pub fn is_transient(&self) -> bool {
-        matches!(self, PipelineError::Io { .. })
+        match self {
+            PipelineError::Io { .. } => true,
+            PipelineError::Postgres(e) => e.is_transient(),
+            _ => false,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ pub(super) use crate::masking::mask_str;
 use crate::masking::MaskMethod;
 
 use super::error::Result;
-use super::{run, Control, DataFormat, Output, PipelineSpec, Progress};
+use super::{run, Control, DataFormat, Output, PipelineSpec, Progress, SourceSpec};
 
 /// The `hash` masking key of every spec.
 pub(super) const KEY: [u8; 32] = [3u8; 32];
@@ -73,8 +73,10 @@ impl Fixture {
         output: DataFormat,
     ) -> PipelineSpec {
         PipelineSpec {
-            source_path: source.to_path_buf(),
-            source_format: input,
+            source: SourceSpec::File {
+                path: source.to_path_buf(),
+                format: input,
+            },
             county_column: Some("county_id".into()),
             county: None,
             output_format: output,

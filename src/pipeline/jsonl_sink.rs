@@ -1,5 +1,12 @@
-//! JSON lines output: one object per row, keys = header names in order, every value a string
-//! except columns masked with `null`, which are JSON `null`.
+//! JSON lines output: one object per row, keys = header names in order.
+//!
+//! Values keep the type a database source gave them ([`Kind`]): integers, reals and exact
+//! decimals (PostgreSQL `numeric`, written digit for digit: `12.50` stays `12.50`) as JSON
+//! numbers, booleans as `true`/`false`, NULL as `null`, JSON columns embedded as JSON
+//! (validated first, and put on one line; a value that does not parse is written as a string),
+//! text and blobs (lowercase hex) as strings. A file source's values are all strings. A masked
+//! field is a string whatever its kind, or `null` for the `null` method: a mask never leaves a
+//! number or a JSON document readable through its type.
 
 use std::io;
 
@@ -8,6 +15,7 @@ use crate::masking::{MaskBuf, Masker};
 use super::byte_scan::needs_json_escapes;
 use super::row::Row;
 use super::sink::{Finished, Out, RowSink};
+use super::value_kind::Kind;
 
 /// Encodes rows as JSON lines into the result.
 pub(super) struct JsonlSink {
@@ -36,7 +44,7 @@ impl JsonlSink {
 
 impl RowSink for JsonlSink {
     #[inline]
-    fn write_row(&mut self, row: &Row) -> io::Result<()> {
+    fn write_row(&mut self, row: &Row, kinds: &[Kind]) -> io::Result<()> {
         let out = &mut self.out.buf;
         let mut buf = MaskBuf::default();
         // As for CSV: masking never adds bytes that need escaping.
@@ -49,6 +57,24 @@ impl RowSink for JsonlSink {
             if self.masker.is_null(i) {
                 out.extend_from_slice(b"null");
                 continue;
+            }
+            if self.masker.method(i).is_none() {
+                match kinds.get(i) {
+                    Some(Kind::Null) => {
+                        out.extend_from_slice(b"null");
+                        continue;
+                    }
+                    Some(Kind::Integer | Kind::Real | Kind::Decimal | Kind::Bool) => {
+                        // The sources write these as JSON numbers and literals already.
+                        out.extend_from_slice(field);
+                        continue;
+                    }
+                    Some(Kind::Json) => {
+                        write_json_value(out, field);
+                        continue;
+                    }
+                    Some(Kind::Text | Kind::Blob) | None => {}
+                }
             }
             // UTF-8 is guaranteed by the source (JSON) or checked by the loop (CSV).
             let value = self.masker.mask_field(i, field, &mut buf);
@@ -66,6 +92,22 @@ impl RowSink for JsonlSink {
 
     fn finish(self) -> io::Result<Finished> {
         self.out.finish()
+    }
+}
+
+/// A JSON column's value embedded as JSON: checked to parse (a database's JSON does, but a
+/// value that did not would break the line), and put on one line — a line break can only be
+/// whitespace between tokens in valid JSON, never inside a string. Written as a JSON string
+/// when it does not parse.
+fn write_json_value(out: &mut Vec<u8>, value: &[u8]) {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(value).is_err() {
+        write_json_bytes(out, value);
+        return;
+    }
+    if memchr::memchr2(b'\n', b'\r', value).is_none() {
+        out.extend_from_slice(value);
+    } else {
+        out.extend(value.iter().filter(|&&b| b != b'\n' && b != b'\r'));
     }
 }
 
@@ -154,6 +196,40 @@ mod tests {
         );
         let rows = read_jsonl(&text);
         assert_eq!(rows[0][2].1, "line1\nline2\ttab\u{1}");
+    }
+
+    #[test]
+    fn typed_values_are_written_as_json_and_masked_ones_as_strings() {
+        let header: Row = ["i", "d", "b", "n", "j", "t", "m", "bad"].iter().collect();
+        let masker = Masker::new(&masks(&[("m", MaskMethod::Last4)]), header.iter(), &KEY);
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("out")).unwrap();
+        let mut sink = JsonlSink::new(Out::new(file), masker, &header);
+        let row: Row = [
+            "-7",
+            "12.50",
+            "true",
+            "",
+            "{\"k\":\n [1, 2.0]}",
+            "Zoë",
+            "123456",
+            "{nope",
+        ]
+        .iter()
+        .collect();
+        use Kind::*;
+        sink.write_row(
+            &row,
+            &[Integer, Decimal, Bool, Null, Json, Text, Integer, Json],
+        )
+        .unwrap();
+        let (_, _, _) = sink.finish().unwrap();
+        let text = std::fs::read_to_string(dir.path().join("out")).unwrap();
+        assert_eq!(
+            text,
+            "{\"i\":-7,\"d\":12.50,\"b\":true,\"n\":null,\"j\":{\"k\": [1, 2.0]},\"t\":\"Zoë\",\"m\":\"****3456\",\"bad\":\"{nope\"}\n"
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(text.trim_end()).is_ok());
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The report pipeline: the seed's `processDataInChunksStreaming`.
 //!
-//! [`run`] counts the source rows (unless the engine already counted this version of the file),
-//! then streams the source (CSV or JSON lines) in chunks of `chunk_size` rows — memory stays flat whatever the source size — keeps the rows of the
-//! principal's county, masks fields by the principal's role ([`crate::masking`]), and writes CSV
-//! or JSON lines to a temporary file beside the result. After the last chunk the file is flushed,
+//! [`run`] opens the spec's source — a file (CSV or JSON lines, whose rows it counts first
+//! unless the engine already counted this version of the file), or a query on SQLite or
+//! PostgreSQL with its parameters bound — then streams it in chunks of `chunk_size` rows —
+//! memory stays flat whatever the source size — keeps the rows of the principal's county (after
+//! the query: a query that forgets to filter by county leaks nothing), masks fields by the
+//! principal's role ([`crate::masking`]), and writes CSV or JSON lines to a temporary file
+//! beside the result. Everything after the source is the same for every kind. After the last chunk the file is flushed,
 //! `sync_all`ed, moved into place without ever replacing a file (link, then unlink the temporary
 //! name) and the directory is synced: a reader never sees a partial result, and no attempt
 //! overwrites another's. On any error, on cancellation, and on a panic in the observer, the temporary file is
@@ -18,12 +21,17 @@
 //!   a UTF-8 BOM is stripped. Bytes pass through unchanged to CSV output; JSONL output requires
 //!   UTF-8 (else an error with the line).
 //! - JSONL in (`jsonl_source`): one JSON object per line; the columns are the keys of the first.
-//! - CSV out (`csv_sink`) and JSONL out (`jsonl_sink`), both encoded straight into the output
-//!   buffer (`sink`), with byte scans over whole words (`byte_scan`) to skip quoting and escaping.
+//! - SQLite in (`sqlite_source`): the database opened read-only, `:name` parameters bound by
+//!   SQLite. PostgreSQL in (`postgres_source`, TLS in `pg_tls`): `:name` numbered for the wire
+//!   (`sql_placeholders`), rows streamed with backpressure. Both decode on a producer thread
+//!   and hand rows over in reused batches (`batches`), each field with its kind (`value_kind`).
+//! - CSV out (`csv_sink`) and JSONL out (`jsonl_sink`, typed values for database sources),
+//!   both encoded straight into the output buffer (`sink`), with byte scans over whole words
+//!   (`byte_scan`) to skip quoting and escaping.
 //!
 //! The rest: `spec` (what a run is given and gives back), `error`, `source` (opening a source,
 //! counting its rows), `columns` (the header against the spec), `row`, and `result_file` (the
-//! temporary file and its move into place).
+//! temporary file and its move into place, its directory created durably).
 
 mod byte_scan;
 mod chunks;
@@ -40,16 +48,12 @@ mod row;
 mod sink;
 mod source;
 mod spec;
-// Database sources, wired into `run` with the source kinds of issue 13.
-#[allow(dead_code)]
+// Database sources.
 mod batches;
-#[allow(dead_code)]
+mod pg_tls;
 mod postgres_source;
-#[allow(dead_code)]
-pub(crate) mod sql_placeholders;
-#[allow(dead_code)]
+pub mod sql_placeholders;
 mod sqlite_source;
-#[allow(dead_code)]
 mod value_kind;
 
 use crate::masking::Masker;
@@ -61,15 +65,19 @@ use csv_source::CsvSource;
 use error::{io_err, Result};
 use jsonl_sink::JsonlSink;
 use jsonl_source::JsonlSource;
+use postgres_source::PostgresSource;
 use result_file::TempFile;
 use sink::{Out, RowSink};
-use source::RowSource;
+use source::{PostgresRows, RowSource, SqliteRows};
+use sqlite_source::SqliteSource;
 
 pub use chunks::{Control, Observer, Progress};
 pub use columns::{column_preview, read_columns};
 pub use error::PipelineError;
+pub use postgres_source::{describe as describe_postgres_query, PostgresError};
 pub use source::count_rows;
-pub use spec::{DataFormat, Output, PipelineSpec};
+pub use spec::{Bindings, DataFormat, Output, PipelineSpec, SourceSpec};
+pub use sqlite_source::{describe as describe_sqlite_query, SqliteError};
 
 /// Size of the read and write buffers (fits in L2 next to the working set).
 const IO_BUFFER: usize = 64 * 1024;
@@ -99,30 +107,50 @@ pub fn run(spec: &PipelineSpec, observer: &mut dyn Observer) -> Result<Output> {
             ),
         });
     }
-    let rows_total = match spec.rows_total {
-        Some(rows) => rows,
-        None => count_rows(&spec.source_path, spec.source_format)?,
-    };
-    match spec.source_format {
-        DataFormat::Csv => run_source(
-            spec,
-            CsvSource::open(&spec.source_path)?,
-            rows_total,
-            observer,
-        ),
-        DataFormat::Jsonl => run_source(
-            spec,
-            JsonlSource::open(&spec.source_path)?,
-            rows_total,
-            observer,
-        ),
+    match &spec.source {
+        SourceSpec::File { path, format } => {
+            let rows_total = match spec.rows_total {
+                Some(rows) => rows,
+                None => count_rows(path, *format)?,
+            };
+            match format {
+                DataFormat::Csv => {
+                    run_source(spec, CsvSource::open(path)?, Some(rows_total), observer)
+                }
+                DataFormat::Jsonl => {
+                    run_source(spec, JsonlSource::open(path)?, Some(rows_total), observer)
+                }
+            }
+        }
+        SourceSpec::Sqlite {
+            path,
+            query,
+            bindings,
+        } => {
+            let source = SqliteRows(SqliteSource::open(path, query, bindings)?);
+            run_source(spec, source, spec.rows_total, observer)
+        }
+        SourceSpec::Postgres {
+            url,
+            query,
+            bindings,
+            application_name,
+        } => {
+            let source = PostgresRows(PostgresSource::open(
+                url,
+                query,
+                bindings,
+                application_name,
+            )?);
+            run_source(spec, source, spec.rows_total, observer)
+        }
     }
 }
 
 fn run_source<S: RowSource>(
     spec: &PipelineSpec,
     mut source: S,
-    rows_total: u64,
+    rows_total: Option<u64>,
     observer: &mut dyn Observer,
 ) -> Result<Output> {
     let header = source.header().clone();
@@ -135,7 +163,8 @@ fn run_source<S: RowSource>(
         spec,
         county,
         progress: Progress {
-            rows_total,
+            rows_total: rows_total.unwrap_or(0),
+            total_known: rows_total.is_some(),
             ..Progress::default()
         },
     };
@@ -148,7 +177,15 @@ fn run_source<S: RowSource>(
         }
         DataFormat::Jsonl => {
             let mut sink = JsonlSink::new(out, masker, &header);
-            let validate = matches!(spec.source_format, DataFormat::Csv);
+            // JSON sources are UTF-8 by construction, PostgreSQL text is checked as it is
+            // decoded; CSV files and SQLite text may hold any bytes.
+            let validate = matches!(
+                spec.source,
+                SourceSpec::File {
+                    format: DataFormat::Csv,
+                    ..
+                } | SourceSpec::Sqlite { .. }
+            );
             run.stream(&mut source, &mut sink, observer, &temp.path, validate)?;
             sink.finish()
         }

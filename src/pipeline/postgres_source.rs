@@ -6,34 +6,46 @@
 //! at a time costs a round trip per fetch. `query_raw` streams the rows of one execution, and
 //! tokio-postgres hands them over through a channel of one message, so a consumer that is
 //! busy masking and writing stops the reads from the socket and the server waits: memory stays
-//! flat for a 10-million-row query without a round trip per chunk.
+//! flat for a 10-million-row query without a round trip per chunk (`benches/sources.rs`
+//! measures it against `psql`'s `\copy`).
 //!
 //! Parameters go over the wire as text with the type the server inferred for their place in the
 //! query (as libpq's `PQexecParams` does), so `:interval_start_date` compares with a `date`
-//! column and `:min_amount` with a `numeric` one without casts. Results arrive in binary and
-//! are written as text: integers, shortest round-trip floats, exact numerics, ISO dates and
-//! times (a `timestamptz` in UTC, `…Z`), hyphenated UUIDs, JSON as its text, `bytea` as hex. A
-//! column of any other type is refused when the query is opened, with the cast to write.
+//! column and `:min_amount` with a `numeric` one without casts; a `None` binding is NULL.
+//! Results arrive in binary and are written as text: integers, shortest round-trip floats,
+//! exact numerics, ISO dates and times (a `timestamptz` in UTC, `…Z`), hyphenated UUIDs, JSON
+//! as its text, `bytea` as hex. A column of any other type is refused when the query is
+//! opened, with the cast to write.
+//!
+//! The session is read-only (`default_transaction_read_only`): a report never changes the
+//! database it reads, whatever its query says. The connection honours the URL's `sslmode`
+//! (`pg_tls`) and carries an `application_name`
+//! (the job's, so an operator finds the session in `pg_stat_activity`). Errors never quote the
+//! URL, and a password that the server or driver echoes is cut out of them.
 //!
 //! A lost connection mid-report ends the source with [`PostgresError::Lost`], which the
-//! engine treats as transient: the attempt fails cleanly and the report's retries apply.
+//! engine treats as transient: the attempt fails cleanly and the report's retries apply. A
+//! connection the server refuses for good (bad password, unknown database) or that cannot be
+//! set up (TLS the server does not offer) is [`PostgresError::Rejected`]: permanent.
 
-use std::collections::BTreeMap;
 use std::error::Error as StdError;
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use futures_util::StreamExt;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
-use tokio_postgres::NoTls;
 
-use super::batches::{Batches, Message, Sender};
+use super::batches::{Batches, Sender};
+use super::pg_tls;
 use super::row::Row;
-use super::value_kind::Kind;
-use crate::params::ParamValue;
-use crate::store::postgres::{describe, is_transient};
+use super::spec::Bindings;
+use super::value_kind::{push_float, push_integer, Kind};
+use crate::store::postgres::{describe as describe_error, is_transient};
 
-/// Rows per message from the producer thread.
+/// Rows per message from the producer thread (fewer when they are wide: [`BATCH_BYTES`]).
 const BATCH: usize = 1024;
+/// Bytes per message at most, roughly.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Why a PostgreSQL source failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +53,10 @@ pub enum PostgresError {
     /// The server could not be reached (transient).
     #[error("cannot connect to the source database: {0}")]
     Connect(String),
+    /// The connection cannot be made as configured: a bad URL, a refused login, an unknown
+    /// database, TLS the server does not offer (permanent).
+    #[error("the source database refused the connection: {0}")]
+    Rejected(String),
     /// The server refused the query (permanent: the same query fails again).
     #[error("the source query failed: {0}")]
     Query(String),
@@ -62,6 +78,21 @@ impl PostgresError {
     pub fn is_transient(&self) -> bool {
         matches!(self, PostgresError::Connect(_) | PostgresError::Lost(_))
     }
+
+    /// The same error with every occurrence of `secret` cut out of its message.
+    fn redacted(self, secret: Option<&str>) -> PostgresError {
+        let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+            return self;
+        };
+        let cut = |m: String| m.replace(secret, "<redacted>");
+        match self {
+            PostgresError::Connect(m) => PostgresError::Connect(cut(m)),
+            PostgresError::Rejected(m) => PostgresError::Rejected(cut(m)),
+            PostgresError::Query(m) => PostgresError::Query(cut(m)),
+            PostgresError::Lost(m) => PostgresError::Lost(cut(m)),
+            other => other,
+        }
+    }
 }
 
 /// A running query.
@@ -70,19 +101,72 @@ pub(super) struct PostgresSource {
     rows: Batches<PostgresError>,
 }
 
+/// What the producer is given.
+struct Job {
+    config: tokio_postgres::Config,
+    tls: Option<pg_tls::MakeRustls>,
+    sql: String,
+    values: Vec<Option<String>>,
+    password: Option<String>,
+}
+
+/// The connection settings of `url` with `application_name`, and the TLS connector its
+/// `sslmode` asks for (`None`: plain TCP).
+fn config(
+    url: &str,
+    application_name: &str,
+) -> Result<(tokio_postgres::Config, Option<pg_tls::MakeRustls>), PostgresError> {
+    let (url, verify, root) = pg_tls::split_url(url);
+    // The parse error names the option at fault, never the URL.
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        PostgresError::Rejected(format!("bad connection URL: {e}"))
+    })?;
+    if !application_name.is_empty() {
+        config.application_name(application_name);
+    }
+    // A report never changes the database it reads, whatever its query says: the session's
+    // transactions are read-only (on top of the URL's own options, such as a search_path).
+    let options = match config.get_options() {
+        Some(own) if !own.trim().is_empty() => format!("{own} -c default_transaction_read_only=on"),
+        _ => "-c default_transaction_read_only=on".to_string(),
+    };
+    config.options(options);
+    // A server that does not answer, or a connection that dies without a reset (a network
+    // cut), must end the attempt, not hang it: the pipeline sees cancellation and timeouts only
+    // between chunks. The URL's own settings win.
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(30));
+    }
+    if config.get_keepalives_idle() >= std::time::Duration::from_secs(7200) {
+        config.keepalives_idle(std::time::Duration::from_secs(30));
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(std::time::Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+    let tls = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => None,
+        _ => Some(pg_tls::connector(verify, root.as_deref()).map_err(PostgresError::Rejected)?),
+    };
+    Ok((config, tls))
+}
+
 impl PostgresSource {
-    /// Connects to `url`, runs `query` with `bindings` bound to its `:name` placeholders, and
-    /// starts streaming its rows.
+    /// Connects to `url` (as `application_name`), runs `query` with `bindings` bound to its
+    /// `:name` placeholders, and starts streaming its rows.
     pub(super) fn open(
         url: &str,
         query: &str,
-        bindings: &BTreeMap<String, ParamValue>,
+        bindings: &Bindings,
+        application_name: &str,
     ) -> Result<PostgresSource, PostgresError> {
         let (sql, names) = super::sql_placeholders::number(query)?;
         let mut values = Vec::with_capacity(names.len());
         for name in &names {
             match bindings.get(name) {
-                Some(value) => values.push(value.to_string()),
+                Some(value) => values.push(value.as_ref().map(ToString::to_string)),
                 None => {
                     let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
                     return Err(PostgresError::UnknownParameter {
@@ -92,13 +176,25 @@ impl PostgresSource {
                 }
             }
         }
-        let url = url.to_string();
+        let (config, tls) = config(url, application_name)?;
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let secret = password.clone();
+        let job = Job {
+            config,
+            tls,
+            sql,
+            values,
+            password,
+        };
         let (columns, rows) = Batches::start(
             "postgres-source",
-            move |tx| produce(&url, &sql, &values, &tx),
+            move |mut tx| produce(job, &mut tx),
             |e| PostgresError::Connect(format!("cannot start its reader thread: {e}")),
             || PostgresError::Lost("the reader stopped before the query started".into()),
-        )?;
+        )
+        .map_err(|e| e.redacted(secret.as_deref()))?;
         Ok(PostgresSource {
             header: columns.iter().collect(),
             rows,
@@ -114,41 +210,111 @@ impl PostgresSource {
         self.rows.kinds()
     }
 
-    /// Moves the next row into `row`; `false` at the end. Dropping the source stops the
+    /// Copies the next row into `row`; `false` at the end. Dropping the source stops the
     /// producer, which drops its client: the connection closes and the query ends on the server.
     pub(super) fn next_row(&mut self, row: &mut Row) -> Result<bool, PostgresError> {
         self.rows.next_row(row)
     }
 }
 
+/// The result columns of `query` on the server at `url`, without running it (a prepared
+/// statement): `flowctl check` holds them against the mask rules and county column. Fails as a
+/// run would on a bad query, an unknown column type or a refused connection. Blocks; runs on a
+/// thread of its own, so it may be called from inside an async runtime.
+pub fn describe(url: &str, query: &str) -> Result<Vec<String>, PostgresError> {
+    let (sql, _) = super::sql_placeholders::number(query)?;
+    let (config, tls) = config(url, "flowctl check")?;
+    let password = config
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let describe = async move {
+        let client = match &tls {
+            None => {
+                let (client, connection) = config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| connect_failed(&e))?;
+                tokio::spawn(connection);
+                client
+            }
+            Some(tls) => {
+                let (client, connection) = config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(|e| connect_failed(&e))?;
+                tokio::spawn(connection);
+                client
+            }
+        };
+        let statement = client.prepare(&sql).await.map_err(|e| failed(&e))?;
+        statement
+            .columns()
+            .iter()
+            .map(|c| match Decoder::for_type(c.type_()) {
+                Some(_) => Ok(c.name().to_string()),
+                None => Err(PostgresError::UnsupportedType {
+                    column: c.name().to_string(),
+                    ty: c.type_().name().to_string(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| PostgresError::Connect(e.to_string()))?;
+                runtime.block_on(describe)
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(PostgresError::Connect(
+                    "the describe thread panicked".into(),
+                ))
+            })
+    })
+    .map_err(|e| e.redacted(password.as_deref()))
+}
+
 /// The producer thread: its own single-threaded runtime drives the connection.
-fn produce(url: &str, sql: &str, values: &[String], tx: &Sender<PostgresError>) {
+fn produce(job: Job, tx: &mut Sender<PostgresError>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            let _ = tx.send(Message::Failed(PostgresError::Connect(e.to_string())));
+            tx.fail(PostgresError::Connect(e.to_string()));
             return;
         }
     };
-    if let Err(e) = runtime.block_on(stream(url, sql, values, tx)) {
-        let _ = tx.send(Message::Failed(e));
+    if let Err(e) = runtime.block_on(stream(&job, tx)) {
+        tx.fail(e.redacted(job.password.as_deref()));
     }
 }
 
-async fn stream(
-    url: &str,
-    sql: &str,
-    values: &[String],
-    tx: &Sender<PostgresError>,
-) -> Result<(), PostgresError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .map_err(|e| PostgresError::Connect(describe(&e)))?;
-    let connection = tokio::spawn(connection);
-    let statement = client.prepare(sql).await.map_err(|e| failed(&e))?;
+async fn stream(job: &Job, tx: &mut Sender<PostgresError>) -> Result<(), PostgresError> {
+    let (client, connection) = match &job.tls {
+        None => {
+            let (client, connection) = job
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| connect_failed(&e))?;
+            (client, tokio::spawn(connection))
+        }
+        Some(tls) => {
+            let (client, connection) = job
+                .config
+                .connect(tls.clone())
+                .await
+                .map_err(|e| connect_failed(&e))?;
+            (client, tokio::spawn(connection))
+        }
+    };
+    let statement = client.prepare(&job.sql).await.map_err(|e| failed(&e))?;
     let columns: Vec<(String, Type)> = statement
         .columns()
         .iter()
@@ -163,63 +329,51 @@ async fn stream(
             })
         })
         .collect::<Result<_, _>>()?;
-    let params = values.iter().map(|v| TextParam(v.as_str()));
+    let params = job.values.iter().map(|v| TextParam(v.as_deref()));
     let rows = client
         .query_raw(&statement, params)
         .await
         .map_err(|e| failed(&e))?;
-    if tx
-        .send(Message::Started(
-            columns.into_iter().map(|(n, _)| n).collect(),
-        ))
-        .is_err()
-    {
+    if !tx.started(columns.into_iter().map(|(n, _)| n).collect()) {
         return Ok(());
     }
     let mut rows = std::pin::pin!(rows);
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut text = String::with_capacity(64);
+    let mut batch = tx.batch();
     while let Some(next) = rows.next().await {
         let sql_row = next.map_err(|e| failed(&e))?;
-        let mut row = Row::default();
-        let mut kinds = Vec::with_capacity(decoders.len());
         for (i, decoder) in decoders.iter().enumerate() {
             let raw: Option<Raw<'_>> = sql_row.try_get(i).map_err(|e| failed(&e))?;
-            let kind = match raw {
-                None => {
-                    row.push_field(b"");
-                    Kind::Null
-                }
+            match raw {
+                None => batch.end_field(Kind::Null),
                 Some(Raw(bytes)) => {
-                    text.clear();
-                    let kind = decoder
-                        .write(bytes, &mut text)
-                        .map_err(|e| PostgresError::Query(format!("decoding column {i}: {e}")))?;
-                    row.push_field(text.as_bytes());
-                    kind
+                    let kind = decoder.write(bytes, batch.buf()).map_err(|e| {
+                        PostgresError::Query(format!("decoding column {}: {e}", i + 1))
+                    })?;
+                    batch.end_field(kind);
                 }
-            };
-            kinds.push(kind);
+            }
         }
-        row.seal();
-        batch.push((row, kinds));
-        if batch.len() == BATCH
-            && tx
-                .send(Message::Rows(std::mem::replace(
-                    &mut batch,
-                    Vec::with_capacity(BATCH),
-                )))
-                .is_err()
+        if (batch.rows() == BATCH || batch.byte_len() >= BATCH_BYTES)
+            && !tx.send(std::mem::replace(&mut batch, tx.batch()))
         {
             return Ok(());
         }
     }
-    if !batch.is_empty() {
-        let _ = tx.send(Message::Rows(batch));
-    }
+    tx.send(batch);
     drop(client);
     let _ = connection.await;
     Ok(())
+}
+
+/// A connection that failed: transient when the server could not be reached or is starting,
+/// stopping or full; permanent when it refused us (authentication, unknown database) or the
+/// connection cannot be set up as configured (TLS the server does not offer).
+fn connect_failed(error: &tokio_postgres::Error) -> PostgresError {
+    if is_transient(error) {
+        PostgresError::Connect(describe_error(error))
+    } else {
+        PostgresError::Rejected(describe_error(error))
+    }
 }
 
 /// A server error is the query's (permanent) unless the server ended the session or ran out
@@ -235,13 +389,13 @@ fn failed(error: &tokio_postgres::Error) -> PostgresError {
             PostgresError::Query(message)
         }
         Some(db) => PostgresError::Lost(format!("{}: {}", db.code().code(), db.message())),
-        None => PostgresError::Lost(describe(error)),
+        None => PostgresError::Lost(describe_error(error)),
     }
 }
 
-/// A parameter sent as text, typed by the server from its place in the query.
+/// A parameter sent as text, typed by the server from its place in the query; `None` is NULL.
 #[derive(Debug)]
-struct TextParam<'a>(&'a str);
+struct TextParam<'a>(Option<&'a str>);
 
 impl ToSql for TextParam<'_> {
     fn to_sql(
@@ -249,8 +403,13 @@ impl ToSql for TextParam<'_> {
         _ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(IsNull::No)
+        match self.0 {
+            Some(text) => {
+                out.extend_from_slice(text.as_bytes());
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
     }
 
     fn accepts(_ty: &Type) -> bool {
@@ -325,37 +484,29 @@ impl Decoder {
         })
     }
 
-    fn write(self, raw: &[u8], out: &mut String) -> DecodeResult {
+    /// Appends the value's text to `out`; its kind.
+    fn write(self, raw: &[u8], out: &mut Vec<u8>) -> DecodeResult {
         Ok(match self {
             Decoder::Bool => {
-                out.push_str(if bool::from_sql(&Type::BOOL, raw)? {
-                    "true"
+                out.extend_from_slice(if bool::from_sql(&Type::BOOL, raw)? {
+                    b"true"
                 } else {
-                    "false"
+                    b"false"
                 });
                 Kind::Bool
             }
-            Decoder::Int2 => {
-                let _ = write!(out, "{}", i16::from_sql(&Type::INT2, raw)?);
-                Kind::Integer
-            }
-            Decoder::Int4 => {
-                let _ = write!(out, "{}", i32::from_sql(&Type::INT4, raw)?);
-                Kind::Integer
-            }
-            Decoder::Int8 => {
-                let _ = write!(out, "{}", i64::from_sql(&Type::INT8, raw)?);
-                Kind::Integer
-            }
-            Decoder::Oid => {
-                let _ = write!(out, "{}", u32::from_sql(&Type::OID, raw)?);
-                Kind::Integer
-            }
-            Decoder::Float4 => float(f64::from(f32::from_sql(&Type::FLOAT4, raw)?), out),
-            Decoder::Float8 => float(f64::from_sql(&Type::FLOAT8, raw)?, out),
+            Decoder::Int2 => integer(i64::from(i16::from_sql(&Type::INT2, raw)?), out),
+            Decoder::Int4 => integer(i64::from(i32::from_sql(&Type::INT4, raw)?), out),
+            Decoder::Int8 => integer(i64::from_sql(&Type::INT8, raw)?, out),
+            Decoder::Oid => integer(i64::from(u32::from_sql(&Type::OID, raw)?), out),
+            Decoder::Float4 => push_float(float4(f32::from_sql(&Type::FLOAT4, raw)?), out),
+            Decoder::Float8 => push_float(f64::from_sql(&Type::FLOAT8, raw)?, out),
             Decoder::Numeric => numeric(raw, out)?,
             Decoder::Text | Decoder::Json => {
-                out.push_str(std::str::from_utf8(raw)?);
+                // The connection's client_encoding is UTF8; checked all the same, since JSON
+                // output writes the bytes as they are.
+                std::str::from_utf8(raw)?;
+                out.extend_from_slice(raw);
                 if matches!(self, Decoder::Json) {
                     Kind::Json
                 } else {
@@ -367,27 +518,32 @@ impl Decoder {
                 if *version != 1 {
                     return Err(format!("jsonb version {version}").into());
                 }
-                out.push_str(std::str::from_utf8(text)?);
+                std::str::from_utf8(text)?;
+                out.extend_from_slice(text);
                 Kind::Json
             }
             Decoder::Date => {
-                let date = chrono::NaiveDate::from_sql(&Type::DATE, raw)?;
-                let _ = write!(out, "{}", date.format("%Y-%m-%d"));
+                push_date(chrono::NaiveDate::from_sql(&Type::DATE, raw)?, out);
                 Kind::Text
             }
             Decoder::Time => {
-                let time = chrono::NaiveTime::from_sql(&Type::TIME, raw)?;
-                let _ = write!(out, "{}", time.format("%H:%M:%S%.f"));
+                push_time(chrono::NaiveTime::from_sql(&Type::TIME, raw)?, out);
                 Kind::Text
             }
             Decoder::Timestamp => {
                 let t = chrono::NaiveDateTime::from_sql(&Type::TIMESTAMP, raw)?;
-                let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.f"));
+                push_date(t.date(), out);
+                out.push(b' ');
+                push_time(t.time(), out);
                 Kind::Text
             }
             Decoder::TimestampTz => {
                 let t = chrono::DateTime::<chrono::Utc>::from_sql(&Type::TIMESTAMPTZ, raw)?;
-                let _ = write!(out, "{}", t.format("%Y-%m-%dT%H:%M:%S%.fZ"));
+                let t = t.naive_utc();
+                push_date(t.date(), out);
+                out.push(b'T');
+                push_time(t.time(), out);
+                out.push(b'Z');
                 Kind::Text
             }
             Decoder::Uuid => {
@@ -405,34 +561,106 @@ impl Decoder {
                 Kind::Text
             }
             Decoder::Bytea => {
-                out.push_str(&hex::encode(raw));
+                let at = out.len();
+                out.resize(at + 2 * raw.len(), 0);
+                // Cannot fail: the slice is exactly twice as long as the bytes.
+                let _ = hex::encode_to_slice(raw, &mut out[at..]);
                 Kind::Blob
             }
         })
     }
 }
 
-/// A float in shortest round-trip form; NaN and infinities as PostgreSQL writes them, as text
-/// (no JSON number holds them).
-fn float(x: f64, out: &mut String) -> Kind {
-    if x.is_finite() {
-        let _ = write!(out, "{x}");
-        Kind::Real
-    } else {
-        out.push_str(if x.is_nan() {
-            "NaN"
-        } else if x > 0.0 {
-            "Infinity"
-        } else {
-            "-Infinity"
-        });
-        Kind::Text
+/// `n` (below 10000) as four digits, with leading zeros.
+#[inline]
+fn push_4_digits(n: u16, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[
+        b'0' + (n / 1000 % 10) as u8,
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
+}
+
+#[inline]
+fn push_2_digits(n: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]);
+}
+
+/// `YYYY-MM-DD`, as chrono's `%Y-%m-%d` writes it (which years outside 0–9999 need).
+#[inline]
+fn push_date(date: chrono::NaiveDate, out: &mut Vec<u8>) {
+    use chrono::Datelike;
+    match u16::try_from(date.year()) {
+        Ok(year) if year <= 9999 => {
+            push_4_digits(year, out);
+            out.push(b'-');
+            push_2_digits(date.month(), out);
+            out.push(b'-');
+            push_2_digits(date.day(), out);
+        }
+        _ => {
+            let _ = write!(out, "{}", date.format("%Y-%m-%d"));
+        }
     }
+}
+
+/// `HH:MM:SS` and the fraction as chrono's `%.f` writes it: none, or 3, 6 or 9 digits.
+#[inline]
+fn push_time(time: chrono::NaiveTime, out: &mut Vec<u8>) {
+    use chrono::Timelike;
+    let nanos = time.nanosecond();
+    if nanos >= 1_000_000_000 {
+        // A leap second: chrono's own writer.
+        let _ = write!(out, "{}", time.format("%H:%M:%S%.f"));
+        return;
+    }
+    push_2_digits(time.hour(), out);
+    out.push(b':');
+    push_2_digits(time.minute(), out);
+    out.push(b':');
+    push_2_digits(time.second(), out);
+    if nanos == 0 {
+        return;
+    }
+    let (value, digits) = if nanos % 1_000_000 == 0 {
+        (nanos / 1_000_000, 3)
+    } else if nanos % 1000 == 0 {
+        (nanos / 1000, 6)
+    } else {
+        (nanos, 9)
+    };
+    out.push(b'.');
+    let at = out.len();
+    out.resize(at + digits, b'0');
+    let mut rest = value;
+    for slot in out[at..].iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+}
+
+#[inline]
+fn integer(n: i64, out: &mut Vec<u8>) -> Kind {
+    push_integer(n, out);
+    Kind::Integer
+}
+
+/// A float4 as the f64 its shortest text reads as (`0.1f32` → `0.1`, not the
+/// `0.10000000149011612` of its binary value).
+fn float4(x: f32) -> f64 {
+    if !x.is_finite() {
+        return f64::from(x);
+    }
+    ryu::Buffer::new()
+        .format_finite(x)
+        .parse()
+        .unwrap_or(f64::from(x))
 }
 
 /// PostgreSQL's binary `numeric` as exact decimal text: `ndigits`, `weight`, `sign`, `dscale`
 /// (16 bits each), then base-10000 digits, the first worth 10000^weight.
-fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
+fn numeric(raw: &[u8], out: &mut Vec<u8>) -> DecodeResult {
     let word = |i: usize| -> Result<u16, Box<dyn StdError + Sync + Send>> {
         raw.get(2 * i..2 * i + 2)
             .map(|b| u16::from_be_bytes([b[0], b[1]]))
@@ -445,15 +673,15 @@ fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
     match sign {
         0x0000 | 0x4000 => {}
         0xC000 => {
-            out.push_str("NaN");
+            out.extend_from_slice(b"NaN");
             return Ok(Kind::Text);
         }
         0xD000 => {
-            out.push_str("Infinity");
+            out.extend_from_slice(b"Infinity");
             return Ok(Kind::Text);
         }
         0xF000 => {
-            out.push_str("-Infinity");
+            out.extend_from_slice(b"-Infinity");
             return Ok(Kind::Text);
         }
         other => return Err(format!("numeric sign {other:#x}").into()),
@@ -472,25 +700,25 @@ fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
             .unwrap_or(0)
     };
     if sign == 0x4000 && digits.iter().any(|d| *d != 0) {
-        out.push('-');
+        out.push(b'-');
     }
     if weight < 0 {
-        out.push('0');
+        out.push(b'0');
     } else {
         let _ = write!(out, "{}", digit(0));
         for i in 1..=weight {
-            let _ = write!(out, "{:04}", digit(i));
+            push_4_digits(digit(i), out);
         }
     }
     if dscale > 0 {
-        out.push('.');
-        let mut frac = String::with_capacity(dscale + 4);
+        out.push(b'.');
+        let start = out.len();
         let mut i = weight + 1;
-        while frac.len() < dscale {
-            let _ = write!(frac, "{:04}", digit(i));
+        while out.len() - start < dscale {
+            push_4_digits(digit(i), out);
             i += 1;
         }
-        out.push_str(&frac[..dscale]);
+        out.truncate(start + dscale);
     }
     Ok(Kind::Decimal)
 }
@@ -498,12 +726,48 @@ fn numeric(raw: &[u8], out: &mut String) -> DecodeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::ParamValue;
 
     fn numeric_text(words: &[u16]) -> String {
         let raw: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
-        let mut out = String::new();
+        let mut out = Vec::new();
         numeric(&raw, &mut out).unwrap();
-        out
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn dates_and_times_are_written_as_chrono_writes_them() {
+        use chrono::{NaiveDate, NaiveTime};
+        let times = [
+            NaiveTime::from_hms_opt(5, 30, 0).unwrap(),
+            NaiveTime::from_hms_milli_opt(5, 30, 0, 250).unwrap(),
+            NaiveTime::from_hms_micro_opt(23, 59, 59, 123_456).unwrap(),
+            NaiveTime::from_hms_nano_opt(0, 0, 1, 7).unwrap(),
+            NaiveTime::from_hms_milli_opt(23, 59, 59, 1500).unwrap(),
+        ];
+        for time in times {
+            let mut out = Vec::new();
+            push_time(time, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                time.format("%H:%M:%S%.f").to_string()
+            );
+        }
+        for (y, m, d) in [
+            (2026, 2, 28),
+            (1, 1, 1),
+            (9999, 12, 31),
+            (10000, 1, 1),
+            (-44, 3, 15),
+        ] {
+            let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
+            let mut out = Vec::new();
+            push_date(date, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                date.format("%Y-%m-%d").to_string()
+            );
+        }
     }
 
     #[test]
@@ -542,7 +806,9 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             tokio::spawn(conn);
             client.batch_execute(sql).await.unwrap();
         });
@@ -569,7 +835,8 @@ mod tests {
         let mut source = PostgresSource::open(
             &url,
             &format!("SELECT * FROM {schema}.t ORDER BY i2 NULLS LAST"),
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .unwrap();
         let all = rows(&mut source);
@@ -617,16 +884,18 @@ mod tests {
         run(&url, &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
             CREATE TABLE {schema}.t (name text, day date, amount numeric);
             INSERT INTO {schema}.t VALUES ('O''Brien', '2026-11-30', 10.5), ('x', '2026-11-29', 99);"));
-        let mut bindings = BTreeMap::new();
+        let mut bindings = Bindings::new();
         let nasty = "O'Brien'; DROP TABLE t; -- $1 :day /*";
-        bindings.insert("name".to_string(), ParamValue::String(nasty.into()));
+        bindings.insert("name".to_string(), Some(ParamValue::String(nasty.into())));
         bindings.insert(
             "day".to_string(),
-            ParamValue::Date(chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap()),
+            Some(ParamValue::Date(
+                chrono::NaiveDate::from_ymd_opt(2026, 11, 30).unwrap(),
+            )),
         );
-        bindings.insert("min".to_string(), ParamValue::Decimal("10.25".into()));
+        bindings.insert("min".to_string(), Some(ParamValue::Decimal("10.25".into())));
         let query = format!("SELECT name, :name AS echoed FROM {schema}.t WHERE day = :day AND amount >= :min -- :nope");
-        let mut source = PostgresSource::open(&url, &query, &bindings).unwrap();
+        let mut source = PostgresSource::open(&url, &query, &bindings, "flowctl-test").unwrap();
         assert_eq!(
             rows(&mut source)
                 .into_iter()
@@ -637,7 +906,8 @@ mod tests {
         let mut count = PostgresSource::open(
             &url,
             &format!("SELECT count(*) FROM {schema}.t"),
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .unwrap();
         assert_eq!(rows(&mut count)[0].0, ["2"]);
@@ -647,30 +917,53 @@ mod tests {
     #[test]
     fn errors_say_whose_they_are_and_whether_to_retry() {
         let Some((url, _)) = server() else { return };
-        let error =
-            PostgresSource::open(&url, "SELECT * FROM no_such_table_here", &BTreeMap::new())
-                .err()
-                .unwrap();
+        let error = PostgresSource::open(
+            &url,
+            "SELECT * FROM no_such_table_here",
+            &Bindings::new(),
+            "flowctl-test",
+        )
+        .err()
+        .unwrap();
         assert!(
             matches!(&error, PostgresError::Query(m) if m.contains("42P01")),
             "{error}"
         );
         assert!(!error.is_transient());
-        let error = PostgresSource::open(&url, "SELECT :x", &BTreeMap::new())
+        // A read-only session: the write fails (when it runs, at the first read).
+        let error = PostgresSource::open(
+            &url,
+            "CREATE TABLE flowctl_must_not_exist (x int)",
+            &Bindings::new(),
+            "flowctl-test",
+        )
+        .and_then(|mut source| source.next_row(&mut Row::default()))
+        .unwrap_err();
+        assert!(
+            matches!(&error, PostgresError::Query(m) if m.contains("25006")),
+            "{error}"
+        );
+        let error = PostgresSource::open(&url, "SELECT :x", &Bindings::new(), "flowctl-test")
             .err()
             .unwrap();
         assert!(
             matches!(error, PostgresError::UnknownParameter { .. }),
             "{error}"
         );
-        let error = PostgresSource::open(&url, "SELECT point(1, 2) AS p", &BTreeMap::new())
-            .err()
-            .unwrap();
+        let error = PostgresSource::open(
+            &url,
+            "SELECT point(1, 2) AS p",
+            &Bindings::new(),
+            "flowctl-test",
+        )
+        .err()
+        .unwrap();
         assert_eq!(error.to_string(), "column `p` has type point, which a report cannot write; cast it in the query (`p::text`)");
         let error = PostgresSource::open(
             "postgres://nobody@127.0.0.1:1/none",
             "SELECT 1",
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .err()
         .unwrap();
@@ -681,7 +974,8 @@ mod tests {
     fn a_connection_killed_mid_stream_fails_the_source_as_transient() {
         let Some((url, _)) = server() else { return };
         let query = "SELECT pg_backend_pid() AS pid, i FROM generate_series(1, 5000000) AS i";
-        let mut source = PostgresSource::open(&url, query, &BTreeMap::new()).unwrap();
+        let mut source =
+            PostgresSource::open(&url, query, &Bindings::new(), "flowctl-test").unwrap();
         let mut row = Row::default();
         assert!(source.next_row(&mut row).unwrap());
         let pid = String::from_utf8(row.get(0).unwrap().to_vec()).unwrap();
@@ -702,7 +996,8 @@ mod tests {
         let mut source = PostgresSource::open(
             &url,
             "SELECT i, md5(i::text) FROM generate_series(1, 300000) AS i",
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .unwrap();
         let mut row = Row::default();
@@ -714,7 +1009,8 @@ mod tests {
         let mut endless = PostgresSource::open(
             &url,
             "SELECT i FROM generate_series(1, 100000000) AS i",
-            &BTreeMap::new(),
+            &Bindings::new(),
+            "flowctl-test",
         )
         .unwrap();
         for _ in 0..5000 {

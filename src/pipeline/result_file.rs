@@ -35,10 +35,11 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 impl TempFile {
-    /// Creates `.<name>.tmp-<pid>-<random>` in the directory of `result_path` (created too).
+    /// Creates `.<name>.tmp-<pid>-<random>` in the directory of `result_path` (created too,
+    /// durably: see [`create_dir_durably`]).
     pub(super) fn create(result_path: &Path) -> Result<(File, TempFile)> {
         let dir = parent_dir(result_path);
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        create_dir_durably(dir).map_err(io_err(dir))?;
         let name = result_path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -102,6 +103,26 @@ impl Drop for TempFile {
         if !self.committed {
             let _ = fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Creates `dir` and any missing parent, syncing the parent of each directory it creates, so
+/// that a result moved into a new directory (a report's first window) survives a power cut
+/// with its directory: syncing the result's own directory alone does not make that directory's
+/// entry in its parent durable.
+pub(super) fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = parent_dir(dir);
+    if parent != dir && dir.parent().is_some_and(|p| !p.as_os_str().is_empty()) {
+        create_dir_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent),
+        // Another attempt made it first; it syncs its parent itself.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

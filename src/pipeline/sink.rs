@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use sha2::{Digest, Sha256};
 
 use super::row::Row;
+use super::value_kind::Kind;
 use super::IO_BUFFER;
 
 /// The output buffer. Rows are encoded straight into `buf`; every [`IO_BUFFER`] bytes it is
@@ -60,6 +61,7 @@ impl Out {
 
 /// An encoder of rows into the result.
 pub(super) trait RowSink {
-    fn write_row(&mut self, row: &Row) -> io::Result<()>;
+    /// Writes `row`, whose fields have `kinds` (empty: every field is text).
+    fn write_row(&mut self, row: &Row, kinds: &[Kind]) -> io::Result<()>;
     fn finish(self) -> io::Result<Finished>;
 }

@@ -1,20 +1,63 @@
-//! What every source kind gives the chunk loop ([`RowSource`]), how a source file is opened
-//! (only regular files), and the quick row count used for progress ([`count_rows`]).
+//! What every source kind gives the chunk loop ([`RowSource`]), the database sources behind it
+//! ([`SqliteRows`], [`PostgresRows`]), how a source file is opened (only regular files), and
+//! the quick row count used for progress ([`count_rows`]).
 
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
 
 use super::error::{io_err, PipelineError, Result};
+use super::postgres_source::PostgresSource;
 use super::row::Row;
+use super::sqlite_source::SqliteSource;
+use super::value_kind::Kind;
 use super::DataFormat;
 
-/// A source of rows: the CSV source or the JSON lines source.
+/// A source of rows: a file (CSV, JSON lines) or a database query. The chunk loop is generic
+/// over it, so the per-row calls are static.
 pub(super) trait RowSource {
     /// Column names.
     fn header(&self) -> &Row;
     /// Reads the next row into `row` (with the line it starts on); `false` at the end.
     fn next_row(&mut self, row: &mut Row) -> Result<bool>;
+    /// The kinds of the fields of the row read last; empty when every field is text (files).
+    fn kinds(&self) -> &[Kind] {
+        &[]
+    }
+}
+
+/// A SQLite query's rows.
+pub(super) struct SqliteRows(pub(super) SqliteSource);
+
+impl RowSource for SqliteRows {
+    fn header(&self) -> &Row {
+        self.0.header()
+    }
+    #[inline]
+    fn next_row(&mut self, row: &mut Row) -> Result<bool> {
+        Ok(self.0.next_row(row)?)
+    }
+    #[inline]
+    fn kinds(&self) -> &[Kind] {
+        self.0.kinds()
+    }
+}
+
+/// A PostgreSQL query's rows.
+pub(super) struct PostgresRows(pub(super) PostgresSource);
+
+impl RowSource for PostgresRows {
+    fn header(&self) -> &Row {
+        self.0.header()
+    }
+    #[inline]
+    fn next_row(&mut self, row: &mut Row) -> Result<bool> {
+        Ok(self.0.next_row(row)?)
+    }
+    #[inline]
+    fn kinds(&self) -> &[Kind] {
+        self.0.kinds()
+    }
 }
 
 /// Opens a source file for reading; a file that is not there is [`PipelineError::SourceMissing`].

@@ -1,10 +1,86 @@
 //! What a run is given and what it gives back: the [`PipelineSpec`] of one report job's data
-//! step, the [`DataFormat`] of its source and result, and the [`Output`] it completes with.
+//! step, its [`SourceSpec`] (a file, or a query on SQLite or PostgreSQL with its [`Bindings`]),
+//! the [`DataFormat`] of a file and of the result, and the [`Output`] it completes with.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::masking::MaskMethod;
+use crate::params::ParamValue;
+
+/// The values a query's `:name` placeholders are bound to: the report's parameters and the
+/// built-ins. `None` binds SQL NULL (an optional parameter without a default, the county of an
+/// all-counties job). Values go to the driver as bound parameters, never into the SQL text.
+pub type Bindings = BTreeMap<String, Option<ParamValue>>;
+
+/// Where a run's rows come from.
+#[derive(Clone, PartialEq)]
+pub enum SourceSpec {
+    /// A CSV or JSON lines file: the whole file is the report's data.
+    File { path: PathBuf, format: DataFormat },
+    /// A query on a SQLite database file, opened read-only.
+    Sqlite {
+        path: PathBuf,
+        query: String,
+        bindings: Bindings,
+    },
+    /// A query on a PostgreSQL database. `url` is the connection URL (it may hold a password:
+    /// it is never printed, and errors never quote it); `application_name` is set on the
+    /// connection so the session can be found in `pg_stat_activity`.
+    Postgres {
+        url: String,
+        query: String,
+        bindings: Bindings,
+        application_name: String,
+    },
+}
+
+impl SourceSpec {
+    /// How errors name this source: the file's path, or the database kind (never a URL).
+    pub fn describe(&self) -> String {
+        match self {
+            SourceSpec::File { path, .. } => path.display().to_string(),
+            SourceSpec::Sqlite { path, .. } => format!("the query on {}", path.display()),
+            SourceSpec::Postgres { .. } => "the PostgreSQL query".to_string(),
+        }
+    }
+}
+
+impl fmt::Debug for SourceSpec {
+    // Like a derived Debug, without the PostgreSQL URL (it may hold a password).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::File { path, format } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("format", format)
+                .finish(),
+            SourceSpec::Sqlite {
+                path,
+                query,
+                bindings,
+            } => f
+                .debug_struct("Sqlite")
+                .field("path", path)
+                .field("query", query)
+                .field("bindings", bindings)
+                .finish(),
+            SourceSpec::Postgres {
+                query,
+                bindings,
+                application_name,
+                ..
+            } => f
+                .debug_struct("Postgres")
+                .field("url", &"<redacted>")
+                .field("query", query)
+                .field("bindings", bindings)
+                .field("application_name", application_name)
+                .finish(),
+        }
+    }
+}
 
 /// Format of a source or of a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -52,10 +128,8 @@ impl fmt::Display for DataFormat {
 /// What to run: one report job's data step.
 #[derive(Clone)]
 pub struct PipelineSpec {
-    /// The data source file.
-    pub source_path: PathBuf,
-    /// Its format.
-    pub source_format: DataFormat,
+    /// Where the rows come from.
+    pub source: SourceSpec,
     /// Column holding the county id (required when `county` is set).
     pub county_column: Option<String>,
     /// Keep only rows whose county column equals this exactly; `None` keeps all rows.
@@ -72,10 +146,12 @@ pub struct PipelineSpec {
     pub mask_columns: Vec<String>,
     /// Key of the `hash` masking method.
     pub hash_key: [u8; 32],
-    /// Final path of the result: `<results>/<REPORT_TYPE>/<job_id>.<ext>`.
+    /// Final path of the result: `<results>/<REPORT_TYPE>/[<window>/]<job_id>.<ext>`. Its
+    /// directory is created (durably) if it is not there.
     pub result_path: PathBuf,
     /// The source's row count when the caller already knows it for this version of the file
-    /// (for progress); `None`: [`count_rows`](super::count_rows) counts it first.
+    /// (for progress); `None`: [`count_rows`](super::count_rows) counts a file first. A
+    /// database source has no total up front (progress then counts rows without a percentage).
     pub rows_total: Option<u64>,
 }
 
@@ -83,8 +159,7 @@ impl fmt::Debug for PipelineSpec {
     // Like a derived Debug, without the key.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PipelineSpec")
-            .field("source_path", &self.source_path)
-            .field("source_format", &self.source_format)
+            .field("source", &self.source)
             .field("county_column", &self.county_column)
             .field("county", &self.county)
             .field("output_format", &self.output_format)
@@ -116,7 +191,7 @@ mod tests {
     use std::path::Path;
 
     use crate::pipeline::fixture::*;
-    use crate::pipeline::DataFormat;
+    use crate::pipeline::{Bindings, DataFormat, SourceSpec};
 
     #[test]
     fn names_and_debug() {
@@ -133,5 +208,14 @@ mod tests {
         spec.hash_key = [0xEE; 32];
         let dbg = format!("{spec:?}");
         assert!(dbg.contains("<redacted>") && !dbg.contains("238"), "{dbg}");
+        spec.source = SourceSpec::Postgres {
+            url: "postgres://u:s3cret@db/x".into(),
+            query: "SELECT 1".into(),
+            bindings: Bindings::new(),
+            application_name: "flowctl".into(),
+        };
+        let dbg = format!("{spec:?}");
+        assert!(!dbg.contains("s3cret") && dbg.contains("SELECT 1"), "{dbg}");
+        assert!(!spec.source.describe().contains("s3cret"));
     }
 }

@@ -13,29 +13,32 @@
 //! masking and writing. Dropping the source interrupts the query and stops the thread.
 //!
 //! Values become text as the pipeline carries them, with their kind kept: integers in decimal,
-//! reals in shortest round-trip form (`1.5`), text as is, a blob as lowercase hex, NULL as an
-//! empty field marked null.
+//! reals in shortest round-trip form (`1.5`, `1e20`), text as is, a blob as lowercase hex, NULL as an
+//! empty field marked null. A binding of `None` is bound as NULL.
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use super::batches::{Batches, Message};
+use super::batches::{Batch, Batches, Sender};
 use super::row::Row;
-use super::value_kind::Kind;
+use super::spec::Bindings;
+use super::value_kind::{push_float, push_integer, Kind};
 use crate::params::ParamValue;
 
-/// Rows per message from the producer thread.
-const BATCH: usize = 512;
+/// Rows per message from the producer thread (fewer when they are wide: [`BATCH_BYTES`]).
+const BATCH: usize = 1024;
+/// Bytes per message at most, roughly.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Why a SQLite source failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SqliteError {
     #[error("cannot open SQLite database {}: {message}", path.display())]
     Open { path: PathBuf, message: String },
+    #[error("SQLite database {} does not exist", path.display())]
+    Missing { path: PathBuf },
     #[error("the query on {} failed: {message}", path.display())]
     Query { path: PathBuf, message: String },
     #[error(
@@ -46,6 +49,10 @@ pub enum SqliteError {
         "the query uses a positional placeholder (`?` or `?NNN`); name its parameters (`:name`)"
     )]
     Positional,
+    #[error(
+        "the query would change the database; a report's query only reads (SELECT, WITH … SELECT)"
+    )]
+    NotReadOnly,
 }
 
 /// A running query.
@@ -62,11 +69,25 @@ fn open(path: &Path) -> Result<Connection, SqliteError> {
         path: path.to_path_buf(),
         message: e.to_string(),
     };
-    if !path.is_file() {
-        return Err(SqliteError::Open {
-            path: path.to_path_buf(),
-            message: "no such file".to_string(),
-        });
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SqliteError::Missing {
+                path: path.to_path_buf(),
+            })
+        }
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => {
+            return Err(SqliteError::Open {
+                path: path.to_path_buf(),
+                message: "not a regular file".to_string(),
+            })
+        }
+        Err(e) => {
+            return Err(SqliteError::Open {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
     }
     let conn = Connection::open_with_flags(path, flags).map_err(failed)?;
     conn.pragma_update(None, "query_only", true)
@@ -85,13 +106,15 @@ pub(super) fn placeholders(stmt: &rusqlite::Statement<'_>) -> Result<Vec<String>
         .collect()
 }
 
-/// The column names of `query` on `path` and its placeholders, without running it.
-pub(super) fn describe(
-    path: &Path,
-    query: &str,
-) -> Result<(Vec<String>, Vec<String>), SqliteError> {
+/// The column names of `query` on `path` and its placeholders (without their sigil), without
+/// running it: the database is opened read-only and the query only prepared. `flowctl check`
+/// holds the columns against the mask rules and county column, as a run would.
+pub fn describe(path: &Path, query: &str) -> Result<(Vec<String>, Vec<String>), SqliteError> {
     let conn = open(path)?;
     let stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
+    if !stmt.readonly() {
+        return Err(SqliteError::NotReadOnly);
+    }
     let columns = stmt.column_names().map(str::to_string).collect();
     Ok((columns, placeholders(&stmt)?))
 }
@@ -110,19 +133,16 @@ impl SqliteSource {
     pub(super) fn open(
         path: &Path,
         query: &str,
-        bindings: &BTreeMap<String, ParamValue>,
+        bindings: &Bindings,
     ) -> Result<SqliteSource, SqliteError> {
         let conn = open(path)?;
         let interrupt = conn.get_interrupt_handle();
         let (path_buf, query, bindings) = (path.to_path_buf(), query.to_string(), bindings.clone());
         let (columns, rows) = Batches::start(
             "sqlite-source",
-            move |tx| {
-                let result = produce(&conn, &path_buf, &query, &bindings, |message| {
-                    tx.send(message).is_ok()
-                });
-                if let Err(e) = result {
-                    let _ = tx.send(Message::Failed(e));
+            move |mut tx| {
+                if let Err(e) = produce(&conn, &path_buf, &query, &bindings, &mut tx) {
+                    tx.fail(e);
                 }
             },
             |e| SqliteError::Open {
@@ -164,16 +184,20 @@ impl Drop for SqliteSource {
     }
 }
 
-/// Prepares and runs the query, handing its columns and then its rows in batches to `send`
-/// until it returns `false` (the reader left).
+/// Prepares and runs the query, handing its columns and then its rows in batches to `tx`
+/// until the reader leaves.
 fn produce(
     conn: &Connection,
     path: &Path,
     query: &str,
-    bindings: &BTreeMap<String, ParamValue>,
-    mut send: impl FnMut(Message<SqliteError>) -> bool,
+    bindings: &Bindings,
+    tx: &mut Sender<SqliteError>,
 ) -> Result<(), SqliteError> {
     let mut stmt = conn.prepare(query).map_err(|e| query_error(path, e))?;
+    if !stmt.readonly() {
+        // The read-only open would refuse the write anyway; this says why, before any row.
+        return Err(SqliteError::NotReadOnly);
+    }
     for (i, name) in placeholders(&stmt)?.into_iter().enumerate() {
         let Some(value) = bindings.get(&name) else {
             let known: Vec<&str> = bindings.keys().map(String::as_str).collect();
@@ -182,73 +206,68 @@ fn produce(
                 known: known.join(", "),
             });
         };
-        bind(&mut stmt, i + 1, value).map_err(|e| query_error(path, e))?;
+        bind(&mut stmt, i + 1, value.as_ref()).map_err(|e| query_error(path, e))?;
     }
     let names = stmt.column_names().map(str::to_string).collect();
-    if !send(Message::Started(names)) {
+    if !tx.started(names) {
         return Ok(());
     }
     let columns = stmt.column_count();
     let mut rows = stmt.raw_query();
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut number = Vec::with_capacity(32);
+    let mut batch = tx.batch();
     while let Some(sql_row) = rows.next().map_err(|e| query_error(path, e))? {
-        let mut row = Row::default();
-        let mut kinds = Vec::with_capacity(columns);
         for i in 0..columns {
             let value = sql_row.get_ref(i).map_err(|e| query_error(path, e))?;
-            number.clear();
-            let kind = match value {
-                ValueRef::Null => {
-                    row.push_field(b"");
-                    Kind::Null
-                }
-                ValueRef::Integer(n) => {
-                    let _ = write!(number, "{n}");
-                    row.push_field(&number);
-                    Kind::Integer
-                }
-                ValueRef::Real(x) => {
-                    let _ = write!(number, "{x}");
-                    row.push_field(&number);
-                    Kind::Real
-                }
-                ValueRef::Text(text) => {
-                    row.push_field(text);
-                    Kind::Text
-                }
-                ValueRef::Blob(bytes) => {
-                    row.push_field(hex::encode(bytes).as_bytes());
-                    Kind::Blob
-                }
-            };
-            kinds.push(kind);
+            push_value(&mut batch, value);
         }
-        row.seal();
-        batch.push((row, kinds));
-        if batch.len() == BATCH
-            && !send(Message::Rows(std::mem::replace(
-                &mut batch,
-                Vec::with_capacity(BATCH),
-            )))
+        if (batch.rows() == BATCH || batch.byte_len() >= BATCH_BYTES)
+            && !tx.send(std::mem::replace(&mut batch, tx.batch()))
         {
             return Ok(());
         }
     }
-    if !batch.is_empty() {
-        send(Message::Rows(batch));
-    }
+    tx.send(batch);
     Ok(())
+}
+
+/// One value as the pipeline carries it: its text, and its kind.
+#[inline]
+fn push_value(batch: &mut Batch, value: ValueRef<'_>) {
+    let kind = match value {
+        ValueRef::Null => Kind::Null,
+        ValueRef::Integer(n) => {
+            push_integer(n, batch.buf());
+            Kind::Integer
+        }
+        // SQLite has infinities (1e999), which become text, and no NaN.
+        ValueRef::Real(x) => push_float(x, batch.buf()),
+        ValueRef::Text(text) => {
+            batch.buf().extend_from_slice(text);
+            Kind::Text
+        }
+        ValueRef::Blob(bytes) => {
+            let buf = batch.buf();
+            let at = buf.len();
+            buf.resize(at + 2 * bytes.len(), 0);
+            // Cannot fail: the slice is exactly twice as long as the bytes.
+            let _ = hex::encode_to_slice(bytes, &mut buf[at..]);
+            Kind::Blob
+        }
+    };
+    batch.end_field(kind);
 }
 
 /// Binds one value with the type SQLite compares it by: text for strings, exact decimals,
 /// dates (`YYYY-MM-DD`) and instants (`YYYY-MM-DD HH:MM:SS` in UTC, SQLite's `datetime()`
-/// form); integers and booleans (0/1) as integers.
+/// form); integers and booleans (0/1) as integers; `None` as NULL.
 fn bind(
     stmt: &mut rusqlite::Statement<'_>,
     index: usize,
-    value: &ParamValue,
+    value: Option<&ParamValue>,
 ) -> rusqlite::Result<()> {
+    let Some(value) = value else {
+        return stmt.raw_bind_parameter(index, rusqlite::types::Null);
+    };
     match value {
         ParamValue::String(s) | ParamValue::Decimal(s) => stmt.raw_bind_parameter(index, s),
         ParamValue::Integer(n) => stmt.raw_bind_parameter(index, n),
@@ -286,7 +305,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = db(dir.path());
         let mut source =
-            SqliteSource::open(&path, "SELECT * FROM t ORDER BY id", &BTreeMap::new()).unwrap();
+            SqliteSource::open(&path, "SELECT * FROM t ORDER BY id", &Bindings::new()).unwrap();
         let header: Vec<&[u8]> = source.header().iter().collect();
         assert_eq!(
             header,
@@ -298,10 +317,7 @@ mod tests {
         assert_eq!(rows[0].1, [Integer, Text, Real, Integer, Blob, Null]);
         assert_eq!(rows[1].0, ["2", "a,b \"c\"", "-0.25", "0", "", "x"]);
         assert_eq!(rows[1].1[4], Null);
-        assert_eq!(
-            rows[2].0,
-            ["3", "O'Brien", "100000000000000000000", "", "", ""]
-        );
+        assert_eq!(rows[2].0, ["3", "O'Brien", "1e20", "", "", ""]);
         assert_eq!(rows[2].1, [Integer, Text, Real, Null, Blob, Text]);
     }
 
@@ -309,13 +325,13 @@ mod tests {
     fn parameters_are_bound_by_name_never_spliced() {
         let dir = tempfile::tempdir().unwrap();
         let path = db(dir.path());
-        let mut bindings = BTreeMap::new();
+        let mut bindings = Bindings::new();
         // A value that would break the query if it were pasted into it.
         bindings.insert(
             "name".into(),
-            ParamValue::String("O'Brien'; DROP TABLE t; --".into()),
+            Some(ParamValue::String("O'Brien'; DROP TABLE t; --".into())),
         );
-        bindings.insert("min".into(), ParamValue::Integer(2));
+        bindings.insert("min".into(), Some(ParamValue::Integer(2)));
         let mut source = SqliteSource::open(
             &path,
             "SELECT id FROM t WHERE name = :name OR id >= @min ORDER BY id",
@@ -329,7 +345,7 @@ mod tests {
         assert_eq!(ids, ["2", "3"]);
         // The table is still there.
         let mut again =
-            SqliteSource::open(&path, "SELECT count(*) FROM t", &BTreeMap::new()).unwrap();
+            SqliteSource::open(&path, "SELECT count(*) FROM t", &Bindings::new()).unwrap();
         assert_eq!(all(&mut again)[0].0, ["3"]);
     }
 
@@ -337,14 +353,14 @@ mod tests {
     fn an_unknown_parameter_and_a_bad_query_fail_the_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = db(dir.path());
-        let error = SqliteSource::open(&path, "SELECT * FROM t WHERE id = :nope", &BTreeMap::new())
+        let error = SqliteSource::open(&path, "SELECT * FROM t WHERE id = :nope", &Bindings::new())
             .err()
             .unwrap();
         assert!(
             matches!(&error, SqliteError::UnknownParameter { name, .. } if name == "nope"),
             "{error}"
         );
-        let error = SqliteSource::open(&path, "SELECT * FROM missing", &BTreeMap::new())
+        let error = SqliteSource::open(&path, "SELECT * FROM missing", &Bindings::new())
             .err()
             .unwrap();
         assert!(
@@ -354,16 +370,17 @@ mod tests {
         let error = SqliteSource::open(
             &dir.path().join("none.sqlite"),
             "SELECT 1",
-            &BTreeMap::new(),
+            &Bindings::new(),
         )
         .err()
         .unwrap();
-        assert!(error.to_string().contains("no such file"), "{error}");
+        assert!(matches!(error, SqliteError::Missing { .. }), "{error}");
+        assert!(error.to_string().contains("does not exist"), "{error}");
         for positional in [
             "SELECT * FROM t WHERE id = ?",
             "SELECT * FROM t WHERE id = ?2",
         ] {
-            let error = SqliteSource::open(&path, positional, &BTreeMap::new())
+            let error = SqliteSource::open(&path, positional, &Bindings::new())
                 .err()
                 .unwrap();
             assert_eq!(error, SqliteError::Positional, "{positional}");
@@ -379,14 +396,14 @@ mod tests {
             "DROP TABLE t",
             "INSERT INTO t (id) VALUES (9)",
         ] {
-            let result = SqliteSource::open(&path, query, &BTreeMap::new()).and_then(|mut s| {
+            let result = SqliteSource::open(&path, query, &Bindings::new()).and_then(|mut s| {
                 let mut row = Row::default();
                 s.next_row(&mut row)
             });
             assert!(result.is_err(), "{query} ran");
         }
         let mut count =
-            SqliteSource::open(&path, "SELECT count(*) FROM t", &BTreeMap::new()).unwrap();
+            SqliteSource::open(&path, "SELECT count(*) FROM t", &Bindings::new()).unwrap();
         assert_eq!(all(&mut count)[0].0, ["3"]);
     }
 
@@ -408,7 +425,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = db(dir.path());
         let query = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) SELECT i FROM n";
-        let mut source = SqliteSource::open(&path, query, &BTreeMap::new()).unwrap();
+        let mut source = SqliteSource::open(&path, query, &Bindings::new()).unwrap();
         let mut row = Row::default();
         let mut count = 0u64;
         while source.next_row(&mut row).unwrap() {
@@ -418,7 +435,7 @@ mod tests {
         // An endless query: dropping the source interrupts it and joins the thread.
         let endless =
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i FROM n";
-        let mut source = SqliteSource::open(&path, endless, &BTreeMap::new()).unwrap();
+        let mut source = SqliteSource::open(&path, endless, &Bindings::new()).unwrap();
         for _ in 0..10_000 {
             assert!(source.next_row(&mut row).unwrap());
         }
