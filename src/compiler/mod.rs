@@ -181,8 +181,9 @@ impl Compiler<'_> {
         let mut reports: Vec<ReportType> = Vec::with_capacity(decls.reports.len());
         let mut mask_fields: Vec<Vec<Span>> = Vec::with_capacity(decls.reports.len());
         let mut window_uses: Vec<Option<Span>> = Vec::with_capacity(decls.reports.len());
+        let mut query_spans: Vec<Option<Span>> = Vec::with_capacity(decls.reports.len());
         for (name, block) in &decls.reports {
-            let (report, masks, window_use) = self.report(
+            let (report, masks, window_use, query_span) = self.report(
                 name,
                 block,
                 &scope,
@@ -196,6 +197,7 @@ impl Compiler<'_> {
             reports.push(report);
             mask_fields.push(masks);
             window_uses.push(window_use);
+            query_spans.push(query_span);
         }
 
         let mut triggered = vec![false; reports.len()];
@@ -245,7 +247,7 @@ impl Compiler<'_> {
             locations: Locations {
                 sources: source_locations,
                 mask_fields,
-                queries: Vec::new(),
+                queries: query_spans,
             },
         }
     }

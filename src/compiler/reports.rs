@@ -49,7 +49,7 @@ impl Compiler<'_> {
         masking_rules: &[Vec<(MaskRule, Span)>],
         source_used: &mut [bool],
         masking_used: &mut [bool],
-    ) -> (ReportType, Vec<Span>, Option<Span>) {
+    ) -> (ReportType, Vec<Span>, Option<Span>, Option<Span>) {
         let mut report = ReportType {
             name: name.name.clone(),
             source: 0,
@@ -190,7 +190,12 @@ impl Compiler<'_> {
             }
         }
         report.params = declared.specs;
-        (report, mask_spans, window_use)
+        // Where `flowctl check` points a query error the database reports: the query's value.
+        let query_span = query
+            .or(query_file)
+            .and_then(|s| s.values.first())
+            .map(|v| v.span);
+        (report, mask_spans, window_use, query_span)
     }
 
     /// The query of a report on a database source: exactly one of `query` and `query_file`.
