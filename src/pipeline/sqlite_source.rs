@@ -120,9 +120,25 @@ pub fn describe(path: &Path, query: &str) -> Result<(Vec<String>, Vec<String>), 
 }
 
 fn query_error(path: &Path, e: rusqlite::Error) -> SqliteError {
+    // A syntax or name error carries SQLite's own message and the whole SQL text: keep the
+    // message and say where in the query it is, not the query again.
+    let message = match &e {
+        rusqlite::Error::SqlInputError {
+            msg, sql, offset, ..
+        } => match usize::try_from(*offset).ok().filter(|&o| o <= sql.len()) {
+            Some(offset) => {
+                let before = sql.get(..offset).unwrap_or(sql);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!("{msg} (line {line}, column {column} of the query)")
+            }
+            None => msg.clone(),
+        },
+        other => other.to_string(),
+    };
     SqliteError::Query {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message,
     }
 }
 
