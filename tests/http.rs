@@ -170,7 +170,8 @@ async fn a_generated_report_completes_and_its_result_is_masked_for_the_token() {
     }
 
     // The source's rows of county C03, as the result must hold them.
-    let source = std::fs::read_to_string(repo().join("tests/data/csv_workflow/data/cases.csv")).unwrap();
+    let source =
+        std::fs::read_to_string(repo().join("tests/data/csv_workflow/data/cases.csv")).unwrap();
     let c03 = source
         .lines()
         .skip(1)

@@ -21,9 +21,9 @@ use tokio::sync::mpsc;
 
 use common::pg::database_or_skip;
 use common::{engine, files_under, Project};
-use flowctl::executor::{Engine, ExecEvent};
+use flowctl::executor::{Engine, ExecEvent, JobRefused, Trigger, WindowRequest};
 use flowctl::job::{Job, JobId, JobRequest, JobStatus, Principal};
-use flowctl::params::{ParamSpec, ParamType, ParamValue};
+use flowctl::params::{Given, ParamSpec, ParamType, ParamValue};
 use flowctl::pipeline::{self, Bindings, Control, PipelineSpec, Progress, SourceSpec};
 use flowctl::store::pg_test_schema::TestSchema;
 use flowctl::store::sled::SledStore;
@@ -107,8 +107,18 @@ impl Fixture {
             role: role.into(),
             county: county.map(str::to_string),
         };
+        // The request's params and window, given as a trigger gives them.
+        let trigger = Trigger {
+            params: request
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), Given::Json(v.to_json())))
+                .collect(),
+            window: request.window.clone().map(WindowRequest::Decided),
+            at: None,
+        };
         let job = engine
-            .new_job("R", principal, "http:0123456789abcdef", request)
+            .new_job_for("R", principal, "http:0123456789abcdef", request, &trigger)
             .unwrap();
         let id: JobId = self
             .store
@@ -389,17 +399,18 @@ async fn a_windowed_job_binds_its_window_and_files_its_result_under_the_label() 
         "id,county_id,ssn,s,e\n2,C1,2,2026-11-29 23:00:00,2026-12-01\n"
     );
 
-    // Without a window, the same query fails at once and says why.
+    // Without a window, no job of the same query is created (the executor checks again
+    // for a job queued some other way: `executor::attempt`'s unit tests).
     let fx = Fixture::new("csv", 3, SourceKind::Sqlite { path: db }, query);
-    let job = fx
-        .run_one("ADMIN", None, JobRequest::default(), |_| {})
-        .await;
-    assert_eq!(job.status, JobStatus::Failed);
-    assert_eq!(job.attempt, 1);
-    let error = job.error.unwrap();
+    let refused = engine::engine(fx.workflow.clone(), fx.store.clone()).new_job(
+        "R",
+        Principal::system("ADMIN"),
+        "http:0123456789abcdef",
+        JobRequest::default(),
+    );
     assert!(
-        error.contains("reads the run's window") && error.contains(":interval_start"),
-        "{error}"
+        matches!(refused, Err(JobRefused::WindowRequired { .. })),
+        "{refused:?}"
     );
 }
 
