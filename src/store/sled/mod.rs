@@ -32,11 +32,27 @@
 //! completion). The price is an open that reads every record (a few seconds per million jobs)
 //! and memory for every job: the indexes take ~70–100 bytes per finished job (the id → creation
 //! time map ~33 B, the list B-tree ~40–60 B; queued and running jobs add their queue or lease
-//! entry). Measured with a counting allocator (`cargo bench --bench store`, 50,000 COMPLETED
-//! jobs) the whole store holds ~480–500 heap bytes per job, with sled's cache at its default
-//! 64 MiB or at 0.1 MiB alike after a reopen (sled 0.34 keeps the pages a scan brought in, and
-//! its per-page structures, beyond `cache_capacity`); with a small cache and no reopen, ~280 B.
-//! So memory grows ~0.5 KB per job and is not bounded by the cache setting.
+//! entry). Where the rest goes, measured with a counting allocator (2026-12-02; COMPLETED jobs
+//! of 232-byte records with a result path and SHA-256, sled cache capped at 0.1 MiB unless the row says; heap
+//! after `sled::open` alone, after a scan of every record, and after `SledStore::open`):
+//!
+//! | jobs | sled open | + scan | `SledStore::open` | while written |
+//! |------|-----------|--------|-------------------|---------------|
+//! | 10k  | 6.5 MiB   | 365 B/job | 1,186 B/job    | 3,169 B/job   |
+//! | 100k | 10.4 MiB  | 309 B/job | 494 B/job      | 423 B/job     |
+//! | 400k, cap 100 MiB | 23.6 MiB | 374 B/job | 507 B/job | 483 B/job |
+//! | 400k, cap 64 MiB | 23.7 MiB | 286 B/job | 426 B/job | 377 B/job |
+//!
+//! So: sled costs ~6 MiB fixed plus ~43 B per job for its page table; the indexes ~100 B; and
+//! the rest (~300 B per job, more than the record itself) is sled's node pages kept resident.
+//! The cache cap does not bound them in practice: sled 0.34's LRU queues page accesses in 256
+//! shards and looks at a shard only when 64 accesses have queued there, so a store of fewer
+//! than ~16k page accesses since open evicts nothing, whatever `cache_capacity` says, and a
+//! larger one evicts late (a second scan of 100k or 400k jobs halves the pages' share).
+//! The true figure is ~450–500 B per job up to a few hundred thousand jobs. Levers not yet
+//! taken: an index snapshot written at close, so that an open reads no record (the scan's
+//! pages are most of a reopened store's memory), and a smaller record (the SHA-256 as 32
+//! bytes, not 64 hex characters).
 //!
 //! Why write-behind: with sled's inserts inside the writer's turn, that turn was the
 //! bottleneck (2 cores, `cargo bench --bench store`: 35–53k jobs/s, the mutex held all the
