@@ -562,4 +562,37 @@ mod tests {
         assert!(job.cancel_requested);
         assert_eq!(job.request.params.len(), 1);
     }
+
+    /// A store of layout 3 (digests as hex text) opens as it stands: its COMPLETED jobs read
+    /// back with their digests, and only the version is rewritten.
+    #[tokio::test]
+    async fn a_layout_3_store_opens_and_its_digests_read_back() {
+        use crate::store::sled::codec::{self, tests::completed_job, tests::HEX};
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(open_at(&path));
+        let job = completed_job(HEX);
+        let key = keys::job_key(
+            job.created_at.timestamp_micros(),
+            &keys::id_bytes(&job.job_id),
+        );
+        {
+            let db = raw_sled(&path);
+            let tree = db.open_tree("flowctl").unwrap();
+            tree.insert(keys::META_LAYOUT, &3u32.to_be_bytes()).unwrap();
+            tree.insert(key, codec::encode_job_layout_3(&job)).unwrap();
+            db.flush().unwrap();
+        }
+        let store = open_at(&path);
+        assert_eq!(
+            store.tree.get(keys::META_LAYOUT).unwrap().as_deref(),
+            Some(&LAYOUT_VERSION.to_be_bytes()[..])
+        );
+        assert_eq!(
+            store.tree.get(key).unwrap().unwrap()[0],
+            codec::JOB_FORMAT_3
+        );
+        assert_eq!(store.get(&job.job_id).await.unwrap(), Some(job));
+    }
 }
