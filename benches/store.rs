@@ -51,23 +51,77 @@ fn live_heap() -> isize {
     LIVE.load(Ordering::Relaxed)
 }
 
-/// Heap bytes per job with `JOBS_FOR_HEAP` COMPLETED jobs (what a server holds after a day of
-/// reports), with sled's cache capped at `cache_bytes`: once the jobs are done, and after a
-/// reopen (the indexes rebuilt by reading every record).
-fn heap_per_job(runtime: &tokio::runtime::Runtime, cache_bytes: u64) -> (f64, f64) {
+/// A finished daily report as the scheduler makes it: a county-scoped principal, the fire's
+/// trigger id, the run's window, then a result path under the window's label and a SHA-256.
+fn report_job(day: u32) -> NewJob {
+    let mut principal = Principal::system("CASE_WORKER");
+    principal.county = Some("C01".into());
+    let fire = chrono::NaiveDate::from_ymd_opt(2026, 1, 1)
+        .and_then(|d| d.checked_add_days(chrono::Days::new(u64::from(day % 365))))
+        .and_then(|d| d.and_hms_opt(5, 30, 0))
+        .map(|t| t.and_utc())
+        .unwrap_or_default();
+    let mut job = NewJob::new(
+        "DAILY_REPORT",
+        principal,
+        format!("fire:daily:{}", fire.to_rfc3339()),
+    );
+    job.request.window = flowctl::window::WindowSpec::Previous(flowctl::window::Period::Day)
+        .window_at(fire, chrono_tz::Europe::Berlin)
+        .ok();
+    job
+}
+
+fn report_success(job: &Job) -> Outcome {
+    let day = job
+        .request
+        .window
+        .as_ref()
+        .map(|w| w.label())
+        .unwrap_or_default();
+    // A digest as the pipeline writes it: 64 lowercase hex digits.
+    let sha256 = format!(
+        "{:064x}",
+        u128::from_str_radix(&job.job_id.as_str()[4..], 36).unwrap_or(0)
+    );
+    Outcome::Success {
+        result_path: format!(
+            "/var/lib/flowctl/results/{}/{day}/{}.csv",
+            job.report_type, job.job_id
+        ),
+        rows_written: 1234,
+        sha256,
+    }
+}
+
+/// Memory per job with `jobs` COMPLETED daily-report jobs (what a server holds after its days
+/// of reports), with sled's cache capped at `cache_bytes`: heap bytes (counted by the
+/// allocator) and resident bytes (`VmRSS`), once the jobs are done and after a reopen (the
+/// indexes rebuilt by reading every record).
+fn memory_per_job(
+    runtime: &tokio::runtime::Runtime,
+    jobs: usize,
+    cache_bytes: u64,
+) -> [(f64, f64); 2] {
     let dir = tempfile::tempdir().unwrap();
     let config = SledConfig {
         cache_capacity_bytes: cache_bytes,
         ..SledConfig::new(dir.path().join("db"))
     };
-    let before = live_heap();
+    let per_job = |heap: isize, rss_kib: u64| {
+        (
+            heap as f64 / jobs as f64,
+            rss_kib as f64 * 1024.0 / jobs as f64,
+        )
+    };
+    let (heap_before, rss_before) = (live_heap(), resident_kib());
     let store = Arc::new(SledStore::open(config.clone()).unwrap());
     runtime.block_on(async {
-        for _ in 0..JOBS_FOR_HEAP / 1000 {
-            store
-                .enqueue(vec![job(); 1000], None, Utc::now())
-                .await
-                .unwrap();
+        for batch in 0..jobs / 1000 {
+            let new = (0..1000)
+                .map(|i| report_job((batch * 1000 + i) as u32))
+                .collect();
+            store.enqueue(new, None, Utc::now()).await.unwrap();
             let claimed = store
                 .claim("heap", 1000, Duration::from_secs(60), Utc::now())
                 .await
@@ -76,8 +130,9 @@ fn heap_per_job(runtime: &tokio::runtime::Runtime, cache_bytes: u64) -> (f64, f6
             for job in claimed {
                 let store = Arc::clone(&store);
                 done.spawn(async move {
+                    let outcome = report_success(&job);
                     let cas = store
-                        .complete(&job.job_id, job.version, success(), &[], Utc::now())
+                        .complete(&job.job_id, job.version, outcome, &[], Utc::now())
                         .await
                         .unwrap();
                     assert!(matches!(cas, Cas::Applied(_)));
@@ -89,15 +144,21 @@ fn heap_per_job(runtime: &tokio::runtime::Runtime, cache_bytes: u64) -> (f64, f6
     });
     // Lazy writes and the last round drain.
     std::thread::sleep(Duration::from_millis(300));
-    let done = (live_heap() - before) as f64 / JOBS_FOR_HEAP as f64;
+    let done = per_job(
+        live_heap() - heap_before,
+        resident_kib().saturating_sub(rss_before),
+    );
     drop(store);
     std::thread::sleep(Duration::from_millis(200));
-    let closed = live_heap();
+    let (heap_closed, rss_closed) = (live_heap(), resident_kib());
     let store = SledStore::open(config).unwrap();
-    let reopened = (live_heap() - closed) as f64 / JOBS_FOR_HEAP as f64;
+    let reopened = per_job(
+        live_heap() - heap_closed,
+        resident_kib().saturating_sub(rss_closed),
+    );
     let counts = runtime.block_on(store.counts()).unwrap();
-    assert_eq!(counts.values().sum::<u64>(), JOBS_FOR_HEAP as u64);
-    (done, reopened)
+    assert_eq!(counts[&flowctl::job::JobStatus::Completed], jobs as u64);
+    [done, reopened]
 }
 
 /// Jobs per measured iteration.
@@ -106,7 +167,6 @@ const ENQUEUE_BATCH: usize = 500;
 /// The executor's `worker_pool_size`, and its `max_jobs_per_poll`.
 const POOL: usize = 256;
 const QUEUED_FOR_MEMORY: usize = 1_000_000;
-const JOBS_FOR_HEAP: usize = 50_000;
 
 fn job() -> NewJob {
     NewJob::new("NOOP", Principal::system("SUPERVISOR"), "bench")
@@ -298,27 +358,37 @@ fn memory_with_a_large_queue() {
     );
 }
 
-/// Where the memory of COMPLETED jobs goes: with sled's cache at a tenth of a MiB (the store's
-/// own indexes, sled's page table and what the cache cannot drop) and at its default cap (plus
-/// the records sled caches, up to the cap).
+/// Where the memory of COMPLETED jobs goes, at two sizes: with sled's cache at a tenth of a
+/// MiB (the store's own indexes, sled's page table and the node pages its cache does not drop:
+/// `store::sled`'s docs) and at its default cap (plus the records sled caches, up to the cap).
+/// `FLOWCTL_BENCH_MEMORY_JOBS` sets the sizes (comma-separated; default 50000,200000).
 fn memory_per_completed_job() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    for (name, cache) in [
-        ("sled cache 0.1 MiB", 100 << 10),
-        (
-            "sled cache 64 MiB (default)",
-            SledConfig::DEFAULT_CACHE_CAPACITY_BYTES,
-        ),
-    ] {
-        let (done, reopened) = heap_per_job(&runtime, cache);
-        println!(
-            "memory: {JOBS_FOR_HEAP} COMPLETED jobs, {name}: {done:.0} heap bytes per job once \
-             done, {reopened:.0} after a reopen"
-        );
+    let sizes: Vec<usize> = std::env::var("FLOWCTL_BENCH_MEMORY_JOBS")
+        .unwrap_or_else(|_| "50000,200000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    for jobs in sizes {
+        for (name, cache) in [
+            ("sled cache 0.1 MiB", 100 << 10),
+            (
+                "sled cache 64 MiB (default)",
+                SledConfig::DEFAULT_CACHE_CAPACITY_BYTES,
+            ),
+        ] {
+            let [(heap, rss), (heap_reopened, rss_reopened)] =
+                memory_per_job(&runtime, jobs, cache);
+            println!(
+                "memory: {jobs} COMPLETED report jobs, {name}: once done {heap:.0} heap B/job \
+                 ({rss:.0} B/job resident); after a reopen {heap_reopened:.0} heap B/job \
+                 ({rss_reopened:.0} resident)"
+            );
+        }
     }
 }
 

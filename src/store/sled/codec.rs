@@ -426,7 +426,7 @@ fn job_from_record<R, D>(
 }
 
 /// Status codes on disk. Fixed here, apart from the enum's order.
-fn status_code(status: JobStatus) -> u8 {
+pub(super) fn status_code(status: JobStatus) -> u8 {
     match status {
         JobStatus::Queued => 1,
         JobStatus::Processing => 2,
@@ -436,7 +436,7 @@ fn status_code(status: JobStatus) -> u8 {
     }
 }
 
-fn status_from_code(code: u8) -> Option<JobStatus> {
+pub(super) fn status_from_code(code: u8) -> Option<JobStatus> {
     JobStatus::ALL.into_iter().find(|s| status_code(*s) == code)
 }
 

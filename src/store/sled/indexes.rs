@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::codec::decode_job;
+use super::codec::{decode_job, status_code, status_from_code};
 use super::keys::{id_bytes, Id, JOB};
 use super::overlay::Overlay;
+use super::snapshot::Snapshot;
 use crate::job::{Job, JobStatus};
 use crate::store::{StoreError, StoreResult};
 
@@ -31,7 +32,7 @@ pub(super) struct State {
     /// Claimable QUEUED jobs.
     pub(super) queue: BTreeSet<QueueKey>,
     /// QUEUED jobs with a `run_after`, by it; a claim moves the due ones to `queue`.
-    delayed: BTreeSet<(i64, QueueKey)>,
+    pub(super) delayed: BTreeSet<(i64, QueueKey)>,
     /// PROCESSING jobs by lease end.
     pub(super) leases: BTreeSet<(i64, Id)>,
     /// The records of PROCESSING jobs (as stored), so that heartbeats and completions, the
@@ -131,6 +132,101 @@ pub(super) struct Move {
 }
 
 impl State {
+    /// What an index snapshot holds of these indexes (`snapshot.rs`).
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let mut names = vec![String::new(); self.names.ids.len()];
+        for (name, &id) in &self.names.ids {
+            if let Some(slot) = names.get_mut(id as usize) {
+                name.clone_into(slot);
+            }
+        }
+        let mut running: Vec<_> = self
+            .running
+            .iter()
+            .map(|(id, record)| (*id, record.to_vec()))
+            .collect();
+        running.sort_unstable();
+        let mut created: Vec<_> = self.created.iter().map(|(id, at)| (*id, *at)).collect();
+        created.sort_unstable();
+        Snapshot {
+            queue: self.queue.iter().copied().collect(),
+            delayed: self.delayed.iter().copied().collect(),
+            leases: self.leases.iter().copied().collect(),
+            running,
+            created,
+            jobs: self
+                .jobs
+                .iter()
+                .map(|(key, entry)| {
+                    (
+                        *key,
+                        status_code(entry.status),
+                        entry.report_type,
+                        entry.county,
+                    )
+                })
+                .collect(),
+            counts: self.counts,
+            names,
+        }
+    }
+
+    /// The indexes a snapshot holds, checked for what the records would make of them: every
+    /// status and name known, the counters those of the list entries.
+    pub(super) fn from_snapshot(snapshot: Snapshot) -> Result<State, String> {
+        let Snapshot {
+            queue,
+            delayed,
+            leases,
+            running,
+            created,
+            jobs,
+            counts,
+            names,
+        } = snapshot;
+        let mut state = State {
+            queue: queue.into_iter().collect(),
+            delayed: delayed.into_iter().collect(),
+            leases: leases.into_iter().collect(),
+            running: running
+                .into_iter()
+                .map(|(id, record)| (id, sled::IVec::from(record)))
+                .collect(),
+            created: created.into_iter().collect(),
+            counts,
+            ..State::default()
+        };
+        for (id, name) in names.into_iter().enumerate() {
+            let id = u32::try_from(id).map_err(|_| "too many names")?;
+            if state.names.ids.insert(name, id).is_some() {
+                return Err("a name is listed twice".into());
+            }
+        }
+        let known = |name: u32| (name as usize) < state.names.ids.len();
+        let mut tally = [0u64; 5];
+        let mut entries = Vec::with_capacity(jobs.len());
+        for (key, status, report_type, county) in jobs {
+            let status = status_from_code(status).ok_or("an unknown status")?;
+            if !known(report_type) || !(county == Names::NONE || known(county)) {
+                return Err("a list entry names an unknown report type or county".into());
+            }
+            tally[status_index(status)] += 1;
+            entries.push((
+                key,
+                Entry {
+                    status,
+                    report_type,
+                    county,
+                },
+            ));
+        }
+        if tally != state.counts {
+            return Err("its status counters disagree with its list entries".into());
+        }
+        state.jobs = entries.into_iter().collect();
+        Ok(state)
+    }
+
     /// The indexes of the records in `tree`.
     pub(super) fn rebuild(tree: &sled::Tree) -> StoreResult<State> {
         let mut state = State::default();

@@ -85,6 +85,7 @@ mod keys;
 mod list;
 mod open;
 mod overlay;
+mod snapshot;
 mod store;
 #[cfg(test)]
 mod testing;

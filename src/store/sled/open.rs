@@ -33,6 +33,7 @@ use super::indexes::State;
 use super::intent::{replay_intent, INTENT_TREE};
 use super::keys::META_LAYOUT;
 use super::lock;
+use super::snapshot::{self, SNAPSHOT_FILE};
 use super::store::{SledConfig, SledStore};
 use super::watermark::{read_commit, Watermark, WATERMARK_FILE};
 use super::writer::Writer;
@@ -175,6 +176,14 @@ impl SledStore {
         } else {
             Watermark::open(&config.path, survived)?
         };
+        // Taken (and deleted) before anything writes to the store: `snapshot.rs`.
+        let snapshot = match damage {
+            Damage::Refuse => snapshot::take(&config.path, survived)?,
+            Damage::Accept => {
+                snapshot::discard(&config.path)?;
+                None
+            }
+        };
         check_layout(&tree)?;
         let replayed = replay_intent(&tree, &intents)?;
         if replayed > 0 {
@@ -183,7 +192,11 @@ impl SledStore {
                 "finished a change that a crash had interrupted"
             );
         }
-        let state = Arc::new(Mutex::new(State::rebuild(&tree)?));
+        let state = match snapshot {
+            Some(state) if replayed == 0 => state,
+            _ => State::rebuild(&tree)?,
+        };
+        let state = Arc::new(Mutex::new(state));
         let wake = watch::Sender::new(0);
         let flusher = {
             let writer = Writer {
@@ -219,14 +232,37 @@ impl Drop for SledStore {
         if let Some(mut flusher) = self.flusher.take() {
             flusher.stop();
         }
-        if let Err(error) = self.db.flush() {
-            tracing::error!(path = %self.path.display(), %error, "flushing the job store on close failed");
+        match self.db.flush() {
+            Ok(_) if self.copy.is_none() => self.write_snapshot(),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(path = %self.path.display(), %error, "flushing the job store on close failed");
+            }
         }
         // sled lets go of the file just after the handles below drop.
         lock(&OPEN_STORES).insert(self.registered.clone(), Held::ClosedAt(Instant::now()));
         if let Some(copy) = &self.copy {
             // sled's last handles let go of the files just after; unlinked, they go then.
             let _ = std::fs::remove_dir_all(copy);
+        }
+    }
+}
+
+impl SledStore {
+    /// Leaves the index snapshot for the next open, if every committed change is in sled
+    /// (`snapshot.rs`). Called on close, after the final round and sled's flush.
+    fn write_snapshot(&self) {
+        let state = lock(&self.state);
+        if state.broken.is_some() || state.injected_fault.is_some() || !state.overlay.is_empty() {
+            return;
+        }
+        let written = read_commit(&self.tree)
+            .map_err(|error| error.to_string())
+            .and_then(|round| {
+                snapshot::write(&self.path, &state, round).map_err(|error| error.to_string())
+            });
+        if let Err(error) = written {
+            tracing::warn!(path = %self.path.display(), %error, "the index snapshot was not written; the next open reads every record");
         }
     }
 }
@@ -375,7 +411,7 @@ fn locked_by_another_process(file: &Path) -> bool {
 /// Copies a store's directory (not its masking key) for [`SledStore::open_read_only`], the
 /// watermark first: copied while something writes, the copy's watermark is then no newer than
 /// its log.
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(super) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     let watermark = from.join(WATERMARK_FILE);
     if watermark.exists() {
@@ -386,7 +422,10 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
             copy_dir(&entry.path(), &target)?;
-        } else if entry.file_name() != "mask.key" && entry.file_name() != WATERMARK_FILE {
+        } else if entry.file_name() != "mask.key"
+            && entry.file_name() != WATERMARK_FILE
+            && entry.file_name() != SNAPSHOT_FILE
+        {
             std::fs::copy(entry.path(), target)?;
         }
     }
@@ -532,6 +571,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         drop(open_at(&path));
+        // An older release leaves no index snapshot.
+        std::fs::remove_file(path.join(super::SNAPSHOT_FILE)).unwrap();
         let old = crate::store::sled::codec::tests::layout_2_bytes();
         let id: crate::job::JobId = "JOB_ABCD1234".parse().unwrap();
         {
@@ -572,6 +613,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         drop(open_at(&path));
+        std::fs::remove_file(path.join(super::SNAPSHOT_FILE)).unwrap();
         let job = completed_job(HEX);
         let key = keys::job_key(
             job.created_at.timestamp_micros(),

@@ -53,6 +53,11 @@ pub(super) struct Drained {
 }
 
 impl Overlay {
+    /// Whether every committed write is in sled.
+    pub(super) fn is_empty(&self) -> bool {
+        self.writes.is_empty() && !self.intent
+    }
+
     /// A key's newest committed value, if it is not yet in sled (`Some(None)`: removed).
     pub(super) fn get(&self, key: &[u8]) -> Option<Option<sled::IVec>> {
         self.writes.get(key).map(|pending| pending.value.clone())
