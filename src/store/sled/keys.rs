@@ -18,7 +18,8 @@
 //! | `m` `commit`                                            | last commit round (u64, BE) |
 //!
 //! Beside sled's files (`conf`, `db`, `blobs/`, `snap.*`), the directory holds `flowctl.commit`,
-//! the commit watermark (see `Watermark`), and `mask.key` (the masking key, `masking_key`).
+//! the commit watermark (see `Watermark`), `mask.key` (the masking key, `masking_key`) and,
+//! while the store is closed, `flowctl.index` (the index snapshot, `snapshot.rs`).
 //!
 //! [`LAYOUT_VERSION`]: super::LAYOUT_VERSION
 //! [`JoinState`]: crate::store::JoinState
