@@ -1425,10 +1425,13 @@ async fn slow_and_idle_connections_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_wait_and_a_real_request_gets_through() {
     let cap = 50;
+    // Long enough that no silent socket times out (and another is accepted in its place) while
+    // the 300 connect and the table is read, even on a loaded machine; short enough that the six
+    // rounds of 50 before the real request pass well within its limit.
     let server = TestServer::start_with(Options {
         dispatcher: false,
         serve: server::ServeConfig {
-            header_read_timeout: Duration::from_millis(300),
+            header_read_timeout: Duration::from_millis(1000),
             idle_timeout: Duration::from_millis(200),
             max_connections: cap,
         },
@@ -1442,7 +1445,10 @@ async fn connections_beyond_the_cap_wait_and_a_real_request_gets_through() {
         idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    if let Some(accepted) = accepted_connections(port) {
+    // `/proc/net/tcp` is not read atomically: a socket closed and another accepted while it is
+    // read can both be counted. A cap that did not hold would show in every read.
+    let fewest = (0..3).filter_map(|_| accepted_connections(port)).min();
+    if let Some(accepted) = fewest {
         assert!(
             accepted <= cap,
             "{accepted} connections accepted with a cap of {cap}"
@@ -1455,7 +1461,7 @@ async fn connections_beyond_the_cap_wait_and_a_real_request_gets_through() {
         .await
         .expect("a real request is served beyond the cap");
     assert_eq!(reply.status, 200);
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(14));
     drop(idle);
     server.shutdown().await;
 }
