@@ -5,10 +5,11 @@
 //!
 //! Guards: values keep their types (JSON lines) and NULLs; non-ASCII text; the county filter
 //! and masks apply after the query (a query without a county filter leaks nothing); every
-//! value is bound, never spliced (SQL injection); the window's label in the result path; a
-//! query error, a missing database, a missing URL variable and a query that needs a window
-//! fail at once; a connection killed mid-stream fails that attempt cleanly and the retry
-//! completes; `sslmode`; a password never appears in an error.
+//! value is bound, never spliced (SQL injection), on PostgreSQL through the COPY read; the
+//! window's label in the result path; a query error, a missing database, a missing URL
+//! variable and a query that needs a window fail at once; a connection killed mid-stream (a
+//! COPY) fails that attempt cleanly and the retry completes; `sslmode`; a password never
+//! appears in an error.
 
 mod common;
 

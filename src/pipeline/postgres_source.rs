@@ -1,21 +1,43 @@
 //! PostgreSQL as a report source: a query whose `:name` parameters are bound, its rows
 //! streamed with backpressure.
 //!
-//! Why `query_raw` and not a cursor or `COPY`: `COPY (query) TO STDOUT` takes no bind
-//! parameters, and a value is never pasted into SQL text. A portal fetched `chunk_size` rows
-//! at a time costs a round trip per fetch. `query_raw` streams the rows of one execution, and
-//! tokio-postgres hands them over through a channel of one message, so a consumer that is
-//! busy masking and writing stops the reads from the socket and the server waits: memory stays
-//! flat for a 10-million-row query without a round trip per chunk (`benches/sources.rs`
-//! measures it against `psql`'s `\copy`).
+//! **How rows are read.** By `COPY (query) TO STDOUT (FORMAT binary)` (`pg_copy`): the query is
+//! prepared as written (its errors located in its own text, its columns and its parameters'
+//! types), the values are bound to transaction-local settings that the COPY's query reads in
+//! place of each placeholder, and the binary COPY data is decoded field by field. A statement
+//! the server will not run inside COPY (`SHOW …`, a query ending in `; -- comment`, a statement
+//! with no result columns) is run by `query_raw` instead: the server's refusal comes before the
+//! first row, the transaction is rolled back, and the statement then runs as it always did and
+//! reports its own error if it has one. Either way tokio-postgres hands messages over through
+//! a channel of one message, so a consumer busy masking and writing stops the reads from the
+//! socket and the server waits: memory stays flat for a 10-million-row query without a round
+//! trip per chunk (a portal fetched `chunk_size` rows at a time would cost one per fetch).
+//!
+//! Why COPY, measured (`benches/sources.rs`, 1M `cases` rows, 8 columns, 3 masks; the CPU
+//! this process spends per row over both threads, which the bench prints and which a busy
+//! shared machine disturbs far less than wall time): `query_raw` 1177–1217 ns/row; COPY
+//! 970–1134; COPY with the decoders below 876–915. A profile (perf) of the producer
+//! thread under `query_raw` showed tokio-postgres's per-row `Row` (a `Vec` of ranges, a
+//! checked `try_get` per field) and its allocations at ~22% of its samples, ~11% under COPY;
+//! chrono's date arithmetic was ~5% and `from_utf8` ~5%. The consumer side (masks, the keyed
+//! hash, CSV, the file's SHA-256) is about a third of the process's CPU and is not this
+//! module's. Wall time on 2 shared cores is bounded by the server and the machine's load:
+//! the rows/s and psql ratios of each run are in the commit that made this choice.
+//!
+//! The COPY's transaction is `BEGIN READ ONLY` on top of the session's
+//! `default_transaction_read_only`, which still holds for `query_raw` and everything else on
+//! the connection. The transaction is never committed: it wrote nothing, and it ends with the
+//! session. A COPY error after rows were sent is reported without a position (it would point
+//! into the COPY statement, not the report's query).
 //!
 //! Parameters go over the wire as text with the type the server inferred for their place in the
-//! query (as libpq's `PQexecParams` does), so `:interval_start_date` compares with a `date`
-//! column and `:min_amount` with a `numeric` one without casts; a `None` binding is NULL.
-//! Results arrive in binary and are written as text: integers, shortest round-trip floats,
-//! exact numerics, ISO dates and times (a `timestamptz` in UTC, `…Z`), hyphenated UUIDs, JSON
-//! as its text, `bytea` as hex. A column of any other type is refused when the query is
-//! opened, with the cast to write.
+//! query (as libpq's `PQexecParams` does; under COPY, the same text through the same type's
+//! input function), so `:interval_start_date` compares with a `date` column and `:min_amount`
+//! with a `numeric` one without casts; a `None` binding is NULL. Results arrive in binary and
+//! are written as text (`pg_decode`): integers, shortest round-trip floats, exact numerics, ISO
+//! dates and times (a `timestamptz` in UTC, `…Z`), hyphenated UUIDs, JSON as its text, `bytea`
+//! as hex. A column of any other type is refused when the query is opened, with the cast to
+//! write.
 //!
 //! The session is read-only (`default_transaction_read_only`): a report never changes the
 //! database it reads, whatever its query says. The connection honours the URL's `sslmode`
