@@ -13,16 +13,19 @@
 //! socket and the server waits: memory stays flat for a 10-million-row query without a round
 //! trip per chunk (a portal fetched `chunk_size` rows at a time would cost one per fetch).
 //!
-//! Why COPY, measured (`benches/sources.rs`, 1M `cases` rows, 8 columns, 3 masks; the CPU
-//! this process spends per row over both threads, which the bench prints and which a busy
-//! shared machine disturbs far less than wall time): `query_raw` 1177–1217 ns/row; COPY
-//! 970–1134; COPY with the decoders below 876–915. A profile (perf) of the producer
-//! thread under `query_raw` showed tokio-postgres's per-row `Row` (a `Vec` of ranges, a
-//! checked `try_get` per field) and its allocations at ~22% of its samples, ~11% under COPY;
-//! chrono's date arithmetic was ~5% and `from_utf8` ~5%. The consumer side (masks, the keyed
-//! hash, CSV, the file's SHA-256) is about a third of the process's CPU and is not this
-//! module's. Wall time on 2 shared cores is bounded by the server and the machine's load:
-//! the rows/s and psql ratios of each run are in the commit that made this choice.
+//! Why COPY, measured (`cargo bench --bench sources`: 1M `cases` rows, 8 columns, 3 masks;
+//! old and new binaries alternated in one session on 2 cores shared with other builds, load
+//! 2–6). The figure that load disturbs least is the CPU this process spends per row over both
+//! threads, which the bench prints: `query_raw` 927, 1177, 1186, 1192, 1193, 1194, 1204, 1217,
+//! 1246 ns; COPY 876, 970, 1015, 1134 ns; COPY with `pg_decode`'s integer date arithmetic
+//! 768, 810, 886, 915, 993 ns. A profile (perf) of the producer thread: under `query_raw`,
+//! tokio-postgres's per-row `Row` (a `Vec` of ranges, a checked `try_get` per field) and its
+//! allocations took ~22% of its samples, under COPY ~11%; chrono's date arithmetic ~5% and
+//! `from_utf8` ~5% (both now skipped on the common path); the rest is the socket, TLS and
+//! tokio-postgres's message parsing. The consumer side (masks, the keyed hash, CSV, the file's
+//! SHA-256) is about a third of the process's CPU and is not this module's. Wall time follows
+//! the server and the machine's load: 1.16M rows/s for COPY on a quiet moment, 0.28–0.88M
+//! for either read under load, `psql \copy` itself 0.85–2.3 s per 1M rows.
 //!
 //! The COPY's transaction is `BEGIN READ ONLY` on top of the session's
 //! `default_transaction_read_only`, which still holds for `query_raw` and everything else on
