@@ -936,4 +936,42 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_parameter_of_a_type_of_the_database_is_cast_to_it_by_its_quoted_name() {
+        let Some((url, schema)) = server() else {
+            return;
+        };
+        let schema = format!("{schema}_usertype");
+        run(
+            &url,
+            &format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
+            CREATE TYPE {schema}.\"odd \"\"name\" AS ENUM ('open', 'closed');
+            CREATE TABLE {schema}.t (id int, s {schema}.\"odd \"\"name\");
+            INSERT INTO {schema}.t VALUES (1, 'open'), (2, 'closed');"
+            ),
+        );
+        let mut bindings = Bindings::new();
+        bindings.insert("s".to_string(), Some(ParamValue::String("closed".into())));
+        let query = format!("SELECT id FROM {schema}.t WHERE s = :s");
+        for read in [Read::Copy, Read::Rows] {
+            let mut source =
+                PostgresSource::open_reading(&url, &query, &bindings, "flowctl-test", read)
+                    .unwrap();
+            assert_eq!(rows(&mut source)[0].0, ["2"], "{read:?}");
+        }
+        // A value the type refuses fails as the query's error by either read.
+        bindings.insert("s".to_string(), Some(ParamValue::String("x'; --".into())));
+        for read in [Read::Auto, Read::Rows] {
+            let error = PostgresSource::open_reading(&url, &query, &bindings, "flowctl-test", read)
+                .and_then(|mut source| source.next_row(&mut Row::default()))
+                .unwrap_err();
+            assert!(
+                matches!(&error, PostgresError::Query(m) if m.contains("22P02")),
+                "{read:?}: {error}"
+            );
+        }
+        run(&url, &format!("DROP SCHEMA {schema} CASCADE"));
+    }
 }
