@@ -5,10 +5,11 @@
 //!
 //! Guards: values keep their types (JSON lines) and NULLs; non-ASCII text; the county filter
 //! and masks apply after the query (a query without a county filter leaks nothing); every
-//! value is bound, never spliced (SQL injection); the window's label in the result path; a
-//! query error, a missing database, a missing URL variable and a query that needs a window
-//! fail at once; a connection killed mid-stream fails that attempt cleanly and the retry
-//! completes; `sslmode`; a password never appears in an error.
+//! value is bound, never spliced (SQL injection), on PostgreSQL through the COPY read; the
+//! window's label in the result path; a query error, a missing database, a missing URL
+//! variable and a query that needs a window fail at once; a connection killed mid-stream (a
+//! COPY) fails that attempt cleanly and the retry completes; `sslmode`; a password never
+//! appears in an error.
 
 mod common;
 
@@ -491,7 +492,8 @@ async fn postgres_values_keep_their_types_and_values_are_never_spliced() {
     }
     let query =
         "SELECT case_id, county_id, ssn, name, amount, ratio, open, opened_on, at, doc, raw, \
-                 :name AS echoed, :maybe::int4 IS NULL AS maybe_null \
+                 :name AS echoed, :maybe::int4 IS NULL AS maybe_null, \
+                 pg_catalog.current_setting('flowctl.p1', true) = :name AS by_copy \
                  FROM cases WHERE name = :name OR name = 'nulls' ORDER BY case_id";
     let fx = Fixture::with_params(
         "jsonl",
@@ -515,7 +517,7 @@ async fn postgres_values_keep_their_types_and_values_are_never_spliced() {
             serde_json::json!({"case_id": i, "county_id": "C1", "ssn": "123456789", "name": nasty,
                 "amount": 12.50, "ratio": 0.5, "open": true, "opened_on": "2026-11-30",
                 "at": "2026-11-30T04:30:00Z", "doc": {"k": [1, "Zoë"]}, "raw": "00ff",
-                "echoed": nasty, "maybe_null": true})
+                "echoed": nasty, "maybe_null": true, "by_copy": true})
         );
         let nulls = rows[1].as_object().unwrap();
         for column in [
@@ -596,14 +598,15 @@ async fn a_connection_killed_mid_stream_fails_the_attempt_cleanly_and_the_retry_
         // Wait until the attempt's session is in the query (its first rows are out).
         for _ in 0..200 {
             let killed = client
-                .execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                .query(
+                    "SELECT pg_terminate_backend(pid), query FROM pg_stat_activity WHERE application_name = $1",
                     &[&name],
                 )
                 .await
                 .unwrap();
-            if killed > 0 {
-                return Some(killed);
+            if let Some(row) = killed.first() {
+                // What was killed: the report's query, read by COPY.
+                return Some((killed.len(), row.get::<_, String>(1)));
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -624,10 +627,14 @@ async fn a_connection_killed_mid_stream_fails_the_attempt_cleanly_and_the_retry_
             _ => {}
         })
         .await;
-    assert_eq!(
-        killer.await.unwrap(),
-        Some(1),
-        "the attempt's session was found and killed"
+    let (killed, statement) = killer
+        .await
+        .unwrap()
+        .expect("the attempt's session was found and killed");
+    assert_eq!(killed, 1);
+    assert!(
+        statement.starts_with("COPY (") && statement.contains("pg_sleep"),
+        "the killed session was reading by COPY: {statement}"
     );
     assert!(temp_seen_after_kill.is_empty(), "{temp_seen_after_kill:?}");
     assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);

@@ -30,7 +30,8 @@ pub(super) struct Batch {
 }
 
 impl Batch {
-    fn reset(&mut self, columns: usize) {
+    /// Empties the batch for rows of `columns` fields.
+    pub(super) fn reset(&mut self, columns: usize) {
         self.bytes.clear();
         self.ends.clear();
         self.kinds.clear();
@@ -61,6 +62,16 @@ impl Batch {
     pub(super) fn push(&mut self, bytes: &[u8], kind: Kind) {
         self.bytes.extend_from_slice(bytes);
         self.end_field(kind);
+    }
+
+    /// Every field so far, with its kind.
+    #[cfg(test)]
+    pub(super) fn fields(&self) -> impl Iterator<Item = (&[u8], Kind)> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .zip(self.kinds.iter().copied())
+            .map(|((start, end), kind)| (&self.bytes[start..end], kind))
     }
 
     /// Bytes held, to cut batches of wide rows early.

@@ -23,7 +23,9 @@
 //! - JSONL in (`jsonl_source`): one JSON object per line; the columns are the keys of the first.
 //! - SQLite in (`sqlite_source`): the database opened read-only, `:name` parameters bound by
 //!   SQLite. PostgreSQL in (`postgres_source`, TLS in `pg_tls`): `:name` numbered for the wire
-//!   (`sql_placeholders`), rows streamed with backpressure. Both decode on a producer thread
+//!   (`sql_placeholders`), rows streamed with backpressure by `COPY (query) TO STDOUT (FORMAT
+//!   binary)` (`pg_copy`, parameters bound through `set_config`) or, for a statement COPY
+//!   refuses, `query_raw`; both decode the same binary values (`pg_decode`). Both decode on a producer thread
 //!   and hand rows over in reused batches (`batches`), each field with its kind (`value_kind`).
 //! - CSV out (`csv_sink`) and JSONL out (`jsonl_sink`, typed values for database sources),
 //!   both encoded straight into the output buffer (`sink`), with byte scans over whole words
@@ -50,6 +52,8 @@ mod source;
 mod spec;
 // Database sources.
 mod batches;
+mod pg_copy;
+mod pg_decode;
 mod pg_tls;
 mod postgres_source;
 pub mod sql_placeholders;

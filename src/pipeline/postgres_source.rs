@@ -1,21 +1,46 @@
 //! PostgreSQL as a report source: a query whose `:name` parameters are bound, its rows
 //! streamed with backpressure.
 //!
-//! Why `query_raw` and not a cursor or `COPY`: `COPY (query) TO STDOUT` takes no bind
-//! parameters, and a value is never pasted into SQL text. A portal fetched `chunk_size` rows
-//! at a time costs a round trip per fetch. `query_raw` streams the rows of one execution, and
-//! tokio-postgres hands them over through a channel of one message, so a consumer that is
-//! busy masking and writing stops the reads from the socket and the server waits: memory stays
-//! flat for a 10-million-row query without a round trip per chunk (`benches/sources.rs`
-//! measures it against `psql`'s `\copy`).
+//! **How rows are read.** By `COPY (query) TO STDOUT (FORMAT binary)` (`pg_copy`): the query is
+//! prepared as written (its errors located in its own text, its columns and its parameters'
+//! types), the values are bound to transaction-local settings that the COPY's query reads in
+//! place of each placeholder, and the binary COPY data is decoded field by field. A statement
+//! the server will not run inside COPY (`SHOW …`, a query ending in `; -- comment`, a statement
+//! with no result columns) is run by `query_raw` instead: the server's refusal comes before the
+//! first row, the transaction is rolled back, and the statement then runs as it always did and
+//! reports its own error if it has one. Either way tokio-postgres hands messages over through
+//! a channel of one message, so a consumer busy masking and writing stops the reads from the
+//! socket and the server waits: memory stays flat for a 10-million-row query without a round
+//! trip per chunk (a portal fetched `chunk_size` rows at a time would cost one per fetch).
+//!
+//! Why COPY, measured (`cargo bench --bench sources`: 1M `cases` rows, 8 columns, 3 masks;
+//! old and new binaries alternated in one session on 2 cores shared with other builds, load
+//! 2–6). The figure that load disturbs least is the CPU this process spends per row over both
+//! threads, which the bench prints: `query_raw` 927, 1177, 1186, 1192, 1193, 1194, 1204, 1217,
+//! 1246 ns; COPY 876, 970, 1015, 1134 ns; COPY with `pg_decode`'s integer date arithmetic
+//! 768, 810, 886, 915, 993 ns. A profile (perf) of the producer thread: under `query_raw`,
+//! tokio-postgres's per-row `Row` (a `Vec` of ranges, a checked `try_get` per field) and its
+//! allocations took ~22% of its samples, under COPY ~11%; chrono's date arithmetic ~5% and
+//! `from_utf8` ~5% (both now skipped on the common path); the rest is the socket, TLS and
+//! tokio-postgres's message parsing. The consumer side (masks, the keyed hash, CSV, the file's
+//! SHA-256) is about a third of the process's CPU and is not this module's. Wall time follows
+//! the server and the machine's load: 1.16M rows/s for COPY on a quiet moment, 0.28–0.88M
+//! for either read under load, `psql \copy` itself 0.85–2.3 s per 1M rows.
+//!
+//! The COPY's transaction is `BEGIN READ ONLY` on top of the session's
+//! `default_transaction_read_only`, which still holds for `query_raw` and everything else on
+//! the connection. The transaction is never committed: it wrote nothing, and it ends with the
+//! session. A COPY error after rows were sent is reported without a position (it would point
+//! into the COPY statement, not the report's query).
 //!
 //! Parameters go over the wire as text with the type the server inferred for their place in the
-//! query (as libpq's `PQexecParams` does), so `:interval_start_date` compares with a `date`
-//! column and `:min_amount` with a `numeric` one without casts; a `None` binding is NULL.
-//! Results arrive in binary and are written as text: integers, shortest round-trip floats,
-//! exact numerics, ISO dates and times (a `timestamptz` in UTC, `…Z`), hyphenated UUIDs, JSON
-//! as its text, `bytea` as hex. A column of any other type is refused when the query is
-//! opened, with the cast to write.
+//! query (as libpq's `PQexecParams` does; under COPY, the same text through the same type's
+//! input function), so `:interval_start_date` compares with a `date` column and `:min_amount`
+//! with a `numeric` one without casts; a `None` binding is NULL. Results arrive in binary and
+//! are written as text (`pg_decode`): integers, shortest round-trip floats, exact numerics, ISO
+//! dates and times (a `timestamptz` in UTC, `…Z`), hyphenated UUIDs, JSON as its text, `bytea`
+//! as hex. A column of any other type is refused when the query is opened, with the cast to
+//! write.
 //!
 //! The session is read-only (`default_transaction_read_only`): a report never changes the
 //! database it reads, whatever its query says. The connection honours the URL's `sslmode`
@@ -30,16 +55,17 @@
 
 use std::error::Error as StdError;
 use std::fmt::Write as _;
-use std::io::Write as _;
 
 use futures_util::StreamExt;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 
 use super::batches::{Batches, Sender};
+use super::pg_copy;
+use super::pg_decode::Decoder;
 use super::pg_tls;
 use super::row::Row;
 use super::spec::Bindings;
-use super::value_kind::{push_float, push_integer, Kind};
+use super::value_kind::Kind;
 use crate::store::postgres::{describe as describe_error, is_transient};
 
 /// Rows per message from the producer thread (fewer when they are wide: [`BATCH_BYTES`]).
@@ -105,9 +131,26 @@ pub(super) struct PostgresSource {
 struct Job {
     config: tokio_postgres::Config,
     tls: Option<pg_tls::MakeRustls>,
+    /// The report's query, `:name` placeholders and all.
+    query: String,
+    /// The query with `$n` placeholders.
     sql: String,
     values: Vec<Option<String>>,
     password: Option<String>,
+    read: Read,
+}
+
+/// How the rows are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Read {
+    /// By COPY, or by `query_raw` when the server refuses the COPY.
+    Auto,
+    /// By COPY only (tests: a refusal is an error).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Copy,
+    /// By `query_raw` only (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Rows,
 }
 
 /// The connection settings of `url` with `application_name`, and the TLS connector its
@@ -162,6 +205,17 @@ impl PostgresSource {
         bindings: &Bindings,
         application_name: &str,
     ) -> Result<PostgresSource, PostgresError> {
+        PostgresSource::open_reading(url, query, bindings, application_name, Read::Auto)
+    }
+
+    /// [`PostgresSource::open`], its rows read as `read` says.
+    pub(super) fn open_reading(
+        url: &str,
+        query: &str,
+        bindings: &Bindings,
+        application_name: &str,
+        read: Read,
+    ) -> Result<PostgresSource, PostgresError> {
         let (sql, names) = super::sql_placeholders::number(query)?;
         let mut values = Vec::with_capacity(names.len());
         for name in &names {
@@ -184,9 +238,11 @@ impl PostgresSource {
         let job = Job {
             config,
             tls,
+            query: query.to_string(),
             sql,
             values,
             password,
+            read,
         };
         let (columns, rows) = Batches::start(
             "postgres-source",
@@ -314,6 +370,8 @@ async fn stream(job: &Job, tx: &mut Sender<PostgresError>) -> Result<(), Postgre
             (client, tokio::spawn(connection))
         }
     };
+    // The query as it is: its errors located in its own text, its columns, its parameters'
+    // types.
     let statement = client.prepare(&job.sql).await.map_err(|e| failed(&e))?;
     let columns: Vec<(String, Type)> = statement
         .columns()
@@ -329,12 +387,25 @@ async fn stream(job: &Job, tx: &mut Sender<PostgresError>) -> Result<(), Postgre
             })
         })
         .collect::<Result<_, _>>()?;
+    let names: Vec<String> = columns.into_iter().map(|(n, _)| n).collect();
+    // A statement without result columns (not a query) has nothing to COPY.
+    if job.read != Read::Rows && !names.is_empty() {
+        match copy_rows(&client, job, &statement, &decoders, &names, tx).await? {
+            Copied::Done => {
+                drop(client);
+                let _ = connection.await;
+                return Ok(());
+            }
+            Copied::Refused(_) if job.read == Read::Auto => {}
+            Copied::Refused(error) => return Err(error),
+        }
+    }
     let params = job.values.iter().map(|v| TextParam(v.as_deref()));
     let rows = client
         .query_raw(&statement, params)
         .await
         .map_err(|e| failed(&e))?;
-    if !tx.started(columns.into_iter().map(|(n, _)| n).collect()) {
+    if !tx.started(names) {
         return Ok(());
     }
     let mut rows = std::pin::pin!(rows);
@@ -353,9 +424,7 @@ async fn stream(job: &Job, tx: &mut Sender<PostgresError>) -> Result<(), Postgre
                 }
             }
         }
-        if (batch.rows() == BATCH || batch.byte_len() >= BATCH_BYTES)
-            && !tx.send(std::mem::replace(&mut batch, tx.batch()))
-        {
+        if full(&batch) && !tx.send(std::mem::replace(&mut batch, tx.batch())) {
             return Ok(());
         }
     }
@@ -363,6 +432,89 @@ async fn stream(job: &Job, tx: &mut Sender<PostgresError>) -> Result<(), Postgre
     drop(client);
     let _ = connection.await;
     Ok(())
+}
+
+/// Whether a batch is ready to send.
+#[inline]
+fn full(batch: &super::batches::Batch) -> bool {
+    batch.rows() == BATCH || batch.byte_len() >= BATCH_BYTES
+}
+
+/// How a COPY attempt ended.
+enum Copied {
+    /// Every row was sent (or the reader left).
+    Done,
+    /// The server refused the COPY before its first row (the transaction is rolled back): the
+    /// query itself runs instead, and reports its own error if it has one.
+    Refused(PostgresError),
+}
+
+/// Streams the rows of `statement` (prepared from `job.sql`) by `COPY (…) TO STDOUT (FORMAT
+/// binary)`, its parameters bound to transaction-local settings (`pg_copy`).
+async fn copy_rows(
+    client: &tokio_postgres::Client,
+    job: &Job,
+    statement: &tokio_postgres::Statement,
+    decoders: &[Decoder],
+    names: &[String],
+    tx: &mut Sender<PostgresError>,
+) -> Result<Copied, PostgresError> {
+    let types = statement.params();
+    if types.len() != job.values.len() {
+        return Ok(Copied::Refused(PostgresError::Query(format!(
+            "the query has {} parameters where {} were bound",
+            types.len(),
+            job.values.len()
+        ))));
+    }
+    let nulls: Vec<bool> = job.values.iter().map(Option::is_none).collect();
+    let copy_sql = pg_copy::copy_statement(&job.query, types, &nulls)?;
+    let bound: Vec<usize> = (1..=nulls.len()).filter(|n| !nulls[n - 1]).collect();
+    // Everything up to the first row: a refusal here is the COPY's (or the query's, which its
+    // own run then reports as it always has), a lost connection is the attempt's.
+    let started = async {
+        // Read-only twice over: the session's default, and said here.
+        client.batch_execute("BEGIN READ ONLY").await?;
+        if let Some(set) = pg_copy::set_config_statement(&bound) {
+            let values = bound
+                .iter()
+                .map(|n| TextParam(job.values.get(n - 1).and_then(|v| v.as_deref())));
+            client.execute_raw(set.as_str(), values).await?;
+        }
+        let copy = client.prepare(&copy_sql).await?;
+        client.copy_out(&copy).await
+    };
+    let stream = match started.await {
+        Ok(stream) => stream,
+        Err(e) if e.as_db_error().is_some() && !is_transient(&e) => {
+            let refusal = failed_unlocated(&e);
+            client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| failed(&e))?;
+            return Ok(Copied::Refused(refusal));
+        }
+        Err(e) => return Err(failed(&e)),
+    };
+    if !tx.started(names.to_vec()) {
+        return Ok(Copied::Done);
+    }
+    let mut reader = pg_copy::CopyReader::new(decoders.to_vec());
+    let mut stream = std::pin::pin!(stream);
+    let mut batch = tx.batch();
+    let format = |e: pg_copy::CopyFormatError| PostgresError::Query(e.to_string());
+    while let Some(chunk) = stream.next().await {
+        // A position would point into the COPY statement, not the report's query.
+        let chunk = chunk.map_err(|e| failed_unlocated(&e))?;
+        reader.feed(&chunk, &mut batch).map_err(format)?;
+        if full(&batch) && !tx.send(std::mem::replace(&mut batch, tx.batch())) {
+            return Ok(Copied::Done);
+        }
+    }
+    reader.finish().map_err(format)?;
+    tx.send(batch);
+    // The transaction ends with the session (it wrote nothing).
+    Ok(Copied::Done)
 }
 
 /// A connection that failed: transient when the server could not be reached or is starting,
@@ -378,12 +530,21 @@ fn connect_failed(error: &tokio_postgres::Error) -> PostgresError {
 
 /// A server error is the query's (permanent) unless the server ended the session or ran out
 /// of something (transient, as the shared store classifies them); anything else lost the
-/// connection (transient).
+/// connection (transient). A query's error says where in the query it is when the server does.
 fn failed(error: &tokio_postgres::Error) -> PostgresError {
+    classify(error, true)
+}
+
+/// [`failed`] without the position: for statements that are not the report's query as written.
+fn failed_unlocated(error: &tokio_postgres::Error) -> PostgresError {
+    classify(error, false)
+}
+
+fn classify(error: &tokio_postgres::Error, located: bool) -> PostgresError {
     match error.as_db_error() {
         Some(db) if !is_transient(error) => {
             let mut message = format!("{}: {}", db.code().code(), db.message());
-            if let Some(position) = db.position() {
+            if let Some(position) = db.position().filter(|_| located) {
                 let _ = write!(message, " (at {position:?})");
             }
             PostgresError::Query(message)
@@ -436,356 +597,10 @@ impl<'a> FromSql<'a> for Raw<'a> {
     }
 }
 
-type DecodeResult = Result<Kind, Box<dyn StdError + Sync + Send>>;
-
-/// How one column's binary values become text.
-#[derive(Debug, Clone, Copy)]
-enum Decoder {
-    Bool,
-    Int2,
-    Int4,
-    Int8,
-    Oid,
-    Float4,
-    Float8,
-    Numeric,
-    Text,
-    Date,
-    Time,
-    Timestamp,
-    TimestampTz,
-    Uuid,
-    Json,
-    Jsonb,
-    Bytea,
-}
-
-impl Decoder {
-    fn for_type(ty: &Type) -> Option<Decoder> {
-        Some(match *ty {
-            Type::BOOL => Decoder::Bool,
-            Type::INT2 => Decoder::Int2,
-            Type::INT4 => Decoder::Int4,
-            Type::INT8 => Decoder::Int8,
-            Type::OID => Decoder::Oid,
-            Type::FLOAT4 => Decoder::Float4,
-            Type::FLOAT8 => Decoder::Float8,
-            Type::NUMERIC => Decoder::Numeric,
-            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => Decoder::Text,
-            Type::DATE => Decoder::Date,
-            Type::TIME => Decoder::Time,
-            Type::TIMESTAMP => Decoder::Timestamp,
-            Type::TIMESTAMPTZ => Decoder::TimestampTz,
-            Type::UUID => Decoder::Uuid,
-            Type::JSON => Decoder::Json,
-            Type::JSONB => Decoder::Jsonb,
-            Type::BYTEA => Decoder::Bytea,
-            _ => return None,
-        })
-    }
-
-    /// Appends the value's text to `out`; its kind.
-    fn write(self, raw: &[u8], out: &mut Vec<u8>) -> DecodeResult {
-        Ok(match self {
-            Decoder::Bool => {
-                out.extend_from_slice(if bool::from_sql(&Type::BOOL, raw)? {
-                    b"true"
-                } else {
-                    b"false"
-                });
-                Kind::Bool
-            }
-            Decoder::Int2 => integer(i64::from(i16::from_sql(&Type::INT2, raw)?), out),
-            Decoder::Int4 => integer(i64::from(i32::from_sql(&Type::INT4, raw)?), out),
-            Decoder::Int8 => integer(i64::from_sql(&Type::INT8, raw)?, out),
-            Decoder::Oid => integer(i64::from(u32::from_sql(&Type::OID, raw)?), out),
-            Decoder::Float4 => push_float(float4(f32::from_sql(&Type::FLOAT4, raw)?), out),
-            Decoder::Float8 => push_float(f64::from_sql(&Type::FLOAT8, raw)?, out),
-            Decoder::Numeric => numeric(raw, out)?,
-            Decoder::Text | Decoder::Json => {
-                // The connection's client_encoding is UTF8; checked all the same, since JSON
-                // output writes the bytes as they are.
-                std::str::from_utf8(raw)?;
-                out.extend_from_slice(raw);
-                if matches!(self, Decoder::Json) {
-                    Kind::Json
-                } else {
-                    Kind::Text
-                }
-            }
-            Decoder::Jsonb => {
-                let (version, text) = raw.split_first().ok_or("empty jsonb")?;
-                if *version != 1 {
-                    return Err(format!("jsonb version {version}").into());
-                }
-                std::str::from_utf8(text)?;
-                out.extend_from_slice(text);
-                Kind::Json
-            }
-            Decoder::Date => {
-                push_date(chrono::NaiveDate::from_sql(&Type::DATE, raw)?, out);
-                Kind::Text
-            }
-            Decoder::Time => {
-                push_time(chrono::NaiveTime::from_sql(&Type::TIME, raw)?, out);
-                Kind::Text
-            }
-            Decoder::Timestamp => {
-                let t = chrono::NaiveDateTime::from_sql(&Type::TIMESTAMP, raw)?;
-                push_date(t.date(), out);
-                out.push(b' ');
-                push_time(t.time(), out);
-                Kind::Text
-            }
-            Decoder::TimestampTz => {
-                let t = chrono::DateTime::<chrono::Utc>::from_sql(&Type::TIMESTAMPTZ, raw)?;
-                let t = t.naive_utc();
-                push_date(t.date(), out);
-                out.push(b'T');
-                push_time(t.time(), out);
-                out.push(b'Z');
-                Kind::Text
-            }
-            Decoder::Uuid => {
-                let b: [u8; 16] = raw.try_into().map_err(|_| "uuid of the wrong length")?;
-                let h = hex::encode(b);
-                let _ = write!(
-                    out,
-                    "{}-{}-{}-{}-{}",
-                    &h[..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..]
-                );
-                Kind::Text
-            }
-            Decoder::Bytea => {
-                let at = out.len();
-                out.resize(at + 2 * raw.len(), 0);
-                // Cannot fail: the slice is exactly twice as long as the bytes.
-                let _ = hex::encode_to_slice(raw, &mut out[at..]);
-                Kind::Blob
-            }
-        })
-    }
-}
-
-/// `n` (below 10000) as four digits, with leading zeros.
-#[inline]
-fn push_4_digits(n: u16, out: &mut Vec<u8>) {
-    out.extend_from_slice(&[
-        b'0' + (n / 1000 % 10) as u8,
-        b'0' + (n / 100 % 10) as u8,
-        b'0' + (n / 10 % 10) as u8,
-        b'0' + (n % 10) as u8,
-    ]);
-}
-
-#[inline]
-fn push_2_digits(n: u32, out: &mut Vec<u8>) {
-    out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]);
-}
-
-/// `YYYY-MM-DD`, as chrono's `%Y-%m-%d` writes it (which years outside 0–9999 need).
-#[inline]
-fn push_date(date: chrono::NaiveDate, out: &mut Vec<u8>) {
-    use chrono::Datelike;
-    match u16::try_from(date.year()) {
-        Ok(year) if year <= 9999 => {
-            push_4_digits(year, out);
-            out.push(b'-');
-            push_2_digits(date.month(), out);
-            out.push(b'-');
-            push_2_digits(date.day(), out);
-        }
-        _ => {
-            let _ = write!(out, "{}", date.format("%Y-%m-%d"));
-        }
-    }
-}
-
-/// `HH:MM:SS` and the fraction as chrono's `%.f` writes it: none, or 3, 6 or 9 digits.
-#[inline]
-fn push_time(time: chrono::NaiveTime, out: &mut Vec<u8>) {
-    use chrono::Timelike;
-    let nanos = time.nanosecond();
-    if nanos >= 1_000_000_000 {
-        // A leap second: chrono's own writer.
-        let _ = write!(out, "{}", time.format("%H:%M:%S%.f"));
-        return;
-    }
-    push_2_digits(time.hour(), out);
-    out.push(b':');
-    push_2_digits(time.minute(), out);
-    out.push(b':');
-    push_2_digits(time.second(), out);
-    if nanos == 0 {
-        return;
-    }
-    let (value, digits) = if nanos % 1_000_000 == 0 {
-        (nanos / 1_000_000, 3)
-    } else if nanos % 1000 == 0 {
-        (nanos / 1000, 6)
-    } else {
-        (nanos, 9)
-    };
-    out.push(b'.');
-    let at = out.len();
-    out.resize(at + digits, b'0');
-    let mut rest = value;
-    for slot in out[at..].iter_mut().rev() {
-        *slot = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-}
-
-#[inline]
-fn integer(n: i64, out: &mut Vec<u8>) -> Kind {
-    push_integer(n, out);
-    Kind::Integer
-}
-
-/// A float4 as the f64 its shortest text reads as (`0.1f32` → `0.1`, not the
-/// `0.10000000149011612` of its binary value).
-fn float4(x: f32) -> f64 {
-    if !x.is_finite() {
-        return f64::from(x);
-    }
-    ryu::Buffer::new()
-        .format_finite(x)
-        .parse()
-        .unwrap_or(f64::from(x))
-}
-
-/// PostgreSQL's binary `numeric` as exact decimal text: `ndigits`, `weight`, `sign`, `dscale`
-/// (16 bits each), then base-10000 digits, the first worth 10000^weight.
-fn numeric(raw: &[u8], out: &mut Vec<u8>) -> DecodeResult {
-    let word = |i: usize| -> Result<u16, Box<dyn StdError + Sync + Send>> {
-        raw.get(2 * i..2 * i + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-            .ok_or_else(|| "numeric too short".into())
-    };
-    let ndigits = usize::from(word(0)?);
-    let weight = i32::from(word(1)? as i16);
-    let sign = word(2)?;
-    let dscale = usize::from(word(3)?);
-    match sign {
-        0x0000 | 0x4000 => {}
-        0xC000 => {
-            out.extend_from_slice(b"NaN");
-            return Ok(Kind::Text);
-        }
-        0xD000 => {
-            out.extend_from_slice(b"Infinity");
-            return Ok(Kind::Text);
-        }
-        0xF000 => {
-            out.extend_from_slice(b"-Infinity");
-            return Ok(Kind::Text);
-        }
-        other => return Err(format!("numeric sign {other:#x}").into()),
-    }
-    let digits: Vec<u16> = (0..ndigits)
-        .map(|i| word(4 + i))
-        .collect::<Result<_, _>>()?;
-    if digits.iter().any(|d| *d > 9999) {
-        return Err("numeric digit over 9999".into());
-    }
-    let digit = |i: i32| {
-        usize::try_from(i)
-            .ok()
-            .and_then(|i| digits.get(i))
-            .copied()
-            .unwrap_or(0)
-    };
-    if sign == 0x4000 && digits.iter().any(|d| *d != 0) {
-        out.push(b'-');
-    }
-    if weight < 0 {
-        out.push(b'0');
-    } else {
-        let _ = write!(out, "{}", digit(0));
-        for i in 1..=weight {
-            push_4_digits(digit(i), out);
-        }
-    }
-    if dscale > 0 {
-        out.push(b'.');
-        let start = out.len();
-        let mut i = weight + 1;
-        while out.len() - start < dscale {
-            push_4_digits(digit(i), out);
-            i += 1;
-        }
-        out.truncate(start + dscale);
-    }
-    Ok(Kind::Decimal)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::params::ParamValue;
-
-    fn numeric_text(words: &[u16]) -> String {
-        let raw: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
-        let mut out = Vec::new();
-        numeric(&raw, &mut out).unwrap();
-        String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn dates_and_times_are_written_as_chrono_writes_them() {
-        use chrono::{NaiveDate, NaiveTime};
-        let times = [
-            NaiveTime::from_hms_opt(5, 30, 0).unwrap(),
-            NaiveTime::from_hms_milli_opt(5, 30, 0, 250).unwrap(),
-            NaiveTime::from_hms_micro_opt(23, 59, 59, 123_456).unwrap(),
-            NaiveTime::from_hms_nano_opt(0, 0, 1, 7).unwrap(),
-            NaiveTime::from_hms_milli_opt(23, 59, 59, 1500).unwrap(),
-        ];
-        for time in times {
-            let mut out = Vec::new();
-            push_time(time, &mut out);
-            assert_eq!(
-                String::from_utf8(out).unwrap(),
-                time.format("%H:%M:%S%.f").to_string()
-            );
-        }
-        for (y, m, d) in [
-            (2026, 2, 28),
-            (1, 1, 1),
-            (9999, 12, 31),
-            (10000, 1, 1),
-            (-44, 3, 15),
-        ] {
-            let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
-            let mut out = Vec::new();
-            push_date(date, &mut out);
-            assert_eq!(
-                String::from_utf8(out).unwrap(),
-                date.format("%Y-%m-%d").to_string()
-            );
-        }
-    }
-
-    #[test]
-    fn numerics_decode_exactly() {
-        // ndigits, weight, sign, dscale, digits…
-        assert_eq!(numeric_text(&[0, 0, 0, 0]), "0");
-        assert_eq!(numeric_text(&[0, 0, 0, 2]), "0.00");
-        assert_eq!(numeric_text(&[1, 0, 0, 0, 12]), "12");
-        assert_eq!(numeric_text(&[2, 0, 0x4000, 2, 12, 5000]), "-12.50");
-        assert_eq!(numeric_text(&[1, 0xFFFF, 0, 4, 5]), "0.0005");
-        assert_eq!(numeric_text(&[2, 1, 0, 0, 1, 0]), "10000");
-        assert_eq!(numeric_text(&[1, 2, 0, 0, 7]), "700000000");
-        assert_eq!(
-            numeric_text(&[3, 1, 0, 6, 1234, 5678, 9012]),
-            "12345678.901200"
-        );
-        assert_eq!(numeric_text(&[0, 0, 0xC000, 0]), "NaN");
-    }
 
     /// The tests that need a server read its URL from `FLOWCTL_TEST_PG`; each uses its own
     /// schema.
@@ -832,14 +647,16 @@ mod tests {
               'a,b \"c\"', 'x', '2026-02-28', '05:30:00.25', '2026-11-30 05:30:00', '2026-11-30 05:30:00+01',
               'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"k\": [1, 2]}}', '{{\"k\": 1}}', '\\x00ff');
             INSERT INTO {schema}.t DEFAULT VALUES;"));
-        let mut source = PostgresSource::open(
-            &url,
-            &format!("SELECT * FROM {schema}.t ORDER BY i2 NULLS LAST"),
-            &Bindings::new(),
-            "flowctl-test",
-        )
-        .unwrap();
-        let all = rows(&mut source);
+        let query = format!("SELECT * FROM {schema}.t ORDER BY i2 NULLS LAST");
+        let by = |read| {
+            let mut source =
+                PostgresSource::open_reading(&url, &query, &Bindings::new(), "flowctl-test", read)
+                    .unwrap();
+            rows(&mut source)
+        };
+        let all = by(Read::Copy);
+        assert_eq!(all, by(Read::Rows), "COPY and query_raw write the same");
+        assert_eq!(all, by(Read::Auto));
         assert_eq!(
             all[0].0,
             [
@@ -894,14 +711,39 @@ mod tests {
             )),
         );
         bindings.insert("min".to_string(), Some(ParamValue::Decimal("10.25".into())));
-        let query = format!("SELECT name, :name AS echoed FROM {schema}.t WHERE day = :day AND amount >= :min -- :nope");
-        let mut source = PostgresSource::open(&url, &query, &bindings, "flowctl-test").unwrap();
+        bindings.insert("none".to_string(), None);
+        let query = format!(
+            "SELECT name, :name AS echoed, :none::text AS none FROM {schema}.t \
+             WHERE day = :day AND amount >= :min AND (:none::int IS NULL) -- :nope"
+        );
+        for read in [Read::Copy, Read::Rows] {
+            let mut source =
+                PostgresSource::open_reading(&url, &query, &bindings, "flowctl-test", read)
+                    .unwrap();
+            assert_eq!(
+                rows(&mut source),
+                [(
+                    vec!["O'Brien".to_string(), nasty.to_string(), String::new()],
+                    vec![Kind::Text, Kind::Text, Kind::Null]
+                )],
+                "{read:?}"
+            );
+        }
+        // A `$1`-lookalike, a quote and `;` in each kind of value a parameter has, by COPY.
+        let mut typed = Bindings::new();
+        typed.insert("s".to_string(), Some(ParamValue::String("$1'); --".into())));
+        typed.insert("d".to_string(), Some(ParamValue::Decimal("10.25".into())));
+        let mut source = PostgresSource::open_reading(
+            &url,
+            "SELECT :s AS s, :d - 0.5 AS d, pg_typeof(:d)::text AS t, :s || :s AS twice",
+            &typed,
+            "flowctl-test",
+            Read::Copy,
+        )
+        .unwrap();
         assert_eq!(
-            rows(&mut source)
-                .into_iter()
-                .map(|r| r.0)
-                .collect::<Vec<_>>(),
-            [["O'Brien".to_string(), nasty.to_string()]]
+            rows(&mut source)[0].0,
+            ["$1'); --", "9.75", "numeric", "$1'); --$1'); --"]
         );
         let mut count = PostgresSource::open(
             &url,
@@ -974,20 +816,24 @@ mod tests {
     fn a_connection_killed_mid_stream_fails_the_source_as_transient() {
         let Some((url, _)) = server() else { return };
         let query = "SELECT pg_backend_pid() AS pid, i FROM generate_series(1, 5000000) AS i";
-        let mut source =
-            PostgresSource::open(&url, query, &Bindings::new(), "flowctl-test").unwrap();
-        let mut row = Row::default();
-        assert!(source.next_row(&mut row).unwrap());
-        let pid = String::from_utf8(row.get(0).unwrap().to_vec()).unwrap();
-        run(&url, &format!("SELECT pg_terminate_backend({pid})"));
-        let error = loop {
-            match source.next_row(&mut row) {
-                Ok(true) => continue,
-                Ok(false) => panic!("the stream ended cleanly after its backend was killed"),
-                Err(e) => break e,
-            }
-        };
-        assert!(error.is_transient(), "{error}");
+        for read in [Read::Auto, Read::Copy, Read::Rows] {
+            let mut source =
+                PostgresSource::open_reading(&url, query, &Bindings::new(), "flowctl-test", read)
+                    .unwrap();
+            let mut row = Row::default();
+            assert!(source.next_row(&mut row).unwrap());
+            let pid = String::from_utf8(row.get(0).unwrap().to_vec()).unwrap();
+            run(&url, &format!("SELECT pg_terminate_backend({pid})"));
+            let error = loop {
+                match source.next_row(&mut row) {
+                    Ok(true) => continue,
+                    Ok(false) => panic!("the stream ended cleanly after its backend was killed"),
+                    Err(e) => break e,
+                }
+            };
+            assert!(matches!(error, PostgresError::Lost(_)), "{read:?}: {error}");
+            assert!(error.is_transient(), "{error}");
+        }
     }
 
     #[test]
@@ -1017,5 +863,115 @@ mod tests {
             assert!(endless.next_row(&mut row).unwrap());
         }
         drop(endless);
+    }
+
+    #[test]
+    fn a_statement_copy_refuses_is_read_by_query_raw() {
+        let Some((url, _)) = server() else { return };
+        for (query, want) in [
+            ("SHOW application_name", "flowctl-test"),
+            (
+                "SELECT 'one' AS one; -- a trailing comment after the semicolon",
+                "one",
+            ),
+        ] {
+            let mut source =
+                PostgresSource::open(&url, query, &Bindings::new(), "flowctl-test").unwrap();
+            assert_eq!(rows(&mut source)[0].0, [want], "{query}");
+            // It really was refused by COPY.
+            let refused = PostgresSource::open_reading(
+                &url,
+                query,
+                &Bindings::new(),
+                "flowctl-test",
+                Read::Copy,
+            );
+            assert!(
+                matches!(refused, Err(PostgresError::Query(_))),
+                "{query}: {:?}",
+                refused.err()
+            );
+        }
+        // A trailing semicolon alone is no reason to refuse.
+        let mut source = PostgresSource::open_reading(
+            &url,
+            "SELECT 2 AS two;\n",
+            &Bindings::new(),
+            "flowctl-test",
+            Read::Copy,
+        )
+        .unwrap();
+        assert_eq!(rows(&mut source)[0].0, ["2"]);
+    }
+
+    #[test]
+    fn a_query_failing_as_it_runs_reports_its_error_by_either_read() {
+        let Some((url, _)) = server() else { return };
+        // Before the first row (the COPY is refused, the query runs and fails as it always
+        // did), and after rows were sent (mid-COPY).
+        for (query, code) in [
+            ("SELECT 1 / 0 AS x", "22012"),
+            (
+                "SELECT 1 / (i - 30000) AS x FROM generate_series(1, 50000) AS i",
+                "22012",
+            ),
+            ("SELECT CAST(:n AS int) AS x", "22P02"),
+        ] {
+            let mut bindings = Bindings::new();
+            bindings.insert("n".to_string(), Some(ParamValue::String("x; --".into())));
+            for read in [Read::Auto, Read::Copy, Read::Rows] {
+                let error =
+                    PostgresSource::open_reading(&url, query, &bindings, "flowctl-test", read)
+                        .and_then(|mut source| {
+                            let mut row = Row::default();
+                            while source.next_row(&mut row)? {}
+                            Ok(())
+                        })
+                        .unwrap_err();
+                assert!(
+                    matches!(&error, PostgresError::Query(m) if m.contains(code)),
+                    "{query} {read:?}: {error}"
+                );
+                assert!(!error.is_transient());
+            }
+        }
+    }
+
+    #[test]
+    fn a_parameter_of_a_type_of_the_database_is_cast_to_it_by_its_quoted_name() {
+        let Some((url, schema)) = server() else {
+            return;
+        };
+        let schema = format!("{schema}_usertype");
+        run(
+            &url,
+            &format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};
+            CREATE TYPE {schema}.\"odd \"\"name\" AS ENUM ('open', 'closed');
+            CREATE TABLE {schema}.t (id int, s {schema}.\"odd \"\"name\");
+            INSERT INTO {schema}.t VALUES (1, 'open'), (2, 'closed');"
+            ),
+        );
+        let mut bindings = Bindings::new();
+        bindings.insert("s".to_string(), Some(ParamValue::String("closed".into())));
+        let query = format!("SELECT id FROM {schema}.t WHERE s = :s");
+        for read in [Read::Copy, Read::Rows] {
+            let mut source =
+                PostgresSource::open_reading(&url, &query, &bindings, "flowctl-test", read)
+                    .unwrap();
+            assert_eq!(rows(&mut source)[0].0, ["2"], "{read:?}");
+        }
+        // A value the type refuses fails as the query's error by either read.
+        bindings.insert("s".to_string(), Some(ParamValue::String("x'; --".into())));
+        for read in [Read::Auto, Read::Rows] {
+            let error = PostgresSource::open_reading(&url, &query, &bindings, "flowctl-test", read)
+                .and_then(|mut source| source.next_row(&mut Row::default()))
+                .unwrap_err();
+            assert!(
+                matches!(&error, PostgresError::Query(m) if m.contains("22P02")),
+                "{read:?}: {error}"
+            );
+        }
+        run(&url, &format!("DROP SCHEMA {schema} CASCADE"));
     }
 }

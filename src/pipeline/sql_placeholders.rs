@@ -170,6 +170,19 @@ pub fn distinct(placeholders: &[Placeholder]) -> Vec<String> {
 
 /// The PostgreSQL query with `:name` replaced by `$n`, and the names in number order.
 pub fn number(query: &str) -> Result<(String, Vec<String>), PlaceholderError> {
+    rewrite(query, |number, out| {
+        out.push('$');
+        out.push_str(&number.to_string());
+    })
+}
+
+/// The PostgreSQL query with each `:name` replaced by what `with` writes for its number (1 for
+/// the first name used, the same number for every use of a name), and the names in number
+/// order. What `with` writes is the caller's text, never a value.
+pub fn rewrite(
+    query: &str,
+    mut with: impl FnMut(usize, &mut String),
+) -> Result<(String, Vec<String>), PlaceholderError> {
     let found = scan(query, Dialect::Postgres).map_err(|e| e.error)?;
     let names = distinct(&found);
     let mut out = String::with_capacity(query.len());
@@ -180,8 +193,7 @@ pub fn number(query: &str) -> Result<(String, Vec<String>), PlaceholderError> {
             .position(|n| *n == p.name)
             .map_or(0, |at| at + 1);
         out.push_str(&query[copied..p.range.start]);
-        out.push('$');
-        out.push_str(&number.to_string());
+        with(number, &mut out);
         copied = p.range.end;
     }
     out.push_str(&query[copied..]);
