@@ -89,6 +89,7 @@ use chrono::Utc;
 use flowctl::executor::{Engine, ExecEvent, ExecutorConfig};
 use flowctl::job::{JobRequest, JobStatus, Principal};
 use flowctl::metrics::Metrics;
+use flowctl::pipeline::SyncMethod;
 use flowctl::store::pg_test_schema::{database_url, TestSchema};
 use flowctl::store::sled::{SledConfig, SledStore};
 use flowctl::store::Store;
@@ -180,6 +181,16 @@ fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
+/// `FLOWCTL_BENCH_SYNC`: how the durability stage syncs a batch (`syncfs`, `fdatasync`,
+/// `serial`, `auto`; default the engine's).
+fn sync_method() -> SyncMethod {
+    match std::env::var("FLOWCTL_BENCH_SYNC") {
+        Ok(name) => SyncMethod::from_name(&name)
+            .unwrap_or_else(|| panic!("FLOWCTL_BENCH_SYNC={name}: auto, syncfs, fdatasync or serial")),
+        Err(_) => SyncMethod::default(),
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -234,8 +245,10 @@ fn main() {
     let url = database_url();
     println!(
         "engine: N = {jobs} small jobs (1-row CSV report, {ENQUEUE_BATCH} per enqueue, run until \
-         idle), results and sled under {} ({fs}); dependent start over {samples} parents",
-        base.display()
+         idle), results and sled under {} ({fs}), results synced by {}; dependent start over \
+         {samples} parents",
+        base.display(),
+        sync_method().name()
     );
     for setup in SETUPS {
         if !picks.is_empty() && !picks.iter().any(|p| setup.name.starts_with(p.as_str())) {
@@ -393,6 +406,7 @@ fn engine(
 ) -> Arc<Engine> {
     let mut config = ExecutorConfig::from_workflow(workflow, [1; 32]);
     config.results_dir = dir.join("results");
+    config.result_sync = sync_method();
     Arc::new(
         Engine::new(
             workflow.clone(),
