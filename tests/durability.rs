@@ -58,7 +58,9 @@ struct HoldCompletions {
 impl Faults for HoldCompletions {
     fn before(&self, call: Call) -> StoreResult<()> {
         if call == Call::Complete && self.held.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("completions held by the test".into()));
+            return Err(StoreError::Unavailable(
+                "completions held by the test".into(),
+            ));
         }
         Ok(())
     }
@@ -194,7 +196,10 @@ async fn results_linked_but_not_recorded_at_a_crash_are_removed_by_the_next_atte
         .await
         .unwrap();
     assert_eq!(recovered.requeued.len(), processing);
-    assert!(processing >= linked.len(), "every linked result's job was running");
+    assert!(
+        processing >= linked.len(),
+        "every linked result's job was running"
+    );
     run_until_idle(engine, rx).await;
     let mut recorded = BTreeSet::new();
     for id in &ids {
@@ -306,10 +311,12 @@ fn seen(project: &Project) -> Vec<Seen> {
 /// Data rows of a CSV result (the header not counted).
 fn csv_rows(path: &Path) -> u64 {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    csv::Reader::from_reader(bytes.as_slice())
-        .byte_records()
-        .map(|r| r.unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .count() as u64
+    let mut rows = 0;
+    for record in csv::Reader::from_reader(bytes.as_slice()).byte_records() {
+        record.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        rows += 1;
+    }
+    rows
 }
 
 /// `flowctl run` killed (SIGKILL) three times while small jobs stream through the durability
@@ -372,7 +379,10 @@ fn killed_while_results_wait_for_the_disk_resumes_with_every_result_whole() {
         );
         // No completion without its whole file.
         for job in jobs.iter().filter(|j| j.status == "COMPLETED") {
-            let path = job.result.as_ref().expect("a completed job names its result");
+            let path = job
+                .result
+                .as_ref()
+                .expect("a completed job names its result");
             assert_eq!(Some(sha256_file(path)), job.sha256, "{}", path.display());
         }
         // No partial file under a final name.
@@ -384,7 +394,11 @@ fn killed_while_results_wait_for_the_disk_resumes_with_every_result_whole() {
 
     project.run(["w.flow", "--resume"]).success();
     let jobs = seen(&project);
-    assert_eq!(jobs.len(), 2 * ROOTS, "every report and its dependent, once");
+    assert_eq!(
+        jobs.len(),
+        2 * ROOTS,
+        "every report and its dependent, once"
+    );
     let mut recorded = BTreeSet::new();
     for job in &jobs {
         assert_eq!(job.status, "COMPLETED");
@@ -394,5 +408,8 @@ fn killed_while_results_wait_for_the_disk_resumes_with_every_result_whole() {
         recorded.insert(path);
     }
     let on_disk: BTreeSet<PathBuf> = files_under(&results).into_iter().collect();
-    assert_eq!(on_disk, recorded, "no temporary file, no result of a lost attempt");
+    assert_eq!(
+        on_disk, recorded,
+        "no temporary file, no result of a lost attempt"
+    );
 }

@@ -287,7 +287,10 @@ report R {
         // A worker's slot is free once it hands its outcome on (a written result then waits
         // for the disk in the durability stage, off the pool).
         ExecEvent::Completing { job_id, .. } => {
-            assert!(running.remove(job_id), "finished before it started: {job_id}");
+            assert!(
+                running.remove(job_id),
+                "finished before it started: {job_id}"
+            );
         }
         ExecEvent::Finished { job, .. } | ExecEvent::Retrying { job } => {
             assert!(

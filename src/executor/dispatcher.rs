@@ -172,8 +172,13 @@ impl Engine {
             }
         }
         let stage_abort = stage_task.abort_handle();
-        if tokio::time::timeout_at(grace_over, stage_task).await.is_err() {
-            tracing::warn!("grace period over: abandoning results not yet durable to lease recovery");
+        if tokio::time::timeout_at(grace_over, stage_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "grace period over: abandoning results not yet durable to lease recovery"
+            );
             stage_abort.abort();
         }
         Ok(())

@@ -35,6 +35,16 @@
 //!
 //! A dependent now starts after its parent's batch is durable instead of right after the
 //! parent's own `fsync`s: see `benches/engine.rs` for the dependent-start latency this costs.
+//!
+//! Measured 2026-12-03 (`cargo bench --bench engine -- sled-2`, N = 20,000, the 2-core VM with
+//! another engineer's builds beside it, load 4–9; runs alternating with the code before this
+//! stage): sled pool 2 went from 1,199 and 840 jobs/s to 2,294 and 2,982; fsyncs per job
+//! (strace) from 2.62 to 0.53–0.62 (results 2.00 → 0.19–0.22, sled 0.62 → 0.34–0.40: the
+//! traced run is slow enough that batches are small, and a batch's concurrent completions take
+//! more than one of sled's flush rounds); untraced flush rounds 0.71 → 0.06–0.07 per job.
+//! Pool 8: 1,550 and 981 → 2,524 and 1,276 jobs/s, 2.57 → 0.27–0.40 fsyncs per job. The
+//! dependent start went from p50 ~60–80 µs (which did not include the parent's own syncs) to
+//! p50 0.8–1.2 ms, p99 5–11 ms: two journal commits (data, then the name) on its path.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,9 +53,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::job::Job;
-use crate::pipeline::{self, Output, StagedResult};
 #[cfg(doc)]
 use crate::pipeline::PipelineError;
+use crate::pipeline::{self, Output, StagedResult};
 use crate::store::{JoinRules, Outcome};
 
 use super::attempt::Flush;

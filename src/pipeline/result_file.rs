@@ -9,14 +9,20 @@
 //! name, then the name durable — so a crash at any point leaves either the temporary name
 //! (swept at start) or the whole file at its final name, never a partial one there.
 //!
-//! Why [`SyncMethod::Syncfs`] is the stage's default: measured 2026-12-03 on the 2-core VM
+//! The stage's default is [`SyncMethod::Auto`]: `syncfs` for a batch of two or more, an
+//! `fdatasync` for a lone file. Why `syncfs`: measured 2026-12-03 on the 2-core VM
 //! (ext4 on virtio, a Python loop of `os` calls on 19-byte files, three runs each), making 128
 //! new files durable took 13–28 ms with one `syncfs`, 23–66 ms with 128 `fdatasync`s from 16
 //! threads and 67–156 ms with 128 `fdatasync`s one after the other; 16 files: 4–12, 10–17 and
 //! 5–35 ms. `syncfs` is also one system call per batch instead of one per file. Its cost is
 //! that it writes *every* dirty page of the filesystem, other programs' too: the first call
 //! after a large copy took 1.5 s. On a filesystem shared with heavy writers choose
-//! [`SyncMethod::Fdatasync`] (`ExecutorConfig::result_sync`).
+//! [`SyncMethod::Fdatasync`] (`ExecutorConfig::result_sync`). Through the engine
+//! (`benches/engine.rs`, sled pool 2, one run each, other builds running): `fdatasync` below
+//! 16 files and `syncfs` above gave 5,187 jobs/s and 0.44 result syncs per job under strace
+//! (its slower run makes smaller batches), `syncfs` always 3,925 jobs/s (a noisier moment)
+//! and 0.15 per job; the dependent start (batches of one) was 2.4 and 2.5 ms at p50 either
+//! way, so a lone file keeps `fdatasync`, which waits for nobody else's pages.
 
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
@@ -220,7 +226,7 @@ impl SyncMethod {
 pub const SYNC_THREADS: usize = 16;
 
 /// The smallest batch [`SyncMethod::Auto`] syncs with `syncfs`.
-pub const AUTO_SYNCFS_FROM: usize = 16;
+pub const AUTO_SYNCFS_FROM: usize = 2;
 
 /// Finishes a batch of staged results: their data made durable together (`method`), then each
 /// linked into place (never replacing a file), then the new names made durable (each touched
@@ -360,7 +366,10 @@ fn parallel<T: Sync>(items: &[T], f: impl Fn(&T) -> io::Result<()> + Sync) -> Ve
 fn syncfs_each(files: &[&File]) -> Vec<io::Result<()>> {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::io::AsRawFd;
-    let devices: Vec<io::Result<u64>> = files.iter().map(|f| f.metadata().map(|m| m.dev())).collect();
+    let devices: Vec<io::Result<u64>> = files
+        .iter()
+        .map(|f| f.metadata().map(|m| m.dev()))
+        .collect();
     let mut synced: BTreeMap<u64, Result<(), (io::ErrorKind, String)>> = BTreeMap::new();
     for (file, dev) in files.iter().zip(&devices) {
         if let Ok(dev) = dev {
@@ -475,7 +484,11 @@ mod tests {
                 assert_eq!(sha256_hex(&fs::read(&out.path).unwrap()), out.sha256);
             }
             let names = names_under(&fx.results_dir());
-            assert_eq!(names.len(), 20, "{method:?}: no temporary file left: {names:?}");
+            assert_eq!(
+                names.len(),
+                20,
+                "{method:?}: no temporary file left: {names:?}"
+            );
             assert!(names.iter().all(|n| n.starts_with("JOB_")), "{names:?}");
         }
     }
@@ -488,7 +501,11 @@ mod tests {
         for i in 0..3 {
             let mut spec = fx.spec(&src, DataFormat::Csv, DataFormat::Csv);
             spec.result_path = fx.results_dir().join(format!("JOB_{i}.csv"));
-            staged.push(run_staged(&spec, &mut |_: &Progress| Control::Continue).unwrap().1);
+            staged.push(
+                run_staged(&spec, &mut |_: &Progress| Control::Continue)
+                    .unwrap()
+                    .1,
+            );
         }
         fs::write(fx.results_dir().join("JOB_1.csv"), "old").unwrap();
         let results = commit_batch(staged, SyncMethod::default());
@@ -497,7 +514,10 @@ mod tests {
             matches!(&results[1], Err(PipelineError::ResultExists { path }) if path.ends_with("JOB_1.csv")),
             "{results:?}"
         );
-        assert_eq!(fs::read_to_string(fx.results_dir().join("JOB_1.csv")).unwrap(), "old");
+        assert_eq!(
+            fs::read_to_string(fx.results_dir().join("JOB_1.csv")).unwrap(),
+            "old"
+        );
         assert_eq!(fx.result_files(), ["JOB_0.csv", "JOB_1.csv", "JOB_2.csv"]);
     }
 
