@@ -3,7 +3,7 @@
 //! N jobs (default 20,000) made by `Engine::new_job` and enqueued 500 per `enqueue` call (as the
 //! API batches them), then the engine runs until idle (`Engine::run(…, until_idle)`, what
 //! `flowctl run` does), writing every result file, synced and moved into place, on the real
-//! disk. Measurement only: nothing here changes the engine.
+//! disk (by the executor's durability stage, in batches: `FLOWCTL_BENCH_SYNC` picks how).
 //!
 //! Each configuration — `sled-2`, `sled-8` (the embedded store, group commit on) and `pg-2`,
 //! `pg-8` (PostgreSQL in a schema of its own in `FLOWCTL_TEST_PG`; skipped with a printed line
@@ -26,8 +26,11 @@
 //!   Without strace the line says "fsyncs: not counted (strace not found)";
 //! - **dependent start p50/p99**: `benches/latency.rs`'s method on the same set-up (pool,
 //!   store, disk): one PARENT at a time, from its worker's `Completing` event to the CHILD's
-//!   `Started` event (the store records the completion, creates the child and claims it for the
-//!   same worker in one step), after 20 parents of warm-up.
+//!   `Started` event, after 20 parents of warm-up. Since the durability stage, `Completing` is
+//!   the parent's worker handing its written result on, so the span includes making the
+//!   parent's file durable (`fdatasync`, link, directory `fsync`) and then the store step that
+//!   records the completion, creates the child and claims it for a free slot; before, the
+//!   parent's own `fsync`s came before `Completing` and were not in it.
 //!
 //! Why so: jobs are enqueued before the engine runs because that is `flowctl run`'s order (a
 //! dispatcher started first with `until_idle` could find the queue empty between batches); the
@@ -41,7 +44,8 @@
 //! per small job (store + result) at N = 20,000.
 //!
 //! Run: `cargo bench --bench engine` (all four), `cargo bench --bench engine -- sled-2` (one;
-//! `sled` or `pg` picks both of a store). `FLOWCTL_BENCH_JOBS` sets N, `FLOWCTL_BENCH_SAMPLES`
+//! `sled` or `pg` picks both of a store). `FLOWCTL_BENCH_SYNC` (`auto`, `syncfs`, `fdatasync`,
+//! `serial`) how the durability stage syncs results, `FLOWCTL_BENCH_JOBS` sets N, `FLOWCTL_BENCH_SAMPLES`
 //! the dependent-start samples (default 1,000), `FLOWCTL_BENCH_STRACE=off` skips the traced
 //! run, `FLOWCTL_BENCH_DIR` the directory the stores and results go under (default: the target
 //! directory's `tmp`; refused if it is a tmpfs, since the point is the real disk's fsyncs).
@@ -89,6 +93,7 @@ use chrono::Utc;
 use flowctl::executor::{Engine, ExecEvent, ExecutorConfig};
 use flowctl::job::{JobRequest, JobStatus, Principal};
 use flowctl::metrics::Metrics;
+use flowctl::pipeline::SyncMethod;
 use flowctl::store::pg_test_schema::{database_url, TestSchema};
 use flowctl::store::sled::{SledConfig, SledStore};
 use flowctl::store::Store;
@@ -180,6 +185,17 @@ fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
+/// `FLOWCTL_BENCH_SYNC`: how the durability stage syncs a batch (`syncfs`, `fdatasync`,
+/// `serial`, `auto`; default the engine's).
+fn sync_method() -> SyncMethod {
+    match std::env::var("FLOWCTL_BENCH_SYNC") {
+        Ok(name) => SyncMethod::from_name(&name).unwrap_or_else(|| {
+            panic!("FLOWCTL_BENCH_SYNC={name}: auto, syncfs, fdatasync or serial")
+        }),
+        Err(_) => SyncMethod::default(),
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -234,8 +250,10 @@ fn main() {
     let url = database_url();
     println!(
         "engine: N = {jobs} small jobs (1-row CSV report, {ENQUEUE_BATCH} per enqueue, run until \
-         idle), results and sled under {} ({fs}); dependent start over {samples} parents",
-        base.display()
+         idle), results and sled under {} ({fs}), results synced by {}; dependent start over \
+         {samples} parents",
+        base.display(),
+        sync_method().name()
     );
     for setup in SETUPS {
         if !picks.is_empty() && !picks.iter().any(|p| setup.name.starts_with(p.as_str())) {
@@ -393,6 +411,7 @@ fn engine(
 ) -> Arc<Engine> {
     let mut config = ExecutorConfig::from_workflow(workflow, [1; 32]);
     config.results_dir = dir.join("results");
+    config.result_sync = sync_method();
     Arc::new(
         Engine::new(
             workflow.clone(),

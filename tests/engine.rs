@@ -284,13 +284,21 @@ report R {
             max_running = max_running.max(running.len());
             assert!(running.len() <= 2, "running at once: {running:?}");
         }
+        // A worker's slot is free once it hands its outcome on (a written result then waits
+        // for the disk in the durability stage, off the pool).
+        ExecEvent::Completing { job_id, .. } => {
+            assert!(
+                running.remove(job_id),
+                "finished before it started: {job_id}"
+            );
+        }
         ExecEvent::Finished { job, .. } | ExecEvent::Retrying { job } => {
             assert!(
-                running.remove(&job.job_id),
+                started.contains(&job.job_id),
                 "finished before it started: {job:?}"
             );
         }
-        ExecEvent::Progress { .. } | ExecEvent::Completing { .. } => {}
+        ExecEvent::Progress { .. } => {}
     })
     .await;
 

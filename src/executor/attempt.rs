@@ -17,13 +17,23 @@ use crate::job::{Job, JobStatus};
 use crate::metrics::Metrics;
 use crate::params::ParamValue;
 use crate::pipeline::{
-    self, Bindings, Control, Observer, PipelineError, PipelineSpec, Progress, SourceSpec,
+    self, Bindings, Control, Observer, Output, PipelineError, PipelineSpec, Progress, SourceSpec,
+    StagedResult,
 };
 use crate::store::{Cas, Outcome, ProgressUpdate};
 use crate::workflow::{DataFormat, ReportType, Source, SourceKind};
 
+use super::durability::{Handoff, Stage};
 use super::results::{discard_result, leftover_results, result_file_name};
 use super::{Engine, ExecEvent};
+
+/// How an attempt's run ended.
+enum Attempted {
+    /// Every row is written to the staged result, which the durability stage finishes.
+    Written(Output, StagedResult),
+    /// It ended without a result to finish: failed, cancelled, timed out.
+    Ended(Outcome),
+}
 
 /// How often a running job may write its progress to the store.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
@@ -80,7 +90,7 @@ impl Engine {
         ))
     }
 
-    fn backoff_for(&self, job: &Job) -> Option<DateTime<Utc>> {
+    pub(super) fn backoff_for(&self, job: &Job) -> Option<DateTime<Utc>> {
         if job.attempt >= job.max_attempts {
             return None;
         }
@@ -93,22 +103,26 @@ impl Engine {
         Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default())
     }
 
-    /// A worker: runs a claimed job, then each job its completions claim for it (eager
-    /// dispatch), on one slot of the pool.
-    pub(super) async fn work(self: Arc<Self>, job: Job) {
-        let mut next = Some((job, None));
+    /// A worker: runs a claimed job, then each job it claims for its slot afterwards (eager
+    /// dispatch), on one slot of the pool. Written results go to the durability `stage`.
+    /// `flush`: the wait for the completion that claimed `job`, if one did.
+    pub(super) async fn work(self: Arc<Self>, job: Job, flush: Option<Flush>, stage: Stage) {
+        let mut next = Some((job, flush));
         while let Some((job, flush)) = next {
-            next = self.run_job(job, flush).await;
+            next = self.run_job(job, flush, &stage).await;
         }
     }
 
-    /// One attempt of one claimed job, start to completion. `before` is the previous job's
-    /// completion on its way to disk: awaited while this job runs, and before this one
-    /// completes. Returns the job this completion claimed, with its own wait for the disk.
+    /// One attempt of one claimed job, up to its rows written (then handed to the durability
+    /// stage) or its completion (an attempt that ends without a result). `before` is the
+    /// previous job's completion on its way to disk: awaited while this job runs, and before
+    /// this one completes. Returns the next job for this slot, with its own wait for the disk:
+    /// the one its completion claimed, or, after a hand-off, one claimed from the queue.
     async fn run_job(
         self: &Arc<Self>,
         job: Job,
         before: Option<Flush>,
+        stage: &Stage,
     ) -> Option<(Job, Option<Flush>)> {
         Metrics::add(&self.metrics.workers_busy, 1);
         let started = Instant::now();
@@ -121,10 +135,10 @@ impl Engine {
             match self.spec_for(&job) {
                 Ok((spec, timeout)) => self.execute(&job, spec, timeout).await,
                 Err(e) => Some((
-                    Outcome::Failure {
+                    Attempted::Ended(Outcome::Failure {
                         error: e,
                         retry_at: None,
-                    },
+                    }),
                     job.version,
                 )),
             }
@@ -134,13 +148,66 @@ impl Engine {
                 flush.await;
             }
         };
-        let (outcome, ()) = tokio::join!(run, before);
-        let next = match outcome {
-            Some((outcome, version)) => self.finish(job, outcome, version, started).await,
+        let (attempted, ()) = tokio::join!(run, before);
+        let next = match attempted {
+            Some((Attempted::Ended(outcome), version)) => {
+                self.emit(ExecEvent::Completing {
+                    job_id: job.job_id.clone(),
+                    report_type: job.report_type.clone(),
+                    at: Instant::now(),
+                });
+                self.finish(job, outcome, version, started, true)
+                    .await
+                    .map(|(job, flush)| (job, Some(flush)))
+            }
+            Some((Attempted::Written(output, staged), version)) => {
+                self.emit(ExecEvent::Completing {
+                    job_id: job.job_id.clone(),
+                    report_type: job.report_type.clone(),
+                    at: Instant::now(),
+                });
+                let handoff = Handoff {
+                    job,
+                    version,
+                    output,
+                    staged,
+                    started,
+                };
+                if let Err(handoff) = stage.hand_off(handoff).await {
+                    // The stage is gone (the engine is being torn down): the temporary file
+                    // is removed with it and the job left to recovery, as for a crash.
+                    tracing::warn!(job = %handoff.job.job_id, "the engine is stopping: result not recorded; recovery will run the job again");
+                    None
+                } else {
+                    self.claim_for_slot().await.map(|job| (job, None))
+                }
+            }
             None => None,
         };
         self.metrics.workers_busy.fetch_sub(1, Ordering::Relaxed);
-        next.map(|(job, flush)| (job, Some(flush)))
+        next
+    }
+
+    /// A job for the slot this worker holds, claimed as the dispatcher would (none once the
+    /// engine is stopping): after a hand-off the slot is free at once, and a worker that takes
+    /// its own next job saves the dispatcher a wake-up and a round.
+    async fn claim_for_slot(&self) -> Option<Job> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        match self
+            .store
+            .claim(&self.config.worker_id, 1, self.config.lease, Utc::now())
+            .await
+        {
+            Ok(mut jobs) => jobs.pop(),
+            Err(e) => {
+                // The dispatcher claims again when it can.
+                Metrics::add(&self.metrics.store_errors, 1);
+                tracing::warn!(error = %e, "claim failed; the slot goes back to the dispatcher");
+                None
+            }
+        }
     }
 
     /// Runs the pipeline next to the lease heartbeat. `None` means the lease
@@ -150,7 +217,7 @@ impl Engine {
         job: &Job,
         spec: PipelineSpec,
         timeout: Option<Duration>,
-    ) -> Option<(Outcome, u64)> {
+    ) -> Option<(Attempted, u64)> {
         let shared = Arc::new(Shared::default());
         // An attempt abandoned by the dispatcher (a stopped store, the end of the grace
         // period) drops this future: the pipeline thread, which a drop cannot stop, then
@@ -167,7 +234,7 @@ impl Engine {
                 discard_result(&job_id, &path);
             }
             let mut observer = SharedObserver(observer_state);
-            pipeline::run(&spec, &mut observer)
+            pipeline::run_staged(&spec, &mut observer)
         });
         let mut version = job.version;
         let deadline = timeout.map(|t| run_started + t);
@@ -257,20 +324,15 @@ impl Engine {
             }
         };
         if lost {
-            // The job is another attempt's now; a result this attempt finished is nobody's.
-            if let Ok(Ok(out)) = &result {
-                discard_result(&job.job_id, &out.path);
-            }
+            // The job is another attempt's now; a result this attempt wrote is nobody's
+            // (dropped, its temporary file is removed; it never reached its final name).
+            drop(result);
             return None;
         }
         let rows = shared.rows_read.load(Ordering::Relaxed);
         self.record_rate(&job.report_type, rows, run_started.elapsed());
         let outcome = match result {
-            Ok(Ok(out)) => Outcome::Success {
-                result_path: out.path.to_string_lossy().into_owned(),
-                rows_written: out.rows_written,
-                sha256: out.sha256,
-            },
+            Ok(Ok((out, staged))) => return Some((Attempted::Written(out, staged), version)),
             Ok(Err(PipelineError::Cancelled)) if timed_out => Outcome::Failure {
                 error: format!(
                     "timed out after {}",
@@ -294,7 +356,7 @@ impl Engine {
                 retry_at: self.backoff_for(job),
             },
         };
-        Some((outcome, version))
+        Some((Attempted::Ended(outcome), version))
     }
 }
 

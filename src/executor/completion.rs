@@ -23,21 +23,19 @@ impl Engine {
     /// request may bump the version between our last renewal and now: then
     /// we retry at the new version as long as the job is still ours.
     ///
-    /// Unless the engine is stopping, the same store call claims this worker's next job
-    /// ([`Store::complete_and_claim`](crate::store::Store::complete_and_claim)); it is returned with the wait for the completion to be
-    /// durable, which runs beside it.
+    /// With `claim` (a worker completing on its slot) and unless the engine is stopping, the
+    /// same store call claims this worker's next job
+    /// ([`Store::complete_and_claim`](crate::store::Store::complete_and_claim)); it is returned
+    /// with the wait for the completion to be durable, which runs beside it. Without (the
+    /// durability stage, which holds no slot) the completion is durable when this returns.
     pub(super) async fn finish(
         self: &Arc<Self>,
         job: Job,
         outcome: Outcome,
         mut version: u64,
         started: Instant,
+        claim: bool,
     ) -> Option<(Job, Flush)> {
-        self.emit(ExecEvent::Completing {
-            job_id: job.job_id.clone(),
-            report_type: job.report_type.clone(),
-            at: Instant::now(),
-        });
         let joins = self.joins.joins_for(&job.report_type);
         let mut use_joins = true;
         let mut failures = 0;
@@ -46,7 +44,9 @@ impl Engine {
         let mut unavailable_backoff = Duration::from_millis(50);
         while failures < 5 {
             let edges: &[JoinEdge] = if use_joins { joins } else { &[] };
-            let completed = if self.stopping.load(Ordering::Relaxed) {
+            // `complete` is durable when it returns; `complete_and_claim` is not.
+            let durable_on_return = !claim || self.stopping.load(Ordering::Relaxed);
+            let completed = if durable_on_return {
                 let completion =
                     self.store
                         .complete(&job.job_id, version, outcome.clone(), edges, Utc::now());
@@ -84,7 +84,9 @@ impl Engine {
                     match next {
                         Some(next) => return Some((next, Box::pin(durable))),
                         None => {
-                            durable.await;
+                            if !durable_on_return {
+                                durable.await;
+                            }
                             return None;
                         }
                     }

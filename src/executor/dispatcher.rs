@@ -40,6 +40,13 @@ impl Engine {
         let sweep_every = (self.config.lease / 2).max(Duration::from_millis(100));
         let mut next_sweep = Instant::now();
         let mut store_backoff = Duration::from_millis(50);
+        // Where workers hand their written results; ends once this and every worker's clone
+        // are dropped, after recording what it holds.
+        let (eager_tx, mut eager_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (stage, stage_task) = self.start_stage(permits.clone(), eager_tx);
+        // A dispatcher dropped unfinished (its caller gave up on it) takes the stage with it,
+        // as it takes its workers (the JoinSet): nothing of this run goes on unwatched.
+        let _stage_guard = AbortOnDrop(stage_task.abort_handle());
         tokio::pin!(shutdown);
         let stopped = loop {
             while let Some(done) = tasks.try_join_next() {
@@ -79,8 +86,9 @@ impl Engine {
                                 break;
                             };
                             let engine = self.clone();
+                            let stage = stage.clone();
                             tasks.spawn(async move {
-                                engine.work(job).await;
+                                engine.work(job, None, stage).await;
                                 drop(permit);
                             });
                         }
@@ -103,6 +111,12 @@ impl Engine {
                 continue;
             }
             if until_idle && tasks.is_empty() && self.idle().await {
+                // The stage may still be waiting for the disk with a completion the store
+                // already shows: let it finish.
+                drop(stage);
+                if let Err(e) = stage_task.await {
+                    tracing::error!(error = %e, "the durability stage panicked");
+                }
                 // A completion whose write failed leaves nothing queued or running either.
                 return match self.store.stopped() {
                     Some(reason) => Err(StoreError::Stopped { reason }),
@@ -113,6 +127,16 @@ impl Engine {
                 _ = &mut shutdown => break None,
                 _ = wake.changed() => {}
                 _ = self.retry_due.notified() => {}
+                _ = self.stage_settled.notified() => {}
+                Some(eager) = eager_rx.recv() => {
+                    // A job the durability stage claimed for a free slot with a completion.
+                    let engine = self.clone();
+                    let stage = stage.clone();
+                    tasks.spawn(async move {
+                        engine.work(eager.job, Some(eager.flush), stage).await;
+                        drop(eager.permit);
+                    });
+                }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = done {
                         tracing::error!(error = %e, "worker task panicked");
@@ -124,28 +148,44 @@ impl Engine {
         // Graceful shutdown: no more claims, by the dispatcher or by finishing workers; let
         // running jobs finish.
         self.stopping.store(true, Ordering::Relaxed);
+        drop(stage);
         if let Some(error) = stopped {
-            // Nothing a running job does can be recorded any more.
+            // Nothing a running job does can be recorded any more. Results in the durability
+            // stage are dropped too: their temporary files are removed, and a file already
+            // linked is removed by the job's next attempt after the restart.
             tracing::error!(error = %error, running = tasks.len(), "the job store stopped: abandoning running jobs");
             tasks.abort_all();
+            stage_task.abort();
             while tasks.join_next().await.is_some() {}
+            let _ = stage_task.await;
             return Err(error);
         }
+        // Running jobs, then the stage with what they handed it, within the grace period.
+        let grace_over = tokio::time::Instant::now() + self.config.grace;
         if !tasks.is_empty() {
             tracing::info!(running = tasks.len(), grace = ?self.config.grace, "shutting down: waiting for running jobs");
             let wait_all = async { while tasks.join_next().await.is_some() {} };
-            if tokio::time::timeout(self.config.grace, wait_all)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(grace_over, wait_all).await.is_err() {
                 tracing::warn!("grace period over: abandoning running jobs to lease recovery");
                 tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
             }
+        }
+        let stage_abort = stage_task.abort_handle();
+        if tokio::time::timeout_at(grace_over, stage_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "grace period over: abandoning results not yet durable to lease recovery"
+            );
+            stage_abort.abort();
         }
         Ok(())
     }
 
-    /// No job queued or running in the store.
+    /// No job queued or running in the store (a job whose result is in the durability stage
+    /// is still PROCESSING).
     async fn idle(&self) -> bool {
         match self.store.counts().await {
             Ok(c) => {
@@ -154,5 +194,14 @@ impl Engine {
             }
             Err(_) => false,
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -7,14 +7,16 @@
 //! the dispatcher claims only as many jobs as it has free permits.
 //!
 //! The files: `dispatcher` (claims and the pool), `attempt` (one attempt of a job: its
-//! pipeline spec, the pipeline beside the lease heartbeat, retries' backoff), `completion`
-//! (recording the outcome, which claims the worker's next job), `estimates` (row counts and
-//! throughput), `joins` (the dependency edges the store fires) and `results` (result file
-//! names and what a lost attempt leaves).
+//! pipeline spec, the pipeline beside the lease heartbeat, retries' backoff), `durability`
+//! (the stage that makes written results durable in batches and records their completions,
+//! off the pool slots), `completion` (recording the outcome, which claims the worker's next
+//! job), `estimates` (row counts and throughput), `joins` (the dependency edges the store
+//! fires) and `results` (result file names and what a lost attempt leaves).
 
 mod attempt;
 mod completion;
 mod dispatcher;
+mod durability;
 mod estimates;
 mod joins;
 mod results;
@@ -34,6 +36,7 @@ use tokio::sync::mpsc;
 use crate::job::{Job, JobId, JobRequest, NewJob, Principal};
 use crate::metrics::Metrics;
 use crate::params::{Given, ParamError};
+use crate::pipeline::SyncMethod;
 use crate::store::{Store, StoreError};
 use crate::window::{Window, WindowError};
 use crate::workflow::{CountyRequired, ReportType, Workflow};
@@ -58,6 +61,9 @@ pub struct ExecutorConfig {
     /// On shutdown, how long running jobs may take to finish before they are
     /// abandoned to lease recovery.
     pub grace: Duration,
+    /// How the durability stage makes a batch of results durable (`durability`; default
+    /// `syncfs`, measured in `pipeline::result_file`).
+    pub result_sync: SyncMethod,
 }
 
 impl ExecutorConfig {
@@ -73,6 +79,7 @@ impl ExecutorConfig {
             results_dir: c.results_dir.clone(),
             hash_key,
             grace: Duration::from_secs(30),
+            result_sync: SyncMethod::default(),
         }
     }
 }
@@ -218,8 +225,10 @@ pub enum ExecEvent {
     Retrying {
         job: Job,
     },
-    /// The worker is handing its outcome to the store (the job's work is
-    /// done); `Finished` follows once the store has recorded it.
+    /// The worker is handing its outcome on (the job's work is done, its slot
+    /// free for the next job): to the store, or a written result to the
+    /// durability stage, which makes it durable first; `Finished` follows once
+    /// the store has recorded it.
     Completing {
         job_id: JobId,
         report_type: String,
@@ -243,6 +252,9 @@ pub struct Engine {
     row_counts: RowCounts,
     /// Set when the dispatcher stops claiming: finishing workers stop taking jobs too.
     stopping: AtomicBool,
+    /// Woken when the durability stage has recorded a batch, so a dispatcher waiting for the
+    /// store to be idle looks again.
+    stage_settled: tokio::sync::Notify,
 }
 
 /// Making the engine, its events and its root jobs; lease recovery.
@@ -273,6 +285,7 @@ impl Engine {
             retry_due: Arc::new(tokio::sync::Notify::new()),
             row_counts,
             stopping: AtomicBool::new(false),
+            stage_settled: tokio::sync::Notify::new(),
         }
     }
 

@@ -12,6 +12,10 @@
 //! overwrites another's. On any error, on cancellation, and on a panic in the observer, the temporary file is
 //! removed and nothing appears at the result path.
 //!
+//! [`run_staged`] stops before the sync: it returns the written temporary file as a
+//! [`StagedResult`], which the executor's durability stage finishes together with others
+//! ([`commit_batch`]) so that a job does not hold its pool slot while the disk syncs.
+//!
 //! The observer is called after every chunk (progress, cancellation: `chunks`). A source
 //! without data rows gives no chunk and an output with the header only (CSV) or empty (JSONL).
 //!
@@ -71,6 +75,8 @@ use jsonl_sink::JsonlSink;
 use jsonl_source::JsonlSource;
 use postgres_source::PostgresSource;
 use result_file::TempFile;
+
+pub use result_file::{commit_batch, StagedResult, SyncMethod, AUTO_SYNCFS_FROM, SYNC_THREADS};
 use sink::{Out, RowSink};
 use source::{PostgresRows, RowSource, SqliteRows};
 use sqlite_source::SqliteSource;
@@ -92,6 +98,19 @@ const IO_BUFFER: usize = 64 * 1024;
 /// nothing new is at `spec.result_path` (a file already there is never replaced: the run fails
 /// with [`PipelineError::ResultExists`]) and no temporary file is left behind.
 pub fn run(spec: &PipelineSpec, observer: &mut dyn Observer) -> Result<Output> {
+    let (output, staged) = run_staged(spec, observer)?;
+    staged.commit_now()?;
+    Ok(output)
+}
+
+/// [`run`] up to the result's last byte: the rows written to the temporary file, which is
+/// flushed but neither synced nor at `spec.result_path` yet. The [`Output`] describes the file
+/// it will be; [`StagedResult::commit_now`] or [`commit_batch`] puts it there (and may still
+/// fail, e.g. with [`PipelineError::ResultExists`]). Dropping the staged result removes it.
+pub fn run_staged(
+    spec: &PipelineSpec,
+    observer: &mut dyn Observer,
+) -> Result<(Output, StagedResult)> {
     if spec.chunk_size == 0 {
         return Err(PipelineError::InvalidSpec {
             reason: "chunk size must be at least 1".into(),
@@ -156,7 +175,7 @@ fn run_source<S: RowSource>(
     mut source: S,
     rows_total: Option<u64>,
     observer: &mut dyn Observer,
-) -> Result<Output> {
+) -> Result<(Output, StagedResult)> {
     let header = source.header().clone();
     let county = check_columns(spec, &header)?;
     let masker = Masker::new(&spec.masks, header.iter(), &spec.hash_key);
@@ -195,15 +214,15 @@ fn run_source<S: RowSource>(
         }
     };
     let (file, digest, bytes) = finished.map_err(io_err(&temp.path))?;
-    file.sync_all().map_err(io_err(&temp.path))?;
-    drop(file);
-    temp.commit(&spec.result_path)?;
-    Ok(Output {
-        path: spec.result_path.clone(),
-        rows_written: run.progress.rows_written,
-        sha256: hex::encode(digest),
-        bytes,
-    })
+    Ok((
+        Output {
+            path: spec.result_path.clone(),
+            rows_written: run.progress.rows_written,
+            sha256: hex::encode(digest),
+            bytes,
+        },
+        StagedResult::new(file, temp, spec.result_path.clone()),
+    ))
 }
 
 #[cfg(test)]
