@@ -25,12 +25,13 @@
 //!   (`SledStore::flushes`) are printed beside the traced run's to show how far apart they are.
 //!   Without strace the line says "fsyncs: not counted (strace not found)";
 //! - **dependent start p50/p99**: `benches/latency.rs`'s method on the same set-up (pool,
-//!   store, disk): one PARENT at a time, from its worker's `Completing` event to the CHILD's
-//!   `Started` event, after 20 parents of warm-up. Since the durability stage, `Completing` is
-//!   the parent's worker handing its written result on, so the span includes making the
-//!   parent's file durable (`fdatasync`, link, directory `fsync`) and then the store step that
-//!   records the completion, creates the child and claims it for a free slot; before, the
-//!   parent's own `fsync`s came before `Completing` and were not in it.
+//!   store, disk): one PARENT at a time, from its `Durable` event (the durability stage made
+//!   its result durable and in place and is recording its completion: where `Completing` was
+//!   before the stage existed) to the CHILD's `Started` event (the store records the
+//!   completion, creates the child and claims it for a free slot in one step), after 20
+//!   parents of warm-up. Beside it, **parent started → child started**: the parent's whole
+//!   attempt, its result made durable, its completion and the child's claim; the same span
+//!   whatever the engine does between, so it compares engines with and without the stage.
 //!
 //! Why so: jobs are enqueued before the engine runs because that is `flowctl run`'s order (a
 //! dispatcher started first with `until_idle` could find the queue empty between batches); the
@@ -272,11 +273,19 @@ fn main() {
             Err("not counted (FLOWCTL_BENCH_STRACE=off)".into())
         };
         let dir = tempfile::tempdir_in(&base).expect("tempdir");
-        let mut latencies =
+        let (mut latencies, mut spans) =
             runtime.block_on(dependent_start(setup, samples, dir.path(), url.as_deref()));
         drop(dir);
         latencies.sort();
+        spans.sort();
         report(setup, jobs, &run, &fsyncs, &latencies);
+        println!(
+            "    parent started → child started (the parent's whole attempt, its result made \
+             durable, its completion and the child's claim): p50 {:.1?}, p90 {:.1?}, p99 {:.1?}",
+            percentile(&spans, 0.50),
+            percentile(&spans, 0.90),
+            percentile(&spans, 0.99)
+        );
     }
 }
 
@@ -538,7 +547,7 @@ async fn dependent_start(
     samples: usize,
     dir: &Path,
     url: Option<&str>,
-) -> Vec<Duration> {
+) -> (Vec<Duration>, Vec<Duration>) {
     let workflow = workflow(dir, setup.pool);
     let opened = open(setup.kind, dir, url).await;
     let store = opened.store.clone();
@@ -552,6 +561,7 @@ async fn dependent_start(
         false,
     ));
     let mut latencies = Vec::with_capacity(samples);
+    let mut spans = Vec::with_capacity(samples);
     for i in 0..WARM_UP_PARENTS + samples {
         let job = engine
             .new_job(
@@ -565,19 +575,24 @@ async fn dependent_start(
             .enqueue(vec![job], None, Utc::now())
             .await
             .expect("enqueue");
-        let mut completing = None;
+        let (mut completing, mut parent_started) = (None, None);
         while let Some(event) = rx.recv().await {
             match event {
                 ExecEvent::Finished { job, children } if job.report_type == "PARENT" => {
                     assert_eq!(children.len(), 1, "the parent created its child");
                 }
-                ExecEvent::Completing {
+                ExecEvent::Durable {
                     report_type, at, ..
                 } if report_type == "PARENT" => completing = Some(at),
+                ExecEvent::Started { job, at } if job.report_type == "PARENT" => {
+                    parent_started = Some(at);
+                }
                 ExecEvent::Started { job, at } if job.report_type == "CHILD" => {
                     let from = completing.expect("the parent completed before its child started");
+                    let began = parent_started.expect("the parent started before its child");
                     if i >= WARM_UP_PARENTS {
                         latencies.push(at.saturating_duration_since(from));
+                        spans.push(at.saturating_duration_since(began));
                     }
                 }
                 ExecEvent::Finished { job, .. } if job.report_type == "CHILD" => break,
@@ -593,7 +608,7 @@ async fn dependent_start(
     drop(engine);
     drop(store);
     drop(opened);
-    latencies
+    (latencies, spans)
 }
 
 /// Traced calls by where they went.

@@ -112,7 +112,8 @@ fn latency(c: &mut Criterion) {
                     ExecEvent::Finished { job, children } if job.report_type == "PARENT" => {
                         assert_eq!(children.len(), 1);
                     }
-                    ExecEvent::Completing {
+                    // The parent's result is durable and its completion being recorded.
+                    ExecEvent::Durable {
                         report_type, at, ..
                     } if report_type == "PARENT" => {
                         completed_at = Some(at);

@@ -298,7 +298,7 @@ report R {
                 "finished before it started: {job:?}"
             );
         }
-        ExecEvent::Progress { .. } => {}
+        ExecEvent::Progress { .. } | ExecEvent::Durable { .. } => {}
     })
     .await;
 

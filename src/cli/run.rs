@@ -507,7 +507,7 @@ pub(super) async fn show_progress(mut rx: mpsc::UnboundedReceiver<ExecEvent>) ->
                     None => eprintln!("{msg}"),
                 }
             }
-            ExecEvent::Completing { .. } => {}
+            ExecEvent::Completing { .. } | ExecEvent::Durable { .. } => {}
             ExecEvent::Finished { job, children } => {
                 seen.extend(children.iter().map(|c| c.job_id.clone()));
                 let msg = match job.status {

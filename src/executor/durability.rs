@@ -59,7 +59,7 @@ use crate::pipeline::{self, Output, StagedResult};
 use crate::store::{JoinRules, Outcome};
 
 use super::attempt::Flush;
-use super::Engine;
+use super::{Engine, ExecEvent};
 
 /// Results one batch finishes at most.
 pub const MAX_BATCH: usize = 1024;
@@ -228,6 +228,13 @@ impl Engine {
             };
             async move {
                 let claim = permit.is_some();
+                if matches!(outcome, Outcome::Success { .. }) {
+                    engine.emit(ExecEvent::Durable {
+                        job_id: item.job.job_id.clone(),
+                        report_type: item.job.report_type.clone(),
+                        at: Instant::now(),
+                    });
+                }
                 let next = engine
                     .finish(item.job, outcome, item.version, item.started, claim)
                     .await;

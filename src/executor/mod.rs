@@ -234,6 +234,14 @@ pub enum ExecEvent {
         report_type: String,
         at: Instant,
     },
+    /// The durability stage made the job's result durable and put it in place, and is
+    /// recording its completion now: what `Completing` marked before the stage existed, so the
+    /// span from here to a dependent's `Started` is the engine's dependent start.
+    Durable {
+        job_id: JobId,
+        report_type: String,
+        at: Instant,
+    },
 }
 
 /// Everything a running engine shares: workflow, store, joins, metrics.
