@@ -238,6 +238,13 @@ mod tests {
         assert_eq!(expired.requeued.len(), 1);
     }
 
+    /// Replaces the store's snapshot with one of no jobs at the same commit round.
+    fn plant_empty_snapshot(path: &Path) {
+        let bytes = std::fs::read(path.join(SNAPSHOT_FILE)).unwrap();
+        let round = u64::from_be_bytes(bytes[12..20].try_into().unwrap());
+        super::write(path, &State::default(), round).unwrap();
+    }
+
     /// The snapshot is what the open reads: one of the same round, however it came there, is
     /// taken as the store's indexes (which is why it is deleted before anything writes).
     #[tokio::test]
@@ -245,9 +252,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         varied_store(&path).await;
-        let bytes = std::fs::read(path.join(SNAPSHOT_FILE)).unwrap();
-        let round = u64::from_be_bytes(bytes[12..20].try_into().unwrap());
-        super::write(&path, &State::default(), round).unwrap();
+        plant_empty_snapshot(&path);
         let store = open_at(&path);
         assert_eq!(store.counts().await.unwrap().values().sum::<u64>(), 0);
     }
@@ -303,9 +308,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         varied_store(&path).await;
-        let bytes = std::fs::read(path.join(SNAPSHOT_FILE)).unwrap();
-        let round = u64::from_be_bytes(bytes[12..20].try_into().unwrap());
-        super::write(&path, &State::default(), round).unwrap();
+        plant_empty_snapshot(&path);
         let recovered = SledStore::recover(&path).unwrap();
         assert_eq!(recovered.jobs, 6);
     }
