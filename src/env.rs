@@ -27,6 +27,7 @@
 //! | `FLOWCTL_HTTP_HEADER_TIMEOUT` | time a connection has to send a whole request head (`serve`), default `10s` |
 //! | `FLOWCTL_HTTP_IDLE_TIMEOUT` | a kept-alive connection idle this long is closed (`serve`), default `5s` |
 //! | `FLOWCTL_HTTP_MAX_CONNECTIONS` | open connections `serve` holds at most; beyond, new ones wait, default `512` |
+//! | `FLOWCTL_RESULT_SYNC` | how result files are made durable: `auto` (default), `syncfs`, `fdatasync`, `serial` |
 
 use std::path::PathBuf;
 
@@ -54,9 +55,10 @@ pub const LOG: &str = "FLOWCTL_LOG";
 pub const HTTP_HEADER_TIMEOUT: &str = "FLOWCTL_HTTP_HEADER_TIMEOUT";
 pub const HTTP_IDLE_TIMEOUT: &str = "FLOWCTL_HTTP_IDLE_TIMEOUT";
 pub const HTTP_MAX_CONNECTIONS: &str = "FLOWCTL_HTTP_MAX_CONNECTIONS";
+pub const RESULT_SYNC: &str = "FLOWCTL_RESULT_SYNC";
 
 /// Every variable above: the README's table must list each (a test checks it).
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 23] = [
     DB,
     STORE,
     LISTEN,
@@ -70,6 +72,7 @@ pub const ALL: [&str; 22] = [
     HTTP_HEADER_TIMEOUT,
     HTTP_IDLE_TIMEOUT,
     HTTP_MAX_CONNECTIONS,
+    RESULT_SYNC,
     WORKER_POOL_SIZE,
     MAX_JOBS_PER_POLL,
     POLL_INTERVAL,

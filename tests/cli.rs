@@ -270,3 +270,43 @@ fn docs_never_point_outside_the_repository() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// `FLOWCTL_RESULT_SYNC` picks how results are made durable: every method completes a run with
+/// whole results; a name that is none of them stops the run before a job is made, naming the
+/// variable and the choices.
+#[test]
+fn result_sync_methods_complete_and_a_bad_one_is_refused() {
+    for method in ["auto", "syncfs", "fdatasync", "serial"] {
+        let project = small_workflow();
+        let run = flowctl(project.path(), Some("k".repeat(32).as_str()))
+            .env("FLOWCTL_RESULT_SYNC", method)
+            .args(["run", "w.flow", "--report", "DAILY_REPORT"])
+            .db(project.db())
+            .output()
+            .success();
+        assert!(
+            run.stdout().contains("1 of 1 jobs completed"),
+            "{method}: {}",
+            run.stdout()
+        );
+        let results = common::files_under(&project.join("results"));
+        assert_eq!(results.len(), 1, "{method}: {results:?}");
+        let csv = std::fs::read_to_string(&results[0]).unwrap();
+        assert_eq!(csv.lines().count(), 4, "{method}: {csv}");
+    }
+    let project = small_workflow();
+    let refused = flowctl(project.path(), Some("k".repeat(32).as_str()))
+        .env("FLOWCTL_RESULT_SYNC", "sometimes")
+        .args(["run", "w.flow", "--report", "DAILY_REPORT"])
+        .db(project.db())
+        .output()
+        .status(2);
+    assert!(
+        refused
+            .stderr()
+            .contains("FLOWCTL_RESULT_SYNC=sometimes: expected auto, syncfs, fdatasync or serial"),
+        "{}",
+        refused.stderr()
+    );
+    assert!(!project.join("results").exists(), "no job ran");
+}

@@ -840,6 +840,18 @@ pub(crate) async fn start_engine(
     if let Some(w) = workers {
         config.pool_size = w.max(1) as usize;
     }
+    if let Some(name) = std::env::var(crate::env::RESULT_SYNC)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
+        config.result_sync =
+            crate::pipeline::SyncMethod::from_name(name.trim()).ok_or_else(|| {
+                error(format!(
+                    "{}={name}: expected auto, syncfs, fdatasync or serial",
+                    crate::env::RESULT_SYNC
+                ))
+            })?;
+    }
     run::sweep_temp_files(&config.results_dir);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
     let mut engine = Engine::new(workflow, store.clone(), config, metrics);

@@ -17,7 +17,7 @@
 //! 5–35 ms. `syncfs` is also one system call per batch instead of one per file. Its cost is
 //! that it writes *every* dirty page of the filesystem, other programs' too: the first call
 //! after a large copy took 1.5 s. On a filesystem shared with heavy writers choose
-//! [`SyncMethod::Fdatasync`] (`ExecutorConfig::result_sync`). Through the engine
+//! [`SyncMethod::Fdatasync`] (`FLOWCTL_RESULT_SYNC=fdatasync`, or `ExecutorConfig::result_sync`). Through the engine
 //! (`benches/engine.rs`, sled pool 2, one run each, other builds running): `fdatasync` below
 //! 16 files and `syncfs` above gave 5,187 jobs/s and 0.44 result syncs per job under strace
 //! (its slower run makes smaller batches), `syncfs` always 3,925 jobs/s (a noisier moment)
