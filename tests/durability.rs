@@ -413,3 +413,46 @@ fn killed_while_results_wait_for_the_disk_resumes_with_every_result_whole() {
         "no temporary file, no result of a lost attempt"
     );
 }
+
+/// A job that recovery ends for good (its lease expired on its last allowed attempt) after its
+/// workers linked their results but before any completion was recorded: the lease sweep
+/// removes every attempt's file, which no record names and no later attempt would remove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_left_by_a_job_that_recovery_fails_are_removed() {
+    let fx = Fixture::new();
+    let (engine, _rx) = fx.engine();
+    let id = fx.enqueue(&engine, 1).await.remove(0);
+    std::fs::create_dir_all(fx.results()).unwrap();
+    let mut left = Vec::new();
+    for _ in 0..10 {
+        let claimed = fx
+            .store
+            .claim("gone", 1, Duration::from_millis(1), Utc::now())
+            .await
+            .unwrap();
+        let job = claimed
+            .into_iter()
+            .next()
+            .expect("the job is claimable again");
+        // What the worker linked before it died.
+        let name = match job.attempt {
+            1 => format!("{id}.csv"),
+            n => format!("{id}.attempt-{n}.csv"),
+        };
+        let path = fx.results().join(name);
+        std::fs::write(&path, SOURCE).unwrap();
+        left.push(path);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        engine.recover_leases().await.unwrap();
+        let job = fx.store.get(&id).await.unwrap().unwrap();
+        if job.status != JobStatus::Queued {
+            assert_eq!(job.status, JobStatus::Failed, "{job:?}");
+            break;
+        }
+        // Requeued: its next attempt removes what this one left; this test plays a worker
+        // that dies each time instead.
+    }
+    assert!(left.len() > 1, "recovery took the job back at least once");
+    let (on_disk, _) = fx.files();
+    assert!(on_disk.is_empty(), "left behind: {on_disk:?}");
+}

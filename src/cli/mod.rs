@@ -863,6 +863,7 @@ pub(crate) async fn start_engine(
         .requeue_all_processing(Utc::now(), &engine.joins)
         .await
         .map_err(|e| error(format!("cannot recover jobs: {e}")))?;
+    engine.discard_unrecorded_results(&recovered.finished);
     Ok(Started {
         engine,
         store,

@@ -43,7 +43,7 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 impl Engine {
     /// The job's pipeline spec (result path per attempt, masks for its role) and the report's
     /// timeout; an error when the job cannot run at all.
-    fn spec_for(&self, job: &Job) -> Result<(PipelineSpec, Option<Duration>), String> {
+    pub(super) fn spec_for(&self, job: &Job) -> Result<(PipelineSpec, Option<Duration>), String> {
         let report = self
             .workflow
             .report(&job.report_type)

@@ -19,8 +19,10 @@
 //!   is durable;
 //! - no file that no completed record names, for good: a file linked but not recorded belongs
 //!   to a job still PROCESSING, which recovery queues again, and that next attempt removes what
-//!   its earlier attempts left (`results::leftover_results`); a completion that loses its CAS
-//!   removes its file at once, as before;
+//!   its earlier attempts left (`results::leftover_results`); a job that recovery ends instead
+//!   (no attempt left, or a cancel) has its attempts' files removed by the recovery itself
+//!   (`Engine::discard_unrecorded_results`, at start and in the lease sweep); a completion that
+//!   loses its CAS removes its file at once, as before;
 //! - a stale attempt never replaces a result: linking never replaces a file, and paths are per
 //!   attempt.
 //!

@@ -367,6 +367,7 @@ impl Engine {
     pub async fn recover_leases(&self) -> Result<usize, StoreError> {
         let expired = self.store.requeue_expired(Utc::now(), &self.joins).await?;
         let n = expired.requeued.len() + expired.finished.len();
+        self.discard_unrecorded_results(&expired.finished);
         Metrics::add(&self.metrics.lease_recoveries, n as u64);
         for c in &expired.finished {
             Metrics::add(

@@ -48,3 +48,28 @@ pub(super) fn discard_result(job_id: &JobId, path: &std::path::Path) {
         }
     }
 }
+
+impl super::Engine {
+    /// Removes what the attempts of jobs that recovery ended (FAILED with no attempt left, or
+    /// CANCELLED) may have left at their result paths: a worker that died after its result was
+    /// linked into place and before its completion was recorded (the durability stage's window)
+    /// leaves a file that no record names, and no later attempt will come to remove it.
+    pub fn discard_unrecorded_results(&self, finished: &[crate::store::Completion]) {
+        for completion in finished {
+            let job = &completion.job;
+            if job.status == crate::job::JobStatus::Completed {
+                continue;
+            }
+            match self.spec_for(job) {
+                Ok((spec, _)) => {
+                    for path in leftover_results(job, &spec.result_path, spec.output_format) {
+                        discard_result(&job.job_id, &path);
+                    }
+                }
+                Err(why) => {
+                    tracing::debug!(job = %job.job_id, %why, "no result paths to look at");
+                }
+            }
+        }
+    }
+}
