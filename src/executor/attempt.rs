@@ -149,23 +149,19 @@ impl Engine {
             }
         };
         let (attempted, ()) = tokio::join!(run, before);
+        if attempted.is_some() {
+            self.emit(ExecEvent::Completing {
+                job_id: job.job_id.clone(),
+                report_type: job.report_type.clone(),
+                at: Instant::now(),
+            });
+        }
         let next = match attempted {
-            Some((Attempted::Ended(outcome), version)) => {
-                self.emit(ExecEvent::Completing {
-                    job_id: job.job_id.clone(),
-                    report_type: job.report_type.clone(),
-                    at: Instant::now(),
-                });
-                self.finish(job, outcome, version, started, true)
-                    .await
-                    .map(|(job, flush)| (job, Some(flush)))
-            }
+            Some((Attempted::Ended(outcome), version)) => self
+                .finish(job, outcome, version, started, true)
+                .await
+                .map(|(job, flush)| (job, Some(flush))),
             Some((Attempted::Written(output, staged), version)) => {
-                self.emit(ExecEvent::Completing {
-                    job_id: job.job_id.clone(),
-                    report_type: job.report_type.clone(),
-                    at: Instant::now(),
-                });
                 let handoff = Handoff {
                     job,
                     version,

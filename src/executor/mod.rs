@@ -62,7 +62,8 @@ pub struct ExecutorConfig {
     /// abandoned to lease recovery.
     pub grace: Duration,
     /// How the durability stage makes a batch of results durable (`durability`; default
-    /// `syncfs`, measured in `pipeline::result_file`).
+    /// `auto`: `syncfs` for several files, `fdatasync` for one, measured in
+    /// `pipeline::result_file`; `FLOWCTL_RESULT_SYNC` sets it for `run` and `serve`).
     pub result_sync: SyncMethod,
 }
 

@@ -76,7 +76,7 @@ use jsonl_source::JsonlSource;
 use postgres_source::PostgresSource;
 use result_file::TempFile;
 
-pub use result_file::{commit_batch, StagedResult, SyncMethod, AUTO_SYNCFS_FROM, SYNC_THREADS};
+pub use result_file::{commit_batch, StagedResult, SyncMethod};
 use sink::{Out, RowSink};
 use source::{PostgresRows, RowSource, SqliteRows};
 use sqlite_source::SqliteSource;

@@ -212,12 +212,18 @@ fn push_days(days: i64, out: &mut Vec<u8>) -> bool {
     if year > 9999 {
         return false;
     }
+    push_ymd(year, month, day, out);
+    true
+}
+
+/// `YYYY-MM-DD` of a year 0–9999.
+#[inline]
+fn push_ymd(year: u16, month: u32, day: u32, out: &mut Vec<u8>) {
     push_4_digits(year, out);
     out.push(b'-');
     push_2_digits(month, out);
     out.push(b'-');
     push_2_digits(day, out);
-    true
 }
 
 /// A `timestamp`'s 8 bytes (microseconds since 2000-01-01 00:00) as `YYYY-MM-DD`, `sep`,
@@ -244,11 +250,17 @@ fn push_micros(raw: &[u8], sep: u8, out: &mut Vec<u8>) -> bool {
     push_2_digits((secs / 60 % 60) as u32, out);
     out.push(b':');
     push_2_digits((secs % 60) as u32, out);
-    let (value, digits) = match fraction {
-        0 => return true,
-        f if f % 1000 == 0 => (f / 1000, 3),
-        f => (f, 6),
-    };
+    match fraction {
+        0 => {}
+        f if f % 1000 == 0 => push_fraction(f / 1000, 3, out),
+        f => push_fraction(f, 6, out),
+    }
+    true
+}
+
+/// `.` and `value` as `digits` digits, with leading zeros (chrono's `%.f` fractions).
+#[inline]
+fn push_fraction(value: u32, digits: usize, out: &mut Vec<u8>) {
     out.push(b'.');
     let at = out.len();
     out.resize(at + digits, b'0');
@@ -257,7 +269,6 @@ fn push_micros(raw: &[u8], sep: u8, out: &mut Vec<u8>) -> bool {
         *slot = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
-    true
 }
 
 /// `YYYY-MM-DD`, as chrono's `%Y-%m-%d` writes it (which years outside 0–9999 need).
@@ -265,13 +276,7 @@ fn push_micros(raw: &[u8], sep: u8, out: &mut Vec<u8>) -> bool {
 fn push_date(date: chrono::NaiveDate, out: &mut Vec<u8>) {
     use chrono::Datelike;
     match u16::try_from(date.year()) {
-        Ok(year) if year <= 9999 => {
-            push_4_digits(year, out);
-            out.push(b'-');
-            push_2_digits(date.month(), out);
-            out.push(b'-');
-            push_2_digits(date.day(), out);
-        }
+        Ok(year) if year <= 9999 => push_ymd(year, date.month(), date.day(), out),
         _ => {
             let _ = write!(out, "{}", date.format("%Y-%m-%d"));
         }
@@ -296,20 +301,12 @@ fn push_time(time: chrono::NaiveTime, out: &mut Vec<u8>) {
     if nanos == 0 {
         return;
     }
-    let (value, digits) = if nanos % 1_000_000 == 0 {
-        (nanos / 1_000_000, 3)
+    if nanos % 1_000_000 == 0 {
+        push_fraction(nanos / 1_000_000, 3, out);
     } else if nanos % 1000 == 0 {
-        (nanos / 1000, 6)
+        push_fraction(nanos / 1000, 6, out);
     } else {
-        (nanos, 9)
-    };
-    out.push(b'.');
-    let at = out.len();
-    out.resize(at + digits, b'0');
-    let mut rest = value;
-    for slot in out[at..].iter_mut().rev() {
-        *slot = b'0' + (rest % 10) as u8;
-        rest /= 10;
+        push_fraction(nanos, 9, out);
     }
 }
 

@@ -163,11 +163,6 @@ impl StagedResult {
         }
     }
 
-    /// Where the result goes.
-    pub fn result_path(&self) -> &Path {
-        &self.result_path
-    }
-
     /// Syncs this one file, moves it into place and syncs its directory.
     pub fn commit_now(self) -> Result<()> {
         let StagedResult {

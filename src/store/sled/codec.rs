@@ -133,39 +133,22 @@ enum StoredDigest<'a> {
 }
 
 impl<'a> StoredDigest<'a> {
-    fn of(hex: &'a str) -> StoredDigest<'a> {
+    fn of(text: &'a str) -> StoredDigest<'a> {
+        // Lowercase only: an uppercase digest must read back as the text it was.
+        let lower_hex = text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let mut bytes = [0u8; 32];
-        let lower_hex = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        };
-        if hex.len() == 64 {
-            let mut ok = true;
-            for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-                match (lower_hex(pair[0]), lower_hex(pair[1])) {
-                    (Some(high), Some(low)) => *byte = high << 4 | low,
-                    _ => ok = false,
-                }
-            }
-            if ok {
-                return StoredDigest::Bytes(bytes);
-            }
+        if lower_hex && hex::decode_to_slice(text, &mut bytes).is_ok() {
+            StoredDigest::Bytes(bytes)
+        } else {
+            StoredDigest::Text(Cow::Borrowed(text))
         }
-        StoredDigest::Text(Cow::Borrowed(hex))
     }
 
     fn into_hex(self) -> String {
         match self {
-            StoredDigest::Bytes(bytes) => {
-                const DIGITS: &[u8; 16] = b"0123456789abcdef";
-                let mut hex = String::with_capacity(64);
-                for byte in bytes {
-                    hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-                    hex.push(char::from(DIGITS[usize::from(byte & 15)]));
-                }
-                hex
-            }
+            StoredDigest::Bytes(bytes) => hex::encode(bytes),
             StoredDigest::Text(text) => text.into_owned(),
         }
     }
